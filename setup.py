@@ -1,0 +1,20 @@
+"""pip install path for machines without a ROS distribution (`make setup` uses it).
+
+On a ROS 2 workstation the package is built by colcon through CMakeLists.txt instead.
+"""
+from setuptools import find_packages, setup
+
+NODES = ["sim", "recorder", "trainer", "segmentation", "detection", "ttt_kd", "replay"]
+
+setup(
+    name="tst_ros",
+    version="0.1.0",
+    description="Test-Space Training for ROS 2 robots",
+    packages=find_packages(include=["tst_ros", "tst_ros.*"]),
+    package_data={"tst_ros": ["py.typed"]},
+    python_requires="==3.11.*",
+    entry_points={
+        "console_scripts": ["tst-ros=tst_ros.cli:main"]
+        + [f"tst-ros-{n.replace('_', '-')}=tst_ros.ros.nodes.{n}:main" for n in NODES],
+    },
+)

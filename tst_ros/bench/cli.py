@@ -1,0 +1,36 @@
+"""`tst-ros bench NAME [--json] [--quick] [--out FILE]`."""
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import sys
+import time
+
+from tst_ros.bench import BENCHMARKS
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark and print its figures as JSON")
+    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: also a table on stderr)")
+    p.add_argument("--quick", action="store_true", help="shortened version of the same measurement (< 1 min)")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tst_ros.util import atomic_write_json
+
+    module = importlib.import_module(BENCHMARKS[args.name])
+    t0 = time.perf_counter()
+    figures = module.run(quick=args.quick)
+    result = {"benchmark": args.name, "quick": args.quick, "host": platform.node(),
+              "python": platform.python_version(), "wall_s": round(time.perf_counter() - t0, 2), **figures}
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>40}  {v}", file=sys.stderr)
+    print(json.dumps(result, default=str))
+    if args.out:
+        atomic_write_json(args.out, result)
+    return 0

@@ -1,0 +1,232 @@
+"""The one structured configuration: dataclass sections, loaded from YAML, overridable
+from the command line (`--set section.field=value`), saved resolved next to every run.
+
+Each stage reads its own section; `specialize` (the whole loop) reads them all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+@dataclass
+class SimConfig:
+    seed: int = 0
+    style: str = "home"                 # see tst_ros.sim.styles.STYLES
+    width: int = 256
+    height: int = 192
+    fov_deg: float = 70.0
+    camera_rate_hz: float = 10.0
+    imu_rate_hz: float = 200.0
+    cloud_rate_hz: float = 2.0
+    rooms: int = 3
+    realtime: bool = True               # pace to wall time; false: as fast as possible with /clock
+    frames: int = 0                     # 0: endless (node) / default count (exports)
+
+
+@dataclass
+class RecordConfig:
+    dataset: str = "data/dataset"
+    image_size: int = 128               # training resolution (square, centre-cropped then resized)
+    keep_originals: bool = False
+    sync_slop_s: float = 0.02
+    sync_queue: int = 30
+    shard_samples: int = 256
+    min_motion_m: float = 0.0           # skip near-duplicate frames while standing still (0: off)
+    min_rotation_deg: float = 0.0
+    val_fraction: float = 0.1
+    reliable: bool = True
+    max_samples: int = 0                # 0: unlimited
+    bag: str = ""                       # also write raw sensor topics to this rosbag2 MCAP
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "tiny"                # tiny | s | b
+    method: str = "tst-mm"              # tst-mm | tst-mae | scratch
+    modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
+    steps: int = 400
+    batch: int = 32
+    accum: int = 1
+    lr: float = 0.0                     # 0: 1e-4 * batch / 256 scaled by the MultiMAE rule (see engine)
+    base_lr: float = 1.5e-4
+    warmup_steps: int = 40
+    weight_decay: float = 0.05
+    clip_grad: float = 1.0
+    visible_fraction: float = 1 / 6
+    dirichlet_alpha: float = 1.0
+    patch: int = 16
+    checkpoint_every: int = 100
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda
+    compile: bool = False
+    bf16: bool = True                   # used only on CUDA
+
+
+@dataclass
+class TransferConfig:
+    labeled_set: str = ""               # COCO-style dir; empty: generated from other sim buildings
+    labeled_images: int = 240
+    steps: int = 300
+    batch: int = 16
+    lr: float = 1e-3
+    finetune: str = "frozen"            # frozen | partial | full
+    layer_decay: float = 0.75
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])
+    seed: int = 0
+
+
+@dataclass
+class PerceptionConfig:
+    model: str = ""                     # ONNX file; empty: wait for /tst/model
+    providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    score_threshold: float = 0.3
+    nms_iou: float = 0.5
+    best_effort: bool = True
+
+
+@dataclass
+class TTTKDConfig:
+    backbone: str = "pointnet"          # pointnet | voxel
+    teacher: str = "tstmm"              # tstmm | hed | onnx:<path>
+    steps: int = 3                      # k adaptation steps per cloud
+    lr: float = 1e-3
+    mode: str = "episodic"              # episodic | online
+    stride: int = 1                     # online: adapt every s-th cloud
+    point_budget: int = 20000
+    voxel_size: float = 0.05
+    train_steps: int = 300
+    distill_weight: float = 1.0
+
+
+@dataclass
+class SpecializeConfig:
+    output: str = "runs/specialize"
+    record_frames: int = 400
+    deploy_seconds: float = 20.0
+    serve: bool = False
+    micro: bool = False
+
+
+@dataclass
+class Config:
+    sim: SimConfig = field(default_factory=SimConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    ttt_kd: TTTKDConfig = field(default_factory=TTTKDConfig)
+    specialize: SpecializeConfig = field(default_factory=SpecializeConfig)
+
+
+def _coerce(value: Any, typ: Any) -> Any:
+    """Convert a YAML/CLI value to the annotated field type, with a clear error."""
+    origin = get_origin(typ)
+    if origin is list:
+        (inner,) = get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return [_coerce(v, inner) for v in value]
+    if typ is bool and isinstance(value, str):
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if typ in (int, float, str):
+        return typ(value)
+    return value
+
+
+def _merge(obj: Any, data: dict, where: str = "") -> Any:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise KeyError(f"unknown config key {where}{key!r}; known: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise TypeError(f"config section {where}{key} must be a mapping")
+            _merge(current, value, f"{where}{key}.")
+        else:
+            try:
+                setattr(obj, key, _coerce(value, hints[key]))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config {where}{key}: {e}") from None
+    return obj
+
+
+def parse_override(text: str) -> dict:
+    """'pretrain.steps=100' -> {'pretrain': {'steps': 100}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        # ROS parameter files nest under node names; accept a `tst_ros` root as well.
+        _merge(cfg, data.get("tst_ros", data))
+    for text in overrides or []:
+        _merge(cfg, parse_override(text))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_resolved(cfg: Any, run_dir: str | os.PathLike) -> Path:
+    """Write config.yaml + provenance next to a run's checkpoints (atomically)."""
+    from tst_ros import __version__
+    from tst_ros.util import atomic_write_text
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"config": to_dict(cfg), "version": __version__, "git_revision": git_revision()}
+    path = run_dir / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def add_config_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML config file (see config/specialize.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set pretrain.steps=200 (repeatable)")
+
+
+def from_args(args) -> Config:
+    return load(getattr(args, "config", None), getattr(args, "overrides", None))
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2)

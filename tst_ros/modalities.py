@@ -1,0 +1,104 @@
+"""The one modality registry.
+
+Every stream the system records, trains on or predicts is described here once: its kind,
+channels, storage dtype, how it is normalised for the network, how it is derived and how
+many tokens the masked autoencoder may spend on it. Model code iterates over registry
+entries and never names a specific modality; adding a modality is adding an entry.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["image", "feature_map", "point_cloud", "imu"]
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    kind: Kind
+    channels: int
+    storage_dtype: str                 # dtype of the array in the dataset store
+    description: str
+    # network input = (stored * scale - mean) / std, per channel
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    invalid_value: float | None = None  # stored value meaning "no measurement" (e.g. depth 0)
+    derived_from: tuple[str, ...] = ()  # empty: a sensor stream
+    loss: str = "mse"                   # reconstruction loss used by TST-MM
+    min_tokens: int = 0                 # visible-token budget clamps (4M style)
+    max_tokens: int = 1 << 30
+    pretrain: bool = True               # used as TST-MM input/target by default
+    spatial: bool = True                # transformed by spatial augmentations
+    flip_negate_channels: tuple[int, ...] = ()  # channels that change sign under horizontal flip
+    window: int = 0                     # samples per IMU window (imu kind only)
+
+    def normalise(self, stored: np.ndarray) -> np.ndarray:
+        """Stored array (H, W, C) or (H, W) -> float32 (C, H, W) network input."""
+        x = stored.astype(np.float32) * self.scale
+        if x.ndim == 2:
+            x = x[..., None]
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        x = (x - mean) / std
+        if self.invalid_value is not None:
+            x[np.broadcast_to(stored.reshape(x.shape[:2] + (-1,)) == self.invalid_value, x.shape)] = 0.0
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+REGISTRY: dict[str, Modality] = {}
+
+
+def register(modality: Modality) -> Modality:
+    if modality.name in REGISTRY:
+        raise ValueError(f"modality {modality.name!r} is already registered")
+    REGISTRY[modality.name] = modality
+    return modality
+
+
+def get(name: str) -> Modality:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown modality {name!r}; registered: {sorted(REGISTRY)}") from None
+
+
+def of_kind(*kinds: str) -> list[Modality]:
+    return [m for m in REGISTRY.values() if m.kind in kinds]
+
+
+def snapshot(names: list[str] | None = None) -> dict:
+    """JSON-able description of (a subset of) the registry, stored with datasets and runs."""
+    names = list(REGISTRY) if names is None else names
+    return {n: asdict(get(n)) for n in names}
+
+
+register(Modality(
+    "rgb", "image", 3, "uint8", "colour image, RGB order",
+    scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    loss="patch_norm_mse", min_tokens=4))
+register(Modality(
+    "depth", "image", 1, "uint16", "depth in millimetres, 0 = invalid",
+    scale=1 / 1000, mean=(2.5,), std=(1.5,), invalid_value=0,
+    loss="standardized_l1", min_tokens=2))
+register(Modality(
+    "normals", "image", 3, "int8", "surface normals in the camera frame, x right y down z forward, scaled by 127; 0 = invalid",
+    scale=1 / 127, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), derived_from=("depth", "camera_info"),
+    loss="l1", flip_negate_channels=(0,)))
+register(Modality(
+    "edges", "image", 1, "uint8", "Canny edges of the RGB image, 0 or 255",
+    scale=1 / 255, mean=(0.0,), std=(1.0,), derived_from=("rgb",), loss="bce"))
+register(Modality(
+    "imu", "imu", 6, "float32", "IMU window between consecutive frames: ax ay az (m/s^2) gx gy gz (rad/s), resampled to `window` rows",
+    mean=(0.0, 0.0, 9.81, 0.0, 0.0, 0.0), std=(2.0, 2.0, 2.0, 0.5, 0.5, 0.5),
+    loss="mse", spatial=False, window=16, max_tokens=4))
+register(Modality(
+    "points", "point_cloud", 6, "float32", "point cloud x y z (m, sensor frame) r g b (0..1)",
+    loss="none", pretrain=False, spatial=False))
+
+# Ground-truth side channels written by the simulator and the labeled-set tools. They are
+# not registry modalities (never network inputs); listed here so the store knows their dtype.
+GROUND_TRUTH_DTYPES: dict[str, str] = {"semantic": "uint8", "instance": "uint16"}

@@ -1,0 +1,1 @@
+"""The only subpackage that imports rclpy: message conversions and the nodes."""

@@ -1,0 +1,1 @@
+"""ROS 2 nodes: each converts messages, schedules work and calls the ROS-free core."""
