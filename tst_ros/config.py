@@ -26,6 +26,7 @@ class SimConfig:
     camera_rate_hz: float = 10.0
     imu_rate_hz: float = 200.0
     cloud_rate_hz: float = 2.0
+    cloud_stride: int = 2               # back-project every n-th pixel in both directions
     rooms: int = 3
     realtime: bool = True               # pace to wall time; false: as fast as possible with /clock
     frames: int = 0                     # 0: endless (node) / default count (exports)
@@ -45,6 +46,9 @@ class RecordConfig:
     reliable: bool = True
     max_samples: int = 0                # 0: unlimited
     bag: str = ""                       # also write raw sensor topics to this rosbag2 MCAP
+    split_block_samples: int = 20       # train/val split: contiguous blocks of this many samples
+    min_image_change: float = 0.0       # skip frames whose image changed less (0..1, 0: off; used without poses)
+    max_points: int = 4096              # points stored per cloud (random subset; 0: do not store clouds)
 
 
 @dataclass
@@ -69,6 +73,10 @@ class PretrainConfig:
     device: str = "auto"                # auto | cpu | cuda
     compile: bool = False
     bf16: bool = True                   # used only on CUDA
+    image_size: int = 128               # training resolution (the store's images are resized to it)
+    augment: bool = False               # loader augmentations (off: exactly reproducible data order)
+    val_batches: int = 4                # held-out batches for the reconstruction error
+    tensorboard: bool = True
 
 
 @dataclass
@@ -96,15 +104,27 @@ class PerceptionConfig:
 @dataclass
 class TTTKDConfig:
     backbone: str = "pointnet"          # pointnet | voxel
-    teacher: str = "tstmm"              # tstmm | hed | onnx:<path>
+    width: int = 64                     # backbone channels
+    teacher: str = "auto"               # auto (tstmm when `run` is set, else hed) | hed | tstmm[:<run>] | onnx:<path>
+    run: str = ""                       # TST-MM pre-training run (encoder) used as teacher
+    feature_dim: int = 64               # teacher features reduced (PCA on source buildings) to this many dims
+    hed_input_scale: float = 1.0        # HED teacher input resize factor
     steps: int = 3                      # k adaptation steps per cloud
-    lr: float = 1e-3
+    lr: float = 1e-3                    # test-time learning rate
     mode: str = "episodic"              # episodic | online
     stride: int = 1                     # online: adapt every s-th cloud
-    point_budget: int = 20000
-    voxel_size: float = 0.05
+    point_budget: int = 8000            # points used for adaptation / prediction (voxel-downsampled)
+    voxel_size: float = 0.05            # initial voxel for downsampling (grows until the budget holds)
+    occlusion_tol: float = 0.1          # |D(u,v) - z| tolerance in metres
+    views: int = 1                      # camera frames averaged per cloud when building training targets
+    sync_window_s: float = 0.25         # node: images this close to the cloud stamp are used
+    buildings: int = 6                  # source buildings (seeds 1000.. in SOURCE_STYLES)
+    clouds_per_building: int = 8
     train_steps: int = 300
+    train_lr: float = 2e-3
     distill_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
 
 
 @dataclass

@@ -1,0 +1,395 @@
+"""TST-MM: cross-modal masked modeling around the encoder (MultiMAE / 4M style).
+
+Owns the per-sample visible-token budgets (Dirichlet split across the modalities present
+in a sample, clamped by the registry's min/max tokens, summing exactly to the budget), the
+random masking with its shuffle / un-shuffle indices, the per-modality shallow decoders
+(cross-attention into the encoded visible tokens + 2 blocks) and the per-modality losses
+chosen by the registry's `loss` field, evaluated on masked tokens only.
+
+Masking randomness comes from one integer seed per sample, so the masks of a sample do not
+depend on how the global batch is split across processes or accumulation steps.
+Nothing here names a specific modality.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tst_ros import modalities as registry
+from tst_ros.models.vit import SPATIAL_KINDS, Attention, Block, Encoder, Mlp, build_encoder, sincos_1d, sincos_2d
+
+DECODER_DIM = 256
+DECODER_HEADS = 8
+DECODER_DEPTH = 2
+
+
+# ---------------------------------------------------------------- token budgets and masks
+
+def token_limits(names: list[str], n_tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-modality (lo, hi) visible-token limits from the registry; at least one token of
+    every modality stays masked so that it always has a reconstruction target."""
+    hi = np.array([min(registry.get(n).max_tokens, t - 1) for n, t in zip(names, n_tokens)], np.int64)
+    hi = np.maximum(hi, 0)
+    lo = np.minimum(np.array([registry.get(n).min_tokens for n in names], np.int64), hi)
+    return lo, hi
+
+
+def split_budget(weights: np.ndarray, budget: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Integer split of `budget` (B,) over modalities proportional to `weights` (B,M) (0 = absent),
+    each count within [lo, hi] (B,M). Budgets outside [sum lo, sum hi] are clamped to that range.
+    -> (B,M) int64 counts summing exactly to the (clamped) budget."""
+    weights = np.asarray(weights, np.float64)
+    present = weights > 0
+    lo = np.where(present, lo, 0).astype(np.int64)
+    hi = np.where(present, hi, 0).astype(np.int64)
+    budget = np.clip(np.asarray(budget, np.int64), lo.sum(1), hi.sum(1))
+    x = lo.astype(np.float64)
+    for _ in range(weights.shape[1] + 1):              # water-filling: each pass saturates >= 1 modality
+        remaining = budget - x.sum(1)
+        free = present & (x < hi)
+        w = np.where(free, weights, 0.0)
+        total = w.sum(1, keepdims=True)
+        share = np.divide(w, total, out=np.zeros_like(w), where=total > 0) * remaining[:, None]
+        x = np.minimum(x + share, hi)
+    counts = np.clip(np.floor(x + 1e-9), lo, hi).astype(np.int64)
+    for _ in range(2):                                 # hand out / take back the rounding remainder
+        rem = budget - counts.sum(1)
+        frac = x - counts
+        up = (rem[:, None] > 0) & (counts < hi)
+        down = (rem[:, None] < 0) & (counts > lo)
+        key = np.where(up, frac + 2, 0) + np.where(down, 2 - frac, 0)
+        rank = np.argsort(np.argsort(-key, axis=1, kind="stable"), axis=1)
+        change = (rank < np.abs(rem)[:, None]) & (up | down)
+        counts = counts + np.where(change, np.sign(rem)[:, None], 0)
+    return counts
+
+
+def draw_budgets(present: np.ndarray, n_tokens: list[int], lo: np.ndarray, hi: np.ndarray,
+                 visible_fraction: float, alpha: float, rngs: list[np.random.Generator]) -> np.ndarray:
+    """Per-sample Dirichlet(alpha) split of round(visible_fraction * tokens of the present
+    modalities) across the present modalities. present (B,M) bool -> (B,M) int64."""
+    present = np.asarray(present, bool)
+    n = np.asarray(n_tokens, np.int64)
+    weights = np.zeros(present.shape)
+    for i, rng in enumerate(rngs):
+        k = int(present[i].sum())
+        if k:
+            weights[i, present[i]] = np.maximum(rng.dirichlet(np.full(k, alpha)), 1e-12)
+    budget = np.rint(visible_fraction * (present * n).sum(1)).astype(np.int64)
+    return split_budget(weights, budget, np.broadcast_to(lo, present.shape), np.broadcast_to(hi, present.shape))
+
+
+@dataclass
+class Mask:
+    """Visible-token selection for a batch of concatenated modality tokens (B, N)."""
+    visible: torch.Tensor       # (B,N) bool
+    ids_shuffle: torch.Tensor   # (B,N) visible tokens first (random order), then masked ones
+    ids_restore: torch.Tensor   # (B,N) inverse permutation of ids_shuffle
+    ids_keep: torch.Tensor      # (B,K) first K of ids_shuffle, K = max visible count in the batch
+    key_mask: torch.Tensor      # (B,K) bool, True where ids_keep is a real visible token
+    budgets: torch.Tensor       # (B,M) visible tokens per modality
+
+
+def build_mask(noise: torch.Tensor, budgets: torch.Tensor, n_tokens: list[int]) -> Mask:
+    """noise (B,N) in [0,1): per modality, the budget tokens with the lowest noise are visible."""
+    b, n = noise.shape
+    if sum(n_tokens) != n:
+        raise ValueError(f"noise has {n} tokens, modalities have {sum(n_tokens)}")
+    visible_parts, start = [], 0
+    for m, count in enumerate(n_tokens):
+        segment = noise[:, start:start + count]
+        rank = segment.argsort(dim=1).argsort(dim=1)
+        visible_parts.append(rank < budgets[:, m:m + 1])
+        start += count
+    visible = torch.cat(visible_parts, dim=1)
+    ids_shuffle = ((~visible).to(noise.dtype) * 2 + noise).argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    n_visible = visible.sum(1)
+    k = max(int(n_visible.max()), 1)
+    key_mask = torch.arange(k, device=noise.device)[None] < n_visible[:, None]
+    key_mask[:, 0] = True                              # a sample with nothing visible still attends somewhere
+    return Mask(visible, ids_shuffle, ids_restore, ids_shuffle[:, :k], key_mask, budgets)
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B,N,D), ids (B,K) -> (B,K,D)."""
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
+# ---------------------------------------------------------------- targets and losses
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B,C,H,W) -> (B, (H/p)*(W/p), p*p*C), row-major patches, channel-last inside a patch."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    b, n, _ = x.shape
+    g = int(round(n ** 0.5))
+    x = x.reshape(b, g, g, patch, patch, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, g * patch, g * patch)
+
+
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean over `dim` of the entries where `valid`; what invalid entries hold (even inf/NaN) never leaks."""
+    total = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim)
+    return total / valid.to(values.dtype).sum(dim).clamp_min(1.0)
+
+
+def loss_patch_norm_mse(pred, target, valid):
+    mean = _masked_mean(target, valid, -1)[..., None]
+    var = _masked_mean((target - mean) ** 2, valid, -1)[..., None]
+    target = (target - mean) / (var + 1e-6).sqrt()
+    return _masked_mean((pred - target) ** 2, valid, -1)
+
+
+def standardize_per_sample(target, valid):
+    """Per-sample standardisation over the valid entries of (B,N,P)."""
+    flat_t, flat_v = target.flatten(1), valid.flatten(1)
+    mean = _masked_mean(flat_t, flat_v, 1)[:, None, None]
+    var = _masked_mean((target - mean).flatten(1) ** 2, flat_v, 1)[:, None, None]
+    return (target - mean) / (var + 1e-6).sqrt(), mean, var
+
+
+def loss_standardized_l1(pred, target, valid):
+    target, _, _ = standardize_per_sample(target, valid)
+    return _masked_mean((pred - target).abs(), valid, -1)
+
+
+def loss_l1(pred, target, valid):
+    return _masked_mean((pred - target).abs(), valid, -1)
+
+
+def loss_bce(pred, target, valid):
+    return _masked_mean(F.binary_cross_entropy_with_logits(pred, target.clamp(0, 1), reduction="none"), valid, -1)
+
+
+def loss_mse(pred, target, valid):
+    return _masked_mean((pred - target) ** 2, valid, -1)
+
+
+LOSSES = {"patch_norm_mse": loss_patch_norm_mse, "standardized_l1": loss_standardized_l1, "l1": loss_l1,
+          "bce": loss_bce, "mse": loss_mse}
+
+
+def prediction_to_input_space(loss: str, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
+    """Map a decoder output (B,N,P) back to the normalised input space, for pictures."""
+    if loss == "patch_norm_mse":
+        mean = _masked_mean(target, valid, -1)[..., None]
+        std = (_masked_mean((target - mean) ** 2, valid, -1)[..., None] + 1e-6).sqrt()
+        return pred * std + mean
+    if loss == "standardized_l1":
+        _, mean, var = standardize_per_sample(target, valid)
+        return pred * (var + 1e-6).sqrt() + mean
+    if loss == "bce":
+        return pred.sigmoid()
+    return pred
+
+
+# ---------------------------------------------------------------- decoders
+
+class Decoder(nn.Module):
+    """Shallow decoder for one modality: its token queries (encoded visible tokens where
+    visible, a learned mask token elsewhere, plus position) cross-attend to all encoded
+    visible tokens, then pass 2 transformer blocks and a linear head."""
+
+    def __init__(self, enc_dim: int, pos: torch.Tensor, out_per_token: int, dim: int = DECODER_DIM,
+                 heads: int = DECODER_HEADS, depth: int = DECODER_DEPTH):
+        super().__init__()
+        self.proj_context = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos", pos[None], persistent=False)
+        self.norm_query = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_context = nn.LayerNorm(dim, eps=1e-6)
+        self.cross = Attention(dim, heads)
+        self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim)
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, out_per_token)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, encoded: torch.Tensor, key_mask: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """encoded (B,K,De), key_mask (B,K), slots (B,Nm): index into K of each of this
+        modality's tokens when visible, -1 when masked -> (B,Nm,out_per_token)."""
+        context = self.proj_context(encoded)
+        b, nm = slots.shape
+        gathered = gather_tokens(context, slots.clamp_min(0))
+        queries = torch.where((slots >= 0)[..., None], gathered, self.mask_token.expand(b, nm, -1)) + self.pos
+        queries = queries + self.cross(self.norm_query(queries), self.norm_context(context), key_mask)
+        queries = queries + self.mlp(self.norm_mlp(queries))
+        for block in self.blocks:
+            queries = block(queries)
+        return self.head(self.norm(queries))
+
+
+# ---------------------------------------------------------------- the model
+
+class TSTMM(nn.Module):
+    """Encoder + masking + per-modality decoders + losses.
+
+    forward(batch, seeds) -> (loss, stats) where batch holds for every model modality a
+    float tensor (B,...) and optionally batch["present"][name] (B,) bool; seeds are one int
+    per sample. A modality that is absent or holds a non-finite value in a sample is
+    neither visible nor a target in that sample.
+    """
+
+    def __init__(self, encoder: Encoder, visible_fraction: float = 1 / 6, dirichlet_alpha: float = 1.0,
+                 decoder_dim: int = DECODER_DIM, decoder_depth: int = DECODER_DEPTH):
+        super().__init__()
+        if not 0 < visible_fraction < 1:
+            raise ValueError(f"visible_fraction must be in (0, 1), got {visible_fraction}")
+        self.encoder = encoder
+        self.visible_fraction = float(visible_fraction)
+        self.alpha = float(dirichlet_alpha)
+        self.names = list(encoder.modalities)
+        self.n_tokens = [encoder.num_tokens(n) for n in self.names]
+        self.lo, self.hi = token_limits(self.names, self.n_tokens)
+        self.decoders = nn.ModuleDict()
+        for name in self.names:
+            mod = registry.get(name)
+            if mod.loss not in LOSSES:
+                raise ValueError(f"modality {name!r} has loss {mod.loss!r}; known losses: {sorted(LOSSES)}")
+            self.decoders[name] = Decoder(encoder.embed_dim, self._decoder_pos(name, decoder_dim),
+                                          self._values_per_token(name), decoder_dim, depth=decoder_depth)
+
+    def _decoder_pos(self, name: str, dim: int) -> torch.Tensor:
+        if registry.get(name).kind in SPATIAL_KINDS:
+            return sincos_2d(dim, self.encoder.grid, self.encoder.grid)
+        return sincos_1d(dim, torch.arange(self.encoder.num_tokens(name)))
+
+    def _values_per_token(self, name: str) -> int:
+        mod, adapter = registry.get(name), self.encoder.adapters[name]
+        if mod.kind in SPATIAL_KINDS:
+            return self.encoder.patch_size ** 2 * mod.channels
+        return adapter.chunk * adapter.channels
+
+    # -- data preparation
+    def to_tokens_target(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if registry.get(name).kind in SPATIAL_KINDS:
+            return patchify(x, self.encoder.patch_size)
+        return x.reshape(x.shape[0], self.encoder.num_tokens(name), -1)
+
+    def sanitize(self, batch: dict) -> tuple[dict, torch.Tensor, dict]:
+        """-> (clean inputs, present (B,M) bool, per-value validity (B,N,P) per modality)."""
+        inputs, present_cols, valid = {}, [], {}
+        given_present = batch.get("present", {}) or {}
+        ref = next((batch[n] for n in self.names if n in batch), None)
+        if ref is None:
+            raise ValueError(f"batch holds none of the model's modalities {self.names}; keys: {sorted(batch)}")
+        b, device = ref.shape[0], ref.device
+        for name in self.names:
+            mod = registry.get(name)
+            x = batch.get(name)
+            if x is None:
+                x = torch.zeros((b, *self._input_shape(name)), device=device)
+                present_cols.append(torch.zeros(b, dtype=torch.bool, device=device))
+            else:
+                x = x.float()
+                finite = torch.isfinite(x)
+                flag = given_present.get(name)
+                flag = torch.ones(b, dtype=torch.bool, device=device) if flag is None else flag.to(device).bool()
+                present_cols.append(flag & finite.flatten(1).all(1))
+                keep = finite & present_cols[-1].reshape(-1, *([1] * (x.ndim - 1)))
+                x = torch.where(keep, x, torch.zeros((), device=device))
+            inputs[name] = x
+            v = torch.ones_like(x, dtype=torch.bool)
+            if mod.invalid_value is not None and mod.kind in SPATIAL_KINDS:
+                v = (x != 0).any(dim=1, keepdim=True).expand_as(x)
+            valid[name] = self.to_tokens_target(name, v.float()) > 0.5
+        return inputs, torch.stack(present_cols, dim=1), valid
+
+    def _input_shape(self, name: str) -> tuple[int, ...]:
+        mod = registry.get(name)
+        if mod.kind in SPATIAL_KINDS:
+            return (mod.channels, self.encoder.image_size, self.encoder.image_size)
+        adapter = self.encoder.adapters[name]
+        return (adapter.window, adapter.channels)
+
+    def make_mask(self, present: torch.Tensor, seeds) -> Mask:
+        seeds = [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
+        if len(seeds) != present.shape[0]:
+            raise ValueError(f"need one mask seed per sample: {len(seeds)} seeds for {present.shape[0]} samples")
+        rngs = [np.random.default_rng(s) for s in seeds]
+        budgets = draw_budgets(present.cpu().numpy(), self.n_tokens, self.lo, self.hi,
+                               self.visible_fraction, self.alpha, rngs)
+        noise = np.stack([rng.random(sum(self.n_tokens)) for rng in rngs])
+        device = present.device
+        return build_mask(torch.from_numpy(noise).float().to(device), torch.from_numpy(budgets).to(device),
+                          self.n_tokens)
+
+    # -- forward
+    def run(self, batch: dict, seeds) -> dict:
+        inputs, present, valid = self.sanitize(batch)
+        tokens = torch.cat([self.encoder.tokenize(n, inputs[n]) for n in self.names], dim=1)
+        mask = self.make_mask(present, seeds)
+        encoded = self.encoder.encode(gather_tokens(tokens, mask.ids_keep), mask.key_mask)
+        out = {"inputs": inputs, "present": present, "valid": valid, "mask": mask, "pred": {}, "target": {},
+               "masked": {}}
+        start = 0
+        for i, (name, count) in enumerate(zip(self.names, self.n_tokens)):
+            seg = slice(start, start + count)
+            vis = mask.visible[:, seg]
+            slots = torch.where(vis, mask.ids_restore[:, seg], torch.full_like(mask.ids_restore[:, seg], -1))
+            out["pred"][name] = self.decoders[name](encoded, mask.key_mask, slots).float()
+            out["target"][name] = self.to_tokens_target(name, inputs[name])
+            out["masked"][name] = ~vis & present[:, i:i + 1]
+            start += count
+        return out
+
+    def losses(self, out: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean over modalities present in the batch of: mean over samples of the per-sample
+        mean loss over that sample's masked (valid) tokens."""
+        terms, stats, keep_graph = [], {}, []
+        for i, name in enumerate(self.names):
+            pred, target, valid = out["pred"][name], out["target"][name], out["valid"][name]
+            per_token = LOSSES[registry.get(name).loss](pred, target, valid)
+            token_ok = out["masked"][name] & valid.any(-1)
+            per_sample = _masked_mean(per_token, token_ok, 1)
+            has = token_ok.any(1)
+            keep_graph.append(pred.sum() * 0.0)
+            if bool(has.any()):
+                value = _masked_mean(per_sample, has, 0)
+                terms.append(value)
+                stats[f"loss/{name}"] = float(value.detach())
+        if not terms:
+            raise ValueError("no sample in the batch has a present, finite modality to reconstruct")
+        loss = torch.stack(terms).mean() + torch.stack(keep_graph).sum()
+        stats["loss"] = float(loss.detach())
+        return loss, stats
+
+    def forward(self, batch: dict, seeds) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.losses(self.run(batch, seeds))
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict, seeds) -> dict[str, dict[str, torch.Tensor]]:
+        """Pictures per spatial modality: {"visible", "prediction", "target"} (B,C,H,W) in the
+        normalised input space; masked patches of "visible" are zero."""
+        out = self.run(batch, seeds)
+        pictures = {}
+        p = self.encoder.patch_size
+        for name in self.names:
+            mod = registry.get(name)
+            if mod.kind not in SPATIAL_KINDS:
+                continue
+            target, valid = out["target"][name], out["valid"][name]
+            pred = prediction_to_input_space(mod.loss, out["pred"][name], target, valid)
+            vis = (~out["masked"][name])[..., None].float() * out["present"][:, self.names.index(name), None, None]
+            pictures[name] = {"visible": unpatchify(target * vis, p, mod.channels),
+                              "prediction": unpatchify(torch.where(vis > 0, target, pred), p, mod.channels),
+                              "target": unpatchify(target, p, mod.channels)}
+        return pictures
+
+
+def build_tstmm(encoder: Encoder | str = "tiny", modalities: list[str] | None = None, image_size: int = 128,
+                patch: int = 16, visible_fraction: float = 1 / 6, dirichlet_alpha: float = 1.0) -> TSTMM:
+    """TST-MM around an existing encoder or a new one built from a preset name."""
+    if isinstance(encoder, str):
+        encoder = build_encoder(encoder, list(modalities or ["rgb"]), image_size, patch)
+    return TSTMM(encoder, visible_fraction, dirichlet_alpha)

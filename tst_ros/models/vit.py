@@ -1,0 +1,260 @@
+"""The multimodal ViT encoder: presets, registry-driven input adapters, transformer blocks.
+
+Every modality in `tst_ros.modalities.REGISTRY` of kind image / feature_map becomes a patch
+projection, kind imu becomes a small network that turns the IMU window into a few tokens.
+Tokens carry a fixed sin-cos position embedding and a learned modality embedding. The
+encoder's inference path (`Encoder.forward`) sees every token of the given inputs and
+returns a dense (B, D, H/p, W/p) feature map; it contains no masking and no data-dependent
+shapes, so it exports to ONNX with static shapes. Attention is
+`torch.nn.functional.scaled_dot_product_attention`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tst_ros import modalities as registry
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"embed_dim": 192, "depth": 4, "heads": 3},
+    "s": {"embed_dim": 384, "depth": 8, "heads": 6},
+    "b": {"embed_dim": 768, "depth": 12, "heads": 12},
+}
+SPATIAL_KINDS = ("image", "feature_map")
+TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
+IMU_TOKENS = 4
+
+
+def preset(name: str) -> dict:
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        raise ValueError(f"unknown encoder preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(N,) positions -> (N, dim) fixed sin-cos embedding."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(grid_h*grid_w, dim) fixed 2D sin-cos embedding, row-major over the patch grid."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+    ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, ys.reshape(-1)), sincos_1d(dim // 2, xs.reshape(-1))], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention (self or cross) on scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dimension {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B,N,D), context (B,M,Dkv) or None (self-attention), key_mask (B,M) bool, True = attend."""
+        context = x if context is None else context
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float = 4.0):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask=key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchAdapter(nn.Module):
+    """Image-like modality (B,C,H,W) -> (B, (H/p)*(W/p), D) tokens with position embedding."""
+
+    def __init__(self, channels: int, dim: int, patch: int, image_size: int):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        self.channels, self.patch, self.grid = channels, patch, image_size // patch
+        self.proj = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        self.register_buffer("pos", sincos_2d(dim, self.grid, self.grid)[None], persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2) + self.pos
+
+
+class ImuAdapter(nn.Module):
+    """IMU window (B, window, C) -> (B, T, D): the window is cut into T chunks, each chunk
+    flattened and embedded by a small MLP; tokens carry a 1D sin-cos position embedding."""
+
+    def __init__(self, channels: int, window: int, dim: int, tokens: int = IMU_TOKENS):
+        super().__init__()
+        if window % tokens:
+            raise ValueError(f"IMU window {window} is not divisible into {tokens} tokens")
+        self.channels, self.window, self.tokens = channels, window, tokens
+        self.chunk = window // tokens
+        self.embed = nn.Sequential(nn.Linear(self.chunk * channels, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.register_buffer("pos", sincos_1d(dim, torch.arange(tokens))[None], persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.embed(x.reshape(b, self.tokens, self.chunk * self.channels)) + self.pos
+
+
+def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int) -> nn.Module:
+    """One input adapter from a registry entry, chosen by its kind."""
+    if modality.kind in SPATIAL_KINDS:
+        return PatchAdapter(modality.channels, dim, patch, image_size)
+    if modality.kind == "imu":
+        window = modality.window or 16
+        tokens = max(1, min(IMU_TOKENS, modality.max_tokens, window))
+        while window % tokens:
+            tokens -= 1
+        return ImuAdapter(modality.channels, window, dim, tokens)
+    raise ValueError(f"modality {modality.name!r} of kind {modality.kind!r} cannot be tokenised by the encoder; "
+                     f"token kinds: {TOKEN_KINDS}")
+
+
+class Encoder(nn.Module):
+    """Multimodal ViT encoder.
+
+    forward(inputs) is the inference path: every token of every given modality is visible
+    and the result is the dense (B, D, H/p, W/p) map averaged over the spatial modalities
+    given. `encode(tokens, key_mask)` is the shared transformer used by masked pre-training.
+    """
+
+    def __init__(self, preset_name: str, modality_names: list[str], image_size: int, patch: int):
+        super().__init__()
+        spec = preset(preset_name)
+        if not modality_names:
+            raise ValueError("the encoder needs at least one modality")
+        mods = [registry.get(n) for n in modality_names]
+        if not any(m.kind in SPATIAL_KINDS for m in mods):
+            raise ValueError(f"the encoder needs at least one image-like modality, got {modality_names}")
+        self.preset = preset_name
+        self.embed_dim = spec["embed_dim"]
+        self.depth = spec["depth"]
+        self.heads = spec["heads"]
+        self.patch_size = patch
+        self.image_size = image_size
+        self.grid = image_size // patch
+        self.modalities = list(modality_names)
+        self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size) for m in mods})
+        self.modality_embed = nn.ParameterDict(
+            {m.name: nn.Parameter(torch.zeros(1, 1, self.embed_dim)) for m in mods})
+        self.blocks = nn.ModuleList([Block(self.embed_dim, self.heads) for _ in range(self.depth)])
+        self.norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in self.modality_embed.values():
+            nn.init.normal_(p, std=0.02)
+
+    def num_tokens(self, name: str) -> int:
+        return self.adapters[name].num_tokens
+
+    def spatial_modalities(self) -> list[str]:
+        return [n for n in self.modalities if registry.get(n).kind in SPATIAL_KINDS]
+
+    def tokenize(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """One modality's input -> (B, N, D) tokens with position and modality embedding."""
+        return self.adapters[name](x) + self.modality_embed[name]
+
+    def encode(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            tokens = block(tokens, key_mask)
+        return self.norm(tokens)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        names = [n for n in self.modalities if n in inputs]
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"encoder got inputs {unknown} it was not built for; it accepts {self.modalities}")
+        spatial = [n for n in names if registry.get(n).kind in SPATIAL_KINDS]
+        if not spatial:
+            raise ValueError(f"encoder needs at least one image-like input among {self.spatial_modalities()}")
+        for n in spatial:
+            shape = tuple(inputs[n].shape[-2:])
+            if shape != (self.image_size, self.image_size):
+                raise ValueError(f"input {n!r} has spatial size {shape}, the encoder expects "
+                                 f"({self.image_size}, {self.image_size})")
+        tokens = [self.tokenize(n, inputs[n]) for n in names]
+        out = self.encode(torch.cat(tokens, dim=1))
+        maps, start = [], 0
+        for n, t in zip(names, tokens):
+            if n in spatial:
+                maps.append(out[:, start:start + t.shape[1]])
+            start += t.shape[1]
+        dense = torch.stack(maps, dim=0).mean(dim=0) if len(maps) > 1 else maps[0]
+        b = dense.shape[0]
+        return dense.transpose(1, 2).reshape(b, self.embed_dim, self.grid, self.grid)
+
+    def describe(self) -> dict:
+        return {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,
+                "patch": self.patch_size, "embed_dim": self.embed_dim, "depth": self.depth, "heads": self.heads}
+
+
+def build_encoder(preset: str = "tiny", modalities: list[str] | tuple[str, ...] = ("rgb",),
+                  image_size: int = 128, patch: int = 16) -> Encoder:
+    """A randomly initialised encoder (the `scratch` baseline when used as is)."""
+    return Encoder(preset, list(modalities), int(image_size), int(patch))
+
+
+
+class PositionalInputs(nn.Module):
+    """Wraps an encoder so it takes its inputs as positional tensors in `names` order —
+    the form ONNX export and ONNX Runtime sessions want (input names = modality names)."""
+
+    def __init__(self, encoder: Encoder, names: list[str] | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.names = list(names or encoder.spatial_modalities()[:1])
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.encoder(dict(zip(self.names, tensors)))

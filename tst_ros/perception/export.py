@@ -1,0 +1,142 @@
+"""ONNX export of a transferred perception model, with a PyTorch / ONNX Runtime parity check.
+
+The graph has static shapes (batch 1, the model's input size), contains no masking, takes
+one input per modality (named after it) and returns `seg_logits` (1,C,S,S), `det_heatmap`
+(1,K,S/4,S/4) logits and `det_box` (1,4,S/4,S/4) raw log-distances; NMS runs in numpy in
+runtime.py. Class names, thing-class ids, preprocessing (size, mean/std per modality, input
+modalities) and tasks are written to metadata_props as JSON strings. The file is written
+only after the parity check passes (max |PyTorch - ORT| <= tolerance on random inputs and
+on real frames); a sidecar manifest records its sha256.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tst_ros.perception.runtime import OUTPUT_NAMES, Predictor, metadata_to_props
+from tst_ros.util import atomic_write, atomic_write_json, sha256_file
+
+DEFAULT_TOLERANCE = 1e-4
+OPSET = 17
+
+
+def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """`x.onnx` -> (x.onnx, x.onnx.manifest.json); a directory -> (DIR/model.onnx, DIR/manifest.json)."""
+    out = Path(out)
+    if out.suffix == ".onnx":
+        return out, out.with_name(out.name + ".manifest.json")
+    return out / "model.onnx", out / "manifest.json"
+
+
+def export_meta(meta: dict) -> dict:
+    return {**meta, "outputs": list(OUTPUT_NAMES), "det_stride": meta.get("det_stride", 4)}
+
+
+def _torch_export(model, dummy: tuple, path: str, input_names: list[str]) -> None:
+    import warnings
+
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, dummy, path, input_names=input_names, output_names=list(OUTPUT_NAMES),
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def _write_metadata(path: str, meta: dict) -> None:
+    import onnx
+
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    for key, value in metadata_to_props(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "tst_ros"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def real_frames(count: int, labeled_dir: str | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(rgb uint8, depth metres | None) pairs from a labeled set, else rendered by the simulator."""
+    if labeled_dir and Path(labeled_dir).is_dir():
+        from tst_ros.sim.labeled_set import load
+        items, _ = load(labeled_dir)
+        return [(it["rgb"], None if it.get("depth_mm") is None else it["depth_mm"].astype(np.float32) / 1000.0)
+                for it in items[:count]]
+    from tst_ros.config import SimConfig
+    from tst_ros.sim import Simulator
+    return [(f.rgb, f.depth_mm.astype(np.float32) / 1000.0) for f in Simulator(SimConfig()).frames(count)]
+
+
+def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 2, seed: int = 0,
+                 tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Max |PyTorch - ORT| per output over random and real inputs; RuntimeError above tolerance."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    h, w = predictor.size
+    cases: list[tuple[str, dict]] = []
+    for i in range(random_draws):
+        cases.append((f"random{i}", {n: rng.standard_normal((1, predictor.norm[n][1].size, h, w)).astype(np.float32)
+                                     for n in predictor.input_modalities}))
+    for i, (rgb, depth) in enumerate(frames):
+        depth = depth if depth is not None else np.full(rgb.shape[:2], np.nan, np.float32)
+        cases.append((f"frame{i}", predictor.preprocess(rgb, depth)))
+    worst: dict[str, float] = {n: 0.0 for n in OUTPUT_NAMES}
+    per_case = {}
+    with torch.no_grad():
+        for name, inputs in cases:
+            ref = model(*[torch.from_numpy(inputs[n]) for n in predictor.input_modalities])
+            got = predictor.infer(inputs)
+            diffs = {o: float(np.abs(r.numpy() - g).max()) for o, r, g in zip(OUTPUT_NAMES, ref, got)}
+            per_case[name] = diffs
+            for o, d in diffs.items():
+                worst[o] = max(worst[o], d)
+    result = {"tolerance": tolerance, "max_abs_diff": worst, "cases": per_case,
+              "random_inputs": random_draws, "real_frames": len(frames)}
+    if not len(frames):
+        raise RuntimeError("parity check needs at least one real frame")
+    bad = {o: d for o, d in worst.items() if not d <= tolerance}
+    if bad:
+        raise RuntimeError(f"ONNX Runtime output differs from PyTorch beyond {tolerance}: {bad} "
+                           f"(per case: {json.dumps(per_case)})")
+    return result
+
+
+def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: list | None = None,
+                 tolerance: float = DEFAULT_TOLERANCE, frame_count: int = 2) -> dict:
+    """Export MODEL_DIR to ONNX at `out` (file or directory); returns the manifest written beside it."""
+    import torch
+
+    from tst_ros.perception.heads import load_model
+
+    model, meta = load_model(model_dir)
+    meta = export_meta(meta)
+    onnx_path, manifest_path = output_paths(out)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    size = int(meta["preprocessing"]["size"][0])
+    channels = {n: int(m["channels"]) for n, m in meta["preprocessing"]["modalities"].items()}
+    dummy = tuple(torch.zeros(1, channels[n], size, size) for n in meta["input_modalities"])
+    if frames is None:
+        frames = real_frames(frame_count, meta.get("transfer", {}).get("labeled_set"))
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=".export.") as tmp:
+        tmp_path = os.path.join(tmp, "model.onnx")
+        _torch_export(model, dummy, tmp_path, meta["input_modalities"])
+        _write_metadata(tmp_path, meta)
+        predictor = Predictor.from_onnx(tmp_path, ["CPUExecutionProvider"])
+        parity = parity_check(model, predictor, frames, tolerance=tolerance)
+        data = Path(tmp_path).read_bytes()
+    atomic_write(onnx_path, lambda p: Path(p).write_bytes(data))
+    manifest = {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size,
+                "format": "onnx", "opset": OPSET, "inputs": meta["input_modalities"], "outputs": list(OUTPUT_NAMES),
+                "input_size": meta["preprocessing"]["size"], "classes": meta["classes"],
+                "thing_class_ids": meta["thing_class_ids"], "tasks": meta.get("tasks", []),
+                "source_model_dir": str(Path(model_dir).resolve()), "parity": parity}
+    atomic_write_json(manifest_path, manifest)
+    manifest["manifest_path"] = str(manifest_path)
+    manifest["path"] = str(onnx_path)
+    return manifest

@@ -1,0 +1,242 @@
+"""Task heads on the encoder's dense ViT features and the combined perception model.
+
+- `SimpleFeaturePyramid`: ViTDet-style pyramid built from the single stride-p map (strides 4,
+  8, 16 by transposed convolutions / identity / pooling), fused top-down to one stride-4 map.
+- `SegmentationHead`: light decoder on the fused map, logits upsampled to the input size.
+- `CenterDetectionHead`: anchor-free detector (CenterNet-style class heatmaps plus per-cell
+  left/top/right/bottom box distances, TTFNet-style Gaussian-weighted box regression).
+- `PerceptionModel`: encoder + pyramid + heads; `forward(*inputs)` takes one tensor per input
+  modality (order = `input_modalities`) and returns (seg_logits, det_heatmap, det_box), all
+  static-shape and free of data-dependent control flow, so it exports to ONNX as is.
+- Loss functions and training targets for both heads (vectorised over boxes and cells).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DET_STRIDE = 4
+PYRAMID_STRIDES = (4, 8, 16)
+BOX_LOG_CLAMP = 6.0
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch), ch)
+
+
+def _resample(in_dim: int, out_dim: int, factor: float) -> nn.Module:
+    """Change resolution by `factor` (power of two): transposed convs up, max-pooling down."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    while factor > 1:
+        layers += [nn.ConvTranspose2d(dim, out_dim, 2, stride=2), _norm(out_dim), nn.GELU()]
+        dim, factor = out_dim, factor / 2
+    while factor < 1:
+        layers.append(nn.MaxPool2d(2))
+        factor *= 2
+    layers += [nn.Conv2d(dim, out_dim, 1), _norm(out_dim)]
+    return nn.Sequential(*layers)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """(B, D, H/p, W/p) -> fused (B, dim, H/4, W/4)."""
+
+    def __init__(self, in_dim: int, dim: int, patch: int):
+        super().__init__()
+        if patch < 4 or patch & (patch - 1):
+            raise ValueError(f"patch size must be a power of two >= 4, got {patch}")
+        self.levels = nn.ModuleList([_resample(in_dim, dim, patch / s) for s in PYRAMID_STRIDES])
+        self.smooth = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [level(x) for level in self.levels]          # strides 4, 8, 16
+        fused = feats[-1]
+        for f in reversed(feats[:-1]):
+            fused = f + F.interpolate(fused, scale_factor=2.0, mode="nearest")
+        return self.smooth(fused)
+
+
+class SegmentationHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim), nn.GELU())
+        self.classify = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        logits = self.classify(self.block(x))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class CenterDetectionHead(nn.Module):
+    """Heatmap logits (B, K, H/4, W/4) and raw box maps (B, 4, H/4, W/4): log of the ltrb
+    distances from each cell centre to the box sides, in units of the stride."""
+
+    def __init__(self, dim: int, num_things: int, prior: float = 0.05):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim), nn.GELU(),
+                                   nn.Conv2d(dim, dim, 3, padding=1), _norm(dim), nn.GELU())
+        self.heatmap = nn.Conv2d(dim, num_things, 1)
+        self.box = nn.Conv2d(dim, 4, 1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - prior) / prior))
+        nn.init.zeros_(self.box.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.trunk(x)
+        return self.heatmap(t), self.box(t)
+
+
+class PerceptionModel(nn.Module):
+    """Encoder + feature pyramid + segmentation and detection heads."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, num_things: int, input_modalities: list[str],
+                 pyramid_dim: int = 64):
+        super().__init__()
+        unknown = [m for m in input_modalities if m not in encoder.modalities]
+        if unknown:
+            raise ValueError(f"input modalities {unknown} are not accepted by the encoder ({encoder.modalities})")
+        if num_classes <= 0 or num_things <= 0:
+            raise ValueError(f"need at least one class and one thing class, got {num_classes}, {num_things}")
+        self.encoder = encoder
+        self.input_modalities = list(input_modalities)
+        self.image_size = int(encoder.image_size)
+        self.pyramid = SimpleFeaturePyramid(encoder.embed_dim, pyramid_dim, encoder.patch_size)
+        self.seg_head = SegmentationHead(pyramid_dim, num_classes)
+        self.det_head = CenterDetectionHead(pyramid_dim, num_things)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if len(inputs) != len(self.input_modalities):
+            raise ValueError(f"expected {len(self.input_modalities)} inputs ({self.input_modalities}), got {len(inputs)}")
+        feats = self.encoder(dict(zip(self.input_modalities, inputs)))
+        fused = self.pyramid(feats)
+        seg = self.seg_head(fused, (self.image_size, self.image_size))
+        heat, box = self.det_head(fused)
+        return seg, heat, box
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+
+# ----------------------------------------------------------------------------- targets and losses
+
+def detection_targets(boxes: np.ndarray, labels: np.ndarray, image_size: int, num_things: int,
+                      stride: int = DET_STRIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (K,4) xyxy in model-input pixels, labels (K,) heatmap channel indices ->
+    heatmap (num_things, G, G) in [0,1] with exact 1 at box centres, box target (4, G, G)
+    log(ltrb / stride), box weight (G, G) (Gaussian inside the smallest covering box)."""
+    g = image_size // stride
+    heat = np.zeros((num_things, g, g), np.float32)
+    box_t = np.zeros((4, g, g), np.float32)
+    weight = np.zeros((g, g), np.float32)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    boxes, labels = boxes[keep], labels[keep]
+    if not len(boxes):
+        return heat, box_t, weight
+    centres = (np.arange(g, dtype=np.float32) + 0.5) * stride               # cell centres in pixels
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    sx = np.maximum(w / 6, stride / 2)[:, None, None]
+    sy = np.maximum(h / 6, stride / 2)[:, None, None]
+    dx = centres[None, None, :] - cx[:, None, None]                          # (K,1,G)
+    dy = centres[None, :, None] - cy[:, None, None]                          # (K,G,1)
+    gauss = np.exp(-(dx ** 2) / (2 * sx ** 2) - (dy ** 2) / (2 * sy ** 2))   # (K,G,G)
+    ci = np.clip((cx / stride).astype(np.int64), 0, g - 1)
+    cj = np.clip((cy / stride).astype(np.int64), 0, g - 1)
+    gauss[np.arange(len(boxes)), cj, ci] = 1.0
+    np.maximum.at(heat, labels, gauss)
+    left = centres[None, None, :] - boxes[:, 0, None, None]
+    right = boxes[:, 2, None, None] - centres[None, None, :]
+    top = centres[None, :, None] - boxes[:, 1, None, None]
+    bottom = boxes[:, 3, None, None] - centres[None, :, None]
+    ltrb = np.stack(np.broadcast_arrays(left, top, right, bottom), axis=1)  # (K,4,G,G)
+    inside = (ltrb.min(axis=1) > 0) | (gauss == 1.0)
+    area = np.where(inside, (w * h)[:, None, None], np.inf)
+    owner = area.argmin(axis=0)                                              # smallest box covering the cell
+    covered = np.isfinite(area.min(axis=0))
+    chosen = np.take_along_axis(ltrb, owner[None, None], axis=0)[0]          # (4,G,G)
+    box_t[:] = np.log(np.maximum(chosen, stride / 4) / stride)
+    weight[:] = np.where(covered, np.take_along_axis(gauss, owner[None], axis=0)[0], 0.0)
+    return heat, box_t, weight
+
+
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of centres."""
+    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    pos_loss = -torch.log(p) * (1 - p) ** alpha * pos
+    neg_loss = -torch.log(1 - p) * p ** alpha * (1 - target) ** beta * (1 - pos)
+    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
+
+
+def box_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Gaussian-weighted L1 on log ltrb distances."""
+    l1 = (pred.clamp(-BOX_LOG_CLAMP, BOX_LOG_CLAMP) - target).abs().sum(dim=1)
+    return (l1 * weight).sum() / weight.sum().clamp(min=1e-6)
+
+
+# ----------------------------------------------------------------------------- model directory I/O
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+
+
+def preprocessing_meta(input_modalities: list[str], image_size: int) -> dict:
+    """How raw sensor arrays become network inputs (from the modality registry), stored with a model."""
+    from tst_ros import modalities as registry
+
+    out = {"size": [int(image_size), int(image_size)], "resize": "stretch", "modalities": {}}
+    for name in input_modalities:
+        m = registry.get(name)
+        out["modalities"][name] = {"channels": m.channels, "storage_dtype": m.storage_dtype, "scale": m.scale,
+                                   "mean": list(m.mean), "std": list(m.std), "invalid_value": m.invalid_value,
+                                   "description": m.description}
+    return out
+
+
+def save_model(model: PerceptionModel, meta: dict, out_dir) -> None:
+    """MODEL_DIR/model.safetensors (all weights) + MODEL_DIR/model.json (everything needed to rebuild)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from tst_ros.util import atomic_write, atomic_write_json
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out_dir / MODEL_WEIGHTS, lambda tmp: save_file(state, tmp))
+    atomic_write_json(out_dir / MODEL_META, meta)
+
+
+def build_model(meta: dict) -> PerceptionModel:
+    from tst_ros.models import build_encoder
+
+    enc = meta["encoder"]
+    encoder = build_encoder(enc["preset"], enc["modalities"], enc["image_size"], enc["patch"])
+    return PerceptionModel(encoder, len(meta["classes"]), len(meta["thing_class_ids"]),
+                           meta["input_modalities"], meta.get("pyramid_dim", 64))
+
+
+def load_model(model_dir, device: str = "cpu") -> tuple[PerceptionModel, dict]:
+    """Rebuild a transferred model from MODEL_DIR (safetensors, no pickle)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    meta_path = model_dir / MODEL_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model directory (no {MODEL_META})")
+    meta = json.loads(meta_path.read_text())
+    model = build_model(meta)
+    missing, unexpected = model.load_state_dict(load_file(str(model_dir / MODEL_WEIGHTS), device=device), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights in {model_dir} do not match model.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval(), meta

@@ -1,0 +1,287 @@
+"""Deployment runtime for the perception model: ONNX Runtime session (CUDA provider when
+present, CPU otherwise) or a PyTorch fallback on a model directory, with the numpy pre- and
+post-processing shared by evaluation, benchmarks and the ROS nodes.
+
+`Predictor.load(path)` accepts an exported `.onnx` file (metadata read from its
+metadata_props) or a transfer MODEL_DIR (PyTorch). `predict(rgb, depth_m)` returns a
+`Prediction` with a class mask at the input resolution and class-wise-NMS'd boxes in input
+pixels. Nothing here imports torch unless the PyTorch backend is used.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IGNORE_LABEL = 255
+META_KEYS = ("classes", "thing_class_ids", "input_modalities", "preprocessing", "tasks", "det_stride",
+             "image_size", "encoder", "outputs")
+OUTPUT_NAMES = ("seg_logits", "det_heatmap", "det_box")
+BOX_LOG_CLAMP = 6.0
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray                   # (H, W) uint8 class ids
+    boxes: np.ndarray                  # (N, 4) float32 xyxy input pixels
+    scores: np.ndarray                 # (N,) float32
+    labels: np.ndarray                 # (N,) int64 class ids (indices into classes)
+    timings_ms: dict = field(default_factory=dict)
+
+
+def model_info_from_meta(meta: dict) -> dict:
+    missing = [k for k in ("classes", "thing_class_ids", "input_modalities", "preprocessing") if k not in meta]
+    if missing:
+        raise ValueError(f"model metadata lacks {missing}")
+    return meta
+
+
+class Predictor:
+    """One loaded model. Thread-compatible: one predict() at a time per instance."""
+
+    def __init__(self, meta: dict, infer_fn, backend: str, source: str, providers: list[str] | None = None):
+        self.meta = model_info_from_meta(meta)
+        self.classes: list[str] = list(meta["classes"])
+        self.thing_class_ids = np.asarray(meta["thing_class_ids"], np.int64)
+        self.input_modalities: list[str] = list(meta["input_modalities"])
+        pre = meta["preprocessing"]
+        self.size = tuple(int(s) for s in pre["size"])                  # (H, W) of the network input
+        self.norm = normalisation(pre)
+        self.det_stride = int(meta.get("det_stride", 4))
+        self.tasks = list(meta.get("tasks", ["segmentation", "detection"]))
+        self._infer = infer_fn
+        self.backend = backend
+        self.source = source
+        self.providers = providers or []
+
+    # -------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, providers: list[str] | None = None, backend: str = "auto",
+             threads: int = 0) -> "Predictor":
+        path = Path(path)
+        if path.is_dir() and (path / "model.json").is_file() and backend in ("auto", "torch") and \
+                not (backend == "auto" and (path / "model.onnx").is_file()):
+            return cls.from_model_dir(path)
+        onnx_path = path / "model.onnx" if path.is_dir() else path
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"no model at {path} (expected an .onnx file or a model directory)")
+        try:
+            return cls.from_onnx(onnx_path, providers, threads)
+        except ImportError:
+            if backend == "onnx":
+                raise
+            manifest = _read_manifest(onnx_path)
+            source = manifest.get("source_model_dir") if manifest else None
+            if source and Path(source).is_dir():
+                return cls.from_model_dir(source)
+            raise
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0) -> "Predictor":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+        except Exception as e:  # ORT raises its own exception types for corrupt files
+            raise ValueError(f"cannot load ONNX model {path}: {e}") from None
+        meta = metadata_from_props(session.get_modelmeta().custom_metadata_map)
+        input_names = [i.name for i in session.get_inputs()]
+        if input_names != meta["input_modalities"]:
+            raise ValueError(f"ONNX inputs {input_names} do not match metadata input_modalities {meta['input_modalities']}")
+        output_names = [o.name for o in session.get_outputs()]
+
+        def infer(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+            out = dict(zip(output_names, session.run(output_names, inputs)))
+            return [out[n] for n in OUTPUT_NAMES]
+
+        pred = cls(meta, infer, "onnxruntime", str(path), session.get_providers())
+        pred.session = session
+        return pred
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike, device: str = "cpu") -> "Predictor":
+        import torch
+
+        from tst_ros.perception.heads import load_model
+
+        model, meta = load_model(model_dir, device)
+
+        @torch.no_grad()
+        def infer(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+            tensors = [torch.from_numpy(inputs[n]).to(device) for n in meta["input_modalities"]]
+            return [t.cpu().numpy() for t in model(*tensors)]
+
+        pred = cls(meta, infer, "torch", str(model_dir), [device])
+        pred.model = model
+        return pred
+
+    # -------------------------------------------------------------- processing
+    @property
+    def uses_depth(self) -> bool:
+        return "depth" in self.input_modalities
+
+    def preprocess(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """RGB (H,W,3) uint8 and depth (H,W) metres (NaN/0 invalid) -> {name: (1,C,h,w) float32}."""
+        return {n: x[None] for n, x in prepare_inputs(rgb, depth_m, self.input_modalities, self.norm, self.size).items()}
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Bare model inference: preprocessed inputs -> [seg_logits, det_heatmap, det_box]."""
+        return self._infer(inputs)
+
+    def predict(self, rgb: np.ndarray, depth_m: np.ndarray | None = None, score_threshold: float = 0.3,
+                nms_iou: float = 0.5, max_detections: int = 100, need_mask: bool = True,
+                need_boxes: bool = True) -> Prediction:
+        h, w = rgb.shape[:2]
+        seg, heat, box = self.infer(self.preprocess(rgb, depth_m))
+        mask = segmentation_mask(seg[0], (h, w)) if need_mask else np.zeros((0, 0), np.uint8)
+        if need_boxes:
+            boxes, scores, channels = decode_detections(heat[0], box[0], self.det_stride, score_threshold, nms_iou,
+                                                        max_detections)
+            boxes = boxes * np.array([w / self.size[1], h / self.size[0]] * 2, np.float32)
+            boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+            labels = self.thing_class_ids[channels]
+        else:
+            boxes, scores, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return Prediction(mask, boxes, scores, labels)
+
+
+def normalisation(preprocessing: dict) -> dict[str, tuple[float, np.ndarray, np.ndarray]]:
+    return {name: (float(m["scale"]), np.asarray(m["mean"], np.float32), np.asarray(m["std"], np.float32))
+            for name, m in preprocessing["modalities"].items()}
+
+
+def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities: list[str],
+                   norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The one preprocessing path (training, evaluation, deployment): stretch-resize to `size`,
+    normalise per modality -> {name: (C, h, w) float32}. Depth is metres with NaN or 0 invalid
+    (invalid -> 0 after normalisation, as in the modality registry)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    h, w = size
+    out: dict[str, np.ndarray] = {}
+    for name in input_modalities:
+        scale, mean, std = norm[name]
+        if name == "rgb":
+            x = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            out[name] = np.ascontiguousarray(((x * scale - mean) / std).transpose(2, 0, 1))
+        elif name == "depth":
+            if depth_m is None:
+                raise ValueError("this model needs a depth image")
+            if depth_m.shape[:2] != rgb.shape[:2]:
+                raise ValueError(f"depth {depth_m.shape[:2]} and colour {rgb.shape[:2]} sizes differ (depth must be aligned)")
+            d = cv2.resize(np.asarray(depth_m, np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+            valid = np.isfinite(d) & (d > 0)
+            out[name] = np.where(valid, (d - mean[0]) / std[0], 0.0).astype(np.float32)[None]
+        else:
+            raise ValueError(f"the runtime cannot produce input modality {name!r} from sensor images")
+    return out
+
+
+def segmentation_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (H, W) uint8 argmax, nearest-resized to the input size."""
+    labels = logits.argmax(axis=0).astype(np.uint8)
+    if labels.shape != tuple(size):
+        labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return labels
+
+
+def _local_maxima(scores: np.ndarray) -> np.ndarray:
+    """(K, G, G) -> bool mask of 3x3 local maxima (ties keep all)."""
+    padded = np.pad(scores, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    g_h, g_w = scores.shape[1:]
+    neighbourhood = np.max(np.stack([padded[:, dy:dy + g_h, dx:dx + g_w] for dy in range(3) for dx in range(3)]),
+                           axis=0)
+    return scores >= neighbourhood
+
+
+def decode_detections(heat_logits: np.ndarray, box_raw: np.ndarray, stride: int, score_threshold: float = 0.3,
+                      nms_iou: float = 0.5, max_detections: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw maps of one image -> boxes (N,4) xyxy in network-input pixels, scores, heatmap channels."""
+    scores = 1.0 / (1.0 + np.exp(-heat_logits.astype(np.float32)))
+    peaks = _local_maxima(scores) & (scores >= score_threshold)
+    ch, ys, xs = np.nonzero(peaks)
+    s = scores[ch, ys, xs]
+    order = np.argsort(-s, kind="stable")[: 4 * max_detections]
+    ch, ys, xs, s = ch[order], ys[order], xs[order], s[order]
+    dist = np.exp(np.clip(box_raw[:, ys, xs], -BOX_LOG_CLAMP, BOX_LOG_CLAMP)).T * stride   # (N, 4) l t r b
+    cx = (xs + 0.5) * stride
+    cy = (ys + 0.5) * stride
+    boxes = np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], axis=1).astype(np.float32)
+    keep = batched_nms(boxes, s, ch, nms_iou)[:max_detections]
+    return boxes[keep], s[keep].astype(np.float32), ch[keep].astype(np.int64)
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy class-wise NMS; returns kept indices sorted by descending score."""
+    if not len(boxes):
+        return np.zeros(0, np.int64)
+    # offset boxes per class so that boxes of different classes never overlap
+    offset = classes.astype(np.float32)[:, None] * (float(boxes.max()) + 1.0)
+    shifted = boxes + offset
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        if order.size == 1:
+            break
+        ious = box_iou(shifted[i], shifted[order[1:]])
+        order = order[1:][ious <= iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """Distinct, deterministic RGB colours per class id (unlabeled 255 -> black)."""
+    rng = np.random.default_rng(12345)
+    colours = np.zeros((256, 3), np.uint8)
+    colours[:num_classes] = rng.integers(40, 256, size=(num_classes, 3), dtype=np.uint8)
+    return colours
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend class colours over the image: (H,W,3) uint8."""
+    return cv2.addWeighted(rgb, 1 - alpha, colours[mask], alpha, 0.0)
+
+
+# -------------------------------------------------------------- metadata
+def metadata_to_props(meta: dict) -> dict[str, str]:
+    """Model metadata -> ONNX metadata_props (string -> JSON string)."""
+    return {k: json.dumps(meta[k]) for k in META_KEYS if k in meta}
+
+
+def metadata_from_props(props: dict[str, str]) -> dict:
+    meta = {}
+    for k, v in props.items():
+        if k in META_KEYS:
+            meta[k] = json.loads(v)
+    return model_info_from_meta(meta)
+
+
+def _read_manifest(onnx_path: Path) -> dict | None:
+    for candidate in (onnx_path.with_name(onnx_path.name + ".manifest.json"), onnx_path.parent / "manifest.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None

@@ -1,0 +1,317 @@
+"""Transfer: fine-tune segmentation + detection heads on a COCO-style labeled set from other
+buildings, on top of a pre-trained (or scratch) encoder; and evaluation on held-out frames.
+
+Encoder modes: `frozen` (features computed once per image and flip, only heads train),
+`partial` (the upper half of encoder.blocks and the final norm train), `full` (everything),
+with layer-wise learning-rate decay over encoder.blocks for the trainable encoder layers.
+Inputs are RGB plus depth when the encoder accepts depth (unless `input_modalities` says
+otherwise). The result is MODEL_DIR/model.safetensors + model.json (+ config.yaml).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tst_ros.perception.runtime import Predictor, normalisation, prepare_inputs
+
+FINETUNE_MODES = ("frozen", "partial", "full")
+
+
+# ----------------------------------------------------------------------------- data
+
+def read_categories(labeled_dir: str | Path) -> dict[int, str]:
+    """Detection categories {id: name} of a COCO-style labeled set (ids = semantic class ids)."""
+    path = Path(labeled_dir) / "instances.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{labeled_dir} is not a labeled set (no instances.json)")
+    cats = json.loads(path.read_text()).get("categories", [])
+    if not cats:
+        raise ValueError(f"{path} lists no categories")
+    return {int(c["id"]): str(c["name"]) for c in sorted(cats, key=lambda c: int(c["id"]))}
+
+
+def load_labeled(labeled_dir: str | Path) -> tuple[list[dict], list[str], dict[int, str]]:
+    from tst_ros.sim.labeled_set import load
+
+    items, classes = load(str(labeled_dir))
+    if not items:
+        raise ValueError(f"labeled set {labeled_dir} has no images")
+    return items, list(classes), read_categories(labeled_dir)
+
+
+def depth_metres(item: dict) -> np.ndarray | None:
+    d = item.get("depth_mm")
+    return None if d is None else d.astype(np.float32) / 1000.0
+
+
+class TransferData:
+    """Labeled items preprocessed once to network resolution (arrays kept in memory)."""
+
+    def __init__(self, items: list[dict], input_modalities: list[str], preprocessing: dict,
+                 thing_class_ids: list[int], num_things_stride: int = 4):
+        import cv2
+
+        from tst_ros.perception.heads import detection_targets
+
+        size = tuple(preprocessing["size"])
+        norm = normalisation(preprocessing)
+        channel_of = {cid: i for i, cid in enumerate(thing_class_ids)}
+        self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
+        self.semantic, self.boxes, self.labels = [], [], []
+        for it in items:
+            if "depth" in input_modalities and it.get("depth_mm") is None:
+                raise ValueError("the model takes depth but the labeled set has no depth images")
+            x = prepare_inputs(it["rgb"], depth_metres(it), input_modalities, norm, size)
+            for n in input_modalities:
+                self.inputs[n].append(x[n])
+            h, w = it["rgb"].shape[:2]
+            self.semantic.append(cv2.resize(it["semantic"], (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
+            boxes = np.asarray(it["boxes"], np.float32).reshape(-1, 4) * np.array(
+                [size[1] / w, size[0] / h] * 2, np.float32)
+            labels = np.asarray(it["labels"], np.int64).reshape(-1)
+            keep = np.array([int(c) in channel_of for c in labels], bool)
+            self.boxes.append(boxes[keep])
+            self.labels.append(np.array([channel_of[int(c)] for c in labels[keep]], np.int64))
+        self.inputs = {n: np.stack(v) for n, v in self.inputs.items()}
+        self.semantic = np.stack(self.semantic).astype(np.int64)
+        self.size = size
+        self.num_things = len(thing_class_ids)
+        self.stride = num_things_stride
+        # detection targets for the plain and the horizontally flipped image
+        self.targets = {}
+        for flip in (False, True):
+            hm, bt, bw = [], [], []
+            for boxes, labels in zip(self.boxes, self.labels):
+                b = boxes.copy()
+                if flip:
+                    b[:, [0, 2]] = size[1] - boxes[:, [2, 0]]
+                t = detection_targets(b, labels, size[0], self.num_things, self.stride)
+                hm.append(t[0]); bt.append(t[1]); bw.append(t[2])
+            self.targets[flip] = (np.stack(hm), np.stack(bt), np.stack(bw))
+
+    def __len__(self) -> int:
+        return len(self.semantic)
+
+    def batch(self, idx: np.ndarray, flips: np.ndarray) -> dict:
+        """Arrays for items `idx`, flipped horizontally where `flips` is True."""
+        def pick(arr):
+            out = arr[idx].copy()
+            out[flips] = out[flips][..., ::-1]
+            return out
+        inputs = {n: pick(v) for n, v in self.inputs.items()}
+        semantic = pick(self.semantic)
+        hm = np.where(flips[:, None, None, None], self.targets[True][0][idx], self.targets[False][0][idx])
+        bt = np.where(flips[:, None, None, None], self.targets[True][1][idx], self.targets[False][1][idx])
+        bw = np.where(flips[:, None, None], self.targets[True][2][idx], self.targets[False][2][idx])
+        return {"inputs": inputs, "semantic": semantic, "heatmap": hm, "box": bt, "box_weight": bw}
+
+
+# ----------------------------------------------------------------------------- model
+
+def resolve_encoder(source: str, preset: str = "tiny", image_size: int = 128, patch: int = 16,
+                    scratch_modalities: tuple[str, ...] = ("rgb",)):
+    """`scratch` -> random encoder; otherwise a run directory / encoder file -> (encoder, meta)."""
+    from tst_ros.models import build_encoder, load_encoder
+
+    if source == "scratch":
+        enc = build_encoder(preset, list(scratch_modalities), image_size, patch)
+        return enc, {**enc.describe(), "method": "scratch", "source": "scratch"}
+    enc, meta = load_encoder(source)
+    return enc, {**enc.describe(), "method": meta.get("method", "unknown"), "source": str(Path(source).resolve()),
+                 "pretrain_steps": meta.get("steps", meta.get("step"))}
+
+
+def default_inputs(encoder) -> list[str]:
+    return [m for m in ("rgb", "depth") if m in encoder.modalities]
+
+
+def new_model(encoder, encoder_meta: dict, classes: list[str], categories: dict[int, str],
+              input_modalities: list[str] | None = None, pyramid_dim: int = 64):
+    from tst_ros.perception.heads import DET_STRIDE, PerceptionModel, preprocessing_meta
+
+    inputs = list(input_modalities or default_inputs(encoder))
+    thing_ids = [cid for cid in categories if 0 <= cid < len(classes)]
+    if len(thing_ids) != len(categories):
+        raise ValueError(f"category ids {sorted(categories)} must index the {len(classes)} semantic classes")
+    model = PerceptionModel(encoder, len(classes), len(thing_ids), inputs, pyramid_dim)
+    meta = {"format": "tst_ros.perception/1", "classes": classes, "thing_class_ids": thing_ids,
+            "input_modalities": inputs, "image_size": model.image_size,
+            "preprocessing": preprocessing_meta(inputs, model.image_size), "tasks": ["segmentation", "detection"],
+            "det_stride": DET_STRIDE, "pyramid_dim": pyramid_dim, "encoder": encoder_meta}
+    return model, meta
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Encoder parameter name -> layer index for layer-wise lr decay (0 = input adapters, depth+1 = top)."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith("norm."):
+        return depth + 1
+    return 0
+
+
+def param_groups(model, mode: str, lr: float, layer_decay: float, weight_decay: float = 0.05) -> list[dict]:
+    """Heads at `lr`; trainable encoder layers at lr * decay^(depth + 1 - layer)."""
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {mode!r}")
+    enc = model.encoder
+    depth = len(enc.blocks)
+    first_trainable = {"frozen": depth + 2, "partial": depth // 2 + 1, "full": 0}[mode]
+    groups: dict[int, list] = {}
+    for name, p in enc.named_parameters():
+        lid = layer_id(name, depth)
+        p.requires_grad_(lid >= first_trainable)
+        if p.requires_grad:
+            groups.setdefault(lid, []).append(p)
+    out = [{"params": model.head_parameters(), "lr": lr, "lr_scale": 1.0, "weight_decay": weight_decay,
+            "name": "heads"}]
+    for lid, params in sorted(groups.items()):
+        scale = layer_decay ** (depth + 1 - lid)
+        out.append({"params": params, "lr": lr * scale, "lr_scale": scale, "weight_decay": weight_decay,
+                    "name": f"encoder.layer{lid}"})
+    return out
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# ----------------------------------------------------------------------------- training
+
+def emit_progress(stream, **fields) -> None:
+    if stream is not None:
+        stream.write(json.dumps(fields) + "\n")
+        stream.flush()
+
+
+def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, preset: str = "tiny",
+             image_size: int = 128, patch: int = 16, input_modalities: list[str] | None = None,
+             progress_stream=None, show_bar: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from tst_ros.config import TransferConfig
+    from tst_ros.perception.heads import box_loss, focal_heatmap_loss, save_model
+
+    cfg = cfg or TransferConfig()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.perf_counter()
+    items, classes, categories = load_labeled(labeled_dir)
+    if cfg.labeled_images and len(items) > cfg.labeled_images:
+        items = items[:cfg.labeled_images]
+    encoder, enc_meta = resolve_encoder(encoder_source, preset, image_size, patch)
+    model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities)
+    data = TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
+    groups = param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
+    frozen = cfg.finetune == "frozen"
+    cache = _frozen_features(model, data) if frozen else None
+    warmup = max(1, cfg.steps // 10)
+    history = []
+    bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
+               file=sys.stderr)
+    model.train()
+    if frozen:
+        model.encoder.eval()
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(step, cfg.steps, warmup)
+        idx = rng.integers(0, len(data), size=min(cfg.batch, len(data)))
+        flips = rng.random(len(idx)) < 0.5
+        b = data.batch(idx, flips)
+        if frozen:
+            feats = torch.from_numpy(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]))
+        else:
+            feats = model.encoder({n: torch.from_numpy(v) for n, v in b["inputs"].items()})
+        fused = model.pyramid(feats)
+        seg = model.seg_head(fused, data.size)
+        heat, box = model.det_head(fused)
+        loss_seg = F.cross_entropy(seg, torch.from_numpy(b["semantic"]), ignore_index=255)
+        loss_hm = focal_heatmap_loss(heat, torch.from_numpy(b["heatmap"]))
+        loss_box = box_loss(box, torch.from_numpy(b["box"]), torch.from_numpy(b["box_weight"]))
+        loss = loss_seg + loss_hm + 0.5 * loss_box
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
+        opt.step()
+        rec = {"step": step + 1, "loss": float(loss), "seg": float(loss_seg), "heatmap": float(loss_hm),
+               "box": float(loss_box)}
+        if step % 10 == 0 or step == cfg.steps - 1:
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            elapsed = time.perf_counter() - t0
+            emit_progress(progress_stream, stage="transfer", step=step + 1, total=cfg.steps, loss=rec["loss"],
+                          samples_per_s=(step + 1) * len(idx) / max(elapsed, 1e-9),
+                          eta_s=elapsed / (step + 1) * (cfg.steps - step - 1),
+                          message=f"seg {rec['seg']:.3f} heatmap {rec['heatmap']:.3f} box {rec['box']:.3f}")
+    model.eval()
+    meta["transfer"] = {**asdict(cfg), "labeled_set": str(Path(labeled_dir).resolve()), "labeled_images": len(items),
+                        "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
+    meta["history"] = history
+    save_model(model, meta, out_dir)
+    emit_progress(progress_stream, event="model", path=str(Path(out_dir).resolve()), tasks=meta["tasks"],
+                  modalities=meta["input_modalities"], metrics={"final_loss": history[-1]["loss"] if history else 0.0})
+    return {"model_dir": str(out_dir), "method": enc_meta["method"], "finetune": cfg.finetune, "steps": cfg.steps,
+            "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
+            "final_loss": history[-1] if history else None}
+
+
+def _frozen_features(model, data: TransferData, chunk: int = 32):
+    """Encoder features of every image and of its mirror image (frozen encoder: computed once)."""
+    import torch
+
+    plain, flipped = [], []
+    with torch.no_grad():
+        for start in range(0, len(data), chunk):
+            sl = slice(start, start + chunk)
+            x = {n: torch.from_numpy(v[sl]) for n, v in data.inputs.items()}
+            plain.append(model.encoder(x).numpy())
+            flipped.append(model.encoder({n: t.flip(-1) for n, t in x.items()}).numpy())
+    return np.concatenate(plain), np.concatenate(flipped)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(model_path: str, labeled_dir: str, score_threshold: float = 0.05, nms_iou: float = 0.5,
+             predictor: Predictor | None = None, limit: int = 0, show_bar: bool = False) -> dict:
+    """mIoU + per-class IoU and COCO mAP of a model (MODEL_DIR or .onnx) on a labeled set."""
+    from tqdm import tqdm
+
+    from tst_ros.perception.metrics import DetectionMeter, SegmentationMeter, format_iou_table
+
+    predictor = predictor or Predictor.load(model_path)
+    items, classes, categories = load_labeled(labeled_dir)
+    if list(classes) != list(predictor.classes):
+        raise ValueError(f"class lists differ: model {predictor.classes} vs labeled set {classes}")
+    items = items[:limit] if limit else items
+    seg = SegmentationMeter(len(classes))
+    det = DetectionMeter({int(c): classes[int(c)] for c in predictor.thing_class_ids})
+    t0 = time.perf_counter()
+    for it in tqdm(items, desc="eval", disable=not show_bar, file=sys.stderr):
+        depth = depth_metres(it) if predictor.uses_depth else None
+        p = predictor.predict(it["rgb"], depth, score_threshold=score_threshold, nms_iou=nms_iou)
+        seg.update(p.mask, it["semantic"])
+        keep = np.isin(np.asarray(it["labels"]).reshape(-1), predictor.thing_class_ids)
+        h, w = it["rgb"].shape[:2]
+        det.update(np.asarray(it["boxes"]).reshape(-1, 4)[keep], np.asarray(it["labels"]).reshape(-1)[keep],
+                   p.boxes, p.scores, p.labels, w, h)
+    seg_report = seg.report(classes)
+    det_report = det.compute()
+    return {"model": str(model_path), "labeled_set": str(labeled_dir), "images": len(items),
+            "backend": predictor.backend, "miou": seg_report["miou"], "pixel_accuracy": seg_report["pixel_accuracy"],
+            "map": det_report["map"], "map50": det_report["map50"], "map75": det_report["map75"],
+            "per_class_iou": seg_report["per_class"], "per_class_ap": det_report["per_class_ap"],
+            "iou_table": format_iou_table(seg_report), "seconds": round(time.perf_counter() - t0, 2),
+            "score_threshold": score_threshold}

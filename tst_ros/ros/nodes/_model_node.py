@@ -1,0 +1,311 @@
+"""Shared base of the perception nodes: model serving with latest-frame scheduling and hot reload.
+
+- Subscribes the colour image (and, when the loaded model takes depth, the aligned depth image,
+  paired by approximate time) with sensor QoS; only the newest frame is kept: a worker thread
+  processes it and frames that arrive meanwhile replace it (never a backlog).
+- Subscribes `/tst/model` (ModelUpdate, transient-local). An update is verified (sha256 of the
+  file, or of manifest.json for a directory, plus the model file it names), loaded and warmed
+  up in a background thread, and swapped in between two frames. A model that fails to load or
+  verify is reported with an error log and the old one keeps serving.
+- Publishes the class map as LabelInfo (transient-local) whenever the serving model changes.
+- Wrong-encoding inputs are reported with a throttled warning; the node keeps running.
+
+Subclasses set TASK and implement `publish_outputs(predictor, image_msg, rgb, depth_m)`.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from tst_ros.msg import LabelInfo, ModelUpdate
+from tst_ros.perception.runtime import IGNORE_LABEL, Predictor
+from tst_ros.ros.conversions import depth_to_metres, image_to_rgb, stamp_to_ns
+from tst_ros.ros.qos import qos_latched, qos_profile, qos_sensor
+from tst_ros.util import sha256_file
+
+WARN_THROTTLE_S = 5.0
+
+
+def verify_checksum(path: Path, checksum: str) -> Path:
+    """Check a ModelUpdate's sha256; returns the model path to load (ValueError on mismatch)."""
+    if not checksum:
+        raise ValueError(f"model update for {path} carries no checksum")
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise ValueError(f"model directory {path} has no manifest.json to verify")
+        actual = sha256_file(manifest)
+        if actual != checksum:
+            raise ValueError(f"checksum mismatch for {manifest}: expected {checksum}, file has {actual}")
+        doc = json.loads(manifest.read_text())
+        model_file = path / doc.get("file", "model.onnx")
+        if doc.get("sha256") and sha256_file(model_file) != doc["sha256"]:
+            raise ValueError(f"{model_file} does not match the sha256 in {manifest}")
+        return path
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    actual = sha256_file(path)
+    if actual != checksum:
+        raise ValueError(f"checksum mismatch for {path}: expected {checksum}, file has {actual}")
+    return path
+
+
+class ModelServingNode(Node):
+    TASK = ""
+
+    def __init__(self, node_name: str, parameter_overrides=None, **kwargs):
+        super().__init__(node_name, parameter_overrides=parameter_overrides or [], **kwargs)
+        p = self.declare_parameter
+        self.model_path = p("model_path", "").value
+        self.providers = list(p("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"]).value)
+        self.score_threshold = float(p("score_threshold", 0.3).value)
+        self.nms_iou = float(p("nms_iou", 0.5).value)
+        self.best_effort = bool(p("best_effort", True).value)
+        self.qos_depth = int(p("qos_depth", 2).value)
+        self.sync_slop_s = float(p("sync_slop_s", 0.05).value)
+        self.sync_queue = int(p("sync_queue", 10).value)
+        self.threads = int(p("threads", 0).value)
+        self.backend = str(p("backend", "auto").value)
+
+        self._cv = threading.Condition()
+        self._latest: Image | None = None
+        self._depths: collections.deque = collections.deque(maxlen=max(1, self.sync_queue))
+        self._pending: tuple[Predictor, int, str] | None = None
+        self._running = True
+        self.predictor: Predictor | None = None
+        self.model_version = 0
+        self.counters = collections.Counter()
+        self.last_error = ""
+        self._depth_sub = None
+        self._loading = threading.Lock()
+
+        self._sensor_qos = qos_sensor(self.best_effort, self.qos_depth)
+        self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
+        self.create_subscription(Image, "/camera/color/image_raw", self._on_image, self._sensor_qos)
+        self.create_subscription(ModelUpdate, "/tst/model", self._on_model_update, qos_latched())
+        self.setup_outputs()
+        if self.model_path:
+            self._load(Path(self.model_path), version=0, checksum=None, background=False)
+        self._worker = threading.Thread(target=self._work_loop, name=f"{node_name}-worker", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------- subclass hooks
+    def label_info_topic(self) -> str:
+        raise NotImplementedError
+
+    def setup_outputs(self) -> None:
+        raise NotImplementedError
+
+    def publish_outputs(self, predictor: Predictor, msg: Image, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- input callbacks
+    def _on_image(self, msg: Image) -> None:
+        with self._cv:
+            if self._latest is not None:
+                self.counters["frames_replaced"] += 1
+            self._latest = msg
+            self.counters["frames_received"] += 1
+            self._cv.notify()
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._cv:
+            self._depths.append(msg)
+            self._cv.notify()
+
+    def _ensure_depth_subscription(self, needed: bool) -> None:
+        if needed and self._depth_sub is None:
+            self._depth_sub = self.create_subscription(Image, "/camera/depth/image_raw", self._on_depth, self._sensor_qos)
+
+    def _match_depth(self, image: Image) -> tuple[str, Image | None]:
+        """('ok', depth) | ('wait', None) | ('none', None) for the newest image (call with the lock held)."""
+        t = stamp_to_ns(image.header.stamp)
+        best, best_dt = None, None
+        for d in self._depths:
+            dt = abs(stamp_to_ns(d.header.stamp) - t)
+            if best_dt is None or dt < best_dt:
+                best, best_dt = d, dt
+        slop = int(self.sync_slop_s * 1e9)
+        if best is not None and best_dt <= slop:
+            return "ok", best
+        if any(stamp_to_ns(d.header.stamp) > t + slop for d in self._depths):
+            return "none", None
+        return "wait", None
+
+    # ---------------------------------------------------------------- worker
+    def _next_frame(self) -> tuple[Image, Image | None] | str | None:
+        """Newest frame (+ matched depth), "swap" when a loaded model waits, None on shutdown."""
+        with self._cv:
+            while self._running:
+                if self._pending is not None:
+                    return "swap"
+                if self._latest is not None:
+                    if self.predictor is None or not self.predictor.uses_depth:
+                        msg, self._latest = self._latest, None
+                        return msg, None
+                    state, depth = self._match_depth(self._latest)
+                    if state == "ok":
+                        msg, self._latest = self._latest, None
+                        return msg, depth
+                    if state == "none":
+                        self._latest = None
+                        self.counters["frames_without_depth"] += 1
+                        self.get_logger().warning("no depth image within sync_slop_s of the colour image; frame skipped",
+                                                  throttle_duration_sec=WARN_THROTTLE_S)
+                        continue
+                self._cv.wait(timeout=0.5)
+        return None
+
+    def _work_loop(self) -> None:
+        while True:
+            item = self._next_frame()
+            if item is None:
+                return
+            if item == "swap":
+                self._swap_if_pending()
+                continue
+            predictor = self.predictor
+            msg, depth_msg = item
+            if predictor is None:
+                self.counters["frames_without_model"] += 1
+                self.get_logger().warning("no model loaded yet (set model_path or publish /tst/model); frame skipped",
+                                          throttle_duration_sec=WARN_THROTTLE_S)
+                continue
+            try:
+                rgb = image_to_rgb(msg)
+                depth = None
+                if predictor.uses_depth:
+                    if depth_msg is None:
+                        self.counters["frames_without_depth"] += 1
+                        continue
+                    depth = depth_to_metres(depth_msg)
+            except ValueError as e:
+                self.counters["bad_inputs"] += 1
+                self.get_logger().warning(f"input skipped: {e}", throttle_duration_sec=WARN_THROTTLE_S)
+                continue
+            try:
+                self.publish_outputs(predictor, msg, rgb, depth)
+                self.counters["frames_processed"] += 1
+            except Exception as e:  # keep serving: one bad frame must not stop the node
+                self.counters["processing_errors"] += 1
+                self.get_logger().error(f"processing failed: {e}", throttle_duration_sec=WARN_THROTTLE_S)
+
+    # ---------------------------------------------------------------- models
+    def _on_model_update(self, msg: ModelUpdate) -> None:
+        if msg.tasks and self.TASK not in msg.tasks:
+            return
+        if msg.version and msg.version <= self.model_version and self.predictor is not None:
+            return
+        self._load(Path(msg.path), int(msg.version), msg.checksum, background=True)
+
+    def _load(self, path: Path, version: int, checksum: str | None, background: bool) -> None:
+        def work() -> None:
+            with self._loading:
+                try:
+                    if checksum is not None:
+                        verify_checksum(path, checksum)
+                    predictor = Predictor.load(path, self.providers, self.backend, self.threads)
+                    if self.TASK not in predictor.tasks:
+                        raise ValueError(f"model {path} has tasks {predictor.tasks}, not {self.TASK!r}")
+                    self._warm_up(predictor)
+                except Exception as e:
+                    self.counters["model_load_failures"] += 1
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    self.get_logger().error(f"model update v{version} from {path} rejected, keeping the current model "
+                                            f"(v{self.model_version}): {self.last_error}")
+                    return
+                with self._cv:
+                    self._pending = (predictor, version, str(path))
+                    self._cv.notify()
+
+        if background:
+            threading.Thread(target=work, name=f"{self.get_name()}-loader", daemon=True).start()
+        else:
+            work()
+
+    @staticmethod
+    def _warm_up(predictor: Predictor) -> None:
+        h, w = predictor.size
+        depth = np.ones((h, w), np.float32) if predictor.uses_depth else None
+        predictor.predict(np.zeros((h, w, 3), np.uint8), depth)
+
+    def _swap_if_pending(self) -> None:
+        with self._cv:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        predictor, version, path = pending
+        self.predictor, self.model_version = predictor, version
+        self._ensure_depth_subscription(predictor.uses_depth)
+        self.on_model_changed(predictor)
+        self.publish_label_info(predictor)
+        self.counters["model_swaps"] += 1
+        self.get_logger().info(f"serving model v{version} from {path} ({predictor.backend}, "
+                               f"{','.join(predictor.providers)}, inputs {predictor.input_modalities})")
+
+    def on_model_changed(self, predictor: Predictor) -> None:
+        """Hook for subclasses (e.g. cache palettes)."""
+
+    def class_ids(self, predictor: Predictor) -> list[int]:
+        return list(range(len(predictor.classes)))
+
+    def publish_label_info(self, predictor: Predictor) -> None:
+        msg = LabelInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.version = int(self.model_version)
+        ids = self.class_ids(predictor)
+        msg.class_ids = [int(i) for i in ids]
+        msg.class_names = [predictor.classes[i] for i in ids]
+        msg.ignore_label = IGNORE_LABEL
+        self.label_pub.publish(msg)
+
+    # ---------------------------------------------------------------- lifecycle
+    def stats(self) -> dict:
+        return {**self.counters, "model_version": self.model_version, "last_error": self.last_error}
+
+    def destroy_node(self) -> None:
+        with self._cv:
+            self._running = False
+            self._cv.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def run_node(node_cls, argv=None) -> int:
+    """rclpy.init, spin one node until SIGINT/SIGTERM, shut down cleanly."""
+    rclpy.init(args=argv)
+    node = node_cls()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        stop.set()
+        executor.wake() if hasattr(executor, "wake") else None
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.get_logger().info(f"shutting down: {node.stats()}")
+        executor.remove_node(node)
+        node.destroy_node()
+        executor.shutdown()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,282 @@
+"""`recorder` node: time-locked multimodal capture into the dataset store (+ optional raw MCAP).
+
+Subscribes (reliably by default, so that no frame is lost) to RGB (`Image` or
+`CompressedImage`), depth (16UC1 mm / 32FC1 m), `CameraInfo`, `Imu`, `PointCloud2` and
+`Odometry` with raw (serialized) subscriptions. The callback only reads the header stamp
+from the CDR bytes and queues them; a worker thread writes the raw bytes to the MCAP bag
+(as `ros2 bag record` would, no re-encoding), then feeds `tst_ros.data.pipeline` - the same
+sync/derive/store code as `tst-ros ingest` - and group-commits the store. Status
+(`tst_ros/RecorderStatus`: samples written = committed, drops by reason, rate, disk use) is
+published every `status_period_s` (default 0.5 s).
+
+`RosDecoder` turns (msgtype, CDR bytes) into arrays with `rclpy.serialization` and
+`tst_ros.ros.conversions`; bag ingest uses it too, so there is one conversion path.
+"""
+from __future__ import annotations
+
+import importlib
+import queue
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CompressedImage, Image
+
+from tst_ros.config import RecordConfig
+from tst_ros.data.bagio import cdr_header_stamp_ns
+from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
+from tst_ros.poses import extrinsic_to_matrix, matrix_to_extrinsic
+from tst_ros.ros import conversions as conv
+from tst_ros.ros.qos import qos_profile
+
+STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
+                "camera_info": "sensor_msgs/msg/CameraInfo", "imu": "sensor_msgs/msg/Imu",
+                "cloud": "sensor_msgs/msg/PointCloud2", "odom": "nav_msgs/msg/Odometry"}
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class (ValueError if not importable)."""
+    try:
+        pkg, kind, name = msgtype.split("/")
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ValueError, ImportError, AttributeError) as e:
+        raise ValueError(f"message type {msgtype!r} is not available in this ROS environment ({e})") from None
+
+
+class RosDecoder:
+    """Pipeline decoder for ROS payloads: (msgtype, CDR bytes) tuples or rclpy messages."""
+
+    def __init__(self):
+        self._classes: dict[str, type] = {}
+
+    def message(self, payload):
+        if not isinstance(payload, tuple):
+            return payload
+        msgtype, data = payload
+        cls = self._classes.get(msgtype)
+        if cls is None:
+            cls = self._classes[msgtype] = message_class(msgtype)
+        try:
+            return deserialize_message(bytes(data), cls)
+        except Exception as e:  # noqa: BLE001 - rclpy raises assorted types for bad CDR
+            raise ValueError(f"cannot deserialize {msgtype} ({len(data)} bytes): {e}") from None
+
+    def rgb(self, payload) -> np.ndarray:
+        msg = self.message(payload)
+        if isinstance(msg, CompressedImage):
+            return conv.compressed_to_rgb(msg)
+        if isinstance(msg, Image):
+            return conv.image_to_rgb(msg)
+        raise ValueError(f"rgb stream carries {type(msg).__name__}, expected Image or CompressedImage")
+
+    def ground_truth(self, payload):
+        return None
+
+    def depth(self, payload) -> np.ndarray:
+        msg = self.message(payload)
+        if not isinstance(msg, Image):
+            raise ValueError(f"depth stream carries {type(msg).__name__}, expected Image")
+        if msg.encoding not in DEPTH_ENCODINGS:
+            raise ValueError(f"unsupported depth encoding {msg.encoding!r}; expected one of {DEPTH_ENCODINGS}")
+        arr = conv.image_to_array(msg)
+        # 16-bit stays in mm (0 invalid); 32FC1 metres keep inf/NaN so the pipeline can count them
+        return arr if arr.dtype == np.uint16 else arr.astype(np.float32)
+
+    def camera_info(self, payload):
+        return conv.camera_info_to_intrinsics(self.message(payload))
+
+    def imu(self, payload) -> np.ndarray:
+        return conv.imu_to_array(self.message(payload))
+
+    def odom(self, payload) -> np.ndarray:
+        return conv.odometry_to_matrix(self.message(payload))
+
+    def cloud(self, payload):
+        msg = self.message(payload)
+        xyz = conv.cloud_xyz(msg)
+        try:
+            rgb = conv.cloud_rgb(msg)
+        except ValueError:
+            rgb = None
+        return xyz, rgb
+
+
+def default_extrinsic() -> list[float]:
+    try:
+        from tst_ros.sim.rig import default_T_base_camera
+        return matrix_to_extrinsic(default_T_base_camera())
+    except ImportError:
+        return [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+
+
+class RecorderNode(Node):
+    """See the module docstring. Parameters mirror `RecordConfig` plus topics and QoS."""
+
+    def __init__(self, parameter_overrides=None, record_cfg: RecordConfig | None = None, name: str = "recorder"):
+        super().__init__(name, parameter_overrides=parameter_overrides or [])
+        base = record_cfg or RecordConfig()
+        p = self._declare(base)
+        self.cfg = RecordConfig(**{k: p[k] for k in base.__dataclass_fields__})
+        self.topics = {s: p[f"{s}_topic"] for s in DEFAULT_TOPICS}
+        self._rgb_type = "sensor_msgs/msg/CompressedImage" if p["rgb_compressed"] else STREAM_TYPES["rgb"]
+        T_base_camera = extrinsic_to_matrix(p["camera_extrinsic"])
+        source = {"kind": "ros", "node": self.get_fully_qualified_name(), "topics": self.topics}
+        self.store = open_store(self.cfg.dataset, self.cfg, source)
+        self._log = self.get_logger()
+        self.pipeline = RecordingPipeline(self.store, self.cfg, RosDecoder(), T_base_camera=T_base_camera,
+                                          warn=self._log.warning, commit_every=1 << 30)
+        self.bag = None
+        if self.cfg.bag:
+            from tst_ros.data.bagio import BagWriter
+            self.bag = BagWriter(self.cfg.bag)
+        self._commit_interval = float(p["commit_interval_s"])
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._received = 0
+        self._bad_stamps = 0
+        self._max_queue = 0
+        self._rate_hist: list[tuple[float, int]] = [(time.monotonic(), len(self.store))]
+        self._disk = (0.0, self.store.disk_bytes())
+        qos = qos_profile("reliable" if self.cfg.reliable else "best_effort", int(p["qos_depth"]))
+        self._subs = []
+        for stream, topic in self.topics.items():
+            if not topic:
+                continue
+            msgtype = self._rgb_type if stream == "rgb" else STREAM_TYPES[stream]
+            if self.bag is not None:
+                self.bag.add_topic(topic, msgtype)
+            self._subs.append(self.create_subscription(
+                message_class(msgtype), topic, self._callback(stream, topic, msgtype), qos, raw=True))
+        from tst_ros.msg import RecorderStatus
+        self._status_cls = RecorderStatus
+        self.status_pub = self.create_publisher(RecorderStatus, p["status_topic"], 10)
+        self.create_timer(float(p["status_period_s"]), self.publish_status)
+        self._worker = threading.Thread(target=self._work, name="recorder-worker", daemon=True)
+        self._worker.start()
+        self._log.info(f"recording {sorted(k for k, v in self.topics.items() if v)} into {self.cfg.dataset} "
+                       f"({len(self.store)} samples already there), image_size {self.cfg.image_size}, "
+                       f"{'reliable' if self.cfg.reliable else 'best-effort'} QoS"
+                       + (f", raw bag {self.cfg.bag}" if self.bag else ""))
+
+    def _declare(self, base: RecordConfig) -> dict:
+        params = {k: getattr(base, k) for k in base.__dataclass_fields__}
+        params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
+        params.update(rgb_compressed=False, qos_depth=50, status_topic="/tst/recorder/status",
+                      status_period_s=0.5, commit_interval_s=0.2, camera_extrinsic=default_extrinsic())
+        return {k: self.declare_parameter(k, v).value for k, v in params.items()}
+
+    # ------------------------------------------------------------------ subscription side
+    def _callback(self, stream: str, topic: str, msgtype: str):
+        clock = self.get_clock()
+
+        def on_message(data: bytes) -> None:
+            try:
+                stamp = cdr_header_stamp_ns(data)
+            except ValueError as e:
+                self._bad_stamps += 1
+                self._log.warning(f"{topic}: {e}; message dropped", throttle_duration_sec=5.0)
+                return
+            self._queue.put((stream, topic, msgtype, clock.now().nanoseconds, stamp, data))
+        return on_message
+
+    # ------------------------------------------------------------------ worker side
+    def _work(self) -> None:
+        last_commit = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop.is_set():
+                    break
+                self._commit()
+                last_commit = time.monotonic()
+                continue
+            stream, topic, msgtype, recv_ns, stamp, data = item
+            self._received += 1
+            self._max_queue = max(self._max_queue, self._queue.qsize())
+            if self.bag is not None:
+                self.bag.write(topic, recv_ns, data)
+            with self._lock:
+                if not self.pipeline.full:
+                    self.pipeline.push(stream, stamp, (msgtype, data))
+            now = time.monotonic()
+            if now - last_commit >= self._commit_interval or self._queue.empty():
+                self._commit()
+                last_commit = now
+
+    def _commit(self) -> None:
+        with self._lock:
+            self.pipeline.commit()
+
+    @property
+    def samples_written(self) -> int:
+        return self.pipeline.committed
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            out = self.pipeline.all_counts()
+        if self._bad_stamps:
+            out["bad_header_stamp"] = self._bad_stamps
+        return out
+
+    def publish_status(self) -> None:
+        now = time.monotonic()
+        written = self.samples_written
+        self._rate_hist = [(t, n) for t, n in self._rate_hist if now - t <= 5.0] + [(now, written)]
+        t0, n0 = self._rate_hist[0]
+        rate = (written - n0) / (now - t0) if now > t0 else 0.0
+        if now - self._disk[0] > 2.0:
+            self._disk = (now, self.store.disk_bytes())
+        counts = self.counts()
+        msg = self._status_cls()
+        msg.header = conv.make_header(self.get_clock().now().nanoseconds, "")
+        msg.samples_written = written
+        msg.rate_hz = float(rate)
+        msg.disk_bytes = int(self._disk[1])
+        msg.drop_reasons = list(counts)
+        msg.drop_counts = [int(v) for v in counts.values()]
+        msg.dataset_path = str(self.cfg.dataset)
+        msg.recording = not self.pipeline.full and not self._stop.is_set()
+        self.status_pub.publish(msg)
+
+    def close(self) -> None:
+        """Stop the worker, flush pending frames, close store and bag (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._worker.join(timeout=30)
+        with self._lock:
+            self.pipeline.flush()
+            self.store.close()
+        if self.bag is not None:
+            self.bag.close()
+
+    def destroy_node(self) -> None:
+        self.close()
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = RecorderNode()
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

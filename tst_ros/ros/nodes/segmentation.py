@@ -1,0 +1,46 @@
+"""Segmentation node: colour (+ depth) image -> class mask (mono8, 255 = unlabeled) and an
+rgb8 overlay, both stamped with the input header; LabelInfo on /tst/segmentation/label_info.
+
+Model serving, latest-frame scheduling and hot reload: `_model_node.ModelServingNode`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sensor_msgs.msg import Image
+
+from tst_ros.perception.runtime import Predictor, overlay, palette
+from tst_ros.ros.conversions import array_to_image
+from tst_ros.ros.nodes._model_node import ModelServingNode, run_node
+
+
+class SegmentationNode(ModelServingNode):
+    TASK = "segmentation"
+
+    def __init__(self, node_name: str = "segmentation", parameter_overrides=None, **kwargs):
+        super().__init__(node_name, parameter_overrides, **kwargs)
+
+    def label_info_topic(self) -> str:
+        return "/tst/segmentation/label_info"
+
+    def setup_outputs(self) -> None:
+        self.publish_overlay = bool(self.declare_parameter("publish_overlay", True).value)
+        self.mask_pub = self.create_publisher(Image, "/tst/segmentation/mask", 10)
+        self.overlay_pub = self.create_publisher(Image, "/tst/segmentation/overlay", 10)
+        self.colours = palette(0)
+
+    def on_model_changed(self, predictor: Predictor) -> None:
+        self.colours = palette(len(predictor.classes))
+
+    def publish_outputs(self, predictor: Predictor, msg: Image, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
+        pred = predictor.predict(rgb, depth_m, need_boxes=False)
+        self.mask_pub.publish(array_to_image(pred.mask, "mono8", msg.header))
+        if self.publish_overlay and self.overlay_pub.get_subscription_count() > 0:
+            self.overlay_pub.publish(array_to_image(overlay(rgb, pred.mask, self.colours), "rgb8", msg.header))
+
+
+def main(argv=None) -> int:
+    return run_node(SegmentationNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""`sim` node: the simulated building's sensor rig on a real ROS graph.
+
+Publishes /camera/color/image_raw (rgb8), /camera/color/camera_info, /camera/depth/image_raw
+(16UC1 mm, aligned to colour), /imu/data (every IMU sample, stamped on the IMU clock, sent with
+the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
+cloud_rate_hz) and /odom (odom -> base_link); TF (odom -> base_link, static base_link ->
+camera) only where tf2_ros is importable. Paced to wall time (`realtime: true`, stamps from
+the node clock) or as fast as possible with /clock (`realtime: false`, stamps from the
+simulator's epoch). Rendering happens in the timer callback; all simulation is tst_ros.sim.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from nav_msgs.msg import Odometry
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
+
+from tst_ros.config import SimConfig
+from tst_ros.poses import matrix_to_extrinsic
+from tst_ros.ros import conversions as conv
+from tst_ros.ros.qos import qos_profile
+
+try:  # not installable on every machine (DESIGN §6): /odom is always published
+    import tf2_ros
+    from geometry_msgs.msg import TransformStamped
+except ImportError:
+    tf2_ros = None
+
+TOPICS = {"rgb": "/camera/color/image_raw", "camera_info": "/camera/color/camera_info",
+          "depth": "/camera/depth/image_raw", "imu": "/imu/data", "cloud": "/points", "odom": "/odom"}
+
+
+class SimNode(Node):
+    def __init__(self, parameter_overrides=None, sim_cfg: SimConfig | None = None, name: str = "sim"):
+        super().__init__(name, parameter_overrides=parameter_overrides or [])
+        cfg = sim_cfg or SimConfig()
+        p = {
+            "seed": cfg.seed, "style": cfg.style, "width": cfg.width, "height": cfg.height, "fov_deg": cfg.fov_deg,
+            "camera_rate_hz": cfg.camera_rate_hz, "imu_rate_hz": cfg.imu_rate_hz, "cloud_rate_hz": cfg.cloud_rate_hz,
+            "cloud_stride": cfg.cloud_stride, "rooms": cfg.rooms, "realtime": cfg.realtime, "frames": cfg.frames,
+            "start_frame": 0, "shutdown_when_done": False,
+            "odom_frame": "odom", "base_frame": "base_link", "camera_frame": "camera_color_optical_frame",
+            "imu_frame": "imu_link", "qos_reliability": "reliable", "qos_depth": 10,
+            **{f"topic_{k}": v for k, v in TOPICS.items()},
+        }
+        for key, value in p.items():
+            self.declare_parameter(key, value)
+        get = lambda k: self.get_parameter(k).value  # noqa: E731
+        self.sim_cfg = SimConfig(seed=int(get("seed")), style=str(get("style")), width=int(get("width")),
+                                 height=int(get("height")), fov_deg=float(get("fov_deg")),
+                                 camera_rate_hz=float(get("camera_rate_hz")), imu_rate_hz=float(get("imu_rate_hz")),
+                                 cloud_rate_hz=float(get("cloud_rate_hz")), cloud_stride=int(get("cloud_stride")),
+                                 rooms=int(get("rooms")), realtime=bool(get("realtime")), frames=int(get("frames")))
+        self.realtime = self.sim_cfg.realtime
+        self.frames_total = self.sim_cfg.frames
+        self.shutdown_when_done = bool(get("shutdown_when_done"))
+        self.frame_ids = {k: str(get(f"{k}_frame")) for k in ("odom", "base", "camera", "imu")}
+
+        from tst_ros.sim import Simulator
+        from tst_ros.sim.simulator import SIM_EPOCH_NS
+
+        start_ns = self.get_clock().now().nanoseconds if self.realtime else SIM_EPOCH_NS
+        self.sim = Simulator(self.sim_cfg, start_ns=start_ns)
+        # realtime: frame k is due at start + k / rate on the node clock; the first frame index
+        # is `start_frame` but stamps start now
+        self.start_frame = int(get("start_frame"))
+        self.stamp_offset = self.sim.stamp_ns(0) - self.sim.stamp_ns(self.start_frame)
+        qos = qos_profile(str(get("qos_reliability")), int(get("qos_depth")))
+        self.pubs = {
+            "rgb": self.create_publisher(Image, get("topic_rgb"), qos),
+            "camera_info": self.create_publisher(CameraInfo, get("topic_camera_info"), qos),
+            "depth": self.create_publisher(Image, get("topic_depth"), qos),
+            "imu": self.create_publisher(Imu, get("topic_imu"), qos_profile(str(get("qos_reliability")), 200)),
+            "cloud": self.create_publisher(PointCloud2, get("topic_cloud"), qos),
+            "odom": self.create_publisher(Odometry, get("topic_odom"), qos),
+        }
+        self.clock_pub = None if self.realtime else self.create_publisher(Clock, "/clock", 10)
+        self.camera_extrinsic = matrix_to_extrinsic(self.sim.T_base_camera)
+        self.tf_broadcaster = None
+        if tf2_ros is not None:
+            self.tf_broadcaster = tf2_ros.TransformBroadcaster(self)
+            static = tf2_ros.StaticTransformBroadcaster(self)
+            static.sendTransform(self._transform(self.sim.T_base_camera, self.sim.start_ns, "base", "camera"))
+        self.published = 0
+        self.render_s = 0.0
+        self.done = False
+        period = 1.0 / self.sim_cfg.camera_rate_hz if self.realtime else 0.0
+        self.timer = self.create_timer(period, self._tick)
+        self.get_logger().info(
+            f"sim seed={self.sim_cfg.seed} style={self.sim_cfg.style} {self.sim_cfg.width}x{self.sim_cfg.height} "
+            f"camera {self.sim_cfg.camera_rate_hz} Hz, imu {self.sim_cfg.imu_rate_hz} Hz, cloud "
+            f"{self.sim_cfg.cloud_rate_hz} Hz, {'realtime' if self.realtime else 'as fast as possible with /clock'}; "
+            f"camera_extrinsic={[round(v, 4) for v in self.camera_extrinsic]}")
+
+    def _transform(self, T, stamp_ns, parent, child):
+        msg = TransformStamped()
+        msg.header = conv.make_header(stamp_ns, self.frame_ids[parent])
+        msg.child_frame_id = self.frame_ids[child]
+        msg.transform = conv.matrix_to_transform(T)
+        return msg
+
+    def _tick(self) -> None:
+        if self.done:
+            return
+        if self.frames_total and self.published >= self.frames_total:
+            self.done = True
+            self.timer.cancel()
+            self.get_logger().info(f"published {self.published} frames; done")
+            if self.shutdown_when_done:
+                rclpy.try_shutdown()
+            return
+        index = self.start_frame + self.published
+        t0 = time.perf_counter()
+        frame = self.sim.frame(index)
+        self.render_s += time.perf_counter() - t0
+        self.publish_frame(frame)
+        self.published += 1
+
+    def publish_frame(self, frame) -> None:
+        off = self.stamp_offset
+        stamp = frame.stamp_ns + off
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=conv.ns_to_stamp(stamp)))
+        for s, vec in zip(frame.imu_stamps_ns, frame.imu):
+            self.pubs["imu"].publish(conv.array_to_imu(vec, conv.make_header(int(s) + off, self.frame_ids["imu"])))
+        twist = self._body_twist(frame.stamp_ns)
+        self.pubs["odom"].publish(conv.matrix_to_odometry(
+            frame.T_odom_base, conv.make_header(stamp, self.frame_ids["odom"]), self.frame_ids["base"], twist))
+        if self.tf_broadcaster is not None:
+            self.tf_broadcaster.sendTransform(self._transform(frame.T_odom_base, stamp, "odom", "base"))
+        header = conv.make_header(stamp, self.frame_ids["camera"])
+        self.pubs["camera_info"].publish(conv.intrinsics_to_camera_info(self.sim.intrinsics, header))
+        self.pubs["rgb"].publish(conv.array_to_image(frame.rgb, "rgb8", header))
+        self.pubs["depth"].publish(conv.array_to_image(frame.depth_mm, "16UC1", header))
+        if frame.cloud_xyz is not None:
+            self.pubs["cloud"].publish(conv.make_xyz_rgb_cloud(frame.cloud_xyz, frame.cloud_rgb, header))
+
+    def _body_twist(self, stamp_ns: int) -> np.ndarray:
+        t = self.sim.time_s(stamp_ns)
+        v = self.sim.trajectory.velocity(np.atleast_1d(t))[0]
+        yaw = float(self.sim.trajectory.yaw(np.atleast_1d(t))[0])
+        c, s = np.cos(yaw), np.sin(yaw)
+        w = float(self.sim.trajectory.yaw_rate(np.atleast_1d(t))[0])
+        return np.array([c * v[0] + s * v[1], -s * v[0] + c * v[1], 0.0, 0.0, 0.0, w])
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = SimNode()
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

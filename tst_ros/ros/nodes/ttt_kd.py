@@ -1,0 +1,247 @@
+"""`ttt_kd` node: test-time-adapted 3D point labels (TTT-KD) on the ROS graph.
+
+Subscribes the cloud (/points, camera optical frame), the colour image, camera_info, the
+aligned depth image (optional) and poses (PoseSubscriber: TF or /odom + camera_extrinsic);
+publishes /tst/points_labeled (x, y, z, rgb, label UINT32, confidence FLOAT32) with the input
+cloud's header and one point per input point. Callbacks only store messages; a worker thread
+labels the latest cloud (older unprocessed clouds are dropped) with tst_ros.tttkd.pipeline.
+Reloads the model when /tst/model announces one whose tasks include "tttkd".
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections import deque
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from tst_ros.msg import ModelUpdate
+from tst_ros.poses import PoseBuffer
+from tst_ros.ros.conversions import (camera_info_to_intrinsics, cloud_rgb, cloud_xyz, depth_to_metres,
+                                     image_to_rgb, make_xyz_rgb_cloud, qos_latched, qos_profile, stamp_to_ns)
+from tst_ros.ros.poses import PoseSubscriber
+
+PARAMETERS = {
+    "points_topic": "/points",
+    "image_topic": "/camera/color/image_raw",
+    "camera_info_topic": "/camera/color/camera_info",
+    "depth_topic": "/camera/depth/image_raw",     # empty: no depth (occlusion test against the cloud itself)
+    "odom_topic": "/odom",
+    "output_topic": "/tst/points_labeled",
+    "model_topic": "/tst/model",
+    "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
+    "teacher": "auto",                            # auto (the checkpoint's) | hed | tstmm:<run> | onnx:<file>
+    "steps": 3,                                   # k adaptation steps per adapted cloud
+    "lr": 1e-3,
+    "mode": "online",                             # episodic | online
+    "stride": 2,                                  # online: adapt every s-th cloud
+    "point_budget": 8000,
+    "voxel_size": 0.05,
+    "sync_window_s": 0.25,
+    "max_views": 2,
+    "device": "cpu",
+    "sensor_qos_reliability": "best_effort",
+    "sensor_qos_depth": 5,
+}
+
+
+class TTTKDNode(Node):
+    def __init__(self, parameter_overrides: list[Parameter] | None = None, node_name: str = "ttt_kd", **kwargs):
+        super().__init__(node_name, parameter_overrides=parameter_overrides or [], **kwargs)
+        for name, default in PARAMETERS.items():
+            self.declare_parameter(name, default)
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.params = p
+        self.poses = PoseBuffer(capacity=4000, tolerance_ns=int(0.05e9))
+        self.pose_subscriber = PoseSubscriber(self, self.poses, odom_topic=p["odom_topic"])
+        self.labeler = None
+        self._labeler_lock = threading.Lock()
+        self._images: deque = deque(maxlen=16)
+        self._depths: deque = deque(maxlen=16)
+        self._intrinsics = None
+        self._latest_cloud: PointCloud2 | None = None
+        self._cloud_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.published = 0
+        self.dropped = 0
+        self.process_times: list[float] = []
+        self.last_info: dict = {}
+        self._warned: set[str] = set()
+
+        sensor = qos_profile(p["sensor_qos_reliability"], p["sensor_qos_depth"])
+        self.publisher = self.create_publisher(PointCloud2, p["output_topic"], 10)
+        self.create_subscription(PointCloud2, p["points_topic"], self._on_cloud, sensor)
+        self.create_subscription(Image, p["image_topic"], self._on_image, sensor)
+        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, sensor)
+        if p["depth_topic"]:
+            self.create_subscription(Image, p["depth_topic"], self._on_depth, sensor)
+        self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
+        if p["model"]:
+            self._load(p["model"])
+        self._worker = threading.Thread(target=self._work, name="ttt_kd_worker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ model
+    def _load(self, path: str) -> bool:
+        from tst_ros.tttkd.pipeline import CloudLabeler
+        p = self.params
+        try:
+            labeler = CloudLabeler(path, self.poses, teacher=p["teacher"], steps=p["steps"], lr=p["lr"],
+                                   mode=p["mode"], stride=p["stride"], point_budget=p["point_budget"],
+                                   voxel_size=p["voxel_size"], sync_window_s=p["sync_window_s"],
+                                   max_views=p["max_views"], device=p["device"])
+        except (OSError, ValueError, KeyError) as e:
+            self.get_logger().error(f"cannot load TTT-KD model {path}: {e}")
+            return False
+        with self._labeler_lock:
+            old = self.labeler
+            for stamp, rgb in self._images:
+                labeler.add_image(stamp, rgb)
+            for stamp, depth in self._depths:
+                labeler.add_depth(stamp, depth)
+            if self._intrinsics is not None:
+                labeler.set_intrinsics(self._intrinsics)
+            self.labeler = labeler
+        self.get_logger().info(f"TTT-KD model loaded from {path} (teacher {labeler.teacher.describe()['teacher']}, "
+                               f"mode {p['mode']}, k={p['steps']}, stride {p['stride']})" + (" [reloaded]" if old else ""))
+        return True
+
+    def _on_model(self, msg: ModelUpdate) -> None:
+        if not {"tttkd", "ttt-kd", "ttt_kd"} & set(msg.tasks):
+            return
+        threading.Thread(target=self._load_update, args=(msg.path, msg.checksum), daemon=True).start()
+
+    def _load_update(self, path: str, checksum: str) -> None:
+        from tst_ros.tttkd.checkpoint import checkpoint_path
+        from tst_ros.util import sha256_file
+        try:
+            file = checkpoint_path(path)
+            if checksum and sha256_file(file) != checksum:
+                raise ValueError(f"checksum mismatch for {file}")
+        except (OSError, ValueError) as e:
+            self.get_logger().error(f"model update ignored: {e}")
+            return
+        self._load(str(file))
+
+    # ------------------------------------------------------------------ inputs (cheap)
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = image_to_rgb(msg).copy()
+        except ValueError as e:
+            self._warn_once("image", f"image dropped: {e}")
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._images.append((stamp, rgb))
+        labeler = self.labeler
+        if labeler is not None:
+            labeler.add_image(stamp, rgb)
+
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            depth = depth_to_metres(msg).copy()
+        except ValueError as e:
+            self._warn_once("depth", f"depth dropped: {e}")
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._depths.append((stamp, depth))
+        labeler = self.labeler
+        if labeler is not None:
+            labeler.add_depth(stamp, depth)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self._intrinsics = camera_info_to_intrinsics(msg)
+        except ValueError as e:
+            self._warn_once("camera_info", f"camera_info ignored: {e}")
+            return
+        labeler = self.labeler
+        if labeler is not None:
+            labeler.set_intrinsics(self._intrinsics)
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        with self._cloud_lock:
+            if self._latest_cloud is not None:
+                self.dropped += 1
+            self._latest_cloud = msg
+        self._wake.set()
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            if not self._wake.wait(timeout=0.2):
+                continue
+            self._wake.clear()
+            with self._cloud_lock:
+                msg, self._latest_cloud = self._latest_cloud, None
+            if msg is None:
+                continue
+            labeler = self.labeler
+            if labeler is None:
+                self._warn_once("nomodel", "no TTT-KD model yet (parameter `model` or /tst/model): clouds are skipped")
+                continue
+            try:
+                self._label_and_publish(labeler, msg)
+            except Exception as e:  # a bad cloud must never kill the worker
+                self.get_logger().error(f"cloud at {stamp_to_ns(msg.header.stamp)} ns not labelled: {e}")
+
+    def _label_and_publish(self, labeler, msg: PointCloud2) -> None:
+        t0 = time.perf_counter()
+        xyz = cloud_xyz(msg)
+        names = {f.name for f in msg.fields}
+        rgb = cloud_rgb(msg) if ("rgb" in names or "rgba" in names) else None
+        pred = labeler.label(stamp_to_ns(msg.header.stamp), xyz, rgb)
+        for m in pred.info.get("messages", []):
+            if m.startswith("online mode"):
+                continue
+            self._warn_once(m.split(":")[0][:40], m)
+        out = make_xyz_rgb_cloud(xyz, rgb, msg.header, extra={"label": pred.labels, "confidence": pred.confidence},
+                                 is_dense=msg.is_dense)
+        self.publisher.publish(out)
+        self.published += 1
+        self.last_info = pred.info
+        self.process_times.append(time.perf_counter() - t0)
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.get_logger().warning(text)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = TTTKDNode()
+    stop = threading.Event()
+
+    def _shutdown(*_):
+        stop.set()
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Node edge of pose handling: fill a tst_ros.poses.PoseBuffer from the graph.
+
+Where tf2_ros is importable, odom->base_link comes from /tf and base_link->camera from
+/tf_static; otherwise odom->base_link comes from nav_msgs/Odometry on /odom and the camera
+extrinsic from the node parameter `camera_extrinsic` [x, y, z, qw, qx, qy, qz]. The buffer
+(and everything downstream of it) is the same either way.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+from nav_msgs.msg import Odometry
+
+from tst_ros.poses import PoseBuffer, extrinsic_to_matrix, matrix_to_extrinsic
+from tst_ros.ros.conversions import odometry_to_matrix, qos_latched, qos_profile, stamp_to_ns, transform_to_matrix
+
+TF_AVAILABLE = importlib.util.find_spec("tf2_ros") is not None
+
+
+class PoseSubscriber:
+    """Subscribes `node` to poses and adds them to `buffer`.
+
+    Declares the parameter `camera_extrinsic` (default: the buffer's T_base_camera, else
+    identity) unless the node already has it, and sets buffer.T_base_camera from it.
+    """
+
+    def __init__(self, node, buffer: PoseBuffer, odom_topic: str = "/odom", odom_frame: str = "odom",
+                 base_frame: str = "base_link", camera_frame: str = "camera_color_optical_frame",
+                 qos=None, use_tf: bool | None = None):
+        self.node, self.buffer = node, buffer
+        self.odom_frame, self.base_frame, self.camera_frame = odom_frame, base_frame, camera_frame
+        self.received = 0
+        self._warned_frames = False
+        self._apply_extrinsic_parameter()
+        self.use_tf = TF_AVAILABLE if use_tf is None else bool(use_tf)
+        qos = qos if qos is not None else qos_profile("reliable", 100)
+        if self.use_tf:
+            from tf2_msgs.msg import TFMessage
+            self._subs = [node.create_subscription(TFMessage, "/tf", self._on_tf, qos),
+                          node.create_subscription(TFMessage, "/tf_static", self._on_tf_static, qos_latched(100))]
+        else:
+            self._subs = [node.create_subscription(Odometry, odom_topic, self._on_odometry, qos)]
+
+    def _apply_extrinsic_parameter(self) -> None:
+        if not self.node.has_parameter("camera_extrinsic"):
+            default = self.buffer.T_base_camera if self.buffer.T_base_camera is not None else np.eye(4)
+            self.node.declare_parameter("camera_extrinsic", matrix_to_extrinsic(default))
+        values = self.node.get_parameter("camera_extrinsic").value
+        self.buffer.T_base_camera = extrinsic_to_matrix(values)
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        frames_ok = (msg.header.frame_id.lstrip("/") in ("", self.odom_frame)
+                     and msg.child_frame_id.lstrip("/") in ("", self.base_frame))
+        if not frames_ok and not self._warned_frames:
+            self._warned_frames = True
+            self.node.get_logger().warning(
+                f"odometry is {msg.header.frame_id}->{msg.child_frame_id}, expected "
+                f"{self.odom_frame}->{self.base_frame}; using it as such")
+        self.buffer.add(stamp_to_ns(msg.header.stamp), odometry_to_matrix(msg))
+        self.received += 1
+
+    def _on_tf(self, msg) -> None:
+        for t in msg.transforms:
+            if (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/")) == (self.odom_frame, self.base_frame):
+                self.buffer.add(stamp_to_ns(t.header.stamp), transform_to_matrix(t.transform))
+                self.received += 1
+
+    def _on_tf_static(self, msg) -> None:
+        for t in msg.transforms:
+            if (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/")) == (self.base_frame, self.camera_frame):
+                self.buffer.T_base_camera = transform_to_matrix(t.transform)
+
+    def destroy(self) -> None:
+        for sub in self._subs:
+            self.node.destroy_subscription(sub)
+        self._subs = []

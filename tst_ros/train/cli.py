@@ -1,0 +1,80 @@
+"""`tst-ros pretrain` and `tst-ros probe`."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from tst_ros.config import add_config_arguments
+
+    p = sub.add_parser("pretrain", help="TST-MM / TST-MAE masked-modeling pre-training on a dataset store")
+    p.add_argument("--data", required=True, help="dataset store directory (or synthetic:N for a smoke test)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, encoder, logs, pictures)")
+    p.add_argument("--preset", choices=["tiny", "s", "b"], help="encoder size")
+    p.add_argument("--method", choices=["tst-mm", "tst-mae", "scratch"])
+    p.add_argument("--modalities", help="comma-separated modalities for tst-mm (default: config)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int, help="global batch per optimizer step")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--patch", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: base_lr * batch / 256)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.safetensors if present")
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--progress-jsonl", action="store_true", help="print progress as JSON lines on stdout")
+    add_config_arguments(p)
+    p.set_defaults(func=run_pretrain, resume=False)
+
+    q = sub.add_parser("probe", help="per-patch linear probe of semantic class on frozen encoder features")
+    q.add_argument("--encoder", required=True, nargs="+",
+                   help="run directory, encoder .safetensors, or 'scratch' (several to compare)")
+    q.add_argument("--data", required=True, help="dataset store with ground-truth semantic labels")
+    q.add_argument("--preset", default="tiny", help="preset of the scratch encoder")
+    q.add_argument("--image-size", type=int, default=0, help="scratch encoder image size (default: config)")
+    q.add_argument("--patch", type=int, default=0)
+    q.add_argument("--steps", type=int, default=300, help="linear-layer optimisation steps")
+    q.add_argument("--out", help="also write the JSON result to this file")
+    add_config_arguments(q)
+    q.set_defaults(func=run_probe)
+
+
+FLAG_FIELDS = {"preset": "preset", "method": "method", "steps": "steps", "batch": "batch", "image_size": "image_size",
+               "patch": "patch", "lr": "lr", "workers": "workers", "device": "device", "seed": "seed"}
+
+
+def run_pretrain(args) -> int:
+    import json
+
+    from tst_ros.config import from_args
+    from tst_ros.train.pretrain import pretrain
+
+    cfg = from_args(args)
+    for arg, fld in FLAG_FIELDS.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            setattr(cfg.pretrain, fld, value)
+    if args.modalities:
+        cfg.pretrain.modalities = [m for m in args.modalities.split(",") if m]
+    summary = pretrain(cfg.pretrain, args.data, args.out, resume=args.resume, progress_jsonl=args.progress_jsonl,
+                       full_config=cfg)
+    if not args.progress_jsonl:
+        brief = {k: v for k, v in summary.items() if k != "losses"}
+        brief["final_loss"] = summary["losses"][-1] if summary["losses"] else None
+        print(json.dumps(brief))
+    return 0
+
+
+def run_probe(args) -> int:
+    import json
+
+    from tst_ros.config import from_args
+    from tst_ros.train.probe import probe_many
+    from tst_ros.util import atomic_write_json
+
+    cfg = from_args(args)
+    results = probe_many(args.encoder, args.data, args.preset, args.image_size or cfg.pretrain.image_size,
+                         args.patch or cfg.pretrain.patch, steps=args.steps)
+    print(json.dumps(results))
+    if args.out:
+        atomic_write_json(args.out, results)
+    return 0

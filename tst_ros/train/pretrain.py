@@ -1,0 +1,228 @@
+"""TST-MM / TST-MAE pre-training runs (and the `scratch` baseline's encoder file).
+
+A run directory holds: config.yaml (resolved config + provenance), checkpoint.safetensors
+(weights + optimizer + RNG + step, for exact resume), encoder.safetensors (the artifact
+other stages load with `tst_ros.models.load_encoder`), log.jsonl, tb/ (TensorBoard) and
+grids/ (visible input / prediction / target pictures on held-out frames).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tst_ros import config as config_mod
+from tst_ros.config import Config, PretrainConfig
+from tst_ros.models import ENCODER_FILE, build_encoder, save_encoder
+from tst_ros.models.multimae import TSTMM
+from tst_ros.train import engine
+from tst_ros.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from tst_ros.train.data import open_dataset
+
+METHODS = ("tst-mm", "tst-mae", "scratch")
+
+
+def method_modalities(cfg: PretrainConfig) -> list[str]:
+    if cfg.method == "tst-mm":
+        return list(cfg.modalities)
+    if cfg.method in ("tst-mae", "scratch"):
+        return ["rgb"]
+    raise ValueError(f"unknown pre-training method {cfg.method!r}; choose one of {METHODS}")
+
+
+def build_model(cfg: PretrainConfig) -> TSTMM:
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg.preset, method_modalities(cfg), cfg.image_size, cfg.patch)
+    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha)
+
+
+def collate(items: list[dict]) -> dict:
+    return torch.utils.data.default_collate(items)
+
+
+def make_loader(dataset, cfg: PretrainConfig, dist: engine.Distributed, start: int, total: int, workers: int):
+    sampler = engine.MicroBatchSampler(len(dataset), cfg.seed, cfg.batch, dist.world, dist.rank, cfg.accum,
+                                       start, total)
+    extra = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                       **extra)
+
+
+def to_device(batch: dict, device: str) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            out[k] = to_device(v, device)
+        elif torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        else:
+            out[k] = v
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: TSTMM, dataset, batch: int, max_batches: int, device: str, seed: int = 12345) -> dict:
+    """Held-out reconstruction loss with fixed masks (same frames, same masks every call)."""
+    was_training = model.training
+    model.eval()
+    n = min(len(dataset), batch * max_batches)
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for start in range(0, n, batch):
+        idx = list(range(start, min(n, start + batch)))
+        data = to_device(collate([dataset[i] for i in idx]), device)
+        _, stats = model(data, engine.mask_seeds(seed, 0, np.asarray(idx)))
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v * len(idx)
+            weights[k] = weights.get(k, 0.0) + len(idx)
+    model.train(was_training)
+    return {f"val_{k.replace('/', '_')}": totals[k] / weights[k] for k in totals}
+
+
+def save_grid(model: TSTMM, dataset, out: Path, step: int, device: str) -> Path | None:
+    if len(dataset) == 0:
+        return None
+    idx = list(range(min(4, len(dataset))))
+    data = to_device(collate([dataset[i] for i in idx]), device)
+    model.eval()
+    pictures = model.reconstruct(data, engine.mask_seeds(12345, 0, np.asarray(idx)))
+    model.train()
+    pictures = {k: {kk: vv.cpu() for kk, vv in v.items()} for k, v in pictures.items()}
+    return engine.save_reconstruction_grid(pictures, out / "grids" / f"step_{step:06d}.png")
+
+
+def _autocast(device: str, bf16: bool):
+    if device.startswith("cuda") and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = False, progress_jsonl: bool = False,
+             full_config: Config | None = None, dataset=None, val_dataset=None, stop_at: int | None = None) -> dict:
+    """Run (or continue) pre-training; returns a summary with the per-step losses of this call.
+
+    `stop_at` ends this call after that step as a stop signal would (checkpoint, then return),
+    keeping the schedule of the full `cfg.steps` run.
+    `dataset` / `val_dataset` may be given directly (any Dataset with the item contract);
+    otherwise they are opened from `data`. Runs under torchrun join its process group.
+    """
+    from tst_ros.util import resolve_device
+
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(__import__("os").environ.get("LOCAL_RANK", "0")))
+    dist = engine.Distributed.from_env(device)
+    names = method_modalities(cfg)
+    if dist.main:
+        config_mod.save_resolved(full_config or Config(pretrain=cfg), out)
+    model = build_model(cfg).to(device)
+    if cfg.method == "scratch":
+        return _finish_scratch(cfg, model, out, dist, progress_jsonl)
+
+    dataset = dataset if dataset is not None else open_dataset(data, "train", names, cfg.image_size, cfg.augment)
+    if val_dataset is None:
+        val_dataset = open_dataset(data, "val", names, cfg.image_size, False)
+        if len(val_dataset) == 0:
+            val_dataset = open_dataset(data, "train", names, cfg.image_size, False)
+    peak = engine.peak_lr(cfg.lr, cfg.base_lr, cfg.batch)
+    optimizer = engine.make_optimizer(model, peak, cfg.weight_decay)
+    start = 0
+    ckpt = out / CHECKPOINT_FILE
+    if resume and ckpt.exists():
+        meta = load_checkpoint(ckpt, model, optimizer)
+        start = int(meta["step"])
+    if cfg.compile and device.startswith("cuda"):
+        for block in model.encoder.blocks:
+            block.compile(dynamic=True)
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device != "cpu" else None)
+    workers = cfg.workers if dist.world == 1 else min(cfg.workers, 1)
+    loader = make_loader(dataset, cfg, dist, start, cfg.steps, workers)
+    reporter = engine.Reporter(out, "pretrain", cfg.steps, start, dist.main, progress_jsonl, cfg.tensorboard)
+    reporter.message(f"pre-training {cfg.method} ({cfg.preset}, {names}) on {len(dataset)} samples, "
+                     f"steps {start}->{cfg.steps}, batch {cfg.batch}, lr {peak:.2e}", start)
+    losses: list[float] = []
+    stopped = False
+    step = start
+    last_stats: dict[str, float] = {}
+    stall = 0.0
+    done = start
+    t_loop = time.perf_counter()
+    with engine.StopSignal() as stop:
+        batches = iter(loader)
+        model.train()
+        for step in range(start, cfg.steps):
+            engine.set_lr(optimizer, engine.lr_at(step, cfg.steps, cfg.warmup_steps, peak))
+            step_stats: dict[str, float] = {}
+            for micro in range(cfg.accum):
+                t_wait = time.perf_counter()
+                batch = to_device(next(batches), device)
+                stall += time.perf_counter() - t_wait
+                positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
+                seeds = engine.mask_seeds(cfg.seed, step, positions)
+                sync = net.no_sync() if (dist.world > 1 and micro < cfg.accum - 1) else contextlib.nullcontext()
+                with sync, _autocast(device, cfg.bf16):
+                    loss, stats = net(batch, seeds)
+                    (loss / cfg.accum).backward()
+                for k, v in stats.items():
+                    step_stats[k] = step_stats.get(k, 0.0) + v / cfg.accum
+            if cfg.clip_grad > 0:
+                step_stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            keys = sorted(step_stats)
+            step_stats = dict(zip(keys, dist.mean([step_stats[k] for k in keys])))
+            step_stats["lr"] = optimizer.param_groups[0]["lr"]
+            losses.append(step_stats["loss"])
+            last_stats = step_stats
+            reporter.step(step + 1, step_stats, cfg.batch)
+            done = step + 1
+            if dist.any(stop.requested) or (stop_at is not None and done >= stop_at):
+                stopped = True
+                break
+            if cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                _save(cfg, model, optimizer, out, done, dist, reporter, val_dataset, device, last_stats, full_config)
+    elapsed = time.perf_counter() - t_loop
+    summary = _save(cfg, model, optimizer, out, done, dist, reporter, val_dataset, device,
+                    last_stats, full_config, final=True)
+    if stopped:
+        reporter.message(f"stopped by signal at step {done}; checkpoint saved", done)
+    reporter.close()
+    dist.close()
+    return {**summary, "losses": losses, "stopped": stopped, "start_step": start,
+            "loader_stall_share": stall / max(elapsed, 1e-9), "elapsed_s": elapsed}
+
+
+def _save(cfg, model, optimizer, out: Path, step: int, dist, reporter, val_dataset, device, last_stats,
+          full_config, final: bool = False) -> dict:
+    """Checkpoint + encoder file + held-out loss + picture (main process), then a model event."""
+    summary = {"step": step, "checkpoint": str(out / CHECKPOINT_FILE), "encoder": str(out / ENCODER_FILE)}
+    if dist.main:
+        metrics = evaluate(model, val_dataset, cfg.batch, cfg.val_batches, device) if val_dataset is not None else {}
+        meta = {"step": step, "method": cfg.method, "config": config_mod.to_dict(full_config or Config(pretrain=cfg)),
+                "train_loss": last_stats.get("loss"), "metrics": metrics, "world": dist.world}
+        save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, meta)
+        save_encoder(model.encoder, out / ENCODER_FILE, method=cfg.method, step=step, metrics=metrics)
+        if val_dataset is not None:
+            save_grid(model, val_dataset, out, step, device)
+        reporter.model_event(out / ENCODER_FILE, ["encoder"], list(model.encoder.modalities),
+                             {**metrics, "step": step, **({"train_loss": last_stats["loss"]} if last_stats else {})})
+        summary.update(metrics)
+    dist.barrier()
+    return summary
+
+
+def _finish_scratch(cfg, model, out: Path, dist, progress_jsonl: bool) -> dict:
+    """The `scratch` baseline: a randomly initialised encoder, written like a trained one."""
+    if dist.main:
+        save_encoder(model.encoder, out / ENCODER_FILE, method="scratch", step=0, metrics={})
+        reporter = engine.Reporter(out, "pretrain", 0, 0, True, progress_jsonl, tensorboard=False)
+        reporter.model_event(out / ENCODER_FILE, ["encoder"], list(model.encoder.modalities), {"step": 0})
+        reporter.close()
+    dist.close()
+    return {"step": 0, "encoder": str(out / ENCODER_FILE), "losses": [], "stopped": False, "start_step": 0}
