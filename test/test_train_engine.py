@@ -19,6 +19,15 @@ from tst_ros.train.pretrain import pretrain
 REPO = Path(__file__).resolve().parents[1]
 MODS = ["rgb", "depth", "normals", "edges"]
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Small models on a shared 2-core machine run fastest without intra-op threading."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 
 def small_cfg(**kw) -> PretrainConfig:
     base = dict(preset="tiny", method="tst-mm", modalities=MODS, steps=6, batch=8, image_size=32, patch=8,

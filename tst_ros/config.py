@@ -94,7 +94,7 @@ class TransferConfig:
 
 @dataclass
 class PerceptionConfig:
-    model: str = ""                     # ONNX file; empty: wait for /tst/model
+    model_path: str = ""                # ONNX file or exported model dir; empty: wait for /tst/model
     providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     score_threshold: float = 0.3
     nms_iou: float = 0.5
@@ -131,6 +131,8 @@ class TTTKDConfig:
 class SpecializeConfig:
     output: str = "runs/specialize"
     record_frames: int = 400
+    eval_images: int = 40               # held-out test-building frames with ground truth
+    tttkd_scenes: int = 5               # TTT-KD before/after evaluation scenes per style
     deploy_seconds: float = 20.0
     serve: bool = False
     micro: bool = False
@@ -206,8 +208,8 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] | None = No
     if path:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
-        # ROS parameter files nest under node names; accept a `tst_ros` root as well.
-        _merge(cfg, data.get("tst_ros", data))
+        # accept a `tst_ros` root (ROS-style files) and the `config` root of a saved resolved config
+        _merge(cfg, data.get("tst_ros", data.get("config", data)))
     for text in overrides or []:
         _merge(cfg, parse_override(text))
     return cfg

@@ -53,13 +53,22 @@ class CloudLabeler:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------- inputs
+    @staticmethod
+    def _add(buffer: deque, stamp_ns: int, item) -> None:
+        """Append, or replace an entry with the same stamp (a re-sent frame is one view)."""
+        for i, (s, _) in enumerate(buffer):
+            if s == stamp_ns:
+                buffer[i] = (stamp_ns, item)
+                return
+        buffer.append((stamp_ns, item))
+
     def add_image(self, stamp_ns: int, rgb: np.ndarray) -> None:
         with self._lock:
-            self._images.append((int(stamp_ns), rgb))
+            self._add(self._images, int(stamp_ns), rgb)
 
     def add_depth(self, stamp_ns: int, depth_m: np.ndarray) -> None:
         with self._lock:
-            self._depths.append((int(stamp_ns), depth_m))
+            self._add(self._depths, int(stamp_ns), depth_m)
 
     def set_intrinsics(self, intrinsics: Intrinsics) -> None:
         self.intrinsics = intrinsics

@@ -133,10 +133,10 @@ def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointn
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         sched.step()
-        history["seg"].append(float(seg))
-        history["distill"].append(float(dist))
+        history["seg"].append(float(seg.detach()))
+        history["distill"].append(float(dist.detach()))
         if progress_cb is not None:
-            progress_cb(step + 1, steps, float(loss), time.perf_counter() - t0)
+            progress_cb(step + 1, steps, float(loss.detach()), time.perf_counter() - t0)
     model.eval()
     tail = max(1, steps // 10)
     summary = {"steps": steps, "seg_loss_end": float(np.mean(history["seg"][-tail:])),

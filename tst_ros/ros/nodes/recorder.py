@@ -131,12 +131,14 @@ class RecorderNode(Node):
         self.store = open_store(self.cfg.dataset, self.cfg, source)
         self._log = self.get_logger()
         self.pipeline = RecordingPipeline(self.store, self.cfg, RosDecoder(), T_base_camera=T_base_camera,
-                                          warn=self._log.warning, commit_every=1 << 30)
+                                          warn=self._log.warning, commit_every=1 << 30,
+                                          expected=tuple(s for s, t in self.topics.items() if t))
         self.bag = None
         if self.cfg.bag:
             from tst_ros.data.bagio import BagWriter
             self.bag = BagWriter(self.cfg.bag)
         self._commit_interval = float(p["commit_interval_s"])
+        self._idle_release_s = float(p["idle_release_s"])
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -170,7 +172,7 @@ class RecorderNode(Node):
         params = {k: getattr(base, k) for k in base.__dataclass_fields__}
         params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
         params.update(rgb_compressed=False, qos_depth=50, status_topic="/tst/recorder/status",
-                      status_period_s=0.5, commit_interval_s=0.2, camera_extrinsic=default_extrinsic())
+                      status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0, camera_extrinsic=default_extrinsic())
         return {k: self.declare_parameter(k, v).value for k, v in params.items()}
 
     # ------------------------------------------------------------------ subscription side
@@ -189,16 +191,20 @@ class RecorderNode(Node):
 
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
-        last_commit = time.monotonic()
+        last_commit = last_message = time.monotonic()
         while True:
             try:
                 item = self._queue.get(timeout=0.05)
             except queue.Empty:
                 if self._stop.is_set():
                     break
+                if time.monotonic() - last_message > self._idle_release_s and self.pipeline.sync.pending:
+                    with self._lock:   # inputs went quiet: stop waiting for slower streams
+                        self.pipeline.release_pending()
                 self._commit()
                 last_commit = time.monotonic()
                 continue
+            last_message = time.monotonic()
             stream, topic, msgtype, recv_ns, stamp, data = item
             self._received += 1
             self._max_queue = max(self._max_queue, self._queue.qsize())

@@ -26,6 +26,7 @@ from tst_ros.config import SimConfig
 from tst_ros.poses import matrix_to_extrinsic
 from tst_ros.ros import conversions as conv
 from tst_ros.ros.qos import qos_profile
+from tst_ros.sim.export import body_twist
 
 try:  # not installable on every machine (DESIGN §6): /odom is always published
     import tf2_ros
@@ -130,7 +131,7 @@ class SimNode(Node):
             self.clock_pub.publish(Clock(clock=conv.ns_to_stamp(stamp)))
         for s, vec in zip(frame.imu_stamps_ns, frame.imu):
             self.pubs["imu"].publish(conv.array_to_imu(vec, conv.make_header(int(s) + off, self.frame_ids["imu"])))
-        twist = self._body_twist(frame.stamp_ns)
+        twist = body_twist(self.sim, frame.stamp_ns)
         self.pubs["odom"].publish(conv.matrix_to_odometry(
             frame.T_odom_base, conv.make_header(stamp, self.frame_ids["odom"]), self.frame_ids["base"], twist))
         if self.tf_broadcaster is not None:
@@ -141,14 +142,6 @@ class SimNode(Node):
         self.pubs["depth"].publish(conv.array_to_image(frame.depth_mm, "16UC1", header))
         if frame.cloud_xyz is not None:
             self.pubs["cloud"].publish(conv.make_xyz_rgb_cloud(frame.cloud_xyz, frame.cloud_rgb, header))
-
-    def _body_twist(self, stamp_ns: int) -> np.ndarray:
-        t = self.sim.time_s(stamp_ns)
-        v = self.sim.trajectory.velocity(np.atleast_1d(t))[0]
-        yaw = float(self.sim.trajectory.yaw(np.atleast_1d(t))[0])
-        c, s = np.cos(yaw), np.sin(yaw)
-        w = float(self.sim.trajectory.yaw_rate(np.atleast_1d(t))[0])
-        return np.array([c * v[0] + s * v[1], -s * v[0] + c * v[1], 0.0, 0.0, 0.0, w])
 
 
 def main(argv: list[str] | None = None) -> int:

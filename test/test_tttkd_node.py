@@ -1,0 +1,100 @@
+"""ttt_kd node over real DDS: a simulated cloud (+ image, depth, camera_info, odom) in, a labeled
+cloud out with one label per input point and the input header copied."""
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from nav_msgs.msg import Odometry
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from tst_ros.config import SimConfig
+from tst_ros.ros.conversions import (array_to_image, cloud_field, cloud_rgb, cloud_xyz, intrinsics_to_camera_info,
+                                     make_header, make_xyz_rgb_cloud, matrix_to_odometry, qos_sensor)
+from tst_ros.ros.nodes.ttt_kd import TTTKDNode
+from tst_ros.sim import CLASSES, Simulator
+from tst_ros.poses import matrix_to_extrinsic
+from tst_ros.tttkd.backbones import TTTKDModel, build_backbone
+from tst_ros.tttkd.checkpoint import FeatureReducer, save_checkpoint
+from tst_ros.tttkd.teachers import HED_CHANNELS
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained model wired to the HED teacher (the node path does not depend on training)."""
+    torch.manual_seed(0)
+    reducer = FeatureReducer(torch.zeros(HED_CHANNELS["block4"]), torch.linalg.qr(torch.randn(512, 16))[0])
+    model = TTTKDModel(build_backbone("pointnet", width=32), len(CLASSES), reducer.out_dim)
+    path = tmp_path_factory.mktemp("tttkd") / "tttkd.safetensors"
+    teacher = {"teacher": "hed", "dim": 512, "blocks": ["block4"], "input_scale": 0.5}
+    return save_checkpoint(path, model, reducer, teacher=teacher, classes=list(CLASSES))
+
+
+def test_node_labels_every_point_of_a_sim_cloud_and_copies_the_header(checkpoint):
+    sim = Simulator(SimConfig(seed=0, style="home"))
+    frame = sim.frame(5)
+    assert frame.cloud_xyz is not None
+    xyz = frame.cloud_xyz.copy()
+    xyz[::50] = np.nan                                    # a few invalid points must survive as unlabeled
+    n = len(xyz)
+
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        params = [Parameter("model", value=str(checkpoint)), Parameter("steps", value=2),
+                  Parameter("mode", value="episodic"), Parameter("point_budget", value=3000),
+                  Parameter("camera_extrinsic", value=matrix_to_extrinsic(sim.T_base_camera))]
+        node = TTTKDNode(parameter_overrides=params, context=context)
+        peer = Node("tttkd_test_peer", context=context)
+        received: list[PointCloud2] = []
+        peer.create_subscription(PointCloud2, "/tst/points_labeled", received.append, 10)
+        qos = qos_sensor(best_effort=True)
+        pubs = {"cloud": peer.create_publisher(PointCloud2, "/points", qos),
+                "image": peer.create_publisher(Image, "/camera/color/image_raw", qos),
+                "depth": peer.create_publisher(Image, "/camera/depth/image_raw", qos),
+                "info": peer.create_publisher(CameraInfo, "/camera/color/camera_info", qos),
+                "odom": peer.create_publisher(Odometry, "/odom", 100)}
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        executor.add_node(peer)
+
+        header = make_header(frame.stamp_ns, "camera_color_optical_frame")
+        cloud_msg = make_xyz_rgb_cloud(xyz, frame.cloud_rgb, header, is_dense=False)
+        deadline = time.monotonic() + 60
+        while not received and time.monotonic() < deadline:
+            for dt in (-0.2, -0.1, 0.0, 0.1, 0.2):
+                stamp = frame.stamp_ns + int(dt * 1e9)
+                pubs["odom"].publish(matrix_to_odometry(sim.T_odom_base(stamp), make_header(stamp, "odom")))
+            pubs["info"].publish(intrinsics_to_camera_info(sim.intrinsics, header))
+            pubs["image"].publish(array_to_image(frame.rgb, "rgb8", header))
+            pubs["depth"].publish(array_to_image(frame.depth_mm, "16UC1", header))
+            executor.spin_once(timeout_sec=0.05)
+            if node.labeler is not None and node.labeler._images and node.poses.can_lookup(frame.stamp_ns):
+                pubs["cloud"].publish(cloud_msg)
+            end = time.monotonic() + 0.4
+            while time.monotonic() < end and not received:
+                executor.spin_once(timeout_sec=0.05)
+        assert received, f"no labeled cloud within 60 s (node info: {node.last_info})"
+        out = received[0]
+        assert out.header.stamp == header.stamp and out.header.frame_id == header.frame_id
+        assert out.width * out.height == n
+        labels, conf = cloud_field(out, "label"), cloud_field(out, "confidence")
+        assert labels.dtype == np.uint32 and conf.dtype == np.float32 and len(labels) == n
+        finite = np.isfinite(xyz).all(1)
+        assert (labels[~finite] == 255).all() and (labels[finite] < len(CLASSES)).all()
+        assert ((conf[finite] > 0) & (conf[finite] <= 1)).all()
+        np.testing.assert_array_equal(cloud_xyz(out)[finite], xyz[finite])
+        np.testing.assert_array_equal(cloud_rgb(out), frame.cloud_rgb)
+        # the cloud was adapted to: image found within the sync window, pose looked up at its stamp
+        assert node.last_info.get("adapted"), node.last_info
+        assert node.last_info["views"] == 1
+        executor.shutdown()
+        node.destroy_node()
+        peer.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

@@ -1,0 +1,136 @@
+"""Perception serving benchmark: end-to-end latency and memory of the segmentation and
+detection nodes against bare ONNX Runtime inference of the same model, in the same run.
+
+- Model: the deployment shape of `tst-ros transfer` defaults (tiny preset, 128 px, RGB-D
+  inputs), exported to ONNX (weights do not change the cost).
+- Bare: `session.run` on a preprocessed frame in this process, single stream, p50/p99.
+- End to end: simulator frames (256x192 RGB + depth) published at 30 Hz from this process;
+  the node runs in its own process; latency = receive time of the mask (detections) here
+  minus the publish time carried in the header stamp. Ratios = e2e / bare.
+- Memory: resident set size of both node processes streamed at 30 Hz for the soak period
+  (10 min; --quick: 30 s), growth relative to the size after warm-up.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET_P50_RATIO = 1.25
+TARGET_P99_RATIO = 2.0
+TARGET_RSS_GROWTH = 0.05
+RATE_HZ = 30.0
+
+
+def _percentiles(values_ms: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values_ms, np.float64)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def bare_inference_ms(onnx_path: Path, frame: tuple[np.ndarray, np.ndarray], runs: int) -> list[float]:
+    from tst_ros.perception.runtime import Predictor
+
+    pred = Predictor.from_onnx(onnx_path, ["CPUExecutionProvider"])
+    rgb, depth_mm = frame
+    inputs = pred.preprocess(rgb, depth_mm.astype(np.float32) / 1000.0)
+    for _ in range(10):
+        pred.infer(inputs)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        pred.infer(inputs)
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def run(quick: bool = False) -> dict:
+    import psutil
+
+    from tst_ros.config import SimConfig
+    from tst_ros.perception.export import export_model
+    from tst_ros.perception.tiny import make_model_dir
+    from tst_ros.sim import Simulator
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid() + time.time_ns()).randint(101, 200))
+    from tst_ros.ros.nodes._perception_probe import StreamProbe, spawn_node
+
+    latency_s = 8.0 if quick else 30.0
+    soak_s = 30.0 if quick else 600.0
+    out: dict = {"rate_hz": RATE_HZ, "latency_seconds": latency_s, "soak_seconds": soak_s}
+    sim_cfg = SimConfig()
+    frames = [(f.rgb, f.depth_mm) for f in Simulator(sim_cfg).frames(8 if quick else 30)]
+    out["frame_size"] = f"{sim_cfg.width}x{sim_cfg.height}"
+    with tempfile.TemporaryDirectory(prefix="tst-bench-perception-") as tmp:
+        tmp = Path(tmp)
+        model_dir = make_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), seed=0)
+        onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=[(rgb, d / 1000.0) for rgb, d in frames[:1]])["path"])
+        out["model"] = "tiny preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
+        bare = bare_inference_ms(onnx_path, frames[0], 60 if quick else 300)
+        out["bare.p50_ms"], out["bare.p99_ms"] = (round(v, 2) for v in _percentiles(bare))
+
+        probe = StreamProbe(frames, kinds=("segmentation", "detection"))
+        procs = {}
+        try:
+            for kind in ("segmentation", "detection"):
+                procs[kind] = spawn_node(kind, str(onnx_path), str(tmp / f"{kind}.log"))
+                probe.wait_for_subscribers(1)
+                probe.stream(2.0, RATE_HZ, record=False)                  # warm-up, discovery of depth
+                sent = probe.stream(latency_s, RATE_HZ, record=True)
+                lat = probe.take(kind)
+                if not lat:
+                    raise RuntimeError(f"{kind} node produced no output:\n{(tmp / f'{kind}.log').read_text()}")
+                p50, p99 = _percentiles(lat)
+                key = "mask" if kind == "segmentation" else "detections"
+                out[f"{key}.frames_sent"] = sent
+                out[f"{key}.outputs"] = len(lat)
+                out[f"{key}.p50_ms"], out[f"{key}.p99_ms"] = round(p50, 2), round(p99, 2)
+                out[f"{key}.p50_ratio"] = round(p50 / out["bare.p50_ms"], 3)
+                out[f"{key}.p99_ratio"] = round(p99 / out["bare.p99_ms"], 3)
+                out[f"{key}.target_p50_ratio"], out[f"{key}.target_p99_ratio"] = TARGET_P50_RATIO, TARGET_P99_RATIO
+                out[f"{key}.meets_target"] = bool(out[f"{key}.p50_ratio"] <= TARGET_P50_RATIO
+                                                  and out[f"{key}.p99_ratio"] <= TARGET_P99_RATIO)
+                procs[kind].terminate()
+                procs[kind].wait(timeout=10)
+                time.sleep(0.5)
+            # soak: both nodes, 30 Hz, RSS after warm-up vs at the end
+            for kind in ("segmentation", "detection"):
+                procs[kind] = spawn_node(kind, str(onnx_path), str(tmp / f"{kind}.soak.log"))
+            probe.wait_for_subscribers(2)
+            probe.stream(5.0, RATE_HZ, record=False)
+            ps = {k: psutil.Process(p.pid) for k, p in procs.items()}
+            start_rss = {k: p.memory_info().rss for k, p in ps.items()}
+            peak = dict(start_rss)
+
+            def sample(i: int) -> None:
+                if i % 30 == 0:
+                    for k, p in ps.items():
+                        peak[k] = max(peak[k], p.memory_info().rss)
+
+            received_before = dict(probe.received)
+            probe.stream(soak_s, RATE_HZ, record=False, on_tick=sample)
+            for k, p in ps.items():
+                end_rss = p.memory_info().rss
+                key = "mask" if k == "segmentation" else "detections"
+                growth = (end_rss - start_rss[k]) / start_rss[k]
+                out[f"{key}.rss_start_mb"] = round(start_rss[k] / 2**20, 1)
+                out[f"{key}.rss_end_mb"] = round(end_rss / 2**20, 1)
+                out[f"{key}.rss_peak_mb"] = round(peak[k] / 2**20, 1)
+                out[f"{key}.rss_growth"] = round(growth, 4)
+                out[f"{key}.target_rss_growth"] = TARGET_RSS_GROWTH
+                out[f"{key}.rss_meets_target"] = bool(growth <= TARGET_RSS_GROWTH)
+                out[f"{key}.soak_outputs"] = probe.received[k] - received_before.get(k, 0)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.terminate()
+                    try:
+                        p.wait(timeout=10)
+                    except Exception:
+                        p.kill()
+            probe.close()
+    return out

@@ -1,0 +1,91 @@
+"""`tst-ros specialize`, `tst-ros pipeline`, `tst-ros report` and `tst-ros node NAME`."""
+from __future__ import annotations
+
+import os
+
+from tst_ros import config
+
+NODE_NAMES = ["sim", "recorder", "trainer", "segmentation", "detection", "ttt_kd", "replay"]
+
+# Budgets of `--micro`: the same loop, small enough for an end-to-end test.
+MICRO = ["specialize.record_frames=24", "specialize.eval_images=6", "specialize.tttkd_scenes=1",
+         "specialize.deploy_seconds=4", "pretrain.steps=6", "pretrain.batch=8", "pretrain.checkpoint_every=3",
+         "pretrain.workers=0", "record.image_size=64", "transfer.steps=6", "transfer.batch=4",
+         "transfer.labeled_images=8", "ttt_kd.train_steps=4", "ttt_kd.buildings=1", "ttt_kd.clouds_per_building=2",
+         "ttt_kd.point_budget=2000", "ttt_kd.teacher=hed", "sim.width=128", "sim.height=96"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("specialize", help="the whole loop on a live graph in one process, then a report",
+                       description="Starts sim (unless --no-sim), recorder, trainer, segmentation, detection and "
+                                   "ttt_kd from the same description as launch/specialize.launch.py, runs record -> "
+                                   "pre-train -> transfer -> export -> hot reload -> deployment, writes "
+                                   "RUN/report/index.html and exits 0 (or keeps serving with --serve).")
+    config.add_config_arguments(p)
+    p.add_argument("--data-dir", default="", help="run directory (default: specialize.output from the config)")
+    p.add_argument("--preset", default="", help="encoder preset tiny | s | b")
+    p.add_argument("--device", default="", help="training device auto | cpu | cuda")
+    p.add_argument("--sim", dest="use_sim", action=argparse_bool(), default=True,
+                   help="start the simulated building (--no-sim: your sensors or a bag feed the topics)")
+    p.add_argument("--serve", action=argparse_bool(), default=None, help="keep serving after the report")
+    p.add_argument("--micro", action="store_true", help="tiny budgets (seconds per stage) for a quick end-to-end check")
+    p.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (0: never)")
+    p.set_defaults(func=run_specialize)
+
+    q = sub.add_parser("pipeline", help="offline stages after recording: pretrain, transfer, export, evaluate, TTT-KD")
+    config.add_config_arguments(q)
+    q.add_argument("--run", required=True, help="run directory")
+    q.add_argument("--data", required=True, help="dataset store recorded in the test building")
+    q.add_argument("--progress-jsonl", action="store_true", help="progress protocol lines on stdout (trainer node)")
+    q.set_defaults(func=run_pipeline)
+
+    r = sub.add_parser("report", help="(re)write RUN/report/index.html from a run directory")
+    r.add_argument("run", help="run directory")
+    r.set_defaults(func=run_report)
+
+    n = sub.add_parser("node", help="run one node, e.g. `tst-ros node recorder --ros-args -p dataset:=data/x`")
+    n.add_argument("name", choices=NODE_NAMES)
+    n.add_argument("ros_args", nargs="...", help="passed to the node (--ros-args ...)")
+    n.set_defaults(func=run_node)
+
+
+def argparse_bool():
+    import argparse
+    return argparse.BooleanOptionalAction
+
+
+def run_specialize(args) -> int:
+    from tst_ros.graph.description import resolve
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    overrides = (MICRO if args.micro else []) + list(args.overrides)
+    if args.serve is not None:
+        overrides.append(f"specialize.serve={args.serve}")
+    cfg, run_dir, specs = resolve(use_sim=args.use_sim, config=args.config or "", data_dir=args.data_dir,
+                                  preset=args.preset, device=args.device, overrides=overrides)
+    from tst_ros.ros.specialize import Specialize
+
+    print(f"[specialize] run directory {run_dir}; nodes: {', '.join(s.name for s in specs)}")
+    return Specialize(cfg, run_dir, specs, timeout_s=args.timeout).run()
+
+
+def run_pipeline(args) -> int:
+    from tst_ros.graph.pipeline import Pipeline
+
+    cfg = config.from_args(args)
+    Pipeline(cfg, args.run, args.data, progress_jsonl=args.progress_jsonl).run_all()
+    return 0
+
+
+def run_report(args) -> int:
+    from tst_ros.graph.report import write_report
+
+    print(write_report(args.run))
+    return 0
+
+
+def run_node(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f"tst_ros.ros.nodes.{args.name}")
+    return int(module.main(args.ros_args) or 0)

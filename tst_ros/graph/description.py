@@ -1,0 +1,126 @@
+"""The one description of the specialise graph.
+
+`launch/specialize.launch.py` turns it into launch_ros `Node` actions on a ROS 2
+workstation; `tst-ros specialize` instantiates the same nodes in one process where
+`ros2 launch` is unavailable. Both read the same `config/specialize.yaml`, so the node set,
+parameters and remappings cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tst_ros.config import Config
+
+
+@dataclass
+class NodeSpec:
+    name: str                       # node name, also the `ros2 run tst_ros <executable>` name
+    executable: str
+    node_class: str                 # "module:Class" used for in-process runs
+    parameters: dict = field(default_factory=dict)
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _ros_parameters(section) -> dict:
+    """Config section -> ROS parameter dict (ROS parameters cannot be empty lists)."""
+    out = {}
+    for key, value in dataclasses.asdict(section).items():
+        if isinstance(value, list) and not value:
+            continue
+        out[key] = value
+    return out
+
+
+def pipeline_command(config_path: str | Path, run_dir: str | Path, dataset: str | Path) -> list[str]:
+    """The trainer's child command: the whole offline pipeline with progress lines on stdout."""
+    return [sys.executable, "-m", "tst_ros.cli", "pipeline", "--config", str(config_path), "--run", str(run_dir),
+            "--data", str(dataset), "--progress-jsonl"]
+
+
+def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "", run_dir: str | Path | None = None,
+             remappings: dict[str, list[tuple[str, str]]] | None = None) -> list[NodeSpec]:
+    """Nodes of the specialise loop, in start order, with their parameters."""
+    run_dir = Path(run_dir or cfg.specialize.output)
+    dataset = Path(cfg.record.dataset)
+    if not dataset.is_absolute():
+        dataset = run_dir / dataset.name
+    remappings = remappings or {}
+    record = {**_ros_parameters(cfg.record), "dataset": str(dataset), "max_samples": cfg.specialize.record_frames}
+    trainer = {
+        "min_samples": cfg.specialize.record_frames,
+        "run_dir": str(run_dir / "pretrain"),
+        "command": shlex.join(pipeline_command(config_path, run_dir, dataset)),
+    }
+    ttt = {**_ros_parameters(cfg.ttt_kd), "checkpoint": str(run_dir / "tttkd" / "model.safetensors")}
+    specs = [
+        NodeSpec("sim", "sim", "tst_ros.ros.nodes.sim:SimNode", _ros_parameters(cfg.sim)),
+        NodeSpec("recorder", "recorder", "tst_ros.ros.nodes.recorder:RecorderNode", record),
+        NodeSpec("trainer", "trainer", "tst_ros.ros.nodes.trainer:TrainerNode", trainer),
+        NodeSpec("segmentation", "segmentation", "tst_ros.ros.nodes.segmentation:SegmentationNode",
+                 _ros_parameters(cfg.perception)),
+        NodeSpec("detection", "detection", "tst_ros.ros.nodes.detection:DetectionNode",
+                 _ros_parameters(cfg.perception)),
+        NodeSpec("ttt_kd", "ttt_kd", "tst_ros.ros.nodes.ttt_kd:TTTKDNode", ttt),
+    ]
+    if not use_sim:
+        specs = specs[1:]
+    for spec in specs:
+        spec.remappings = list(remappings.get(spec.name, []))
+    return specs
+
+
+def replay_spec(bag: str, rate: float = 1.0, loop: bool = False) -> NodeSpec:
+    """The `replay` node that stands in for the simulator in launch/replay.launch.py."""
+    if not bag:
+        raise ValueError("replay needs a bag: bag:=PATH")
+    return NodeSpec("replay", "replay", "tst_ros.ros.nodes.replay:ReplayNode",
+                    {"bag": str(bag), "rate": float(rate), "loop": bool(loop)})
+
+
+LAUNCH_ARGUMENTS = {
+    "use_sim": ("true", "start the simulated building (false: real sensors or a bag)"),
+    "config": ("", "YAML config (default: the package's config/specialize.yaml)"),
+    "data_dir": ("", "run directory for the dataset, checkpoints, models and report (default: specialize.output)"),
+    "preset": ("", "encoder preset: tiny | s | b (default: from the config)"),
+    "device": ("", "training device: auto | cpu | cuda (default: from the config)"),
+}
+
+
+def default_config_path() -> Path:
+    """config/specialize.yaml from the installed share directory, else from the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        path = Path(get_package_share_directory("tst_ros")) / "config" / "specialize.yaml"
+        if path.exists():
+            return path
+    except (ImportError, LookupError, ValueError):
+        pass
+    return Path(__file__).resolve().parents[2] / "config" / "specialize.yaml"
+
+
+def argument_overrides(data_dir: str = "", preset: str = "", device: str = "") -> list[str]:
+    """Launch/command-line arguments -> config overrides (shared by both entry points)."""
+    out = []
+    if data_dir:
+        out.append(f"specialize.output={data_dir}")
+    if preset:
+        out.append(f"pretrain.preset={preset}")
+    if device:
+        out.append(f"pretrain.device={device}")
+    return out
+
+
+def resolve(*, use_sim: bool = True, config: str = "", data_dir: str = "", preset: str = "", device: str = "",
+            overrides: list[str] | None = None) -> tuple[Config, Path, list[NodeSpec]]:
+    """Load the config, save it resolved into the run directory, describe the graph."""
+    from tst_ros.config import load, save_resolved
+
+    config_path = Path(config) if config else default_config_path()
+    cfg = load(config_path, argument_overrides(data_dir, preset, device) + list(overrides or []))
+    run_dir = Path(cfg.specialize.output).resolve()
+    resolved = save_resolved(cfg, run_dir)
+    return cfg, run_dir, describe(cfg, use_sim=use_sim, config_path=resolved, run_dir=run_dir)

@@ -1,0 +1,178 @@
+"""Run the specialise graph in one process (where `ros2 launch` is unavailable).
+
+The nodes come from `tst_ros.graph.description` (the launch file uses the same description);
+a supervisor node follows the loop on the graph itself: recorder status, trainer status,
+ModelUpdate, the perception nodes' LabelInfo versions (hot reload), and every output topic,
+from which it measures deployment latency and throughput for the report.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, PointCloud2
+
+from tst_ros.graph.description import NodeSpec
+from tst_ros.msg import Detection2DArray, LabelInfo, ModelUpdate, RecorderStatus, TrainingStatus
+from tst_ros.ros.conversions import cloud_field, image_to_array, image_to_rgb, stamp_to_ns
+from tst_ros.ros.qos import qos_latched, qos_profile
+
+OUTPUTS = {
+    "mask": ("/tst/segmentation/mask", Image),
+    "overlay": ("/tst/segmentation/overlay", Image),
+    "detections": ("/tst/detections", Detection2DArray),
+    "points_labeled": ("/tst/points_labeled", PointCloud2),
+}
+LABEL_INFO_TOPICS = {"segmentation": "/tst/segmentation/label_info", "detection": "/tst/detections/label_info"}
+
+
+def remap_arguments(specs: list[NodeSpec]) -> list[str]:
+    """Node-scoped remappings for rclpy.init: `-r node:from:=to`."""
+    args = []
+    for spec in specs:
+        for src, dst in spec.remappings:
+            args += ["-r", f"{spec.name}:{src}:={dst}"]
+    return ["--ros-args", *args] if args else []
+
+
+def instantiate(spec: NodeSpec) -> Node:
+    module_name, class_name = spec.node_class.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    overrides = [Parameter(k, value=v) for k, v in spec.parameters.items()]
+    return cls(parameter_overrides=overrides)
+
+
+@dataclass
+class Observed:
+    """What the supervisor saw on the graph."""
+    recorder: RecorderStatus | None = None
+    trainer: TrainingStatus | None = None
+    model: ModelUpdate | None = None
+    label_versions: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    latency_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    first_seen: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, object] = field(default_factory=dict)   # last overlay / mask / labels for the report
+    hot_loaded_at: float | None = None
+
+
+class Supervisor(Node):
+    """Watches the loop's topics; never publishes anything the loop depends on."""
+
+    def __init__(self, collect_samples: bool = True):
+        super().__init__("tst_supervisor")
+        self.seen = Observed()
+        self.lock = threading.Lock()
+        self.collect = collect_samples
+        self.create_subscription(RecorderStatus, "/tst/recorder/status", self._recorder, 10)
+        self.create_subscription(TrainingStatus, "/tst/trainer/status", self._trainer, 10)
+        self.create_subscription(ModelUpdate, "/tst/model", self._model, qos_latched())
+        for task, topic in LABEL_INFO_TOPICS.items():
+            self.create_subscription(LabelInfo, topic, lambda m, t=task: self._label_info(t, m), qos_latched())
+        for key, (topic, cls) in OUTPUTS.items():
+            self.create_subscription(cls, topic, lambda m, k=key: self._output(k, m), qos_profile("best_effort", 5))
+
+    def _recorder(self, msg):
+        self.seen.recorder = msg
+
+    def _trainer(self, msg):
+        self.seen.trainer = msg
+
+    def _model(self, msg):
+        self.seen.model = msg
+
+    def _label_info(self, task, msg):
+        with self.lock:
+            self.seen.label_versions[task] = int(msg.version)
+            if self.hot_loaded() and self.seen.hot_loaded_at is None:
+                self.seen.hot_loaded_at = time.monotonic()
+
+    def hot_loaded(self) -> bool:
+        m = self.seen.model
+        return m is not None and all(self.seen.label_versions.get(t) == m.version for t in LABEL_INFO_TOPICS)
+
+    def _output(self, key, msg):
+        now_ns = self.get_clock().now().nanoseconds
+        with self.lock:
+            self.seen.counts[key] += 1
+            self.seen.first_seen.setdefault(key, time.monotonic())
+            if self.seen.hot_loaded_at is not None:
+                self.seen.latency_ms[key].append((now_ns - stamp_to_ns(msg.header.stamp)) / 1e6)
+            if not self.collect:
+                return
+            if key == "overlay":
+                self.seen.samples["overlay"] = image_to_rgb(msg).copy()
+            elif key == "mask":
+                self.seen.samples["mask"] = np.array(image_to_array(msg))
+            elif key == "detections":
+                self.seen.samples["detections"] = [
+                    (d.bbox.center.position.x, d.bbox.center.position.y, d.bbox.size_x, d.bbox.size_y,
+                     d.results[0].hypothesis.class_id if d.results else "", d.results[0].hypothesis.score if d.results else 0.0)
+                    for d in msg.detections]
+            elif key == "points_labeled":
+                self.seen.samples["point_labels"] = np.array(cloud_field(msg, "label"))
+
+
+class Graph:
+    """The specialise nodes plus a supervisor on one multi-threaded executor."""
+
+    def __init__(self, specs: list[NodeSpec], threads: int = 6):
+        self.specs = specs
+        self.nodes: list[Node] = []
+        self.threads = threads
+        self.supervisor: Supervisor | None = None
+        self.executor: MultiThreadedExecutor | None = None
+        self._spin_thread: threading.Thread | None = None
+
+    def start(self) -> "Graph":
+        rclpy.init(args=remap_arguments(self.specs), signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        self.executor = MultiThreadedExecutor(num_threads=self.threads)
+        self.supervisor = Supervisor()
+        self.executor.add_node(self.supervisor)
+        for spec in self.specs:
+            node = instantiate(spec)
+            self.nodes.append(node)
+            self.executor.add_node(node)
+        self._spin_thread = threading.Thread(target=self._spin, name="graph-executor", daemon=True)
+        self._spin_thread.start()
+        return self
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, rclpy.executors.ShutdownException):
+            pass
+
+    def stop(self, timeout_s: float = 8.0) -> None:
+        """Stop every node (the trainer stops its child gracefully) and shut rclpy down."""
+        deadline = time.monotonic() + timeout_s
+        for node in reversed(self.nodes):
+            close = getattr(node, "close", None) or getattr(node, "shutdown", None)
+            try:
+                if callable(close):
+                    close()
+            except Exception as e:  # noqa: BLE001 - keep stopping the rest
+                print(f"[specialize] stopping {node.get_name()}: {e}", file=sys.stderr)
+            if time.monotonic() > deadline:
+                break
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=max(0.1, deadline - time.monotonic()))
+        for node in self.nodes + ([self.supervisor] if self.supervisor else []):
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001
+                pass
+        if rclpy.ok():
+            rclpy.shutdown()

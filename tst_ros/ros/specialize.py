@@ -1,0 +1,169 @@
+"""`tst-ros specialize`: the whole loop in one process, then the report.
+
+Starts the graph from the shared description, follows it through the supervisor (record ->
+pre-train/transfer/export in the trainer's child process -> ModelUpdate -> hot reload ->
+deployment period), shows progress with one bar per stage, then writes `deploy.json` and the
+HTML report. SIGINT/SIGTERM stop every node (the trainer checkpoints its child) within
+seconds; running again resumes (the store keeps its samples, the pipeline its stages).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tst_ros.graph.description import NodeSpec
+from tst_ros.ros.graph_runner import Graph, Observed
+from tst_ros.util import atomic_write_json
+
+
+class StageBars:
+    """One tqdm bar per stage of the loop, replaced when the stage changes."""
+
+    def __init__(self):
+        from tqdm import tqdm
+        self._tqdm = tqdm
+        self.bar = None
+        self.stage = None
+
+    def show(self, stage: str, done: float, total: float, postfix: str = "") -> None:
+        if stage != self.stage:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = self._tqdm(total=max(total, 1), desc=f"[{stage}]", file=sys.stderr, dynamic_ncols=True,
+                                  bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                             "[{elapsed}<{remaining}] {postfix}")
+            self.stage = stage
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = min(done, self.bar.total)
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    a = np.asarray(values)
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def deployment_summary(seen: Observed, seconds: float) -> dict:
+    outputs = {}
+    for key, count in seen.counts.items():
+        p50, p99 = _percentiles(seen.latency_ms.get(key, []))
+        outputs[key] = {"count": count, "rate_hz": len(seen.latency_ms.get(key, [])) / seconds if seconds else 0.0,
+                        "latency_ms_p50": p50, "latency_ms_p99": p99}
+    model = seen.model
+    return {"hot_loaded": seen.hot_loaded_at is not None, "model_version": int(model.version) if model else None,
+            "model_path": model.path if model else None, "seconds": round(seconds, 1), "outputs": outputs,
+            "label_versions": dict(seen.label_versions)}
+
+
+def save_samples(seen: Observed, run_dir: Path) -> None:
+    import cv2
+
+    overlay = seen.samples.get("overlay")
+    if overlay is None:
+        return
+    cv2.imwrite(str(run_dir / "deploy_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    boxes = overlay.copy()
+    for cx, cy, w, h, cls, score in seen.samples.get("detections", []):
+        p0, p1 = (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2))
+        cv2.rectangle(boxes, p0, p1, (255, 255, 0), 1)
+        cv2.putText(boxes, f"{cls} {score:.2f}", (p0[0], max(8, p0[1] - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                    (255, 255, 0), 1)
+    cv2.imwrite(str(run_dir / "deploy_detections.png"), cv2.cvtColor(boxes, cv2.COLOR_RGB2BGR))
+
+
+class Specialize:
+    def __init__(self, cfg, run_dir: Path, specs: list[NodeSpec], timeout_s: float = 0.0):
+        self.cfg, self.run_dir, self.specs = cfg, run_dir, specs
+        self.timeout_s = timeout_s
+        self.stop_event = threading.Event()
+        self.graph = Graph(specs)
+        self.bars = StageBars()
+        self.failed: str | None = None
+
+    def _on_signal(self, signum, frame):
+        print(f"\n[specialize] {signal.Signals(signum).name}: stopping the graph", file=sys.stderr)
+        self.stop_event.set()
+
+    def run(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        t_start = time.monotonic()
+        deploy_started = None
+        interrupted = False
+        try:
+            self.graph.start()
+            seen = self.graph.supervisor.seen
+            while not self.stop_event.wait(0.5):
+                if self.timeout_s and time.monotonic() - t_start > self.timeout_s:
+                    self.failed = f"the loop did not finish within {self.timeout_s:.0f} s"
+                    break
+                if seen.trainer is not None and seen.trainer.stage == "error":
+                    self.failed = f"the trainer failed: {seen.trainer.message}"
+                    break
+                if seen.hot_loaded_at is not None:
+                    deploy_started = deploy_started or time.monotonic()
+                    elapsed = time.monotonic() - deploy_started
+                    outputs = ", ".join(f"{k} {v}" for k, v in sorted(seen.counts.items()))
+                    self.bars.show("deploy", round(elapsed), self.cfg.specialize.deploy_seconds,
+                                   f"model v{seen.model.version}; {outputs}")
+                    if elapsed >= self.cfg.specialize.deploy_seconds and not self.cfg.specialize.serve:
+                        break
+                else:
+                    self._show_progress(seen)
+            else:
+                interrupted = True
+        finally:
+            self.bars.close()
+            signal.signal(signal.SIGINT, old[signal.SIGINT])  # a second Ctrl-C during shutdown aborts
+            self.graph.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+        seen = self.graph.supervisor.seen
+        seconds = time.monotonic() - deploy_started if deploy_started else 0.0
+        atomic_write_json(self.run_dir / "deploy.json", deployment_summary(seen, seconds))
+        save_samples(seen, self.run_dir)
+        if interrupted:
+            print(f"[specialize] stopped; data and checkpoints are in {self.run_dir} (run again to resume)",
+                  file=sys.stderr)
+            return 130
+        from tst_ros.graph.report import verdict, write_report
+
+        report = write_report(self.run_dir)
+        if self.failed:
+            print(f"[specialize] error: {self.failed}; partial report: {report}", file=sys.stderr)
+            return 1
+        import json
+        metrics = json.loads((self.run_dir / "metrics.json").read_text()) if (self.run_dir / "metrics.json").is_file() else {}
+        print(f"[specialize] {verdict(metrics.get('segdet', {}))}", file=sys.stderr)
+        print(f"[specialize] report: {report}", file=sys.stderr)
+        return 0
+
+    def _show_progress(self, seen: Observed) -> None:
+        target = self.cfg.specialize.record_frames
+        rec = seen.recorder
+        written = int(rec.samples_written) if rec else 0
+        if written < target and (seen.trainer is None or seen.trainer.stage in ("", "waiting")):
+            rate = f"{rec.rate_hz:.1f} Hz" if rec else "waiting for the recorder"
+            self.bars.show("record", written, target, rate)
+            return
+        t = seen.trainer
+        if t is None:
+            self.bars.show("train", 0, 1, "waiting for the trainer")
+            return
+        if seen.model is not None:
+            self.bars.show("hot-reload", 0, 1, f"model v{seen.model.version} published; waiting for the perception nodes")
+            return
+        postfix = f"loss {t.loss:.4f}" if t.loss else (t.message or "")
+        self.bars.show(t.stage or "train", int(t.step), int(t.total_steps) or 1, postfix)
