@@ -126,6 +126,7 @@ def test_messages_cross_two_processes_bit_exactly(transports, monkeypatch):
             peer.wait(timeout=10)
         except subprocess.TimeoutExpired:
             peer.kill()
+        executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
         os.unlink(log.name)

@@ -109,5 +109,8 @@ def test_pose_subscriber_fills_the_buffer_from_odometry():
         np.testing.assert_allclose(buf.T_odom_camera(S), yaw_pose(1.0, 0.2) @ extrinsic_to_matrix(extrinsic),
                                    atol=1e-9)
         sub.destroy()
+        executor.shutdown()
+        listener.destroy_node()
+        talker.destroy_node()
     finally:
         rclpy.shutdown(context=context)

@@ -98,7 +98,14 @@ class PerceptionConfig:
     providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     score_threshold: float = 0.3
     nms_iou: float = 0.5
-    best_effort: bool = True
+    best_effort: bool = True            # sensor subscriptions best effort (latest frame wins) or reliable
+    qos_depth: int = 2
+    sync_slop_s: float = 0.05           # colour/depth approximate-time pairing
+    sync_queue: int = 10
+    threads: int = 0                    # ONNX Runtime intra-op threads (0: its default)
+    backend: str = "auto"               # auto | onnx | torch (model directory)
+    publish_overlay: bool = True
+    max_detections: int = 100
 
 
 @dataclass
@@ -135,7 +142,8 @@ class SpecializeConfig:
     tttkd_scenes: int = 5               # TTT-KD before/after evaluation scenes per style
     deploy_seconds: float = 20.0
     serve: bool = False
-    micro: bool = False
+    # topic remappings per node, "node:/from:=/to", e.g. "segmentation:/camera/color/image_raw:=/cam/rgb"
+    remappings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -35,6 +35,18 @@ def _ros_parameters(section) -> dict:
     return out
 
 
+def parse_remappings(entries: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """["node:/from:=/to", ...] -> {node: [(from, to)]}."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for entry in entries:
+        node, sep, rule = entry.partition(":")
+        src, arrow, dst = rule.partition(":=")
+        if not sep or not arrow or not node or not src or not dst:
+            raise ValueError(f"remapping {entry!r} must look like node:/from:=/to")
+        out.setdefault(node, []).append((src, dst))
+    return out
+
+
 def pipeline_command(config_path: str | Path, run_dir: str | Path, dataset: str | Path) -> list[str]:
     """The trainer's child command: the whole offline pipeline with progress lines on stdout."""
     return [sys.executable, "-m", "tst_ros.cli", "pipeline", "--config", str(config_path), "--run", str(run_dir),
@@ -48,7 +60,7 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
     dataset = Path(cfg.record.dataset)
     if not dataset.is_absolute():
         dataset = run_dir / dataset.name
-    remappings = remappings or {}
+    remappings = remappings if remappings is not None else parse_remappings(cfg.specialize.remappings)
     record = {**_ros_parameters(cfg.record), "dataset": str(dataset), "max_samples": cfg.specialize.record_frames}
     trainer = {
         "min_samples": cfg.specialize.record_frames,
@@ -97,7 +109,7 @@ def default_config_path() -> Path:
         path = Path(get_package_share_directory("tst_ros")) / "config" / "specialize.yaml"
         if path.exists():
             return path
-    except (ImportError, LookupError, ValueError):
+    except (ImportError, LookupError, ValueError, OSError):
         pass
     return Path(__file__).resolve().parents[2] / "config" / "specialize.yaml"
 

@@ -246,8 +246,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
         opt.step()
-        rec = {"step": step + 1, "loss": float(loss), "seg": float(loss_seg), "heatmap": float(loss_hm),
-               "box": float(loss_box)}
+        rec = {"step": step + 1, "loss": loss.item(), "seg": loss_seg.item(), "heatmap": loss_hm.item(),
+               "box": loss_box.item()}
         if step % 10 == 0 or step == cfg.steps - 1:
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}")

@@ -308,8 +308,10 @@ def cloud_rgb(msg: PointCloud2) -> np.ndarray:
     name = next((n for n in ("rgb", "rgba") if n in arr.dtype.names), None)
     if name is None or arr.dtype[name].itemsize != 4:
         raise ValueError(f"point cloud has no packed 4-byte rgb/rgba field (fields: {_field_names(arr)})")
-    packed = np.ascontiguousarray(arr[name].reshape(-1)).view(np.uint8).reshape(-1, 4)
-    return packed[:, [2, 1, 0]]
+    packed = np.ascontiguousarray(arr[name].reshape(-1)).view(np.uint8).reshape(1, -1, 4)
+    if packed.shape[1] == 0:
+        return np.zeros((0, 3), np.uint8)
+    return cv2.cvtColor(packed, cv2.COLOR_BGRA2RGB).reshape(-1, 3)  # little-endian bytes: b, g, r, _
 
 
 def array_to_cloud(points: np.ndarray, header: Header | None = None, is_dense: bool | None = None) -> PointCloud2:
@@ -370,9 +372,10 @@ def make_xyz_rgb_cloud(xyz: np.ndarray, rgb: np.ndarray | None = None, header: H
     points = np.empty(n, np.dtype(columns))
     for i, c in enumerate("xyz"):
         points[c] = xyz[:, i]
-    if rgb is not None:
-        r, g, b = (rgb[:, i].astype(np.uint32) for i in range(3))
-        points["rgb"] = (r << 16) | (g << 8) | b
+    if rgb is not None and n:
+        bgra = cv2.cvtColor(np.ascontiguousarray(rgb).reshape(1, n, 3), cv2.COLOR_RGB2BGRA).reshape(n, 4)
+        bgra[:, 3] = 0
+        points["rgb"] = bgra.view("<u4").reshape(n)  # 0x00RRGGBB
     for name, values in extra.items():
         points[name] = values
     msg = array_to_cloud(points, header, is_dense)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tst_ros.sim import styles as S
-from tst_ros.sim.classes import class_id
-from tst_ros.sim.meshes import Part, box, cylinder, ellipsoid, rot_z
+
+from tst_ros.sim.meshes import Part, box, cylinder, ellipsoid
 
 # ---------------------------------------------------------------- colours and materials
 

@@ -65,11 +65,10 @@ def door_frame(door, axis: int, rng, style) -> list[WorldObject]:
     length = door.width - 0.03
     centre = hinge + u * length / 2 + side * n * (WALL_T / 2 + 0.03)
     yaw = float(np.arctan2(u[1], u[0]))
-    leaf_col = pick = color_from(style.palette.get("door") or S.WOOD, rng, style)
+    leaf_col = color_from(style.palette.get("door") or S.WOOD, rng, style)
     leaf = part(box((0, 0, (DOOR_H - 0.02) / 2), (length, 0.04, DOOR_H - 0.02)), leaf_col, material("wood", rng, style))
     knob = part(cylinder((length / 2 - 0.08, -0.04, 1.0), 0.025, 0.08), color_from(S.GREY, rng, style), material("metal", rng, style))
     parts = [p.transformed(rot_z(yaw), (centre[0], centre[1], 0.0)) for p in (leaf, knob)]
-    del pick
     leaf_obj = _obj("door", parts, [Footprint(centre[0], centre[1], length / 2, 0.03, yaw)], (0, DOOR_H))
     return [frame, leaf_obj]
 
@@ -219,7 +218,6 @@ class _Placer:
                 return None
             self._add("cabinet", stand_parts, *spot, stand_size, stand_h)
             tv_parts, tv_size, tv_h = F.build_tv(rng, style)
-            R = rot_z(spot[1])
             return self._add("tv", [p.transformed(np.eye(3), (0, 0, stand_h)) for p in tv_parts], spot[0], spot[1], tv_size,
                              stand_h + tv_h, footprint=False)
         low = mode == "coffee"

@@ -66,6 +66,11 @@ class Scene:
         tri_room = self._triangle_rooms(building)
         self.tri_light = np.vstack([lights[tri_room], np.zeros((1, 3))]).astype(np.float32)
         self.tri_gain = np.append(gains[tri_room], np.float32(0)).astype(np.float32)
+        # one packed per-triangle table so that a frame needs a single gather:
+        # [colour 3 | pattern 8 | light xyz 3 | light gain 1 | emissive 1]
+        self.table = np.ascontiguousarray(np.hstack([self.tri_color, self.tri_pattern, self.tri_light,
+                                                     self.tri_gain[:, None], self.tri_emissive[:, None]]),
+                                          dtype=np.float32)
         self.building = building
         self.raycaster = o3d.t.geometry.RaycastingScene()
         self.raycaster.add_triangles(o3d.core.Tensor(self.vertices), o3d.core.Tensor(self.triangles))
@@ -91,11 +96,22 @@ class Scene:
 
 
 def _hash_noise(cells: np.ndarray) -> np.ndarray:
-    """Deterministic pseudo-random value in [0, 1) for integer lattice cells (N, 3)."""
-    c = cells.astype(np.int64)
-    h = (c[:, 0] * 73856093) ^ (c[:, 1] * 19349663) ^ (c[:, 2] * 83492791)
-    h = (h ^ (h >> 13)) * 1274126177
-    return ((h >> 8) & 0xFFFF).astype(np.float32) / np.float32(65536.0)
+    """Deterministic pseudo-random value in [0, 1) for integer lattice cells (N, 3) (uint32 arithmetic, wrapping)."""
+    c = cells.astype(np.int32).view(np.uint32)
+    h = c[:, 0] * np.uint32(73856093)
+    h ^= c[:, 1] * np.uint32(19349663)
+    h ^= c[:, 2] * np.uint32(83492791)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(1274126177)
+    return ((h >> np.uint32(8)) & np.uint32(0xFFFF)).astype(np.float32) * np.float32(1 / 65536.0)
+
+
+def _rotate(v: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """(N, 3) @ R.T without a matmul over a tiny inner dimension (slow for N x 3 arrays)."""
+    out = v[:, 0:1] * R[:, 0]
+    out += v[:, 1:2] * R[:, 1]
+    out += v[:, 2:3] * R[:, 2]
+    return out
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -106,8 +122,8 @@ def texture(hit: np.ndarray, pattern: np.ndarray) -> np.ndarray:
     """Procedural texture factor (N,) at world points `hit` (N, 3) for per-hit parameters (N, 8)."""
     stripes = np.sin(_dot(hit, pattern[:, 0:3]))
     noise = _hash_noise(np.floor(hit * pattern[:, 4:5])) * 2 - 1
-    check_cells = np.floor(hit * pattern[:, 6:7]).astype(np.int64).sum(1)
-    checker = (check_cells & 1).astype(np.float32) * 2 - 1
+    check = np.floor(hit * pattern[:, 6:7]).astype(np.int32)
+    checker = ((check[:, 0] + check[:, 1] + check[:, 2]) & 1).astype(np.float32) * 2 - 1
     return 1 + pattern[:, 3] * stripes + pattern[:, 5] * noise + pattern[:, 7] * checker
 
 
@@ -127,14 +143,15 @@ class Renderer:
         H, W = self.intr.height, self.intr.width
         R = T_world_camera[:3, :3].astype(np.float32)
         origin = T_world_camera[:3, 3].astype(np.float32)
-        dirs = self.rays_cam @ R.T
+        dirs = _rotate(self.rays_cam, R)
         self._rays[:, :3] = origin
         self._rays[:, 3:] = dirs
         res = self.scene.cast(self._rays)
         t = res["t_hit"].numpy()
-        prim = res["primitive_ids"].numpy().astype(np.int64)
+        prim = res["primitive_ids"].numpy().astype(np.intp)
         miss = ~np.isfinite(t)
-        if miss.any():
+        any_miss = bool(miss.any())
+        if any_miss:
             prim[miss] = self.scene.n_triangles
             t = np.where(miss, np.float32(0), t)
         n = res["primitive_normals"].numpy()
@@ -145,24 +162,25 @@ class Renderer:
         hit += origin
 
         sc = self.scene
-        tex = texture(hit, sc.tri_pattern[prim])
-        to_light = sc.tri_light[prim] - hit
+        m = np.take(sc.table, prim, axis=0)
+        tex = texture(hit, m[:, 3:11])
+        to_light = m[:, 11:14] - hit
         d2 = _dot(to_light, to_light)
         lambert = np.maximum(_dot(n, to_light), 0) / np.sqrt(np.maximum(d2, 1e-6))
-        light = sc.tri_gain[prim] * lambert / (1 + d2 * np.float32(1 / LIGHT_FALLOFF_M**2))
+        light = m[:, 14] * lambert / (1 + d2 * np.float32(1 / LIGHT_FALLOFF_M**2))
         light += np.float32(self.style.ambient) * (0.85 + 0.15 * n[:, 2])
-        emissive = sc.tri_emissive[prim]
+        emissive = m[:, 15]
         glow = emissive > 0
         if glow.any():
             light[glow] = np.maximum(light[glow], emissive[glow])
         light *= tex
-        rgb = sc.tri_color[prim] * light[:, None]
+        rgb = m[:, 0:3] * light[:, None]
         rgb *= self.light_rgb
 
-        depth = np.where(miss, np.float32(np.nan), t) if miss.any() else t
-        normals_cam = n @ R
-        return RenderOutput(depth.reshape(H, W), rgb.reshape(H, W, 3), sc.tri_class[prim].reshape(H, W),
-                            sc.tri_instance[prim].reshape(H, W), normals_cam.reshape(H, W, 3),
+        depth = np.where(miss, np.float32(np.nan), t) if any_miss else t
+        normals_cam = _rotate(n, R.T)
+        return RenderOutput(depth.reshape(H, W), rgb.reshape(H, W, 3), np.take(sc.tri_class, prim).reshape(H, W),
+                            np.take(sc.tri_instance, prim).reshape(H, W), normals_cam.reshape(H, W, 3),
                             cos_inc.reshape(H, W), (emissive > 1.0).reshape(H, W))
 
     def expose(self, rgb_linear: np.ndarray, rng: np.random.Generator) -> np.ndarray:

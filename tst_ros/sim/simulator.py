@@ -132,7 +132,6 @@ def instance_boxes(instance: np.ndarray, semantic: np.ndarray) -> np.ndarray:
     if not len(ids):
         return boxes
     flat_inst = instance.reshape(-1)
-    W = instance.shape[1]
     # first pixel of each instance gives its class
     order = np.argsort(flat_inst, kind="stable")
     sorted_ids = flat_inst[order]
@@ -143,5 +142,4 @@ def instance_boxes(instance: np.ndarray, semantic: np.ndarray) -> np.ndarray:
         rows = np.flatnonzero(mask.any(1))
         cols = np.flatnonzero(mask.any(0))
         boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1, classes[k], iid)
-    del W
     return boxes[_THING[boxes[:, 4].astype(np.int64)]]

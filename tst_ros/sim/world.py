@@ -6,7 +6,7 @@ count only, so a style changes materials, lighting and furniture but not the flo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -146,14 +146,13 @@ def generate(seed: int, style: Style, n_rooms: int = 3) -> Building:
     rooms = []
     for i, (c, r) in enumerate(cells):
         cell_room[c, r] = i
-        # make sure small buildings still get variety: first rooms cycle through distinct kinds
         kind = kinds[int(style_rng.choice(len(kinds), p=weights / weights.sum()))]
         x0, x1, y0, y1 = xs[c], xs[c + 1], ys[r], ys[r + 1]
         gain = style.light_intensity * (1 + style.light_jitter * style_rng.uniform(-1, 1))
         light = np.array([(x0 + x1) / 2 + layout_rng.uniform(-0.5, 0.5), (y0 + y1) / 2 + layout_rng.uniform(-0.5, 0.5),
                           height - 0.25])
         rooms.append(Room(i, (c, r), x0, y0, x1, y1, kind, light, gain))
-    # bathrooms must be reachable rooms with a toilet: at least one per building of >= 3 rooms
+    # most buildings of >= 3 rooms get a bathroom (toilets and sinks are rare otherwise)
     if n_rooms >= 3 and not any(rm.kind == "bathroom" for rm in rooms) and style_rng.random() < 0.6:
         rooms[int(style_rng.integers(0, n_rooms))].kind = "bathroom"
 

@@ -274,8 +274,21 @@ class Reporter:
             self.log.close()
 
 
-def save_reconstruction_grid(pictures: dict[str, dict[str, torch.Tensor]], path: Path, rows: int = 4) -> Path:
-    """PNG grid: per sample and modality, the visible input / the prediction / the target."""
+def _tile(img: torch.Tensor, lo: float, hi: float) -> np.ndarray:
+    """(C,H,W) normalised picture -> (H,W,3) float RGB in [0,1]; one channel through viridis."""
+    from matplotlib import colormaps
+
+    x = ((img.float() - lo) / max(hi - lo, 1e-6)).clamp(0, 1).numpy()
+    if x.shape[0] == 3:
+        return x.transpose(1, 2, 0)
+    return colormaps["viridis"](x[0])[..., :3]
+
+
+def save_reconstruction_grid(pictures: dict[str, dict[str, torch.Tensor]], path: Path, rows: int = 4,
+                             gap: int = 2) -> Path:
+    """PNG grid (matplotlib imsave): one row per held-out sample; per modality (in the order of
+    `pictures`) three columns: visible input (masked patches blank), prediction (visible
+    patches pasted back), target. Each modality is scaled by its target's range."""
     import io
 
     import matplotlib
@@ -285,24 +298,17 @@ def save_reconstruction_grid(pictures: dict[str, dict[str, torch.Tensor]], path:
     from tst_ros.util import atomic_write_bytes
 
     names = list(pictures)
-    n = min(rows, next(iter(pictures.values()))["target"].shape[0])
-    fig, axes = plt.subplots(n, 3 * len(names), figsize=(2.0 * 3 * len(names), 2.0 * n), squeeze=False)
+    first = pictures[names[0]]["target"]
+    n, size = min(rows, first.shape[0]), first.shape[-1]
+    cols = 3 * len(names)
+    canvas = np.ones((n * (size + gap) - gap, cols * (size + gap) - gap, 3))
     for i in range(n):
         for j, name in enumerate(names):
-            lo_hi = pictures[name]["target"][i]
-            lo, hi = float(lo_hi.min()), float(lo_hi.max())
+            target = pictures[name]["target"][i]
+            lo, hi = float(target.min()), float(target.max())
             for k, kind in enumerate(("visible", "prediction", "target")):
-                img = pictures[name][kind][i].float()
-                img = ((img - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
-                ax = axes[i, 3 * j + k]
-                ax.imshow(img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy(),
-                          cmap=None if img.shape[0] == 3 else "viridis", vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(f"{name} {kind}", fontsize=8)
-    fig.tight_layout()
+                y, x = i * (size + gap), (3 * j + k) * (size + gap)
+                canvas[y:y + size, x:x + size] = _tile(pictures[name][kind][i], lo, hi)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
+    plt.imsave(buf, canvas, format="png")
     return atomic_write_bytes(path, buf.getvalue())

@@ -282,6 +282,15 @@ class ModelServingNode(Node):
         super().destroy_node()
 
 
+def parameters_from_config(cfg) -> list:
+    """PerceptionConfig -> rclpy Parameter list for `parameter_overrides` (in-process graphs)."""
+    import dataclasses
+
+    from rclpy.parameter import Parameter
+
+    return [Parameter(f.name, value=getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
+
+
 def run_node(node_cls, argv=None) -> int:
     """rclpy.init, spin one node until SIGINT/SIGTERM, shut down cleanly."""
     rclpy.init(args=argv)

@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node

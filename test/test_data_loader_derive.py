@@ -1,0 +1,92 @@
+"""Derivation (normals, edges, crops with intrinsics) and the StoreDataset training loader."""
+import numpy as np
+import pytest
+import torch
+
+from tst_ros import modalities
+from tst_ros.config import RecordConfig, SimConfig
+from tst_ros.data import derive
+from tst_ros.data.from_sim import build_dataset
+from tst_ros.data.loader import StoreDataset, make_loader, normalise
+from tst_ros.geometry import Intrinsics, project
+
+
+def test_normals_of_a_tilted_plane_point_towards_the_camera():
+    intr = Intrinsics.from_fov(96, 96, 70)
+    u, v = np.meshgrid(np.arange(96), np.arange(96))
+    n = np.array([0.3, -0.2, -1.0]) / np.linalg.norm([0.3, -0.2, -1.0])
+    z = -2.0 / (n[0] * (u - intr.cx) / intr.fx + n[1] * (v - intr.cy) / intr.fy + n[2])
+    normals = derive.normals_from_depth(np.round(z * 1000).astype(np.uint16), intr).astype(float) / 127
+    inner = normals[2:-2, 2:-2].reshape(-1, 3)
+    assert np.abs(inner - n).max() < 0.08
+    assert (normals[0] == 0).all()            # border: undefined
+
+
+def test_fit_square_keeps_projection_consistent_with_intrinsics():
+    intr = Intrinsics.from_fov(320, 240, 70)
+    small = derive.fit_intrinsics(intr, 64)
+    p = np.array([[0.3, -0.1, 2.0]])
+    uv, _, _ = project(p, intr)
+    uv_small, _, ok = project(p, small)
+    x0 = (320 - 240) / 2
+    np.testing.assert_allclose(uv_small[0], (uv[0] - [x0, 0] + 0.5) * 64 / 240 - 0.5, atol=1e-9)
+    assert ok[0]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ld") / "ds"
+    build_dataset(SimConfig(width=96, height=72), RecordConfig(image_size=48, val_fraction=0.5, split_block_samples=3),
+                  12, out)
+    return out
+
+
+def test_loader_items_follow_the_contract(store):
+    ds = StoreDataset(store, split="train", modalities=["rgb", "depth", "normals", "edges", "imu"], size=32)
+    val = StoreDataset(store, split="val", size=32)
+    assert len(ds) + len(val) == 12 and len(val) == 6
+    item = ds[0]
+    assert item["rgb"].shape == (3, 32, 32) and item["depth"].shape == (1, 32, 32)
+    assert item["normals"].shape == (3, 32, 32) and item["imu"].shape == (16, 6)
+    assert all(v.dtype == torch.float32 for k, v in item.items() if k not in ("present", "semantic"))
+    assert all(bool(p) for p in item["present"].values())
+    assert item["semantic"].shape == (32, 32)
+
+
+def test_augmentation_is_identical_across_modalities_and_flip_negates_normals_x(store):
+    ds = StoreDataset(store, split="all", modalities=["rgb", "depth", "normals"], size=48, augment=True)
+    box = (0, 0, 48, 48, False)
+    ds._crop_box = lambda side: box
+    plain = ds[2]
+    box = (0, 0, 48, 48, True)
+    flipped = ds[2]
+    for name in ("rgb", "depth"):
+        torch.testing.assert_close(flipped[name], plain[name].flip(-1))
+    torch.testing.assert_close(flipped["normals"][0], -plain["normals"][0].flip(-1))
+    torch.testing.assert_close(flipped["normals"][1:], plain["normals"][1:].flip(-1))
+    torch.testing.assert_close(flipped["semantic"], plain["semantic"].flip(-1))
+    # a random crop moves depth, rgb and labels together: the invalid-depth mask stays aligned
+    ds2 = StoreDataset(store, split="all", modalities=["rgb", "depth"], size=48, augment=True, seed=3)
+    item = ds2[1]
+    ref = StoreDataset(store, split="all", modalities=["rgb", "depth"], size=48)
+    assert not torch.equal(item["rgb"], ref[1]["rgb"])
+
+
+def test_lookup_normalisation_equals_the_registry(store):
+    rng = np.random.default_rng(0)
+    for name, arr in [("rgb", rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)),
+                      ("normals", rng.integers(-127, 128, (9, 7, 3)).astype(np.int8)),
+                      ("depth", rng.integers(0, 65535, (9, 7)).astype(np.uint16))]:
+        m = modalities.get(name)
+        np.testing.assert_array_equal(normalise(m, arr[:, ::-1]), m.normalise(arr[:, ::-1]))
+
+
+def test_loader_runs_with_two_workers_and_reports_absent_modalities(store):
+    ds = StoreDataset(store, split="all", modalities=["rgb", "points"], size=32, augment=True, points=64)
+    batch = next(iter(make_loader(ds, batch=4, workers=2)))
+    assert batch["rgb"].shape == (4, 3, 32, 32) and batch["points"].shape == (4, 64, 6)
+    assert batch["present"]["rgb"].all()
+    # clouds at 2 Hz with a 10 Hz camera: most samples have none -> zeros and present False
+    full = [ds[i] for i in range(len(ds))]
+    absent = [it for it in full if not it["present"]["points"]]
+    assert absent and all(float(it["points"].abs().sum()) == 0 for it in absent)

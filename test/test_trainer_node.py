@@ -1,0 +1,115 @@
+"""`trainer` node over real DDS: waits for samples, trains in a child process, reports status,
+publishes loadable model updates, pauses and stops with a valid checkpoint."""
+import sys
+import threading
+import time
+
+import pytest
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
+
+from tst_ros.models import load_encoder
+from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
+from tst_ros.ros.qos import qos_latched, qos_profile
+from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from tst_ros.util import sha256_file
+
+COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out {{run_dir}} --steps 2000 --batch 4 "
+           "--image-size 32 --patch 8 --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
+           "--set pretrain.tensorboard=false --set pretrain.val_batches=1 --set pretrain.warmup_steps=2")
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def call(client, timeout=10.0):
+    assert client.wait_for_service(timeout_sec=timeout), client.srv_name
+    future = client.call_async(Trigger.Request())
+    wait_for(future.done, timeout, client.srv_name)
+    return future.result()
+
+
+@pytest.fixture
+def graph(tmp_path, monkeypatch):
+    from tst_ros.ros.nodes.trainer import TrainerNode
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rclpy.init()
+    trainer = TrainerNode(parameter_overrides=[
+        Parameter("command", value=COMMAND), Parameter("run_dir", value=str(tmp_path / "run")),
+        Parameter("min_samples", value=5), Parameter("status_rate_hz", value=4.0),
+        Parameter("stop_timeout_s", value=60.0)])
+    peer = rclpy.create_node("trainer_test_peer")
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(trainer)
+    executor.add_node(peer)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield trainer, peer, tmp_path / "run"
+    finally:
+        trainer.destroy_node()
+        executor.shutdown()
+        peer.destroy_node()
+        rclpy.try_shutdown()
+        thread.join(5)
+
+
+def test_trainer_node_waits_trains_reports_publishes_models_pauses_and_stops(graph):
+    trainer, peer, run = graph
+    statuses, models = [], []
+    peer.create_subscription(TrainingStatus, "/tst/trainer/status", statuses.append, qos_profile("reliable", 50))
+    recorder = peer.create_publisher(RecorderStatus, "/tst/recorder/status", qos_profile("reliable", 10))
+
+    # not enough samples: the node waits (and keeps reporting)
+    wait_for(lambda: len(statuses) >= 2, 10, "status while waiting")
+    for _ in range(3):
+        recorder.publish(RecorderStatus(samples_written=2, dataset_path="unused", recording=True))
+        time.sleep(0.2)
+    assert statuses[-1].stage == "waiting" and trainer.child is None
+
+    # enough samples: it starts the child and status shows training progress at >= 1 Hz
+    t0 = time.monotonic()
+    recorder.publish(RecorderStatus(samples_written=10, dataset_path="unused", recording=True))
+    wait_for(lambda: statuses and statuses[-1].stage == "pretrain" and statuses[-1].step >= 2, 60, "training steps")
+    seen = len(statuses)
+    time.sleep(1.5)
+    recent = statuses[seen:]
+    assert len(recent) >= 2, "status must keep arriving at >= 1 Hz while training"
+    assert recent[-1].total_steps == 2000 and recent[-1].loss > 0 and recent[-1].samples_per_second > 0
+
+    # a milestone model: transient-local, so a late subscriber still gets it; checksum matches
+    wait_for(lambda: trainer.version >= 1, 60, "first model update")
+    peer.create_subscription(ModelUpdate, "/tst/model", models.append, qos_latched())
+    wait_for(lambda: models, 10, "ModelUpdate for a late subscriber")
+    update = models[-1]
+    assert update.checksum == sha256_file(update.path) and "encoder" in list(update.tasks)
+    encoder, meta = load_encoder(update.path)
+    assert meta["step"] > 0 and list(update.modalities) == encoder.modalities
+
+    # pause freezes progress; pausing again resumes
+    pause = peer.create_client(Trigger, "/trainer/pause")
+    assert call(pause).message == "paused"
+    time.sleep(0.6)
+    frozen = trainer.child.snapshot()["step"]
+    time.sleep(1.5)
+    assert trainer.child.snapshot()["step"] == frozen and statuses[-1].message == "paused"
+    assert call(pause).message == "resumed"
+    wait_for(lambda: trainer.child.snapshot()["step"] > frozen, 30, "progress after resuming")
+
+    # stop: the child saves a checkpoint and exits; the node reports it
+    response = call(peer.create_client(Trigger, "/trainer/stop"))
+    assert response.success
+    wait_for(lambda: statuses and statuses[-1].stage == "stopped", 60, "stopped status")
+    assert trainer.child.returncode() == 0
+    tensors, meta = read_checkpoint(run / CHECKPOINT_FILE)
+    assert 0 < meta["step"] < 2000 and any(k.startswith("model/") for k in tensors)
+    assert time.monotonic() - t0 < 120

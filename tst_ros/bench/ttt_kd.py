@@ -1,0 +1,215 @@
+"""`tst-ros bench ttt-kd`: TTT-KD mIoU before/after adaptation, step timings, node rate.
+
+1. Train backbone + projectors on source buildings (SOURCE_STYLES, seeds >= 1000) with the HED
+   teacher (the default that needs no TST-MM run).
+2. mIoU on every input point after k = 0, 1, 3, 10 episodic distillation steps, on three scene
+   groups of 5 scenes each: "source_style" (unseen seeds in the training styles: the model's own
+   distribution), "home" (the test building's style, seeds 0..4) and "home_shifted" (the same
+   buildings under shifted lighting, palette, noise and furniture). A PNG of mIoU vs k is written.
+3. Time per adaptation step and per prediction at 20k and 100k points (network on all points,
+   no downsampling), and per cloud end-to-end with the default point budget.
+4. The ttt_kd node in online mode on 1 Hz clouds of 20k points over real DDS: output rate.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tst_ros.config import SimConfig, TTTKDConfig
+
+KS = [0, 1, 3, 10]
+PLOT_PATH = Path(os.environ.get("TST_BENCH_DIR", "bench")) / "ttt_kd_miou_vs_k.png"
+NODE_STRIDE = 2
+NODE_STEPS = 3
+
+
+def _settings(quick: bool) -> dict:
+    if quick:
+        return dict(buildings=2, clouds_per_building=4, train_steps=80, scenes=5, clouds=1, point_budget=4000,
+                    timing_repeats=1, node_clouds=6)
+    return dict(buildings=8, clouds_per_building=8, train_steps=500, scenes=5, clouds=2, point_budget=8000,
+                timing_repeats=3, node_clouds=20)
+
+
+def _groups(scenes: int) -> dict[str, list[SimConfig]]:
+    from tst_ros.sim import SOURCE_STYLES
+    return {
+        "source_style": [SimConfig(seed=2000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)]) for i in range(scenes)],
+        "home": [SimConfig(seed=i, style="home") for i in range(scenes)],
+        "home_shifted": [SimConfig(seed=i, style="home_shifted") for i in range(scenes)],
+    }
+
+
+def _plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tst_ros.util import atomic_write
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    for name, values in curves.items():
+        ax.plot(KS, [100 * v for v in values], marker="o", label=name)
+    ax.set_xlabel("adaptation steps k (episodic, per cloud)")
+    ax.set_ylabel("point mIoU (%)")
+    ax.set_xticks(KS)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def _big_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n real sim points (several full-resolution frames in one odom-anchored frame)."""
+    from tst_ros import geometry
+    from tst_ros.sim import Simulator
+
+    sim = Simulator(SimConfig(seed=seed, style="home", cloud_stride=1))
+    ref = None
+    xyz, rgb = [], []
+    index = 0
+    while sum(len(x) for x in xyz) < n:
+        f = sim.frame(index * sim.cloud_every)
+        T = f.T_odom_base @ sim.T_base_camera
+        ref = T if ref is None else ref
+        xyz.append(geometry.transform(geometry.invert(ref) @ T, f.cloud_xyz.astype(np.float64)).astype(np.float32))
+        rgb.append(f.cloud_rgb)
+        index += 3
+    xyz, rgb = np.concatenate(xyz), np.concatenate(rgb)
+    pick = np.random.default_rng(seed).choice(len(xyz), n, replace=False)
+    return xyz[pick], rgb[pick], ref
+
+
+def _timings(model, reducer, budget: int, repeats: int) -> dict:
+    """Adaptation step and prediction time on all N points, and end-to-end per cloud with the budget."""
+    from tst_ros.tttkd.adapt import TestTimeAdapter
+
+    out = {}
+    for n in (20_000, 100_000):
+        xyz, rgb, T = _big_cloud(n)
+        full = TestTimeAdapter(model, reducer, steps=1, point_budget=0)
+        batch = full.prepare(xyz, rgb, T)
+        targets = torch.randn(n, reducer.out_dim)
+        valid = torch.ones(n, dtype=torch.bool)
+        full.adapt(batch, targets, valid, 1)                   # warm-up
+        t0 = time.perf_counter()
+        full.adapt(batch, targets, valid, repeats)
+        step = (time.perf_counter() - t0) / repeats
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            with torch.no_grad():
+                model(batch)
+        pred = (time.perf_counter() - t0) / repeats
+        full.restore()
+        # end-to-end with the default budget: downsample, 3 steps (targets from a feature map), predict, propagate
+        from tst_ros.tttkd.projection import View
+        from tst_ros.geometry import Intrinsics
+        intr = Intrinsics.from_fov(256, 192, 70.0)
+        view = View(torch.randn(reducer.in_dim, 24, 32), T, intr, None)
+        budgeted = TestTimeAdapter(model, reducer, steps=3, point_budget=budget)
+        t0 = time.perf_counter()
+        info = budgeted.process(xyz, rgb, T, [view]).info
+        e2e = time.perf_counter() - t0
+        key = f"{n // 1000}k"
+        out.update({f"timing.{key}.adapt_step_s": round(step, 4), f"timing.{key}.predict_s": round(pred, 4),
+                    f"timing.{key}.cloud_k3_budget_s": round(e2e, 3),
+                    f"timing.{key}.budget_points": int(info.get("adapt_points", 0))})
+    return out
+
+
+def _node_rate(checkpoint: Path, clouds: int, budget: int) -> dict:
+    from tst_ros.sim import Simulator
+
+    try:
+        node_module = importlib.import_module("tst_ros.ros.nodes.ttt_kd")
+    except ImportError as e:  # ROS not installed: the rest of the benchmark still runs
+        return {"node.skipped": f"rclpy unavailable: {e}"}
+    sim = Simulator(SimConfig(seed=0, style="home", cloud_stride=1))
+    frames = []
+    rng = np.random.default_rng(0)
+    for i in range(clouds):
+        f = sim.frame(i * sim.cloud_every)
+        pick = rng.choice(len(f.cloud_xyz), min(20_000, len(f.cloud_xyz)), replace=False)
+        stamps = [f.stamp_ns + int(dt * 1e9) for dt in (-0.3, -0.1, 0.0, 0.1)]
+        frames.append({"stamp_ns": f.stamp_ns, "xyz": f.cloud_xyz[pick], "rgb_cloud": f.cloud_rgb[pick],
+                       "rgb": f.rgb, "depth_mm": f.depth_mm, "poses": [(sim.T_odom_base(s), s) for s in stamps]})
+    r = node_module.measure_online_rate(str(checkpoint), frames, sim.intrinsics, sim.T_base_camera, rate_hz=1.0,
+                                        steps=NODE_STEPS, stride=NODE_STRIDE, point_budget=budget)
+    points = len(frames[0]["xyz"])
+    out = {f"node.{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+    out.update({"node.points_per_cloud": points, "node.mode": "online", "node.stride": NODE_STRIDE,
+                "node.steps": NODE_STEPS, "node.target_hz": 1.0,
+                "node.meets_target": bool(r["received"] >= r["sent"] - 1 and r["output_rate_hz"] >= 0.9)})
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    from tqdm import tqdm
+
+    from tst_ros.sim import CLASSES, SOURCE_STYLES
+    from tst_ros.tttkd.adapt import TestTimeAdapter
+    from tst_ros.tttkd.checkpoint import load_checkpoint
+    from tst_ros.tttkd.evaluate import evaluate_clouds
+    from tst_ros.tttkd.teachers import teacher_from_description
+    from tst_ros.tttkd.train import run_training, scene_clouds
+
+    s = _settings(quick)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cfg = replace(TTTKDConfig(), buildings=s["buildings"], clouds_per_building=s["clouds_per_building"],
+                  train_steps=s["train_steps"], point_budget=s["point_budget"], device="cpu")
+    figures: dict = {"teacher": "hed", "backbone": cfg.backbone, "train.source_styles": ",".join(SOURCE_STYLES),
+                     "train.buildings": cfg.buildings, "train.clouds": cfg.buildings * cfg.clouds_per_building,
+                     "train.steps": cfg.train_steps, "point_budget": cfg.point_budget, "adapt.lr": cfg.lr,
+                     "ks": ",".join(map(str, KS))}
+    with tempfile.TemporaryDirectory(prefix="tttkd_bench_") as tmp:
+        t0 = time.perf_counter()
+        summary = run_training(cfg, SimConfig(), tmp, show_bar=True)
+        figures.update({"train.wall_s": round(time.perf_counter() - t0, 1),
+                        "train.seg_loss_start": round(summary["seg_loss_start"], 3),
+                        "train.seg_loss_end": round(summary["seg_loss_end"], 3),
+                        "train.distill_loss_start": round(summary["distill_loss_start"], 3),
+                        "train.distill_loss_end": round(summary["distill_loss_end"], 3),
+                        "train.valid_projection_fraction": round(summary["valid_fraction"], 3)})
+        model, reducer, meta = load_checkpoint(summary["checkpoint"])
+        teacher = teacher_from_description(meta["teacher"])
+        adapter = TestTimeAdapter(model, reducer, steps=max(KS), lr=cfg.lr, point_budget=cfg.point_budget,
+                                  voxel_size=cfg.voxel_size)
+        curves = {}
+        t0 = time.perf_counter()
+        groups = _groups(s["scenes"])
+        with tqdm(total=sum(len(v) for v in groups.values()) * s["clouds"], desc="eval clouds", leave=False) as bar:
+            for name, configs in groups.items():
+                clouds = []
+                for sc in configs:
+                    clouds += scene_clouds(sc, teacher, s["clouds"], first_cloud=2, spacing=5)
+                reports = evaluate_clouds(adapter, clouds, KS, len(CLASSES), CLASSES, progress=bar)
+                curves[name] = [reports[k]["miou"] for k in KS]
+                for k in KS:
+                    figures[f"{name}.miou.k{k}"] = round(reports[k]["miou"], 4)
+                    figures[f"{name}.point_acc.k{k}"] = round(reports[k]["pixel_accuracy"], 4)
+                figures[f"{name}.scenes"] = len(configs)
+                figures[f"{name}.clouds"] = len(clouds)
+                figures[f"{name}.gain_k10"] = round(curves[name][-1] - curves[name][0], 4)
+                figures[f"{name}.best_gain"] = round(max(curves[name]) - curves[name][0], 4)
+        figures["eval.wall_s"] = round(time.perf_counter() - t0, 1)
+        figures["shift.miou_drop_k0"] = round(curves["home"][0] - curves["home_shifted"][0], 4)
+        figures["shift.gain_k10_shifted_minus_home"] = round(figures["home_shifted.gain_k10"]
+                                                             - figures["home.gain_k10"], 4)
+        _plot(curves, PLOT_PATH, f"TTT-KD (HED teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
+                                 f"clouds per group{' [quick]' if quick else ''}")
+        figures["plot"] = str(PLOT_PATH)
+
+        t0 = time.perf_counter()
+        figures.update(_timings(model, reducer, cfg.point_budget, s["timing_repeats"]))
+        figures["timing.wall_s"] = round(time.perf_counter() - t0, 1)
+        figures.update(_node_rate(Path(summary["checkpoint"]), s["node_clouds"], cfg.point_budget))
+    return figures

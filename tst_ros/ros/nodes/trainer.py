@@ -1,0 +1,317 @@
+"""`trainer` node: runs pre-training (or the whole pipeline) as a child process and reports it.
+
+Waits until `/tst/recorder/status` reports at least `min_samples` samples, then starts the
+`command` parameter in a separate process (the node keeps answering while it trains).
+The child speaks the progress protocol on stdout (`--progress-jsonl`): progress lines
+become `TrainingStatus` on `/tst/trainer/status` (published at `status_rate_hz`, >= 1 Hz),
+`{"event": "model"}` lines become `ModelUpdate` on `/tst/model` (transient-local, sha256
+checksum of the file, or of manifest.json for a directory).
+
+Services (std_srvs/Trigger): `~/start` (start now, without waiting for samples), `~/stop`
+(SIGINT to the child: it saves a final checkpoint and exits), `~/pause` (SIGSTOP / SIGCONT
+toggle). Destroying the node stops the child the same way and waits for its checkpoint.
+
+`command` placeholders: {python} (this interpreter), {dataset} (the `dataset` parameter,
+else the recorder's dataset path), {run_dir}.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+
+from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
+from tst_ros.ros import conversions as conv
+from tst_ros.ros.qos import qos_latched, qos_profile
+from tst_ros.util import sha256_file
+
+DEFAULT_COMMAND = "{python} -m tst_ros.cli pretrain --data {dataset} --out {run_dir} --progress-jsonl --resume"
+
+
+def artifact_checksum(path: str | os.PathLike) -> str:
+    """sha256 of a model file, or of a model directory's manifest.json."""
+    path = Path(path)
+    return sha256_file(path / "manifest.json" if path.is_dir() else path)
+
+
+class TrainingProcess:
+    """The child process and what its progress lines said (ROS-free, thread-safe)."""
+
+    def __init__(self, argv: list[str], log_path: Path | None = None):
+        self.argv = argv
+        self.lock = threading.Lock()
+        self.progress: dict = {}
+        self.models: queue.Queue = queue.Queue()
+        self.stderr_tail: collections.deque = collections.deque(maxlen=20)
+        self.paused = False
+        self.stop_requested = False
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                     start_new_session=True)
+        self._log = log
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for raw in self.proc.stdout:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("event") == "model":
+                self.models.put(obj)
+            elif "stage" in obj:
+                with self.lock:
+                    self.progress.update(obj)
+
+    def _read_stderr(self) -> None:
+        for raw in self.proc.stderr:
+            if self._log is not subprocess.DEVNULL:
+                self._log.write(raw)
+                self._log.flush()
+            text = raw.decode(errors="replace").strip()
+            if text:
+                self.stderr_tail.append(text)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.progress)
+
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def toggle_pause(self) -> bool:
+        if self.returncode() is not None:
+            raise RuntimeError("training is not running")
+        os.kill(self.proc.pid, signal.SIGCONT if self.paused else signal.SIGSTOP)
+        self.paused = not self.paused
+        return self.paused
+
+    def request_stop(self) -> None:
+        """SIGINT (after SIGCONT when paused): the trainer saves a checkpoint and exits."""
+        self.stop_requested = True
+        if self.returncode() is None:
+            if self.paused:
+                os.kill(self.proc.pid, signal.SIGCONT)
+                self.paused = False
+            os.kill(self.proc.pid, signal.SIGINT)
+
+    def stop(self, timeout: float) -> int | None:
+        self.request_stop()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def close(self) -> None:
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+
+
+class TrainerNode(Node):
+    def __init__(self, parameter_overrides=None, name: str = "trainer"):
+        super().__init__(name, parameter_overrides=parameter_overrides or [])
+        self.command = self.declare_parameter("command", DEFAULT_COMMAND).value
+        self.dataset = self.declare_parameter("dataset", "").value
+        self.run_dir = Path(self.declare_parameter("run_dir", "runs/pretrain").value)
+        self.min_samples = int(self.declare_parameter("min_samples", 200).value)
+        self.autostart = bool(self.declare_parameter("autostart", True).value)
+        rate = float(self.declare_parameter("status_rate_hz", 2.0).value)
+        self.stop_timeout = float(self.declare_parameter("stop_timeout_s", 120.0).value)
+        recorder_topic = self.declare_parameter("recorder_status_topic", "/tst/recorder/status").value
+        status_topic = self.declare_parameter("status_topic", "/tst/trainer/status").value
+        model_topic = self.declare_parameter("model_topic", "/tst/model").value
+        if rate < 1.0:
+            raise ValueError(f"status_rate_hz must be >= 1, got {rate}")
+
+        self.samples = 0
+        self.recorder_dataset = ""
+        self.child: TrainingProcess | None = None
+        self.stage, self.message = "waiting", f"waiting for {self.min_samples} recorded samples"
+        self.final_progress: dict = {}
+        self.version = 0
+        self.status_pub = self.create_publisher(TrainingStatus, status_topic, qos_profile("reliable", 10))
+        self.model_pub = self.create_publisher(ModelUpdate, model_topic, qos_latched())
+        self.create_subscription(RecorderStatus, recorder_topic, self._on_recorder, qos_profile("reliable", 10))
+        self.create_service(Trigger, "~/start", self._srv_start)
+        self.create_service(Trigger, "~/stop", self._srv_stop)
+        self.create_service(Trigger, "~/pause", self._srv_pause)
+        self.create_timer(1.0 / rate, self._tick)
+
+    # -- inputs
+    def _on_recorder(self, msg: RecorderStatus) -> None:
+        self.samples = int(msg.samples_written)
+        if msg.dataset_path:
+            self.recorder_dataset = msg.dataset_path
+
+    def running(self) -> bool:
+        return self.child is not None and self.child.returncode() is None
+
+    def argv(self) -> list[str]:
+        dataset = self.dataset or self.recorder_dataset
+        if "{dataset}" in self.command and not dataset:
+            raise ValueError("no dataset: set the `dataset` parameter or wait for the recorder's status")
+        text = (self.command.replace("{python}", shlex.quote(sys.executable))
+                .replace("{dataset}", shlex.quote(dataset)).replace("{run_dir}", shlex.quote(str(self.run_dir))))
+        return shlex.split(text)
+
+    def start_training(self) -> str:
+        if self.running():
+            raise RuntimeError("training is already running")
+        argv = self.argv()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.child = TrainingProcess(argv, self.run_dir / "trainer.log")
+        self.final_progress = {}
+        self.stage, self.message = "pretrain", "starting: " + " ".join(argv[:6])
+        self.get_logger().info(f"started training (pid {self.child.proc.pid}): {' '.join(argv)}")
+        return f"started pid {self.child.proc.pid}"
+
+    # -- services
+    def _srv_start(self, request, response):
+        try:
+            response.message = self.start_training()
+            response.success = True
+        except (RuntimeError, ValueError, OSError) as e:
+            response.success, response.message = False, str(e)
+        return response
+
+    def _srv_stop(self, request, response):
+        self.autostart = False
+        if not self.running():
+            response.success, response.message = False, "training is not running"
+            return response
+        self.child.request_stop()
+        self.message = "stopping: saving a final checkpoint"
+        response.success, response.message = True, self.message
+        return response
+
+    def _srv_pause(self, request, response):
+        if not self.running():
+            response.success, response.message = False, "training is not running"
+            return response
+        paused = self.child.toggle_pause()
+        self.message = "paused" if paused else "resumed"
+        response.success, response.message = True, self.message
+        return response
+
+    # -- periodic work
+    def _tick(self) -> None:
+        if self.child is None and self.autostart and self.samples >= self.min_samples:
+            try:
+                self.start_training()
+            except (RuntimeError, ValueError, OSError) as e:
+                self.stage, self.message = "error", str(e)
+                self.autostart = False
+        elif self.child is None and self.stage == "waiting":
+            self.message = f"waiting for samples: {self.samples}/{self.min_samples}"
+        if self.child is not None:
+            self._publish_models()
+            self._follow_child()
+        self._publish_status()
+
+    def _follow_child(self) -> None:
+        child = self.child
+        progress = child.snapshot()
+        if progress:
+            self.final_progress = progress
+        code = child.returncode()
+        if code is None:
+            self.stage = progress.get("stage", self.stage) if not child.paused else self.stage
+            if child.paused:
+                self.message = "paused"
+            elif progress.get("message"):
+                self.message = progress["message"]
+            return
+        if self.stage in ("done", "stopped", "error"):
+            return
+        self._publish_models()
+        if child.stop_requested:
+            self.stage, self.message = "stopped", f"stopped (exit code {code}); checkpoint saved in {self.run_dir}"
+        elif code == 0:
+            self.stage, self.message = "done", "training finished"
+        else:
+            tail = " | ".join(list(child.stderr_tail)[-3:])
+            self.stage, self.message = "error", f"training exited with code {code}: {tail}"
+            self.get_logger().error(self.message)
+        child.close()
+
+    def _publish_models(self) -> None:
+        while True:
+            try:
+                event = self.child.models.get_nowait()
+            except queue.Empty:
+                return
+            self.publish_model(event)
+
+    def publish_model(self, event: dict) -> None:
+        path = event.get("path", "")
+        try:
+            checksum = artifact_checksum(path)
+        except OSError as e:
+            self.get_logger().warning(f"model event for {path!r} ignored: {e}")
+            return
+        self.version += 1
+        metrics = {k: float(v) for k, v in (event.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        msg = ModelUpdate(header=conv.make_header(self.get_clock().now().nanoseconds, ""), version=self.version,
+                          path=str(path), checksum=checksum, tasks=[str(t) for t in event.get("tasks", [])],
+                          modalities=[str(m) for m in event.get("modalities", [])],
+                          metric_names=list(metrics), metric_values=list(metrics.values()))
+        self.model_pub.publish(msg)
+        self.get_logger().info(f"model v{self.version}: {path}")
+
+    def _publish_status(self) -> None:
+        p = self.final_progress
+        msg = TrainingStatus(header=conv.make_header(self.get_clock().now().nanoseconds, ""), stage=self.stage,
+                             step=int(p.get("step", 0)), total_steps=int(p.get("total", 0)),
+                             loss=float(p.get("loss", 0.0)), samples_per_second=float(p.get("samples_per_s", 0.0)),
+                             eta_seconds=float(p.get("eta_s", 0.0)), message=str(self.message)[:500])
+        self.status_pub.publish(msg)
+
+    # -- shutdown
+    def shutdown_training(self) -> int | None:
+        """Stop the child gracefully (it saves a final checkpoint); returns its exit code."""
+        if not self.running():
+            return None
+        self.get_logger().info("stopping training: waiting for the final checkpoint")
+        code = self.child.stop(self.stop_timeout)
+        self.child.close()
+        return code
+
+    def destroy_node(self):
+        self.shutdown_training()
+        return super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = TrainerNode()
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
