@@ -28,7 +28,7 @@ def sets(tmp_path_factory):
 
 def test_transfer_fits_heads_and_writes_a_complete_model_dir(sets, tmp_path):
     train, _ = sets
-    cfg = TransferConfig(steps=25, batch=4, lr=3e-3, finetune="frozen", seed=0)
+    cfg = TransferConfig(steps=12, batch=4, lr=3e-3, finetune="frozen", seed=0)
     summary = transfer("scratch", str(train), str(tmp_path / "m"), cfg, image_size=32, patch=8, show_bar=False)
     history = json.loads((tmp_path / "m" / "model.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]          # the heads learn on the labeled set
@@ -39,7 +39,7 @@ def test_transfer_fits_heads_and_writes_a_complete_model_dir(sets, tmp_path):
     weights = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert any(k.startswith("encoder.blocks.") for k in weights) and any(k.startswith("det_head.") for k in weights)
     model, _ = load_model(tmp_path / "m")
-    assert summary["steps"] == 25 and not model.training
+    assert summary["steps"] == 12 and not model.training
 
 
 def test_frozen_encoder_does_not_change_and_full_finetuning_does(sets, tmp_path):

@@ -71,15 +71,16 @@ def test_specialize_micro_interrupt_resume_and_report(tmp_path):
     print(f"stopped {stop_s:.1f} s after SIGINT")
 
     from tst_ros.data.store import Store
-    from tst_ros.train.checkpoint import load_checkpoint_file  # noqa: F401 - import proves the API exists
+    from tst_ros.train.checkpoint import read_checkpoint
 
     store = Store(run_dir / "dataset")
     recorded = len(store)
     assert recorded >= 24
     for i in (0, recorded - 1):
-        assert store.read(i)["rgb"].shape[-1] == 3
-    checkpoints = list(pretrain_dir.glob("checkpoint*.safetensors"))
-    assert checkpoints, "the interrupted pre-training left a checkpoint"
+        assert store.read(i, verify=True)["rgb"].shape[-1] == 3
+    store.close()
+    tensors, meta = read_checkpoint(pretrain_dir / "checkpoint.safetensors")
+    assert tensors and meta, "the interrupted pre-training left a loadable checkpoint"
 
     # --- second run: resumes and completes
     proc = _start(run_dir, log)

@@ -31,7 +31,8 @@ def single_thread():
 
 def small_cfg(**kw) -> PretrainConfig:
     base = dict(preset="tiny", method="tst-mm", modalities=MODS, steps=6, batch=8, image_size=32, patch=8,
-                workers=0, warmup_steps=2, lr=1e-3, checkpoint_every=0, val_batches=1, tensorboard=False, seed=3)
+                workers=0, warmup_steps=2, lr=1e-3, checkpoint_every=0, val_batches=1, tensorboard=False, seed=3,
+                decoder_dim=64, decoder_depth=1)
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -68,7 +69,8 @@ def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(tmp_path):
 def test_two_process_ddp_matches_single_process_on_the_same_global_batch(tmp_path):
     args = ["pretrain", "--data", "synthetic:24", "--steps", "3", "--batch", "8", "--image-size", "32",
             "--patch", "8", "--workers", "0", "--lr", "1e-3", "--seed", "5", "--set", "pretrain.tensorboard=false",
-            "--set", "pretrain.warmup_steps=1", "--set", "pretrain.val_batches=1", "--set", "pretrain.checkpoint_every=0"]
+            "--set", "pretrain.warmup_steps=1", "--set", "pretrain.val_batches=1", "--set", "pretrain.checkpoint_every=0",
+            "--set", "pretrain.decoder_dim=64", "--set", "pretrain.decoder_depth=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                           "-m", "tst_ros.cli", *args, "--out", str(tmp_path / "ddp")],

@@ -18,7 +18,8 @@ from tst_ros.util import sha256_file
 
 COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out {{run_dir}} --steps 2000 --batch 4 "
            "--image-size 32 --patch 8 --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
-           "--set pretrain.tensorboard=false --set pretrain.val_batches=1 --set pretrain.warmup_steps=2")
+           "--set pretrain.tensorboard=false --set pretrain.val_batches=1 --set pretrain.warmup_steps=2 "
+           "--set pretrain.decoder_dim=64 --set pretrain.decoder_depth=1")
 
 
 def wait_for(predicate, timeout, what):

@@ -23,11 +23,14 @@ SEED = 0
 OUT_DIR = Path("bench")
 
 BUDGETS = {
-    "quick": {"record_frames": 32, "pretrain_steps": 15, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 32,
-              "transfer_steps": 30, "transfer_batch": 8, "eval_images": 12, "finetune": "frozen"},
-    "full": {"record_frames": 240, "pretrain_steps": 300, "pretrain_batch": 32, "pretrain_lr": 1e-3, "labeled_images": 240,
-             "transfer_steps": 300, "transfer_batch": 16, "eval_images": 60, "finetune": "frozen"},
+    "quick": {"record_frames": 24, "pretrain_steps": 6, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 24,
+              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": "frozen"},
+    "full": {"record_frames": 200, "pretrain_steps": 200, "pretrain_batch": 16, "pretrain_lr": 1e-3,
+             "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 60, "finetune": "frozen"},
 }
+# One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
+# cores (measured 10x slower per step under load); results are recorded with the count used.
+TORCH_THREADS = 1
 METHODS = [("scratch", "scratch", None), ("tst-mae", "tst-mae", None), ("tst-mm", "tst-mm", None),
            ("tst-mm (rgb input)", "tst-mm", ["rgb"])]
 
@@ -106,6 +109,7 @@ def run(quick: bool = False) -> dict:
     from tst_ros.sim import labeled_set
 
     budget = BUDGETS["quick" if quick else "full"]
+    torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(SEED)
     out: dict = {"seed": SEED, "test_building": "seed 0, style home", **{f"budget.{k}": v for k, v in budget.items()},
                  "encoder": "tiny preset, 128 px, patch 16", "torch_threads": torch.get_num_threads()}

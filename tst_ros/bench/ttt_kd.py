@@ -25,17 +25,24 @@ import torch
 from tst_ros.config import SimConfig, TTTKDConfig
 
 KS = [0, 1, 3, 10]
-PLOT_PATH = Path(os.environ.get("TST_BENCH_DIR", "bench")) / "ttt_kd_miou_vs_k.png"
+PLOT_DIR = Path(os.environ.get("TST_BENCH_DIR", "bench"))
 NODE_STRIDE = 2
 NODE_STEPS = 3
+
+
+def cpu_threads() -> int:
+    """All cores on an idle machine; one thread when other work already loads the CPU (OpenMP
+    barriers spin, so two threads on a contended 2-core machine run several times slower)."""
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] > 0.75 * cores else cores
 
 
 def _settings(quick: bool) -> dict:
     if quick:
         return dict(buildings=2, clouds_per_building=4, train_steps=80, scenes=5, clouds=1, point_budget=4000,
-                    timing_repeats=1, node_clouds=6)
+                    timing_repeats=1, node_clouds=6, extra_lrs=[])
     return dict(buildings=8, clouds_per_building=8, train_steps=500, scenes=5, clouds=2, point_budget=8000,
-                timing_repeats=3, node_clouds=20)
+                timing_repeats=2, node_clouds=20, extra_lrs=[3e-5, 5e-4])
 
 
 def _groups(scenes: int) -> dict[str, list[SimConfig]]:
@@ -54,15 +61,18 @@ def _plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
 
     from tst_ros.util import atomic_write
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.0, 3.8), dpi=110)
+    groups = list(dict.fromkeys(name.split(".")[-1] for name in curves))
     for name, values in curves.items():
-        ax.plot(KS, [100 * v for v in values], marker="o", label=name)
+        colour = f"C{groups.index(name.split('.')[-1])}"
+        ax.plot(KS, [100 * v for v in values], marker="o", color=colour, label=name,
+                linestyle="--" if name.startswith("lr") else "-")
     ax.set_xlabel("adaptation steps k (episodic, per cloud)")
     ax.set_ylabel("point mIoU (%)")
     ax.set_xticks(KS)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
@@ -139,7 +149,7 @@ def _node_rate(checkpoint: Path, clouds: int, budget: int) -> dict:
     for i in range(clouds):
         f = sim.frame(i * sim.cloud_every)
         pick = rng.choice(len(f.cloud_xyz), min(20_000, len(f.cloud_xyz)), replace=False)
-        stamps = [f.stamp_ns + int(dt * 1e9) for dt in (-0.3, -0.1, 0.0, 0.1)]
+        stamps = [f.stamp_ns + int(dt * 1e9) for dt in (-0.2, -0.1, 0.0, 0.05)]
         frames.append({"stamp_ns": f.stamp_ns, "xyz": f.cloud_xyz[pick], "rgb_cloud": f.cloud_rgb[pick],
                        "rgb": f.rgb, "depth_mm": f.depth_mm, "poses": [(sim.T_odom_base(s), s) for s in stamps]})
     r = node_module.measure_online_rate(str(checkpoint), frames, sim.intrinsics, sim.T_base_camera, rate_hz=1.0,
@@ -163,13 +173,15 @@ def run(quick: bool = False) -> dict:
     from tst_ros.tttkd.train import run_training, scene_clouds
 
     s = _settings(quick)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    threads = cpu_threads()
+    torch.set_num_threads(threads)
     cfg = replace(TTTKDConfig(), buildings=s["buildings"], clouds_per_building=s["clouds_per_building"],
                   train_steps=s["train_steps"], point_budget=s["point_budget"], device="cpu")
     figures: dict = {"teacher": "hed", "backbone": cfg.backbone, "train.source_styles": ",".join(SOURCE_STYLES),
                      "train.buildings": cfg.buildings, "train.clouds": cfg.buildings * cfg.clouds_per_building,
                      "train.steps": cfg.train_steps, "point_budget": cfg.point_budget, "adapt.lr": cfg.lr,
-                     "ks": ",".join(map(str, KS))}
+                     "ks": ",".join(map(str, KS)), "torch_threads": threads,
+                     "load_average_1min": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="tttkd_bench_") as tmp:
         t0 = time.perf_counter()
         summary = run_training(cfg, SimConfig(), tmp, show_bar=True)
@@ -181,32 +193,37 @@ def run(quick: bool = False) -> dict:
                         "train.valid_projection_fraction": round(summary["valid_fraction"], 3)})
         model, reducer, meta = load_checkpoint(summary["checkpoint"])
         teacher = teacher_from_description(meta["teacher"])
-        adapter = TestTimeAdapter(model, reducer, steps=max(KS), lr=cfg.lr, point_budget=cfg.point_budget,
-                                  voxel_size=cfg.voxel_size)
         curves = {}
         t0 = time.perf_counter()
         groups = _groups(s["scenes"])
-        with tqdm(total=sum(len(v) for v in groups.values()) * s["clouds"], desc="eval clouds", leave=False) as bar:
+        lrs = [cfg.lr] + s["extra_lrs"]
+        with tqdm(total=sum(len(v) for v in groups.values()) * s["clouds"] * len(lrs), desc="eval clouds",
+                  leave=False) as bar:
             for name, configs in groups.items():
                 clouds = []
                 for sc in configs:
                     clouds += scene_clouds(sc, teacher, s["clouds"], first_cloud=2, spacing=5)
-                reports = evaluate_clouds(adapter, clouds, KS, len(CLASSES), CLASSES, progress=bar)
-                curves[name] = [reports[k]["miou"] for k in KS]
-                for k in KS:
-                    figures[f"{name}.miou.k{k}"] = round(reports[k]["miou"], 4)
-                    figures[f"{name}.point_acc.k{k}"] = round(reports[k]["pixel_accuracy"], 4)
+                for lr in lrs:
+                    adapter = TestTimeAdapter(model, reducer, steps=max(KS), lr=lr, point_budget=cfg.point_budget,
+                                              voxel_size=cfg.voxel_size)
+                    reports = evaluate_clouds(adapter, clouds, KS, len(CLASSES), CLASSES, progress=bar)
+                    prefix = name if lr == cfg.lr else f"lr{lr:g}.{name}"
+                    curves[prefix] = [reports[k]["miou"] for k in KS]
+                    for k in KS:
+                        figures[f"{prefix}.miou.k{k}"] = round(reports[k]["miou"], 4)
+                        figures[f"{prefix}.point_acc.k{k}"] = round(reports[k]["pixel_accuracy"], 4)
+                    figures[f"{prefix}.gain_k10"] = round(curves[prefix][-1] - curves[prefix][0], 4)
+                    figures[f"{prefix}.best_gain"] = round(max(curves[prefix]) - curves[prefix][0], 4)
                 figures[f"{name}.scenes"] = len(configs)
                 figures[f"{name}.clouds"] = len(clouds)
-                figures[f"{name}.gain_k10"] = round(curves[name][-1] - curves[name][0], 4)
-                figures[f"{name}.best_gain"] = round(max(curves[name]) - curves[name][0], 4)
         figures["eval.wall_s"] = round(time.perf_counter() - t0, 1)
         figures["shift.miou_drop_k0"] = round(curves["home"][0] - curves["home_shifted"][0], 4)
         figures["shift.gain_k10_shifted_minus_home"] = round(figures["home_shifted.gain_k10"]
                                                              - figures["home.gain_k10"], 4)
-        _plot(curves, PLOT_PATH, f"TTT-KD (HED teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
+        plot_path = PLOT_DIR / f"ttt_kd_miou_vs_k{'_quick' if quick else ''}.png"
+        _plot(curves, plot_path, f"TTT-KD (HED teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
                                  f"clouds per group{' [quick]' if quick else ''}")
-        figures["plot"] = str(PLOT_PATH)
+        figures["plot"] = str(plot_path)
 
         t0 = time.perf_counter()
         figures.update(_timings(model, reducer, cfg.point_budget, s["timing_repeats"]))

@@ -66,6 +66,8 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
         "min_samples": cfg.specialize.record_frames,
         "run_dir": str(run_dir / "pretrain"),
         "command": shlex.join(pipeline_command(config_path, run_dir, dataset)),
+        "dataset": str(dataset),
+        "stop_timeout_s": 6.0,  # SIGINT must stop the whole graph within 10 s
     }
     ttt = {**_ros_parameters(cfg.ttt_kd), "checkpoint": str(run_dir / "tttkd" / "model.safetensors")}
     specs = [

@@ -78,8 +78,10 @@ def comparison_chart(segdet: dict, out: Path) -> Path | None:
 
 
 def per_class_chart(segdet: dict, out: Path) -> Path | None:
-    per = {m: r.get("per_class_iou") or {} for m, r in segdet.items()}
-    classes = sorted({c for v in per.values() for c in v})
+    # per_class_iou: [{"id", "name", "iou", "gt_pixels"}, ...] (classes absent from the set have iou None)
+    per = {m: {row["name"]: row.get("iou") for row in r.get("per_class_iou") or []} for m, r in segdet.items()}
+    first = next(iter(segdet.values()), {})
+    classes = [row["name"] for row in first.get("per_class_iou") or [] if row.get("gt_pixels", 1)]
     if not classes:
         return None
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(classes)), 3.6))
@@ -181,13 +183,13 @@ def write_report(run_dir: str | Path) -> Path:
         f"{'yes' if deploy.get('hot_loaded') else 'no'}; deployment period {deploy.get('seconds', '—')} s.</p>",
         _table(out_rows, ["output topic", "messages", "rate Hz", "latency p50 ms", "latency p99 ms"]),
         "<h2>Figures</h2>",
-        *[f"<figure><img src='{p.name}'><figcaption>{html.escape(name)}</figcaption></figure>"
-          for name, p in figures.items() if p],
+        *[f"<figure><img class='{'sample' if p.name.startswith('sample') else 'plot'}' src='{p.name}'>"
+          f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, p in figures.items() if p],
         "<h2>Run</h2>",
         f"<pre>{html.escape(json.dumps(metrics.get('budget', {}), indent=2))}</pre>",
     ]
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}.verdict{font-size:1.1em;"
+             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}img.sample{width:512px;image-rendering:pixelated}.verdict{font-size:1.1em;"
              "background:#f4f4f4;padding:8px}")
     page = f"<!doctype html><html><head><meta charset=utf-8><title>tst_ros report</title><style>{style}</style></head>" \
            f"<body>{''.join(sections)}</body></html>"

@@ -256,8 +256,9 @@ class TSTMM(nn.Module):
             mod = registry.get(name)
             if mod.loss not in LOSSES:
                 raise ValueError(f"modality {name!r} has loss {mod.loss!r}; known losses: {sorted(LOSSES)}")
+            heads = max(1, min(DECODER_HEADS, decoder_dim // 32))
             self.decoders[name] = Decoder(encoder.embed_dim, self._decoder_pos(name, decoder_dim),
-                                          self._values_per_token(name), decoder_dim, depth=decoder_depth)
+                                          self._values_per_token(name), decoder_dim, heads, decoder_depth)
 
     def _decoder_pos(self, name: str, dim: int) -> torch.Tensor:
         if registry.get(name).kind in SPATIAL_KINDS:
@@ -388,8 +389,9 @@ class TSTMM(nn.Module):
 
 
 def build_tstmm(encoder: Encoder | str = "tiny", modalities: list[str] | None = None, image_size: int = 128,
-                patch: int = 16, visible_fraction: float = 1 / 6, dirichlet_alpha: float = 1.0) -> TSTMM:
+                patch: int = 16, visible_fraction: float = 1 / 6, dirichlet_alpha: float = 1.0,
+                decoder_dim: int = DECODER_DIM, decoder_depth: int = DECODER_DEPTH) -> TSTMM:
     """TST-MM around an existing encoder or a new one built from a preset name."""
     if isinstance(encoder, str):
         encoder = build_encoder(encoder, list(modalities or ["rgb"]), image_size, patch)
-    return TSTMM(encoder, visible_fraction, dirichlet_alpha)
+    return TSTMM(encoder, visible_fraction, dirichlet_alpha, decoder_dim, decoder_depth)

@@ -91,6 +91,8 @@ class Predictor:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
+        # no busy-waiting pool threads: the serving process also has to receive and publish
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
         except Exception as e:  # ORT raises its own exception types for corrupt files

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -195,7 +194,7 @@ def emit_progress(stream, **fields) -> None:
 
 def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, preset: str = "tiny",
              image_size: int = 128, patch: int = 16, input_modalities: list[str] | None = None,
-             progress_stream=None, show_bar: bool = True, log: Callable[[str], None] | None = None) -> dict:
+             progress_stream=None, show_bar: bool = True) -> dict:
     """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary."""
     import torch
     import torch.nn.functional as F
@@ -246,8 +245,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
         opt.step()
-        rec = {"step": step + 1, "loss": loss.item(), "seg": loss_seg.item(), "heatmap": loss_hm.item(),
-               "box": loss_box.item()}
+        rec = {"step": step + 1, **{k: v.detach().item() for k, v in
+                                    (("loss", loss), ("seg", loss_seg), ("heatmap", loss_hm), ("box", loss_box))}}
         if step % 10 == 0 or step == cfg.steps - 1:
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}")

@@ -24,6 +24,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
 
+from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.graph.description import NodeSpec
 from tst_ros.msg import Detection2DArray, LabelInfo, ModelUpdate, RecorderStatus, TrainingStatus
 from tst_ros.ros.conversions import cloud_field, image_to_array, image_to_rgb, stamp_to_ns
@@ -35,6 +36,7 @@ OUTPUTS = {
     "detections": ("/tst/detections", Detection2DArray),
     "points_labeled": ("/tst/points_labeled", PointCloud2),
 }
+INPUT_IMAGE_TOPIC = "/camera/color/image_raw"
 LABEL_INFO_TOPICS = {"segmentation": "/tst/segmentation/label_info", "detection": "/tst/detections/label_info"}
 
 
@@ -62,6 +64,7 @@ class Observed:
     model: ModelUpdate | None = None
     label_versions: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    deploy_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # after the hot reload
     latency_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     first_seen: dict[str, float] = field(default_factory=dict)
     samples: dict[str, object] = field(default_factory=dict)   # last overlay / mask / labels for the report
@@ -83,6 +86,17 @@ class Supervisor(Node):
             self.create_subscription(LabelInfo, topic, lambda m, t=task: self._label_info(t, m), qos_latched())
         for key, (topic, cls) in OUTPUTS.items():
             self.create_subscription(cls, topic, lambda m, k=key: self._output(k, m), qos_profile("best_effort", 5))
+        # arrival time of each input image: latency = output arrival - input arrival (same stamp)
+        self.image_arrivals: dict[int, int] = {}
+        self.create_subscription(Image, INPUT_IMAGE_TOPIC, self._input_image, qos_profile("best_effort", 5), raw=True)
+
+    def _input_image(self, data: bytes):
+        now = self.get_clock().now().nanoseconds
+        with self.lock:
+            self.image_arrivals[cdr_header_stamp_ns(data)] = now
+            if len(self.image_arrivals) > 600:
+                for stamp in sorted(self.image_arrivals)[:300]:
+                    del self.image_arrivals[stamp]
 
     def _recorder(self, msg):
         self.seen.recorder = msg
@@ -109,7 +123,10 @@ class Supervisor(Node):
             self.seen.counts[key] += 1
             self.seen.first_seen.setdefault(key, time.monotonic())
             if self.seen.hot_loaded_at is not None:
-                self.seen.latency_ms[key].append((now_ns - stamp_to_ns(msg.header.stamp)) / 1e6)
+                self.seen.deploy_counts[key] += 1
+            arrived = self.image_arrivals.get(stamp_to_ns(msg.header.stamp))
+            if self.seen.hot_loaded_at is not None and arrived is not None:
+                self.seen.latency_ms[key].append((now_ns - arrived) / 1e6)
             if not self.collect:
                 return
             if key == "overlay":

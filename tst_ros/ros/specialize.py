@@ -60,7 +60,7 @@ def deployment_summary(seen: Observed, seconds: float) -> dict:
     outputs = {}
     for key, count in seen.counts.items():
         p50, p99 = _percentiles(seen.latency_ms.get(key, []))
-        outputs[key] = {"count": count, "rate_hz": len(seen.latency_ms.get(key, [])) / seconds if seconds else 0.0,
+        outputs[key] = {"count": count, "rate_hz": seen.deploy_counts.get(key, 0) / seconds if seconds else 0.0,
                         "latency_ms_p50": p50, "latency_ms_p99": p99}
     model = seen.model
     return {"hot_loaded": seen.hot_loaded_at is not None, "model_version": int(model.version) if model else None,

@@ -88,7 +88,9 @@ class Simulator:
     def has_cloud(self, index: int) -> bool:
         return self.cloud_every > 0 and index % self.cloud_every == 0
 
-    def frame(self, index: int) -> Frame:
+    def frame(self, index: int, imu_since_ns: int | None = None) -> Frame:
+        """Frame `index`; its IMU window is (previous frame, this frame], or (imu_since_ns, this
+        frame] when a real-time publisher skipped frames it could not render in time."""
         if index < 0:
             raise ValueError(f"frame index must be >= 0, got {index}")
         rng = np.random.default_rng([self.cfg.seed, self.style.key, index, 11])
@@ -98,8 +100,9 @@ class Simulator:
         out = self.renderer.render(T_cam)
         rgb = self.renderer.expose(out.rgb, rng)
         depth_mm = rig.depth_sensor(out.depth_m, out.cos_incidence, out.glass, rng, self.style)
-        imu_stamps = self.imu_stamps_between(self.stamp_ns(index - 1) if index > 0 else
-                                             stamp - int(round(1e9 / self.cfg.camera_rate_hz)), stamp)
+        if imu_since_ns is None:
+            imu_since_ns = self.stamp_ns(index - 1) if index > 0 else stamp - int(round(1e9 / self.cfg.camera_rate_hz))
+        imu_stamps = self.imu_stamps_between(imu_since_ns, stamp)
         t = self.time_s(imu_stamps)
         imu = self.imu_model.measure(self.trajectory.imu_ideal(t), t, rng)
         gt = {"semantic": out.semantic, "instance": out.instance, "boxes": instance_boxes(out.instance, out.semantic),

@@ -32,7 +32,8 @@ def register(sub) -> None:
     q.add_argument("--preset", default="tiny", help="preset of the scratch encoder")
     q.add_argument("--image-size", type=int, default=0, help="scratch encoder image size (default: config)")
     q.add_argument("--patch", type=int, default=0)
-    q.add_argument("--steps", type=int, default=300, help="linear-layer optimisation steps")
+    q.add_argument("--inputs", default="rgb", help="comma-separated encoder inputs for the probe (default: rgb)")
+    q.add_argument("--steps", type=int, default=300, help="L-BFGS iterations of the linear layer")
     q.add_argument("--out", help="also write the JSON result to this file")
     add_config_arguments(q)
     q.set_defaults(func=run_probe)
@@ -73,7 +74,8 @@ def run_probe(args) -> int:
 
     cfg = from_args(args)
     results = probe_many(args.encoder, args.data, args.preset, args.image_size or cfg.pretrain.image_size,
-                         args.patch or cfg.pretrain.patch, steps=args.steps)
+                         args.patch or cfg.pretrain.patch, steps=args.steps,
+                         inputs=[m for m in args.inputs.split(",") if m])
     print(json.dumps(results))
     if args.out:
         atomic_write_json(args.out, results)

@@ -36,7 +36,7 @@ def method_modalities(cfg: PretrainConfig) -> list[str]:
 def build_model(cfg: PretrainConfig) -> TSTMM:
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.preset, method_modalities(cfg), cfg.image_size, cfg.patch)
-    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha)
+    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim, cfg.decoder_depth)
 
 
 def collate(items: list[dict]) -> dict:
@@ -159,9 +159,16 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
         for step in range(start, cfg.steps):
             engine.set_lr(optimizer, engine.lr_at(step, cfg.steps, cfg.warmup_steps, peak))
             step_stats: dict[str, float] = {}
+            interrupted = False
             for micro in range(cfg.accum):
                 t_wait = time.perf_counter()
-                batch = to_device(next(batches), device)
+                try:
+                    batch = to_device(next(batches), device)
+                except RuntimeError:
+                    if stop.requested:      # a terminal Ctrl+C also ends the loader's workers
+                        interrupted = True
+                        break
+                    raise
                 stall += time.perf_counter() - t_wait
                 positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
                 seeds = engine.mask_seeds(cfg.seed, step, positions)
@@ -171,6 +178,10 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
                     (loss / cfg.accum).backward()
                 for k, v in stats.items():
                     step_stats[k] = step_stats.get(k, 0.0) + v / cfg.accum
+            if interrupted:                 # an incomplete step is dropped, never applied
+                optimizer.zero_grad(set_to_none=True)
+                stopped = True
+                break
             if cfg.clip_grad > 0:
                 step_stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
             optimizer.step()

@@ -47,15 +47,22 @@ def extract(encoder, dataset, inputs: list[str], batch: int = 32, device: str = 
     return torch.cat(feats), torch.cat(labels)
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 300, lr: float = 0.05,
-               weight_decay: float = 1e-4, seed: int = 0) -> torch.nn.Linear:
+def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 300, weight_decay: float = 1e-3,
+               seed: int = 0) -> torch.nn.Linear:
+    """Multinomial logistic regression (L2 on the weights) solved with full-batch L-BFGS, so
+    every encoder's probe is optimised to convergence rather than to a step budget."""
     torch.manual_seed(seed)
     head = torch.nn.Linear(x.shape[1], n_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(steps):
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
         opt.zero_grad()
-        F.cross_entropy(head(x), y).backward()
-        opt.step()
+        loss = F.cross_entropy(head(x), y) + weight_decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
     return head
 
 
@@ -95,22 +102,24 @@ def probe(encoder, data: str | None = None, inputs: list[str] | None = None, tra
             "train_patches": int(len(y_train)), "val_patches": int(len(y_val)), "classes": n_classes}
 
 
-def resolve_encoder(spec: str, preset: str, image_size: int, patch: int, seed: int = 0):
-    """'scratch' -> random encoder (rgb); otherwise a run dir / encoder file."""
+def resolve_encoder(spec: str, preset: str, image_size: int, patch: int, seed: int = 0,
+                    inputs: list[str] | None = None):
+    """'scratch' -> random encoder taking `inputs` (default rgb); otherwise a run dir / encoder file."""
     from tst_ros.models import build_encoder, load_encoder
     if spec == "scratch":
         torch.manual_seed(seed)
-        enc = build_encoder(preset, ["rgb"], image_size, patch)
+        enc = build_encoder(preset, list(inputs or ["rgb"]), image_size, patch)
         return enc.eval(), {"method": "scratch", **enc.describe()}
     if not Path(spec).exists():
         raise FileNotFoundError(f"encoder {spec!r} does not exist (a run directory, an encoder file or 'scratch')")
     return load_encoder(spec)
 
 
-def probe_many(specs: list[str], data: str, preset: str, image_size: int, patch: int, steps: int = 300) -> dict:
+def probe_many(specs: list[str], data: str, preset: str, image_size: int, patch: int, steps: int = 300,
+               inputs: list[str] | None = None) -> dict:
+    """Probe several encoders ('scratch' = random init with the probe's inputs) on the same data."""
     results = {}
     for spec in specs:
-        enc, meta = resolve_encoder(spec, preset, image_size, patch)
-        results[spec] = {**probe(enc, data, steps=steps), "method": meta.get("method", "?")}
+        enc, meta = resolve_encoder(spec, preset, image_size, patch, inputs=inputs)
+        results[spec] = {**probe(enc, data, inputs=inputs, steps=steps), "method": meta.get("method", "?")}
     return results
-

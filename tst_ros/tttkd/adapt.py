@@ -22,6 +22,7 @@ from tst_ros.tttkd.projection import DEFAULT_OCCLUSION_TOL_M, View, project_feat
 
 UNLABELED = 255
 MODES = ("episodic", "online")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Downsampled:
 
 
 def voxel_downsample(xyz: np.ndarray, rgb: np.ndarray | None, voxel: float, budget: int) -> Downsampled:
-    """Centroids of occupied voxels; the voxel grows by sqrt(count / budget) until count <= budget.
+    """Centroids of occupied voxels; the voxel grows by cbrt(count / budget) until count <= budget.
 
     Clouds no larger than the budget are kept as they are (inverse = identity)."""
     n = len(xyz)
@@ -48,7 +49,7 @@ def voxel_downsample(xyz: np.ndarray, rgb: np.ndarray | None, voxel: float, budg
         inverse = inverse.ravel()
         if len(counts) <= budget:
             break
-        size *= max(1.05, float(np.sqrt(len(counts) / budget)))
+        size *= max(1.05, float(np.cbrt(len(counts) / budget)))
     m = len(counts)
     centroid = np.zeros((m, 3))
     np.add.at(centroid, inverse, xyz)
@@ -85,9 +86,12 @@ class TestTimeAdapter:
     """Wraps a trained model: `process(xyz, rgb, T_odom_ref, views)` -> Prediction for every input point."""
     __test__ = False  # not a pytest class
 
-    def __init__(self, model: TTTKDModel, reducer: FeatureReducer, steps: int = 3, lr: float = 1e-3,
+    def __init__(self, model: TTTKDModel, reducer: FeatureReducer, steps: int = 3, lr: float = 1e-4,
                  mode: str = "episodic", stride: int = 1, point_budget: int = 8000, voxel_size: float = 0.05,
-                 occlusion_tol: float = DEFAULT_OCCLUSION_TOL_M, min_valid_points: int = 32, device: str = "cpu"):
+                 occlusion_tol: float = DEFAULT_OCCLUSION_TOL_M, min_valid_points: int = 32, device: str = "cpu",
+                 optimizer: str = "adam"):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if steps < 0 or stride < 1:
@@ -98,6 +102,7 @@ class TestTimeAdapter:
         self.point_budget, self.voxel_size = int(point_budget), float(voxel_size)
         self.occlusion_tol, self.min_valid_points = float(occlusion_tol), int(min_valid_points)
         self.device = device
+        self.optimizer_name = optimizer
         for head in model.projectors():
             head.requires_grad_(False)
         self.initial_state = self.snapshot()
@@ -117,7 +122,10 @@ class TestTimeAdapter:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.backbone.parameters(), lr=self.lr)
+        params = self.model.backbone.parameters()
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+        return torch.optim.Adam(params, lr=self.lr)
 
     # --------------------------------------------------------------------------- pieces
     def targets(self, xyz_ref: np.ndarray, T_odom_ref: np.ndarray, views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:

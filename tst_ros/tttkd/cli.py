@@ -91,13 +91,13 @@ def run_eval(args) -> int:
     model, reducer, meta = load_checkpoint(args.model, device=device)
     teacher = teacher_from_description(meta["teacher"], device=device)
     adapter = TestTimeAdapter(model, reducer, steps=max(ks), lr=t.lr, point_budget=t.point_budget,
-                              voxel_size=t.voxel_size, device=device)
+                              voxel_size=t.voxel_size, device=device, optimizer=t.optimizer)
     clouds = []
     with tqdm(total=args.scenes * args.clouds, desc=f"{args.style} clouds", disable=args.json, leave=False) as bar:
         for seed in range(args.scenes):
             clouds += scene_clouds(replace(cfg.sim, seed=seed, style=args.style), teacher, args.clouds, progress=bar)
         reports = evaluate_clouds(adapter, clouds, ks, len(CLASSES), CLASSES)
-    result = {"style": args.style, "scenes": args.scenes, "clouds": len(clouds), "lr": t.lr,
+    result = {"style": args.style, "scenes": args.scenes, "clouds": len(clouds), "lr": t.lr, "optimizer": t.optimizer,
               **{f"miou.k{k}": reports[k]["miou"] for k in ks},
               **{f"point_accuracy.k{k}": reports[k]["pixel_accuracy"] for k in ks},
               "per_class": {f"k{k}": reports[k]["per_class"] for k in ks}}

@@ -22,10 +22,12 @@ class CloudLabeler:
     """Checkpoint + teacher + adapter + short image/depth buffers."""
 
     def __init__(self, checkpoint: str, poses: PoseBuffer, teacher: str = "auto", steps: int = 3,
-                 lr: float = 1e-3, mode: str = "episodic", stride: int = 1, point_budget: int = 8000,
+                 lr: float = 1e-4, mode: str = "episodic", stride: int = 1, point_budget: int = 8000,
                  voxel_size: float = 0.05, sync_window_s: float = 0.25, max_views: int = 2,
                  depth_slop_s: float = 0.03, image_buffer: int = 16, device: str = "cpu",
-                 teacher_obj: Teacher | None = None):
+                 teacher_obj: Teacher | None = None, optimizer: str = "adam"):
+        from tst_ros.util import resolve_device
+        device = resolve_device(device)
         model, reducer, meta = load_checkpoint(checkpoint, device=device)
         self.meta = meta
         self.checkpoint = str(checkpoint)
@@ -41,7 +43,8 @@ class CloudLabeler:
                              f"{checkpoint} was trained with {reducer.in_dim}-channel teacher features "
                              f"({meta.get('teacher')})")
         self.adapter = TestTimeAdapter(model, reducer, steps=steps, lr=lr, mode=mode, stride=stride,
-                                       point_budget=point_budget, voxel_size=voxel_size, device=device)
+                                       point_budget=point_budget, voxel_size=voxel_size, device=device,
+                                       optimizer=optimizer)
         self.poses = poses
         self.sync_window_ns = int(sync_window_s * 1e9)
         self.depth_slop_ns = int(depth_slop_s * 1e9)
@@ -72,6 +75,8 @@ class CloudLabeler:
 
     def set_intrinsics(self, intrinsics: Intrinsics) -> None:
         self.intrinsics = intrinsics
+        if hasattr(self.teacher, "intrinsics"):
+            self.teacher.intrinsics = intrinsics  # teachers that derive normals from depth need them
 
     # ------------------------------------------------------------------------- views
     def _nearest_depth(self, stamp_ns: int) -> np.ndarray | None:

@@ -182,20 +182,14 @@ class TSTMMTeacher(Teacher):
         if depth_m is None:
             depth_mm = None
         else:
-            depth_mm = np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0).clip(0, 65535).astype(np.uint16)
+            depth_mm = np.rint(np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0)).clip(0, 65535).astype(np.uint16)
         if name == "depth":
             return depth_mm
-        try:
-            from tst_ros.data import derive  # owner: data stage
-        except ImportError:
-            return None
-        fn = getattr(derive, f"derive_{name}", None) or getattr(derive, name, None)
-        if fn is None:
-            return None
+        from tst_ros.data import derive
         if name == "edges":
-            return fn(rgb)
+            return derive.canny_edges(rgb)
         if name == "normals" and depth_mm is not None and self.intrinsics is not None:
-            return fn(depth_mm, self.intrinsics)
+            return derive.normals_from_depth(depth_mm, self.intrinsics)
         return None
 
     @torch.no_grad()

@@ -54,6 +54,8 @@ def scene_clouds(sim_cfg, teacher: Teacher, clouds: int, views: int = 1, spacing
     from tst_ros.sim import Simulator
 
     sim = Simulator(sim_cfg)
+    if hasattr(teacher, "intrinsics"):
+        teacher.intrinsics = sim.intrinsics   # teachers deriving normals from depth need them
     if sim.cloud_every <= 0:
         raise ValueError("the simulator config produces no point clouds (cloud_rate_hz = 0)")
     out: list[SceneCloud] = []
@@ -97,6 +99,16 @@ def _rotate_z(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return ((xyz - centre) @ R.T + centre).astype(np.float32)
 
 
+def class_weights(samples: list[Sample], num_classes: int) -> torch.Tensor:
+    """Inverse square-root class frequency over the training points (mean weight 1 over seen classes)."""
+    counts = torch.zeros(num_classes)
+    for s in samples:
+        lab = s.labels[s.labels != UNLABELED]
+        counts += torch.bincount(lab.clamp_max(num_classes - 1), minlength=num_classes).float()[:num_classes]
+    w = torch.where(counts > 0, counts.clamp_min(1).rsqrt(), torch.zeros(()))
+    return w / w[counts > 0].mean() if (counts > 0).any() else torch.ones(num_classes)
+
+
 def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointnet", feature_dim: int = 64,
                 width: int = 64, steps: int = 300, lr: float = 2e-3, distill_weight: float = 1.0,
                 seed: int = 0, device: str = "cpu", progress_cb=None) -> tuple[TTTKDModel, FeatureReducer, dict]:
@@ -116,6 +128,7 @@ def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointn
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, i / max(1, steps)))))
     targets = [reducer(s.teacher.float()) for s in samples]
+    weights = class_weights(samples, num_classes).to(device)
     history = {"seg": [], "distill": []}
     model.train()
     t0 = time.perf_counter()
@@ -125,7 +138,7 @@ def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointn
         batch = model.prepare(_rotate_z(s.xyz_odom, rng), s.rgb).to(device)
         logits, feats = model(batch)
         labels = s.labels.to(device)
-        seg = F.cross_entropy(logits, labels, ignore_index=UNLABELED) if (labels != UNLABELED).any() else logits.sum() * 0
+        seg = F.cross_entropy(logits, labels, weight=weights, ignore_index=UNLABELED) if (labels != UNLABELED).any() else logits.sum() * 0
         dist = distillation_loss(feats, targets[i].to(device), s.valid.to(device))
         loss = seg + distill_weight * dist
         opt.zero_grad(set_to_none=True)

@@ -18,7 +18,6 @@ import collections
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from sensor_msgs.msg import Image
 from tst_ros.msg import LabelInfo, ModelUpdate
 from tst_ros.perception.runtime import IGNORE_LABEL, Predictor
 from tst_ros.ros.conversions import depth_to_metres, image_to_rgb, stamp_to_ns
-from tst_ros.ros.qos import qos_latched, qos_profile, qos_sensor
+from tst_ros.ros.qos import qos_latched, qos_sensor
 from tst_ros.util import sha256_file
 
 WARN_THROTTLE_S = 5.0

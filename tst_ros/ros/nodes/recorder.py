@@ -15,6 +15,7 @@ published every `status_period_s` (default 0.5 s).
 from __future__ import annotations
 
 import importlib
+import json
 import queue
 import signal
 import sys
@@ -264,6 +265,8 @@ class RecorderNode(Node):
             self.store.close()
         if self.bag is not None:
             self.bag.close()
+        self._log.info(f"recorder stopped: {self.pipeline.committed} samples in {self.cfg.dataset}; "
+                       f"received {self._received} messages; counts: {json.dumps(self.counts())}")
 
     def destroy_node(self) -> None:
         self.close()

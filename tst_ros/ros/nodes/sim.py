@@ -72,6 +72,10 @@ class SimNode(Node):
         # is `start_frame` but stamps start now
         self.start_frame = int(get("start_frame"))
         self.stamp_offset = self.sim.stamp_ns(0) - self.sim.stamp_ns(self.start_frame)
+        self.wall_start_ns = start_ns
+        self.next_index = self.start_frame
+        self.last_stamp_ns: int | None = None
+        self.skipped = 0
         qos = qos_profile(str(get("qos_reliability")), int(get("qos_depth")))
         self.pubs = {
             "rgb": self.create_publisher(Image, get("topic_rgb"), qos),
@@ -116,12 +120,23 @@ class SimNode(Node):
             if self.shutdown_when_done:
                 rclpy.try_shutdown()
             return
-        index = self.start_frame + self.published
+        index, since = self.next_index, None
+        if self.realtime:
+            # like a camera driver that cannot keep up: publish the frame due now, drop the
+            # late ones (stamps stay on wall time); the IMU window reaches back to the last frame
+            due = self.start_frame + int((self.get_clock().now().nanoseconds - self.wall_start_ns)
+                                         * self.sim_cfg.camera_rate_hz / 1e9)
+            if due > index:
+                self.skipped += due - index
+                index = due
+                since = self.last_stamp_ns
         t0 = time.perf_counter()
-        frame = self.sim.frame(index)
+        frame = self.sim.frame(index, imu_since_ns=since)
         self.render_s += time.perf_counter() - t0
         self.publish_frame(frame)
         self.published += 1
+        self.next_index = index + 1
+        self.last_stamp_ns = frame.stamp_ns
 
     def publish_frame(self, frame) -> None:
         off = self.stamp_offset

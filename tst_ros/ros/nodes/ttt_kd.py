@@ -36,14 +36,18 @@ PARAMETERS = {
     "output_topic": "/tst/points_labeled",
     "model_topic": "/tst/model",
     "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
+    "checkpoint": "",                             # alias of `model`
     "teacher": "auto",                            # auto (the checkpoint's) | hed | tstmm:<run> | onnx:<file>
     "steps": 3,                                   # k adaptation steps per adapted cloud
-    "lr": 1e-3,
+    "lr": 1e-4,
+    "optimizer": "adam",                          # adam | sgd
     "mode": "online",                             # episodic | online
     "stride": 2,                                  # online: adapt every s-th cloud
     "point_budget": 8000,
     "voxel_size": 0.05,
     "sync_window_s": 0.25,
+    "pose_wait_s": 0.3,                           # wait this long for odometry to reach the cloud stamp
+    "threads": 0,                                 # torch CPU threads for the worker (0: torch default)
     "max_views": 2,
     "device": "cpu",
     "sensor_qos_reliability": "best_effort",
@@ -84,8 +88,9 @@ class TTTKDNode(Node):
         if p["depth_topic"]:
             self.create_subscription(Image, p["depth_topic"], self._on_depth, sensor)
         self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
-        if p["model"]:
-            self._load(p["model"])
+        initial = p["model"] or p["checkpoint"]
+        if initial:
+            self._load(initial)
         self._worker = threading.Thread(target=self._work, name="ttt_kd_worker", daemon=True)
         self._worker.start()
 
@@ -97,7 +102,7 @@ class TTTKDNode(Node):
             labeler = CloudLabeler(path, self.poses, teacher=p["teacher"], steps=p["steps"], lr=p["lr"],
                                    mode=p["mode"], stride=p["stride"], point_budget=p["point_budget"],
                                    voxel_size=p["voxel_size"], sync_window_s=p["sync_window_s"],
-                                   max_views=p["max_views"], device=p["device"])
+                                   max_views=p["max_views"], device=p["device"], optimizer=p["optimizer"])
         except (OSError, ValueError, KeyError) as e:
             self.get_logger().error(f"cannot load TTT-KD model {path}: {e}")
             return False
@@ -120,12 +125,16 @@ class TTTKDNode(Node):
         threading.Thread(target=self._load_update, args=(msg.path, msg.checksum), daemon=True).start()
 
     def _load_update(self, path: str, checksum: str) -> None:
+        from pathlib import Path
+
         from tst_ros.tttkd.checkpoint import checkpoint_path
         from tst_ros.util import sha256_file
         try:
             file = checkpoint_path(path)
-            if checksum and sha256_file(file) != checksum:
-                raise ValueError(f"checksum mismatch for {file}")
+            # a directory's checksum is that of its manifest.json (the trainer's convention), a file's its own
+            signed = Path(path) / "manifest.json" if Path(path).is_dir() else file
+            if checksum and signed.is_file() and sha256_file(signed) != checksum:
+                raise ValueError(f"checksum mismatch for {signed}")
         except (OSError, ValueError) as e:
             self.get_logger().error(f"model update ignored: {e}")
             return
@@ -174,7 +183,19 @@ class TTTKDNode(Node):
         self._wake.set()
 
     # ------------------------------------------------------------------ worker
+    def _wait_for_pose(self, stamp_ns: int) -> None:
+        """Odometry may trail the cloud by a few ms: wait (bounded) until the buffer covers the stamp."""
+        deadline = time.monotonic() + float(self.params["pose_wait_s"])
+        while not self.poses.can_lookup(stamp_ns) and time.monotonic() < deadline and not self._stop.is_set():
+            span = self.poses.span_ns
+            if span is not None and stamp_ns < span[0]:
+                return  # older than anything buffered: waiting cannot help
+            time.sleep(0.01)
+
     def _work(self) -> None:
+        if int(self.params["threads"]) > 0:
+            import torch
+            torch.set_num_threads(int(self.params["threads"]))
         while not self._stop.is_set():
             if not self._wake.wait(timeout=0.2):
                 continue
@@ -194,6 +215,7 @@ class TTTKDNode(Node):
 
     def _label_and_publish(self, labeler, msg: PointCloud2) -> None:
         t0 = time.perf_counter()
+        self._wait_for_pose(stamp_to_ns(msg.header.stamp))
         xyz = cloud_xyz(msg)
         names = {f.name for f in msg.fields}
         rgb = cloud_rgb(msg) if ("rgb" in names or "rgba" in names) else None
