@@ -24,6 +24,15 @@ from tst_ros.tttkd.checkpoint import FeatureReducer, save_checkpoint
 from tst_ros.tttkd.teachers import HED_CHANNELS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine spinning OpenMP workers are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained model wired to the HED teacher (the node path does not depend on training)."""
@@ -47,7 +56,7 @@ def test_node_labels_every_point_of_a_sim_cloud_and_copies_the_header(checkpoint
     rclpy.init(context=context)
     try:
         params = [Parameter("model", value=str(checkpoint)), Parameter("steps", value=2),
-                  Parameter("mode", value="episodic"), Parameter("point_budget", value=3000),
+                  Parameter("mode", value="episodic"), Parameter("point_budget", value=3000), Parameter("threads", value=1),
                   Parameter("camera_extrinsic", value=matrix_to_extrinsic(sim.T_base_camera))]
         node = TTTKDNode(parameter_overrides=params, context=context)
         peer = Node("tttkd_test_peer", context=context)

@@ -3,7 +3,8 @@
 - dense matmul FLOP/s of this machine, measured in the same run (torch.matmul, fp32);
 - per preset (tiny, s): samples/s of full training steps (forward, backward, AdamW) on
   4 modalities, model FLOPs per step counted with torch.utils.flop_counter.FlopCounterMode,
-  MFU = model FLOP/s / matmul FLOP/s (target >= 0.3);
+  MFU = model FLOP/s / matmul FLOP/s (target >= 0.3). On a shared machine both sides are
+  best-of-N (fastest step, fastest matmul, re-measured after each preset);
 - data-loader stall: share of the training loop spent waiting for the next batch from
   `StoreDataset` (a store written from the simulator), target <= 5%.
 On CUDA the `b` preset is measured in bf16 as well.
@@ -76,13 +77,14 @@ def measure_preset(preset: str, image_size: int, patch: int, batch: int, steps: 
     with counter:
         step()
     flops = counter.get_total_flops()
-    step()
-    _sync(device)
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
         step()
-    _sync(device)
-    dt = (time.perf_counter() - t0) / steps
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    dt = min(times)           # the least disturbed step, like the best-of-N matmul it is compared with
     return {"flops_per_step": flops, "step_s": dt, "samples_per_s": batch / dt, "model_flops_per_s": flops / dt,
             "tokens": sum(model.n_tokens), "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
@@ -101,11 +103,11 @@ def loader_stall(quick: bool) -> dict:
     from tst_ros.data.from_sim import build_dataset
     from tst_ros.train.pretrain import pretrain
 
-    frames = 48 if quick else 160
+    frames = 32 if quick else 160
     with tempfile.TemporaryDirectory(prefix="tst_bench_pretrain_") as tmp:
         build_dataset(SimConfig(width=160, height=120, realtime=False),
                       RecordConfig(image_size=128, val_fraction=0.25, split_block_samples=8), frames, f"{tmp}/store")
-        cfg = PretrainConfig(preset="tiny", modalities=MODALITIES, steps=6 if quick else 30, batch=16, image_size=128,
+        cfg = PretrainConfig(preset="tiny", modalities=MODALITIES, steps=4 if quick else 30, batch=16, image_size=128,
                              patch=16, workers=1, checkpoint_every=0, val_batches=1, tensorboard=False)
         summary = pretrain(cfg, f"{tmp}/store", f"{tmp}/run")
     return {"loader.stall_share": round(summary["loader_stall_share"], 4),
@@ -119,17 +121,25 @@ def run(quick: bool = False) -> dict:
     device = resolve_device("auto")
     out: dict = {"device": device, "threads": torch.get_num_threads(), "image_size": 128, "patch": 16,
                  "modalities": ",".join(MODALITIES)}
-    peak = matmul_flops_per_s(device, 2048 if device == "cpu" else 8192, 3 if quick else 8)
+    peak = matmul_flops_per_s(device, 2048 if device == "cpu" else 8192, 4 if quick else 8)
     out["matmul.fp32_gflops_per_s"] = round(peak / 1e9, 2)
-    runs = {"tiny": 32, "s": 16} if device == "cpu" else {"tiny": 256, "s": 128, "b": 64}
+    results: dict = {}
+    if device == "cpu":
+        runs = {"tiny": 16, "s": 16} if quick else {"tiny": 32, "s": 32}
+    else:
+        runs = {"tiny": 256, "s": 128, "b": 64}
     for preset, batch in runs.items():
-        r = measure_preset(preset, 128, 16, batch, 2 if quick else 6, device)
+        r = measure_preset(preset, 128, 16, batch, 3 if quick else 6, device)
+        peak = max(peak, matmul_flops_per_s(device, 2048 if device == "cpu" else 8192, 4 if quick else 8))
+        out["matmul.fp32_gflops_per_s"] = round(peak / 1e9, 2)
+        results[preset] = (batch, r)
+    for preset, (batch, r) in results.items():
+        mfu = r["model_flops_per_s"] / peak
         out.update({f"{preset}.batch": batch, f"{preset}.samples_per_s": round(r["samples_per_s"], 2),
                     f"{preset}.gflops_per_step": round(r["flops_per_step"] / 1e9, 2),
                     f"{preset}.model_gflops_per_s": round(r["model_flops_per_s"] / 1e9, 2),
-                    f"{preset}.mfu": round(r["model_flops_per_s"] / peak, 3),
-                    f"{preset}.mfu_target": MFU_TARGET, f"{preset}.meets_target": r["model_flops_per_s"] / peak >= MFU_TARGET,
-                    f"{preset}.params_m": round(r["params_m"], 2)})
+                    f"{preset}.mfu": round(mfu, 3), f"{preset}.mfu_target": MFU_TARGET,
+                    f"{preset}.meets_target": mfu >= MFU_TARGET, f"{preset}.params_m": round(r["params_m"], 2)})
     if device.startswith("cuda"):
         peak16 = matmul_flops_per_s(device, 8192, 8, torch.bfloat16)
         r = measure_preset("b", 224, 16, 64, 10, device, bf16=True)

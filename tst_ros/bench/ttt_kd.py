@@ -63,10 +63,12 @@ def _plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7.0, 3.8), dpi=110)
     groups = list(dict.fromkeys(name.split(".")[-1] for name in curves))
+    variants = list(dict.fromkeys(name.rsplit(".", 1)[0] if name.startswith("lr") else "" for name in curves))
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v")]
     for name, values in curves.items():
         colour = f"C{groups.index(name.split('.')[-1])}"
-        ax.plot(KS, [100 * v for v in values], marker="o", color=colour, label=name,
-                linestyle="--" if name.startswith("lr") else "-")
+        line, marker = styles[variants.index(name.rsplit(".", 1)[0] if name.startswith("lr") else "") % len(styles)]
+        ax.plot(KS, [100 * v for v in values], marker=marker, color=colour, label=name, linestyle=line)
     ax.set_xlabel("adaptation steps k (episodic, per cloud)")
     ax.set_ylabel("point mIoU (%)")
     ax.set_xticks(KS)

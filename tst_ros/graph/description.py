@@ -69,7 +69,7 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
         "dataset": str(dataset),
         "stop_timeout_s": 6.0,  # SIGINT must stop the whole graph within 10 s
     }
-    ttt = {**_ros_parameters(cfg.ttt_kd), "checkpoint": str(run_dir / "tttkd" / "model.safetensors")}
+    ttt = {**_ros_parameters(cfg.ttt_kd), "checkpoint": str(run_dir / "tttkd")}
     specs = [
         NodeSpec("sim", "sim", "tst_ros.ros.nodes.sim:SimNode", _ros_parameters(cfg.sim)),
         NodeSpec("recorder", "recorder", "tst_ros.ros.nodes.recorder:RecorderNode", record),

@@ -54,7 +54,7 @@ class TransferData:
     """Labeled items preprocessed once to network resolution (arrays kept in memory)."""
 
     def __init__(self, items: list[dict], input_modalities: list[str], preprocessing: dict,
-                 thing_class_ids: list[int], num_things_stride: int = 4):
+                 thing_class_ids: list[int], stride: int = 4):
         import cv2
 
         from tst_ros.perception.heads import detection_targets
@@ -82,7 +82,7 @@ class TransferData:
         self.semantic = np.stack(self.semantic).astype(np.int64)
         self.size = size
         self.num_things = len(thing_class_ids)
-        self.stride = num_things_stride
+        self.stride = stride
         # detection targets for the plain and the horizontally flipped image
         self.targets = {}
         for flip in (False, True):

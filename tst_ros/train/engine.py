@@ -54,6 +54,18 @@ class Distributed:
         dist.all_reduce(t)
         return (t / self.world).tolist()
 
+    def mean_of(self, values: dict[str, float], keys: list[str]) -> dict[str, float]:
+        """Mean over processes of each key's value, over the processes that have it (the key
+        list is the same everywhere, so ranks that lack a modality in their batch still agree)."""
+        present = [1.0 if k in values and math.isfinite(values[k]) else 0.0 for k in keys]
+        sums = [values[k] if p else 0.0 for k, p in zip(keys, present)]
+        if self.world > 1:
+            import torch.distributed as dist
+            t = torch.tensor(sums + present, dtype=torch.float64)
+            dist.all_reduce(t)
+            sums, present = t[:len(keys)].tolist(), t[len(keys):].tolist()
+        return {k: v / c for k, v, c in zip(keys, sums, present) if c > 0}
+
     def any(self, flag: bool) -> bool:
         if self.world == 1:
             return flag

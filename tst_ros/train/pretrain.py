@@ -8,6 +8,7 @@ grids/ (visible input / prediction / target pictures on held-out frames).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -43,12 +44,13 @@ def collate(items: list[dict]) -> dict:
     return torch.utils.data.default_collate(items)
 
 
-def make_loader(dataset, cfg: PretrainConfig, dist: engine.Distributed, start: int, total: int, workers: int):
+def make_loader(dataset, cfg: PretrainConfig, dist: engine.Distributed, start: int, total: int, workers: int,
+                pin_memory: bool = False):
     sampler = engine.MicroBatchSampler(len(dataset), cfg.seed, cfg.batch, dist.world, dist.rank, cfg.accum,
                                        start, total)
     extra = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       **extra)
+                                       pin_memory=pin_memory, **extra)
 
 
 def to_device(batch: dict, device: str) -> dict:
@@ -114,7 +116,7 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
     out = Path(out)
     device = resolve_device(cfg.device)
     if device.startswith("cuda"):
-        torch.cuda.set_device(int(__import__("os").environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist = engine.Distributed.from_env(device)
     names = method_modalities(cfg)
     if dist.main:
@@ -142,11 +144,12 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device != "cpu" else None)
     workers = cfg.workers if dist.world == 1 else min(cfg.workers, 1)
-    loader = make_loader(dataset, cfg, dist, start, cfg.steps, workers)
+    loader = make_loader(dataset, cfg, dist, start, cfg.steps, workers, pin_memory=device.startswith("cuda"))
     reporter = engine.Reporter(out, "pretrain", cfg.steps, start, dist.main, progress_jsonl, cfg.tensorboard)
     reporter.message(f"pre-training {cfg.method} ({cfg.preset}, {names}) on {len(dataset)} samples, "
                      f"steps {start}->{cfg.steps}, batch {cfg.batch}, lr {peak:.2e}", start)
     losses: list[float] = []
+    stat_keys = ["loss", "grad_norm"] + [f"loss/{n}" for n in model.names]
     stopped = False
     step = start
     last_stats: dict[str, float] = {}
@@ -186,8 +189,7 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
                 step_stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            keys = sorted(step_stats)
-            step_stats = dict(zip(keys, dist.mean([step_stats[k] for k in keys])))
+            step_stats = dist.mean_of(step_stats, stat_keys)
             step_stats["lr"] = optimizer.param_groups[0]["lr"]
             losses.append(step_stats["loss"])
             last_stats = step_stats
