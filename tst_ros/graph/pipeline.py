@@ -96,7 +96,10 @@ class Pipeline:
 
         summary = pretrain(self.cfg.pretrain, self.data, self.run / "pretrain", resume=True,
                            progress_jsonl=self.progress.jsonl, full_config=self.cfg)
-        return {"steps": summary.get("step")} if isinstance(summary, dict) else {}
+        if summary.get("stopped"):
+            # checkpoint saved; the stage is not done, the next run resumes it
+            raise KeyboardInterrupt(f"pre-training stopped at step {summary.get('step')}")
+        return {"steps": summary.get("step")}
 
     def stage_labeled_set(self) -> dict:
         from tst_ros.sim import labeled_set

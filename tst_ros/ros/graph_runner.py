@@ -105,7 +105,8 @@ class Supervisor(Node):
         self.seen.trainer = msg
 
     def _model(self, msg):
-        self.seen.model = msg
+        if not msg.tasks or "segmentation" in msg.tasks:  # intermediate encoder checkpoints are not deployed
+            self.seen.model = msg
 
     def _label_info(self, task, msg):
         with self.lock:
