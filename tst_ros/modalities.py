@@ -7,7 +7,7 @@ entries and never names a specific modality; adding a modality is adding an entr
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np

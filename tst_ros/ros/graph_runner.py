@@ -8,14 +8,11 @@ from which it measures deployment latency and throughput for the report.
 from __future__ import annotations
 
 import importlib
-import os
-import signal
 import sys
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import rclpy

@@ -1,1 +1,34 @@
 """ROS 2 nodes: each converts messages, schedules work and calls the ROS-free core."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+
+def run_node(node_cls, argv: list[str] | None = None, finished=None) -> int:
+    """`main()` of every node: rclpy.init, spin until SIGINT/SIGTERM (or `finished(node)`),
+    destroy the node (nodes stop their workers and children there) and shut down."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = node_cls()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and rclpy.ok() and not (finished and finished(node)):
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if hasattr(node, "stats"):
+            node.get_logger().info(f"shutting down: {node.stats()}")
+        executor.remove_node(node)
+        node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    return 0

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
 import threading
 from pathlib import Path
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -288,32 +285,3 @@ def parameters_from_config(cfg) -> list:
     from rclpy.parameter import Parameter
 
     return [Parameter(f.name, value=getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
-
-
-def run_node(node_cls, argv=None) -> int:
-    """rclpy.init, spin one node until SIGINT/SIGTERM, shut down cleanly."""
-    rclpy.init(args=argv)
-    node = node_cls()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    stop = threading.Event()
-
-    def request_stop(signum, frame):
-        stop.set()
-        executor.wake() if hasattr(executor, "wake") else None
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.get_logger().info(f"shutting down: {node.stats()}")
-        executor.remove_node(node)
-        node.destroy_node()
-        executor.shutdown()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0

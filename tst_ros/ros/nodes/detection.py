@@ -14,7 +14,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from tst_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 from tst_ros.perception.runtime import Predictor, palette
-from tst_ros.ros.nodes._model_node import ModelServingNode, run_node
+from tst_ros.ros.nodes import run_node
+from tst_ros.ros.nodes._model_node import ModelServingNode
 
 MARKER_PLANE_M = 1.0
 

@@ -17,18 +17,16 @@ from __future__ import annotations
 import importlib
 import json
 import queue
-import signal
 import sys
 import threading
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
+from tst_ros.ros.nodes import run_node
 from tst_ros.config import RecordConfig
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
@@ -274,17 +272,7 @@ class RecorderNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = RecorderNode()
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(RecorderNode, argv)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,14 @@ seconds) until every topic has a subscriber before starting.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 
+from tst_ros.ros.nodes import run_node
 from tst_ros.data.bagio import bag_topics
 from tst_ros.data.replay import ReplayTimer
 from tst_ros.ros import conversions as conv
@@ -96,18 +94,7 @@ class ReplayNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = ReplayNode()
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        while rclpy.ok() and not node.done.is_set():
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(ReplayNode, argv, finished=lambda node: node.done.is_set())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from sensor_msgs.msg import Image
 
 from tst_ros.perception.runtime import Predictor, overlay, palette
 from tst_ros.ros.conversions import array_to_image
-from tst_ros.ros.nodes._model_node import ModelServingNode, run_node
+from tst_ros.ros.nodes import run_node
+from tst_ros.ros.nodes._model_node import ModelServingNode
 
 
 class SegmentationNode(ModelServingNode):

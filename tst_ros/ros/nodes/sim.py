@@ -10,17 +10,16 @@ simulator's epoch). Rendering happens in the timer callback; all simulation is t
 """
 from __future__ import annotations
 
-import signal
 import sys
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from nav_msgs.msg import Odometry
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
 
+from tst_ros.ros.nodes import run_node
 from tst_ros.config import SimConfig
 from tst_ros.poses import matrix_to_extrinsic
 from tst_ros.ros import conversions as conv
@@ -159,17 +158,7 @@ class SimNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = SimNode()
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimNode, argv)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
+from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
 from tst_ros.ros import conversions as conv
 from tst_ros.ros.qos import qos_latched, qos_profile
@@ -300,17 +298,7 @@ class TrainerNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = TrainerNode()
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(TrainerNode, argv)
 
 
 if __name__ == "__main__":

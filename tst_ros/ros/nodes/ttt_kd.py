@@ -9,7 +9,6 @@ Reloads the model when /tst/model announces one whose tasks include "tttkd".
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate
 from tst_ros.poses import PoseBuffer
 from tst_ros.ros.conversions import (camera_info_to_intrinsics, cloud_rgb, cloud_xyz, depth_to_metres,
@@ -320,25 +320,7 @@ def measure_online_rate(checkpoint: str, frames: list, intrinsics, T_base_camera
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = TTTKDNode()
-    stop = threading.Event()
-
-    def _shutdown(*_):
-        stop.set()
-    signal.signal(signal.SIGTERM, _shutdown)
-    signal.signal(signal.SIGINT, _shutdown)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        executor.remove_node(node)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(TTTKDNode, argv)
 
 
 if __name__ == "__main__":
