@@ -7,13 +7,7 @@ import torch
 from tst_ros.models import PRESETS, build_encoder, load_encoder, save_encoder
 from tst_ros.models.vit import PositionalInputs
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models on a shared 2-core machine run fastest without intra-op threading."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -10,13 +10,7 @@ from tst_ros.models.multimae import build_mask, gather_tokens, split_budget
 
 NAMES = ["rgb", "depth", "normals", "edges", "imu"]
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models on a shared 2-core machine run fastest without intra-op threading."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

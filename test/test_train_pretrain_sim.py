@@ -16,13 +16,7 @@ SIZE, PATCH, STEPS = 64, 16, 100
 MODS = ["rgb", "depth", "normals", "edges"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models on a shared 2-core machine run fastest without intra-op threading."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from tst_ros.tttkd.checkpoint import FeatureReducer, load_checkpoint, save_check
 from tst_ros.tttkd.projection import View, points_in_camera, project_features, visibility
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine spinning OpenMP workers are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 INTR = Intrinsics.from_fov(64, 48, 70.0)
 

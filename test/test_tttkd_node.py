@@ -24,13 +24,7 @@ from tst_ros.tttkd.checkpoint import FeatureReducer, save_checkpoint
 from tst_ros.tttkd.teachers import HED_CHANNELS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine spinning OpenMP workers are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

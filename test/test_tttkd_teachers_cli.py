@@ -10,13 +10,7 @@ from tst_ros.cli import main as tst_ros_main
 from tst_ros.tttkd.teachers import ONNXTeacher, TSTMMTeacher, make_teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine spinning OpenMP workers are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _frame(h=48, w=64, seed=0):
