@@ -11,7 +11,6 @@ finished stage (pre-training itself resumes from its checkpoint).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -71,9 +70,8 @@ class Pipeline:
                 self.progress.stage(stage, 1, 1, "already done (resumed)")
                 continue
             self.progress.stage(stage, 0, 1, "starting")
-            # stage functions print their own logs; keep stdout for the progress protocol only
-            with contextlib.redirect_stdout(sys.stderr) if self.progress.jsonl else contextlib.nullcontext():
-                info = getattr(self, f"stage_{stage}")()
+            # stages speak the progress protocol on stdout; the trainer ignores any other line
+            info = getattr(self, f"stage_{stage}")()
             self._done(stage, info)
         self.metrics["budget"] = self.budget(time.perf_counter() - t0)
         atomic_write_json(self.metrics_path, self.metrics)
@@ -126,7 +124,7 @@ class Pipeline:
         p = self.cfg.pretrain
         return transfer(encoder, str(self.labeled), str(self.run / out), cfg=self.cfg.transfer, preset=p.preset,
                         image_size=self.cfg.record.image_size, patch=p.patch,
-                        progress_stream=sys.__stdout__ if self.progress.jsonl else None,
+                        progress_stream=sys.stdout if self.progress.jsonl else None,
                         show_bar=not self.progress.jsonl)
 
     def stage_transfer(self) -> dict:
@@ -158,7 +156,7 @@ class Pipeline:
         if t.teacher in ("tstmm", "auto") and not getattr(t, "run", ""):
             t.run = str(self.run / "pretrain")
         return _jsonable(run_training(t, self.cfg.sim, str(self.run / "tttkd"), show_bar=not self.progress.jsonl,
-                                      progress_stream=sys.__stdout__ if self.progress.jsonl else None))
+                                      progress_stream=sys.stdout if self.progress.jsonl else None))
 
     def stage_tttkd_eval(self) -> dict:
         from tst_ros.cli import main as cli_main

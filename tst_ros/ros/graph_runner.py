@@ -182,9 +182,12 @@ class Graph:
                 print(f"[specialize] stopping {node.get_name()}: {e}", file=sys.stderr)
             if time.monotonic() > deadline:
                 break
+        everything = self.nodes + ([self.supervisor] if self.supervisor else [])
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=max(0.1, deadline - time.monotonic()))
-        for node in self.nodes + ([self.supervisor] if self.supervisor else []):
+            for node in everything:
+                self.executor.remove_node(node)
+        for node in everything:
             try:
                 node.destroy_node()
             except Exception:  # noqa: BLE001

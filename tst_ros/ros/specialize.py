@@ -122,6 +122,7 @@ class Specialize:
                         break
                 else:
                     self._show_progress(seen)
+                self._pause_rig_while_training(seen)
             else:
                 interrupted = True
         finally:
@@ -149,6 +150,16 @@ class Specialize:
         print(f"[specialize] {verdict(metrics.get('segdet', {}))}", file=sys.stderr)
         print(f"[specialize] report: {report}", file=sys.stderr)
         return 0
+
+    def _pause_rig_while_training(self, seen: Observed) -> None:
+        """Between the end of recording and the model's arrival nothing consumes the sensor
+        streams; pausing the simulated rig leaves both cores to the trainer's child."""
+        sim = next((n for n in self.graph.nodes if hasattr(n, "set_paused")), None)
+        if sim is None:
+            return
+        rec = seen.recorder
+        recorded = rec is not None and int(rec.samples_written) >= self.cfg.specialize.record_frames
+        sim.set_paused(recorded and seen.model is None)
 
     def _show_progress(self, seen: Observed) -> None:
         target = self.cfg.specialize.record_frames

@@ -94,6 +94,7 @@ class SimNode(Node):
         self.published = 0
         self.render_s = 0.0
         self.done = False
+        self.paused = False
         period = 1.0 / self.sim_cfg.camera_rate_hz if self.realtime else 0.0
         self.timer = self.create_timer(period, self._tick)
         self.get_logger().info(
@@ -109,8 +110,15 @@ class SimNode(Node):
         msg.transform = conv.matrix_to_transform(T)
         return msg
 
+    def set_paused(self, paused: bool) -> None:
+        """Stop / resume rendering (the in-process demo pauses the rig while it trains).
+        On resume the real-time clock jumps to the frame due now."""
+        if paused != self.paused:
+            self.paused = paused
+            self.get_logger().info("paused" if paused else "resumed")
+
     def _tick(self) -> None:
-        if self.done:
+        if self.done or self.paused:
             return
         if self.frames_total and self.published >= self.frames_total:
             self.done = True
