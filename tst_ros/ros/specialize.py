@@ -8,6 +8,7 @@ seconds; running again resumes (the store keeps its samples, the pipeline its st
 """
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -101,6 +102,7 @@ class Specialize:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         t_start = time.monotonic()
         deploy_started = None
+        reported = False
         interrupted = False
         try:
             self.graph.start()
@@ -116,10 +118,15 @@ class Specialize:
                     deploy_started = deploy_started or time.monotonic()
                     elapsed = time.monotonic() - deploy_started
                     outputs = ", ".join(f"{k} {v}" for k, v in sorted(seen.counts.items()))
-                    self.bars.show("deploy", round(elapsed), self.cfg.specialize.deploy_seconds,
+                    self.bars.show("serve" if reported else "deploy", round(elapsed),
+                                   elapsed if reported else self.cfg.specialize.deploy_seconds,
                                    f"model v{seen.model.version}; {outputs}")
-                    if elapsed >= self.cfg.specialize.deploy_seconds and not self.cfg.specialize.serve:
-                        break
+                    if not reported and elapsed >= self.cfg.specialize.deploy_seconds:
+                        self._write_report(elapsed)
+                        reported = True
+                        if not self.cfg.specialize.serve:
+                            break
+                        print("[specialize] serving; Ctrl-C to stop", file=sys.stderr)
                 else:
                     self._show_progress(seen)
                 self._pause_rig_while_training(seen)
@@ -131,25 +138,35 @@ class Specialize:
             self.graph.stop()
             for s, h in old.items():
                 signal.signal(s, h)
-        seen = self.graph.supervisor.seen
-        seconds = time.monotonic() - deploy_started if deploy_started else 0.0
-        atomic_write_json(self.run_dir / "deploy.json", deployment_summary(seen, seconds))
-        save_samples(seen, self.run_dir)
+        if reported:
+            return 0
         if interrupted:
+            self._save_deployment(time.monotonic() - deploy_started if deploy_started else 0.0)
             print(f"[specialize] stopped; data and checkpoints are in {self.run_dir} (run again to resume)",
                   file=sys.stderr)
             return 130
+        report = self._write_report(time.monotonic() - deploy_started if deploy_started else 0.0)
+        print(f"[specialize] error: {self.failed}; partial report: {report}", file=sys.stderr)
+        return 1
+
+    def _save_deployment(self, seconds: float) -> None:
+        seen = self.graph.supervisor.seen
+        with self.graph.supervisor.lock:
+            summary = deployment_summary(seen, seconds)
+        atomic_write_json(self.run_dir / "deploy.json", summary)
+        save_samples(seen, self.run_dir)
+
+    def _write_report(self, seconds: float) -> Path:
         from tst_ros.graph.report import verdict, write_report
 
+        self._save_deployment(seconds)
         report = write_report(self.run_dir)
-        if self.failed:
-            print(f"[specialize] error: {self.failed}; partial report: {report}", file=sys.stderr)
-            return 1
-        import json
-        metrics = json.loads((self.run_dir / "metrics.json").read_text()) if (self.run_dir / "metrics.json").is_file() else {}
-        print(f"[specialize] {verdict(metrics.get('segdet', {}))}", file=sys.stderr)
-        print(f"[specialize] report: {report}", file=sys.stderr)
-        return 0
+        if not self.failed:
+            metrics_path = self.run_dir / "metrics.json"
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+            print(f"\n[specialize] {verdict(metrics.get('segdet', {}))}", file=sys.stderr)
+            print(f"[specialize] report: {report}", file=sys.stderr)
+        return report
 
     def _pause_rig_while_training(self, seen: Observed) -> None:
         """Between the end of recording and the model's arrival nothing consumes the sensor
