@@ -37,6 +37,9 @@ DEFAULT_TOPICS = {"rgb": "/camera/color/image_raw", "depth": "/camera/depth/imag
 SAMPLE_MODALITIES = IMAGE_MODALITIES + ("imu", "points")
 
 
+# frames held for odometry that trails them before they are stored without a pose
+POSE_WAIT_FRAMES = 30
+
 class ArrayDecoder:
     """Decoder for payloads that already are arrays (simulator frames, tests).
 
@@ -108,6 +111,7 @@ class RecordingPipeline:
         self._carry: tuple[int | None, list, list] | None = None
         self._last_kept: dict | None = None
         self._resets_seen = 0
+        self._pose_wait: list[SyncedFrame] = []
         self._closed = False
         self.started = time.monotonic()
 
@@ -129,11 +133,11 @@ class RecordingPipeline:
 
     def release_pending(self) -> int:
         """Release frames still waiting for slower streams (inputs went quiet); state is kept."""
-        return self._handle(self.sync.flush())
+        return self._handle(self.sync.flush(), force=True)
 
     def flush(self) -> int:
         """Release every pending frame and commit (end of input)."""
-        n = self._handle(self.sync.flush())
+        n = self._handle(self.sync.flush(), force=True)
         self.commit()
         return n
 
@@ -156,18 +160,29 @@ class RecordingPipeline:
             return None
 
     # ------------------------------------------------------------------ frames
-    def _handle(self, frames: list[SyncedFrame]) -> int:
+    def _handle(self, frames: list[SyncedFrame], force: bool = False) -> int:
         if self.sync.resets != self._resets_seen:
             self._resets_seen = self.sync.resets
             self._carry = None
             self._last_kept = None
+        self._pose_wait.extend(frames)
         n = 0
-        for frame in frames:
+        for frame in self._pose_ready(force):
             if self.full:
                 self.counts["max_samples_reached"] += 1
                 continue
             n += self._process(frame)
         return n
+
+    def _pose_ready(self, force: bool) -> list[SyncedFrame]:
+        """Frames whose odometry has arrived: odometry may trail the images it belongs to by a
+        few messages, so a frame waits (up to POSE_WAIT_FRAMES) until the pose buffer covers it."""
+        span = self.poses.span_ns
+        ready = []
+        while self._pose_wait and (force or span is None or self._pose_wait[0].stamp_ns <= span[1]
+                                   or len(self._pose_wait) > POSE_WAIT_FRAMES):
+            ready.append(self._pose_wait.pop(0))
+        return ready
 
     def _carry_window(self, frame: SyncedFrame) -> None:
         """A frame that is not stored hands its IMU window to the next stored frame."""
