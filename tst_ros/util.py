@@ -45,15 +45,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def weights_file(path: str | os.PathLike, filename: str, what: str) -> Path:
+    """A run directory or a .safetensors file -> the weights file (FileNotFoundError if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path} (expected a run directory with {filename} "
+                                f"or a .safetensors file)")
+    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from tst_ros.util import atomic_write_json
+from tst_ros.util import atomic_write_json, json_default
 
 FORMAT = "tst_ros.store"
 VERSION = 1
@@ -239,7 +239,7 @@ class Store:
                  "split": split_of(seq, self.meta["split"]["val_fraction"], self.meta["split"]["block_samples"]),
                  "arrays": layout, "present": {k: bool(v) for k, v in (present or {}).items()}}
         entry.update(extra or {})
-        self._staged.append((seq, (json.dumps(entry, separators=(",", ":"), default=_json_default) + "\n").encode()))
+        self._staged.append((seq, (json.dumps(entry, separators=(",", ":"), default=json_default) + "\n").encode()))
         self._staged_entries.append(entry)
         if self._shard_fd not in self._dirty_fds:
             self._dirty_fds.append(self._shard_fd)
@@ -361,11 +361,3 @@ class Store:
                 "intrinsics": self.meta.get("intrinsics"), "source": self.meta.get("source"),
                 "ground_truth": self.meta.get("ground_truth", []),
                 "shards": len({e["file"] for e in self.entries}), "disk_bytes": self.disk_bytes()}
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

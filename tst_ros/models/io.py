@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from tst_ros.util import atomic_write_bytes
+from tst_ros.util import atomic_write_bytes, weights_file
 
 ENCODER_FILE = "encoder.safetensors"
 FORMAT = "tst_ros.encoder/1"
@@ -21,13 +21,7 @@ FORMAT = "tst_ros.encoder/1"
 
 def encoder_path(path: str | os.PathLike) -> Path:
     """A run directory or an encoder file -> the encoder file (FileNotFoundError if missing)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / ENCODER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no encoder weights at {path} (expected a run directory with {ENCODER_FILE} "
-                                f"or a .safetensors file)")
-    return path
+    return weights_file(path, ENCODER_FILE, "encoder weights")
 
 
 def save_encoder(encoder: torch.nn.Module, path: str | os.PathLike, **extra) -> Path:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from tst_ros.tttkd.backbones import TTTKDModel
-from tst_ros.util import atomic_write_bytes
+from tst_ros.util import atomic_write_bytes, weights_file
 
 FORMAT = "tst_ros.tttkd/1"
 CHECKPOINT_FILE = "tttkd.safetensors"
@@ -58,13 +58,7 @@ class FeatureReducer:
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no TTT-KD checkpoint at {path} (expected a run directory with "
-                                f"{CHECKPOINT_FILE} or a .safetensors file)")
-    return path
+    return weights_file(path, CHECKPOINT_FILE, "TTT-KD checkpoint")
 
 
 def save_checkpoint(path: str | os.PathLike, model: TTTKDModel, reducer: FeatureReducer, **meta) -> Path:
