@@ -36,6 +36,24 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _grouped_bars(ax, labels: list[str], series: dict[str, list[float]], label_values: bool = False, **tick_kw):
+    """One bar group per label, one bar per series (method) inside each group."""
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        bars = ax.bar(np.arange(len(labels)) + i * width, values, width, label=name)
+        if label_values:
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2, labels, **tick_kw)
+    ax.legend()
+
+
 def training_curves(log: list[dict], out: Path) -> Path | None:
     rows = [r for r in log if "step" in r and "loss" in r]
     if not rows:
@@ -50,31 +68,20 @@ def training_curves(log: list[dict], out: Path) -> Path | None:
     ax.set_title("TST-MM pre-training on the test building")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def comparison_chart(segdet: dict, out: Path) -> Path | None:
     if not segdet:
         return None
-    methods = list(segdet)
     metrics = [("miou", "seg mIoU"), ("map", "det mAP@[.5:.95]"), ("map50", "det mAP@.5")]
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        vals = [100 * float(segdet[method].get(k, 0.0) or 0.0) for k, _ in metrics]
-        bars = ax.bar(np.arange(len(metrics)) + i * width, vals, width, label=method)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(methods) - 1) / 2, [m for _, m in metrics])
+    _grouped_bars(ax, [label for _, label in metrics],
+                  {m: [100 * float(r.get(k, 0.0) or 0.0) for k, _ in metrics] for m, r in segdet.items()},
+                  label_values=True)
     ax.set_ylabel("%")
     ax.set_title("Held-out frames of the test building")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def per_class_chart(segdet: dict, out: Path) -> Path | None:
@@ -85,17 +92,10 @@ def per_class_chart(segdet: dict, out: Path) -> Path | None:
     if not classes:
         return None
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(classes)), 3.6))
-    width = 0.8 / len(per)
-    for i, (method, table) in enumerate(per.items()):
-        vals = [100 * float(table.get(c) if table.get(c) is not None else np.nan) for c in classes]
-        ax.bar(np.arange(len(classes)) + i * width, vals, width, label=method)
-    ax.set_xticks(np.arange(len(classes)) + width * (len(per) - 1) / 2, classes, rotation=60, ha="right", fontsize=8)
+    _grouped_bars(ax, classes, {m: [100 * float(t[c]) if t.get(c) is not None else np.nan for c in classes]
+                                for m, t in per.items()}, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("IoU %")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def tttkd_chart(tttkd: dict, out: Path) -> Path | None:
@@ -111,10 +111,7 @@ def tttkd_chart(tttkd: dict, out: Path) -> Path | None:
     ax.set_title("TTT-KD: 3D labels before (k=0) and after adaptation")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def verdict(segdet: dict) -> str:

@@ -393,5 +393,7 @@ def build_tstmm(encoder: Encoder | str = "tiny", modalities: list[str] | None = 
                 decoder_dim: int = DECODER_DIM, decoder_depth: int = DECODER_DEPTH) -> TSTMM:
     """TST-MM around an existing encoder or a new one built from a preset name."""
     if isinstance(encoder, str):
-        encoder = build_encoder(encoder, list(modalities or ["rgb"]), image_size, patch)
+        if not modalities:
+            raise ValueError("build_tstmm with a preset name needs the input modalities (registry names)")
+        encoder = build_encoder(encoder, list(modalities), image_size, patch)
     return TSTMM(encoder, visible_fraction, dirichlet_alpha, decoder_dim, decoder_depth)

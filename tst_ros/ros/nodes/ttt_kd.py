@@ -142,28 +142,23 @@ class TTTKDNode(Node):
 
     # ------------------------------------------------------------------ inputs (cheap)
     def _on_image(self, msg: Image) -> None:
-        try:
-            rgb = image_to_rgb(msg).copy()
-        except ValueError as e:
-            self._warn_once("image", f"image dropped: {e}")
-            return
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._images.append((stamp, rgb))
-        labeler = self.labeler
-        if labeler is not None:
-            labeler.add_image(stamp, rgb)
+        self._buffer("image", msg, image_to_rgb, self._images)
 
     def _on_depth(self, msg: Image) -> None:
+        self._buffer("depth", msg, depth_to_metres, self._depths)
+
+    def _buffer(self, kind: str, msg: Image, convert, buffer: deque) -> None:
+        """Keep a converted copy of a recent image or depth frame for the cloud that will need it."""
         try:
-            depth = depth_to_metres(msg).copy()
+            array = convert(msg).copy()
         except ValueError as e:
-            self._warn_once("depth", f"depth dropped: {e}")
+            self._warn_once(kind, f"{kind} dropped: {e}")
             return
         stamp = stamp_to_ns(msg.header.stamp)
-        self._depths.append((stamp, depth))
+        buffer.append((stamp, array))
         labeler = self.labeler
         if labeler is not None:
-            labeler.add_depth(stamp, depth)
+            getattr(labeler, f"add_{kind}")(stamp, array)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
