@@ -7,8 +7,10 @@ from tst_ros import modalities
 from tst_ros.config import RecordConfig, SimConfig
 from tst_ros.data import derive
 from tst_ros.data.from_sim import build_dataset
-from tst_ros.data.loader import StoreDataset, make_loader, normalise
+from tst_ros.data.loader import StoreDataset, make_loader
+from tst_ros.data.store import Store
 from tst_ros.geometry import Intrinsics, project
+from tst_ros.train.data import prepare_batch
 
 
 def test_normals_of_a_tilted_plane_point_towards_the_camera():
@@ -48,9 +50,12 @@ def test_loader_items_follow_the_contract(store):
     item = ds[0]
     assert item["rgb"].shape == (3, 32, 32) and item["depth"].shape == (1, 32, 32)
     assert item["normals"].shape == (3, 32, 32) and item["imu"].shape == (16, 6)
-    assert all(v.dtype == torch.float32 for k, v in item.items() if k not in ("present", "semantic"))
+    # images travel in their compact storage dtype; the IMU window is small and arrives normalised
+    assert [item[n].dtype for n in ("rgb", "depth", "normals", "edges")] == [torch.uint8, torch.uint16, torch.int8,
+                                                                             torch.uint8]
+    assert item["imu"].dtype == torch.float32 and abs(float(item["imu"][:, 2].mean())) < 1.0   # gravity removed
     assert all(bool(p) for p in item["present"].values())
-    assert item["semantic"].shape == (32, 32)
+    assert item["semantic"].shape == (32, 32) and item["semantic"].dtype == torch.uint8
 
 
 def test_augmentation_is_identical_across_modalities_and_flip_negates_normals_x(store):
@@ -60,11 +65,11 @@ def test_augmentation_is_identical_across_modalities_and_flip_negates_normals_x(
     plain = ds[2]
     box = (0, 0, 48, 48, True)
     flipped = ds[2]
-    for name in ("rgb", "depth"):
-        torch.testing.assert_close(flipped[name], plain[name].flip(-1))
-    torch.testing.assert_close(flipped["normals"][0], -plain["normals"][0].flip(-1))
-    torch.testing.assert_close(flipped["normals"][1:], plain["normals"][1:].flip(-1))
-    torch.testing.assert_close(flipped["semantic"], plain["semantic"].flip(-1))
+    plain, flipped = ({k: v.int() for k, v in it.items() if k != "present"} for it in (plain, flipped))
+    for name in ("rgb", "depth", "semantic"):
+        assert torch.equal(flipped[name], plain[name].flip(-1))
+    assert torch.equal(flipped["normals"][0], -plain["normals"][0].flip(-1))
+    assert torch.equal(flipped["normals"][1:], plain["normals"][1:].flip(-1))
     # a random crop moves depth, rgb and labels together: the invalid-depth mask stays aligned
     ds2 = StoreDataset(store, split="all", modalities=["rgb", "depth"], size=48, augment=True, seed=3)
     item = ds2[1]
@@ -72,13 +77,18 @@ def test_augmentation_is_identical_across_modalities_and_flip_negates_normals_x(
     assert not torch.equal(item["rgb"], ref[1]["rgb"])
 
 
-def test_lookup_normalisation_equals_the_registry(store):
-    rng = np.random.default_rng(0)
-    for name, arr in [("rgb", rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)),
-                      ("normals", rng.integers(-127, 128, (9, 7, 3)).astype(np.int8)),
-                      ("depth", rng.integers(0, 65535, (9, 7)).astype(np.uint16))]:
-        m = modalities.get(name)
-        np.testing.assert_array_equal(normalise(m, arr[:, ::-1]), m.normalise(arr[:, ::-1]))
+def test_prepared_batch_equals_the_registry_normalisation_of_the_stored_arrays(store):
+    names = ["rgb", "depth", "normals", "edges"]
+    ds = StoreDataset(store, split="all", modalities=names, size=48)      # 48 = stored size: no resize
+    batch = prepare_batch(torch.utils.data.default_collate([ds[3], ds[4]]))
+    arrays = Store(store, "r").read(ds.entries[3]["seq"], names=names + ["semantic"])
+    for name in names:
+        assert batch[name].dtype == torch.float32
+        np.testing.assert_allclose(batch[name][0].numpy(), modalities.get(name).normalise(arrays[name]), atol=1e-6)
+    assert (batch["depth"][0][0].numpy() == 0)[arrays["depth"] == 0].all()          # invalid depth -> 0
+    assert batch["semantic"].dtype == torch.int64
+    assert torch.equal(batch["semantic"][0], torch.from_numpy(arrays["semantic"].astype(np.int64)))
+    assert batch["present"]["rgb"].dtype == torch.bool
 
 
 def test_loader_runs_with_two_workers_and_reports_absent_modalities(store):

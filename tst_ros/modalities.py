@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 Kind = Literal["image", "feature_map", "point_cloud", "imu"]
 
@@ -36,17 +37,26 @@ class Modality:
     flip_negate_channels: tuple[int, ...] = ()  # channels that change sign under horizontal flip
     window: int = 0                     # samples per IMU window (imu kind only)
 
+    def normalise_tensor(self, stored: torch.Tensor, channel_dim: int = -3) -> torch.Tensor:
+        """Stored values (any dtype, channels along `channel_dim`) -> float32 network input.
+
+        The one normalisation formula; training applies it on the device to batches that
+        travelled in their compact storage dtype."""
+        shape = [1] * stored.ndim
+        shape[channel_dim] = -1
+        std = torch.tensor(self.std, dtype=torch.float64)
+        gain = (self.scale / std).to(torch.float32, copy=False).reshape(shape).to(stored.device)
+        offset = (torch.tensor(self.mean, dtype=torch.float64) / std).to(torch.float32).reshape(shape).to(stored.device)
+        x = stored.to(torch.float32, copy=True).mul_(gain).sub_(offset)   # in place: two passes over the batch
+        if self.invalid_value is not None:
+            x.masked_fill_(stored == self.invalid_value, 0.0)
+        return x
+
     def normalise(self, stored: np.ndarray) -> np.ndarray:
         """Stored array (H, W, C) or (H, W) -> float32 (C, H, W) network input."""
-        x = stored.astype(np.float32) * self.scale
-        if x.ndim == 2:
-            x = x[..., None]
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        x = (x - mean) / std
-        if self.invalid_value is not None:
-            x[np.broadcast_to(stored.reshape(x.shape[:2] + (-1,)) == self.invalid_value, x.shape)] = 0.0
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        hwc = stored[..., None] if stored.ndim == 2 else stored
+        chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+        return self.normalise_tensor(chw).numpy()
 
 
 REGISTRY: dict[str, Modality] = {}

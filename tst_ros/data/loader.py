@@ -1,11 +1,14 @@
 """`StoreDataset`: the PyTorch view of a dataset store for training.
 
-Each item is a dict: for every requested modality a float32 tensor normalised with the
-registry (image kinds (C, S, S), imu (window, 6), points (P, 6)), zeros when the sample
-lacks it; "present": {name: bool tensor}; and "semantic" (S, S) int64 (255 = unlabeled)
-when the store holds simulator ground truth. Augmentations (random resized crop and
-horizontal flip, with the registry's `flip_negate_channels` negated, e.g. normals' x) are
-drawn once per item and applied identically to every spatial array.
+Each item is a dict: for every requested modality a tensor, zeros when the sample lacks it;
+"present": {name: bool tensor}; and "semantic" (S, S) uint8 (255 = unlabeled) when the store
+holds simulator ground truth. Image kinds are (C, S, S) in their compact storage dtype
+(uint8, int8, uint16): a float32 copy would be 3.5x the bytes that workers hand to the
+training process, which then normalises on the device (`tst_ros.train.data.prepare_batch`).
+IMU windows (window, C) are already normalised float32, points (P, 6) are float32.
+Augmentations (random resized crop and horizontal flip, with the registry's
+`flip_negate_channels` negated, e.g. normals' x) are drawn once per item and applied
+identically to every spatial array.
 
 Shards are memory-mapped lazily in each worker, so the dataset pickles cheaply into
 DataLoader workers and reading a sample is a handful of page-cache copies.
@@ -31,39 +34,14 @@ RATIO = (3 / 4, 4 / 3)
 
 
 _TRUE, _FALSE = torch.tensor(True), torch.tensor(False)
-_LUTS: dict[tuple[str, str], np.ndarray] = {}
 
 
-def _lut(m, dtype: np.dtype) -> np.ndarray | None:
-    """(C, n_values) float32 table equal to `m.normalise` for every value of a small integer dtype."""
-    if dtype not in (np.uint8, np.int8, np.uint16):
-        return None
-    key = (m.name, dtype.str)
-    if key not in _LUTS:
-        values = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype)
-        grid = np.repeat(values[None, :, None], m.channels, axis=2)   # (1, n, C)
-        _LUTS[key] = np.ascontiguousarray(m.normalise(grid)[:, 0, :])  # (C, n)
-    return _LUTS[key]
-
-
-def normalise(m, x: np.ndarray) -> np.ndarray:
-    """Same result as `Modality.normalise`, through a lookup table for 8/16-bit storage."""
-    table = _lut(m, x.dtype)
-    if table is None:
-        return m.normalise(x)
-    if x.dtype == np.int8:
-        table = np.roll(table, -128, axis=1)        # index by the raw byte (two's complement)
-        x = x.view(np.uint8)
-    hwc = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
-    channels = hwc.shape[2]
-    out = np.empty((channels,) + hwc.shape[:2], np.float32)
-    planes = cv2.split(hwc) if channels > 1 else [hwc[..., 0]]
-    for c, plane in enumerate(planes):
-        if plane.dtype == np.uint8:
-            cv2.LUT(plane, np.ascontiguousarray(table[c]), dst=out[c])
-        else:
-            np.take(table[c], plane, out=out[c])
-    return out
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor owning a contiguous, writable copy unless `a` already is one (store reads
+    may be read-only views)."""
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        a = np.array(a, order="C")
+    return torch.from_numpy(a)
 
 
 def _nearest(name: str) -> bool:
@@ -166,26 +144,26 @@ class StoreDataset(Dataset):
         for g in self.ground_truth:
             arr = arrays.get(g)
             if arr is None:
-                gt = np.full((self.size, self.size), 255, np.int64)
+                gt = np.full((self.size, self.size), 255, np.uint8)
             else:
-                gt = self._spatial(arr, box, nearest=True).astype(np.int64)
-            item[g] = torch.from_numpy(np.ascontiguousarray(gt))
+                gt = self._spatial(arr, box, nearest=True).astype(np.uint8)
+            item[g] = _tensor(gt)
         return item
 
     def _image(self, m, arr, box) -> torch.Tensor:
         if arr is None:
-            return torch.zeros((m.channels, self.size, self.size), dtype=torch.float32)
+            return torch.zeros((m.channels, self.size, self.size), dtype=getattr(torch, m.storage_dtype))
         x = self._spatial(arr, box, _nearest(m.name))
         if box[4] and m.flip_negate_channels:   # x is a new array after a flip
             for c in m.flip_negate_channels:
                 np.negative(x[..., c], out=x[..., c])
-        return torch.from_numpy(normalise(m, x))
+        hwc = x[..., None] if x.ndim == 2 else x
+        return _tensor(hwc.transpose(2, 0, 1))
 
     def _imu(self, m, arr) -> torch.Tensor:
         if arr is None:
             return torch.zeros((m.window, m.channels), dtype=torch.float32)
-        x = (np.asarray(arr, np.float32) * m.scale - np.asarray(m.mean, np.float32)) / np.asarray(m.std, np.float32)
-        return torch.from_numpy(x.astype(np.float32))
+        return m.normalise_tensor(_tensor(np.asarray(arr, np.float32)), channel_dim=-1)
 
     def _points(self, arr, entry) -> torch.Tensor:
         out = np.zeros((self.points, 6), np.float32)

@@ -1,16 +1,20 @@
 """Training data sources: the dataset store (through `tst_ros.data.loader.StoreDataset`) and a
 small procedural dataset (`synthetic:N`) with the same item contract, for smoke tests.
 
-Item contract: for every requested modality a float32 tensor normalised with the registry
-(image kinds (C,S,S), imu (window, C)), "present": {name: bool tensor}, optional "semantic"
-(S,S) long with 255 = unlabeled.
+Item contract (see `tst_ros.data.loader`): image kinds (C,S,S) in their storage dtype, imu
+(window, C) normalised float32, "present": {name: bool tensor}, optional "semantic" (S,S)
+uint8 with 255 = unlabeled. `prepare_batch` turns a collated batch into network input on
+the training device.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from tst_ros import modalities as registry
+from tst_ros.data.loader import GROUND_TRUTH, StoreDataset
 
 SYNTHETIC_PREFIX = "synthetic:"
 SYNTHETIC_CLASSES = 6
@@ -24,10 +28,8 @@ def open_dataset(spec: str, split: str, modalities: list[str], size: int, augmen
         if split == "val":
             return SyntheticDataset(n_val, size, modalities, seed=10_000)
         return SyntheticDataset(n, size, modalities, seed=0)
-    from pathlib import Path
     if not Path(spec).exists():
         raise FileNotFoundError(f"dataset {spec!r} does not exist (a store directory or 'synthetic:N')")
-    from tst_ros.data.loader import StoreDataset
     return StoreDataset(spec, split=split, modalities=list(modalities), size=size, augment=augment)
 
 
@@ -78,12 +80,31 @@ class SyntheticDataset(torch.utils.data.Dataset):
         raw = self.scene(index)
         item: dict = {"present": {}}
         for name in self.modalities:
-            mod = registry.get(name)
-            if mod.kind == "imu":
-                x = (raw[name] - np.asarray(mod.mean, np.float32)) / np.asarray(mod.std, np.float32)
+            x = torch.from_numpy(raw[name])
+            if registry.get(name).kind == "imu":
+                item[name] = registry.get(name).normalise_tensor(x, channel_dim=-1)
             else:
-                x = mod.normalise(raw[name])
-            item[name] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                item[name] = (x[..., None] if x.ndim == 2 else x).permute(2, 0, 1).contiguous()
             item["present"][name] = torch.tensor(True)
-        item["semantic"] = torch.from_numpy(raw["semantic"].astype(np.int64))
+        item["semantic"] = torch.from_numpy(raw["semantic"])
         return item
+
+
+def prepare_batch(batch: dict, device: str | torch.device = "cpu") -> dict:
+    """Collated batch -> network input on `device`: image modalities that arrive in an integer
+    storage dtype are normalised there with the registry (float tensors are taken as already
+    normalised), "semantic" becomes int64, "present" flags travel along."""
+    out: dict = {}
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            out[key] = prepare_batch(value, device)
+        elif not torch.is_tensor(value):
+            out[key] = value
+        else:
+            value = value.to(device, non_blocking=True)
+            if key in GROUND_TRUTH:
+                value = value.long()
+            elif key in registry.REGISTRY and not value.is_floating_point() and value.dtype != torch.bool:
+                value = registry.get(key).normalise_tensor(value)
+            out[key] = value
+    return out

@@ -21,7 +21,7 @@ from tst_ros.models import ENCODER_FILE, build_encoder, save_encoder
 from tst_ros.models.multimae import TSTMM
 from tst_ros.train import engine
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from tst_ros.train.data import open_dataset
+from tst_ros.train.data import open_dataset, prepare_batch
 
 METHODS = ("tst-mm", "tst-mae", "scratch")
 
@@ -53,18 +53,6 @@ def make_loader(dataset, cfg: PretrainConfig, dist: engine.Distributed, start: i
                                        pin_memory=pin_memory, **extra)
 
 
-def to_device(batch: dict, device: str) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, dict):
-            out[k] = to_device(v, device)
-        elif torch.is_tensor(v):
-            out[k] = v.to(device, non_blocking=True)
-        else:
-            out[k] = v
-    return out
-
-
 @torch.no_grad()
 def evaluate(model: TSTMM, dataset, batch: int, max_batches: int, device: str, seed: int = 12345) -> dict:
     """Held-out reconstruction loss with fixed masks (same frames, same masks every call)."""
@@ -75,7 +63,7 @@ def evaluate(model: TSTMM, dataset, batch: int, max_batches: int, device: str, s
     weights: dict[str, float] = {}
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
-        data = to_device(collate([dataset[i] for i in idx]), device)
+        data = prepare_batch(collate([dataset[i] for i in idx]), device)
         _, stats = model(data, engine.mask_seeds(seed, 0, np.asarray(idx)))
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v * len(idx)
@@ -88,7 +76,7 @@ def save_grid(model: TSTMM, dataset, out: Path, step: int, device: str) -> Path 
     if len(dataset) == 0:
         return None
     idx = list(range(min(4, len(dataset))))
-    data = to_device(collate([dataset[i] for i in idx]), device)
+    data = prepare_batch(collate([dataset[i] for i in idx]), device)
     model.eval()
     pictures = model.reconstruct(data, engine.mask_seeds(12345, 0, np.asarray(idx)))
     model.train()
@@ -166,7 +154,7 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
             for micro in range(cfg.accum):
                 t_wait = time.perf_counter()
                 try:
-                    batch = to_device(next(batches), device)
+                    batch = prepare_batch(next(batches), device)
                 except RuntimeError:
                     if stop.requested:      # a terminal Ctrl+C also ends the loader's workers
                         interrupted = True

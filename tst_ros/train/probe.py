@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tst_ros.train.data import open_dataset
+from tst_ros.train.data import open_dataset, prepare_batch
 
 IGNORE = 255
 
@@ -36,9 +36,10 @@ def extract(encoder, dataset, inputs: list[str], batch: int = 32, device: str = 
     for item in loader:
         if "semantic" not in item:
             raise ValueError("the probe needs ground-truth semantic labels, the dataset has none")
-        x = {n: item[n].to(device) for n in inputs}
+        item = prepare_batch(item, device)
+        x = {n: item[n] for n in inputs}
         f = encoder(x).float().cpu()                                     # (B,D,g,g)
-        lab = patch_labels(item["semantic"], encoder.patch_size)          # (B,g,g)
+        lab = patch_labels(item["semantic"].cpu(), encoder.patch_size)    # (B,g,g)
         keep = lab != IGNORE
         feats.append(f.permute(0, 2, 3, 1)[keep])
         labels.append(lab[keep])
