@@ -97,3 +97,14 @@ def test_higher_scored_false_positive_lowers_ap():
     det = np.array([[60, 60, 90, 90], [0, 0, 40, 40]], np.float32)
     m.update(gt, [3], det, [0.9, 0.5], [3, 3], 128, 128)
     assert m.compute()["map"] == pytest.approx(0.5)
+
+
+def test_class_wise_nms_keeps_the_best_box_of_each_overlapping_group():
+    from tst_ros.perception.runtime import batched_nms
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10], [2, 0, 12, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95, 0.6], np.float32)
+    classes = np.array([0, 0, 0, 1, 0])
+    # box 1 overlaps box 0 (IoU 0.68) and is dropped; box 3 is another class; box 4 has IoU 0.67 with box 0
+    assert batched_nms(boxes, scores, classes, 0.5).tolist() == [3, 0, 2]
+    assert batched_nms(boxes, scores, classes, 0.7).tolist() == [3, 0, 1, 2, 4]
+    assert batched_nms(boxes[:0], scores[:0], classes[:0], 0.5).size == 0

@@ -38,6 +38,33 @@ def test_export_passes_parity_on_random_and_real_frames(exported):
     assert all(d <= 1e-4 for d in parity["max_abs_diff"].values())
 
 
+def test_served_labels_and_peaks_match_the_raw_outputs(exported):
+    _, manifest, frames = exported
+    pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
+    rgb, depth = frames[0]
+    out = pred.infer(pred.preprocess(rgb, depth))
+    assert out["seg_labels"].dtype == np.uint8
+    assert (out["seg_labels"][0] == out["seg_logits"][0].argmax(0)).mean() > 0.999
+    heat = out["det_heatmap"][0]
+    padded = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    g = heat.shape[1:]
+    neighbourhood = np.max([padded[:, dy:dy + g[0], dx:dx + g[1]] for dy in range(3) for dx in range(3)], axis=0)
+    expected = np.where(heat >= neighbourhood, 1 / (1 + np.exp(-heat)), 0.0)
+    np.testing.assert_allclose(out["det_peaks"][0], expected, atol=1e-6)
+    assert 0 < (expected > 0).sum() < heat.size / 4          # peaks are sparse
+
+
+def test_onnx_without_serving_outputs_is_rejected_with_a_clear_message(exported, tmp_path):
+    _, manifest, _ = exported
+    proto = onnx.load(manifest["path"])
+    kept = [o for o in proto.graph.output if o.name in ("seg_logits", "det_heatmap", "det_box")]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    onnx.save(proto, tmp_path / "old.onnx")
+    with pytest.raises(ValueError, match="re-export"):
+        Predictor.load(tmp_path / "old.onnx", ["CPUExecutionProvider"])
+
+
 def test_graph_is_static_without_masking_and_carries_metadata(exported):
     _, manifest, _ = exported
     proto = onnx.load(manifest["path"])

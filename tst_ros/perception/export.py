@@ -2,8 +2,9 @@
 
 The graph has static shapes (batch 1, the model's input size), contains no masking, takes
 one input per modality (named after it) and returns `seg_logits` (1,C,S,S), `det_heatmap`
-(1,K,S/4,S/4) logits and `det_box` (1,4,S/4,S/4) raw log-distances; NMS runs in numpy in
-runtime.py. Class names, thing-class ids, preprocessing (size, mean/std per modality, input
+(1,K,S/4,S/4) logits, `det_box` (1,4,S/4,S/4) raw log-distances, and for serving
+`seg_labels` (1,S,S) uint8 and `det_peaks` (1,K,S/4,S/4) (`heads.ServingModel`); only the
+class-wise NMS of the few peaks runs in numpy (runtime.py). Class names, thing-class ids, preprocessing (size, mean/std per modality, input
 modalities) and tasks are written to metadata_props as JSON strings. The file is written
 only after the parity check passes (max |PyTorch - ORT| <= tolerance on random inputs and
 on real frames); a sidecar manifest records its sha256.
@@ -72,11 +73,31 @@ def real_frames(count: int, labeled_dir: str | None = None) -> list[tuple[np.nda
     return [(f.rgb, f.depth_mm.astype(np.float32) / 1000.0) for f in Simulator(SimConfig()).frames(count)]
 
 
+DISCRETE_OUTPUTS = ("seg_labels", "det_peaks")
+MAX_DISAGREEMENT = 1e-3     # fraction of labels / peak cells that may flip at near-ties
+
+
+def _compare(name: str, ref: np.ndarray, got: np.ndarray) -> float:
+    """Max |difference| for continuous outputs; for labels and peak maps the fraction of cells
+    whose label or peak status differs (a 1e-6 logit difference flips an exact tie). Peak
+    scores are sigmoid(det_heatmap), whose own difference is checked with the tolerance."""
+    if name == "seg_labels":
+        return float(np.mean(ref != got))
+    if name == "det_peaks":
+        return float(np.mean((ref > 0) != (got > 0)))
+    return float(np.abs(ref - got).max())
+
+
 def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 2, seed: int = 0,
                  tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Max |PyTorch - ORT| per output over random and real inputs; RuntimeError above tolerance."""
+    """PyTorch vs ORT over random and real inputs: max |difference| of the continuous outputs
+    (<= tolerance) and the disagreement fraction of the discrete ones (<= MAX_DISAGREEMENT);
+    RuntimeError otherwise."""
     import torch
 
+    from tst_ros.perception.heads import ServingModel
+
+    serving = ServingModel(model).eval()
     rng = np.random.default_rng(seed)
     h, w = predictor.size
     cases: list[tuple[str, dict]] = []
@@ -90,20 +111,20 @@ def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 
     per_case = {}
     with torch.no_grad():
         for name, inputs in cases:
-            ref = model(*[torch.from_numpy(inputs[n]) for n in predictor.input_modalities])
+            ref = dict(zip(OUTPUT_NAMES, serving(*[torch.from_numpy(inputs[n]) for n in predictor.input_modalities])))
             got = predictor.infer(inputs)
-            diffs = {o: float(np.abs(r.numpy() - g).max()) for o, r, g in zip(OUTPUT_NAMES, ref, got)}
+            diffs = {o: _compare(o, ref[o].numpy(), got[o]) for o in OUTPUT_NAMES}
             per_case[name] = diffs
             for o, d in diffs.items():
                 worst[o] = max(worst[o], d)
-    result = {"tolerance": tolerance, "max_abs_diff": worst, "cases": per_case,
-              "random_inputs": random_draws, "real_frames": len(frames)}
+    result = {"tolerance": tolerance, "max_disagreement": MAX_DISAGREEMENT, "max_abs_diff": worst,
+              "cases": per_case, "random_inputs": random_draws, "real_frames": len(frames)}
     if not len(frames):
         raise RuntimeError("parity check needs at least one real frame")
-    bad = {o: d for o, d in worst.items() if not d <= tolerance}
+    bad = {o: d for o, d in worst.items() if not d <= (MAX_DISAGREEMENT if o in DISCRETE_OUTPUTS else tolerance)}
     if bad:
-        raise RuntimeError(f"ONNX Runtime output differs from PyTorch beyond {tolerance}: {bad} "
-                           f"(per case: {json.dumps(per_case)})")
+        raise RuntimeError(f"ONNX Runtime output differs from PyTorch beyond {tolerance} "
+                           f"(labels/peaks: {MAX_DISAGREEMENT} of cells): {bad} (per case: {json.dumps(per_case)})")
     return result
 
 
@@ -112,7 +133,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
     """Export MODEL_DIR to ONNX at `out` (file or directory); returns the manifest written beside it."""
     import torch
 
-    from tst_ros.perception.heads import load_model
+    from tst_ros.perception.heads import ServingModel, load_model
 
     model, meta = load_model(model_dir)
     meta = export_meta(meta)
@@ -125,7 +146,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
         frames = real_frames(frame_count, meta.get("transfer", {}).get("labeled_set"))
     with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=".export.") as tmp:
         tmp_path = os.path.join(tmp, "model.onnx")
-        _torch_export(model, dummy, tmp_path, meta["input_modalities"])
+        _torch_export(ServingModel(model).eval(), dummy, tmp_path, meta["input_modalities"])
         _write_metadata(tmp_path, meta)
         predictor = Predictor.from_onnx(tmp_path, ["CPUExecutionProvider"])
         parity = parity_check(model, predictor, frames, tolerance=tolerance)

@@ -8,6 +8,9 @@
 - `PerceptionModel`: encoder + pyramid + heads; `forward(*inputs)` takes one tensor per input
   modality (order = `input_modalities`) and returns (seg_logits, det_heatmap, det_box), all
   static-shape and free of data-dependent control flow, so it exports to ONNX as is.
+- `ServingModel`: what is exported and served: the three raw outputs plus per-pixel class
+  labels (argmax) and detection peak scores (sigmoid at 3x3 local maxima), so serving does
+  no per-pixel work in Python.
 - Loss functions and training targets for both heads (vectorised over boxes and cells).
 """
 from __future__ import annotations
@@ -118,6 +121,26 @@ class PerceptionModel(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+
+class ServingModel(nn.Module):
+    """PerceptionModel -> (seg_logits, det_heatmap, det_box, seg_labels uint8, det_peaks).
+
+    det_peaks is sigmoid(det_heatmap) at cells that are maxima of their 3x3 neighbourhood
+    (ties keep all; CenterNet's max-pool NMS) and 0 elsewhere."""
+
+    def __init__(self, model: PerceptionModel):
+        super().__init__()
+        if model.seg_head.classify.out_channels > 256:
+            raise ValueError("seg_labels is uint8: at most 256 classes")
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor):
+        seg, heat, box = self.model(*inputs)
+        labels = seg.argmax(dim=1).to(torch.uint8)
+        is_peak = heat >= F.max_pool2d(heat, 3, stride=1, padding=1)
+        peaks = torch.where(is_peak, torch.sigmoid(heat), torch.zeros((), dtype=heat.dtype))
+        return seg, heat, box, labels, peaks
 
 
 # ----------------------------------------------------------------------------- targets and losses

@@ -20,7 +20,8 @@ import numpy as np
 IGNORE_LABEL = 255
 META_KEYS = ("classes", "thing_class_ids", "input_modalities", "preprocessing", "tasks", "det_stride",
              "image_size", "encoder", "outputs")
-OUTPUT_NAMES = ("seg_logits", "det_heatmap", "det_box")
+OUTPUT_NAMES = ("seg_logits", "det_heatmap", "det_box", "seg_labels", "det_peaks")
+TASK_OUTPUTS = {"segmentation": ("seg_labels",), "detection": ("det_peaks", "det_box")}
 BOX_LOG_CLAMP = 6.0
 
 
@@ -102,10 +103,13 @@ class Predictor:
         if input_names != meta["input_modalities"]:
             raise ValueError(f"ONNX inputs {input_names} do not match metadata input_modalities {meta['input_modalities']}")
         output_names = [o.name for o in session.get_outputs()]
+        lacking = [n for n in OUTPUT_NAMES if n not in output_names]
+        if lacking:
+            raise ValueError(f"ONNX model {path} lacks outputs {lacking} (exported by an older version?); "
+                             f"re-export it with `tst-ros export`")
 
-        def infer(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-            out = dict(zip(output_names, session.run(output_names, inputs)))
-            return [out[n] for n in OUTPUT_NAMES]
+        def infer(inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+            return dict(zip(outputs, session.run(list(outputs), inputs)))
 
         pred = cls(meta, infer, "onnxruntime", str(path), session.get_providers())
         pred.session = session
@@ -115,14 +119,16 @@ class Predictor:
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str = "cpu") -> "Predictor":
         import torch
 
-        from tst_ros.perception.heads import load_model
+        from tst_ros.perception.heads import ServingModel, load_model
 
         model, meta = load_model(model_dir, device)
+        serving = ServingModel(model).eval()
 
         @torch.no_grad()
-        def infer(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        def infer(inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
             tensors = [torch.from_numpy(inputs[n]).to(device) for n in meta["input_modalities"]]
-            return [t.cpu().numpy() for t in model(*tensors)]
+            result = dict(zip(OUTPUT_NAMES, serving(*tensors)))
+            return {n: result[n].cpu().numpy() for n in outputs}
 
         pred = cls(meta, infer, "torch", str(model_dir), [device])
         pred.model = model
@@ -137,19 +143,20 @@ class Predictor:
         """RGB (H,W,3) uint8 and depth (H,W) metres (NaN/0 invalid) -> {name: (1,C,h,w) float32}."""
         return {n: x[None] for n, x in prepare_inputs(rgb, depth_m, self.input_modalities, self.norm, self.size).items()}
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Bare model inference: preprocessed inputs -> [seg_logits, det_heatmap, det_box]."""
-        return self._infer(inputs)
+    def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+        """Bare model inference: preprocessed inputs -> {output name: array} for `outputs`."""
+        return self._infer(inputs, tuple(outputs))
 
     def predict(self, rgb: np.ndarray, depth_m: np.ndarray | None = None, score_threshold: float = 0.3,
                 nms_iou: float = 0.5, max_detections: int = 100, need_mask: bool = True,
                 need_boxes: bool = True) -> Prediction:
         h, w = rgb.shape[:2]
-        seg, heat, box = self.infer(self.preprocess(rgb, depth_m))
-        mask = segmentation_mask(seg[0], (h, w)) if need_mask else np.zeros((0, 0), np.uint8)
+        wanted = (TASK_OUTPUTS["segmentation"] if need_mask else ()) + (TASK_OUTPUTS["detection"] if need_boxes else ())
+        out = self.infer(self.preprocess(rgb, depth_m), wanted)
+        mask = resize_labels(out["seg_labels"][0], (h, w)) if need_mask else np.zeros((0, 0), np.uint8)
         if need_boxes:
-            boxes, scores, channels = decode_detections(heat[0], box[0], self.det_stride, score_threshold, nms_iou,
-                                                        max_detections)
+            boxes, scores, channels = decode_detections(out["det_peaks"][0], out["det_box"][0], self.det_stride,
+                                                        score_threshold, nms_iou, max_detections)
             boxes = boxes * np.array([w / self.size[1], h / self.size[0]] * 2, np.float32)
             boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
@@ -191,30 +198,19 @@ def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities
     return out
 
 
-def segmentation_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) logits -> (H, W) uint8 argmax, nearest-resized to the input size."""
-    labels = logits.argmax(axis=0).astype(np.uint8)
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) uint8 class ids -> nearest-resized to `size` (H, W)."""
     if labels.shape != tuple(size):
         labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return labels
 
 
-def _local_maxima(scores: np.ndarray) -> np.ndarray:
-    """(K, G, G) -> bool mask of 3x3 local maxima (ties keep all)."""
-    padded = np.pad(scores, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    g_h, g_w = scores.shape[1:]
-    neighbourhood = np.max(np.stack([padded[:, dy:dy + g_h, dx:dx + g_w] for dy in range(3) for dx in range(3)]),
-                           axis=0)
-    return scores >= neighbourhood
-
-
-def decode_detections(heat_logits: np.ndarray, box_raw: np.ndarray, stride: int, score_threshold: float = 0.3,
+def decode_detections(peaks: np.ndarray, box_raw: np.ndarray, stride: int, score_threshold: float = 0.3,
                       nms_iou: float = 0.5, max_detections: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw maps of one image -> boxes (N,4) xyxy in network-input pixels, scores, heatmap channels."""
-    scores = 1.0 / (1.0 + np.exp(-heat_logits.astype(np.float32)))
-    peaks = _local_maxima(scores) & (scores >= score_threshold)
-    ch, ys, xs = np.nonzero(peaks)
-    s = scores[ch, ys, xs]
+    """Peak scores (K, G, G) (0 off-peak, see `ServingModel`) and raw box maps of one image ->
+    boxes (N,4) xyxy in network-input pixels, scores, heatmap channels."""
+    ch, ys, xs = np.nonzero(peaks >= max(score_threshold, np.finfo(np.float32).tiny))
+    s = peaks[ch, ys, xs]
     order = np.argsort(-s, kind="stable")[: 4 * max_detections]
     ch, ys, xs, s = ch[order], ys[order], xs[order], s[order]
     dist = np.exp(np.clip(box_raw[:, ys, xs], -BOX_LOG_CLAMP, BOX_LOG_CLAMP)).T * stride   # (N, 4) l t r b
@@ -225,34 +221,14 @@ def decode_detections(heat_logits: np.ndarray, box_raw: np.ndarray, stride: int,
     return boxes[keep], s[keep].astype(np.float32), ch[keep].astype(np.int64)
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy class-wise NMS; returns kept indices sorted by descending score."""
+    """Greedy class-wise NMS (OpenCV's); returns kept indices sorted by descending score."""
     if not len(boxes):
         return np.zeros(0, np.int64)
-    # offset boxes per class so that boxes of different classes never overlap
-    offset = classes.astype(np.float32)[:, None] * (float(boxes.max()) + 1.0)
-    shifted = boxes + offset
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        if order.size == 1:
-            break
-        ious = box_iou(shifted[i], shifted[order[1:]])
-        order = order[1:][ious <= iou_threshold]
-    return np.asarray(keep, np.int64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
+    keep = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32), classes.astype(np.int32), -np.inf, iou_threshold)
+    keep = np.asarray(keep, np.int64).reshape(-1)
+    return keep[np.argsort(-scores[keep], kind="stable")]
 
 
 def palette(num_classes: int) -> np.ndarray:

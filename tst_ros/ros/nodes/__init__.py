@@ -6,15 +6,23 @@ import sys
 import threading
 
 
-def run_node(node_cls, argv: list[str] | None = None, finished=None) -> int:
+def run_node(node_cls, argv: list[str] | None = None, finished=None, low_latency: bool = False) -> int:
     """`main()` of every node: rclpy.init, spin until SIGINT/SIGTERM (or `finished(node)`),
-    destroy the node (nodes stop their workers and children there) and shut down."""
+    destroy the node (nodes stop their workers and children there) and shut down.
+
+    `low_latency` spins rclpy's EventsExecutor (C++ event queue) instead of the Python
+    SingleThreadedExecutor: measured ~0.9 ms less from a published image to the start of
+    its processing plus the output's publish (`tst-ros bench perception`)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = node_cls()
-    executor = SingleThreadedExecutor()
+    if low_latency:
+        from rclpy.experimental import EventsExecutor
+        executor = EventsExecutor()
+    else:
+        executor = SingleThreadedExecutor()
     executor.add_node(node)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -41,6 +41,7 @@ class StreamProbe:
         self.lock = threading.Lock()
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.received: dict[str, int] = defaultdict(int)
+        self.detections: dict[str, int] = defaultdict(int)    # boxes received (detection outputs)
         self.recording = False
         for kind in kinds:
             topic, typ = OUTPUTS[kind]
@@ -57,6 +58,7 @@ class StreamProbe:
         now = time.time_ns()
         with self.lock:
             self.received[kind] += 1
+            self.detections[kind] += len(getattr(msg, "detections", ()))
             if self.recording:
                 self.latencies[kind].append((now - stamp_to_ns(msg.header.stamp)) / 1e6)
 

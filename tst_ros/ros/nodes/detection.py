@@ -98,7 +98,7 @@ class DetectionNode(ModelServingNode):
 
 
 def main(argv=None) -> int:
-    return run_node(DetectionNode, argv)
+    return run_node(DetectionNode, argv, low_latency=True)
 
 
 if __name__ == "__main__":

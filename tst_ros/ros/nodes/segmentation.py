@@ -40,7 +40,7 @@ class SegmentationNode(ModelServingNode):
 
 
 def main(argv=None) -> int:
-    return run_node(SegmentationNode, argv)
+    return run_node(SegmentationNode, argv, low_latency=True)
 
 
 if __name__ == "__main__":
