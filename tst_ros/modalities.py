@@ -47,15 +47,18 @@ class Modality:
         std = torch.tensor(self.std, dtype=torch.float64)
         gain = (self.scale / std).to(torch.float32, copy=False).reshape(shape).to(stored.device)
         offset = (torch.tensor(self.mean, dtype=torch.float64) / std).to(torch.float32).reshape(shape).to(stored.device)
-        x = stored.to(torch.float32, copy=True).mul_(gain).sub_(offset)   # in place: two passes over the batch
-        if self.invalid_value is not None:
-            x.masked_fill_(stored == self.invalid_value, 0.0)
+        x = stored.to(torch.float32, copy=True)
+        # compared as float (exact for 8/16-bit values): few kernels exist for uint16 on GPUs
+        invalid = x == self.invalid_value if self.invalid_value is not None else None
+        x.mul_(gain).sub_(offset)                                       # in place: two passes over the batch
+        if invalid is not None:
+            x.masked_fill_(invalid, 0.0)
         return x
 
     def normalise(self, stored: np.ndarray) -> np.ndarray:
         """Stored array (H, W, C) or (H, W) -> float32 (C, H, W) network input."""
         hwc = stored[..., None] if stored.ndim == 2 else stored
-        chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+        chw = torch.from_numpy(np.array(hwc.transpose(2, 0, 1), order="C"))   # own copy: the input may be read-only
         return self.normalise_tensor(chw).numpy()
 
 

@@ -101,6 +101,8 @@ def prepare_batch(batch: dict, device: str | torch.device = "cpu") -> dict:
         elif not torch.is_tensor(value):
             out[key] = value
         else:
+            if value.dtype == torch.uint16 and torch.device(device).type != "cpu":
+                value = value.to(torch.int32)     # uint16 is a storage-only dtype on accelerators
             value = value.to(device, non_blocking=True)
             if key in GROUND_TRUTH:
                 value = value.long()
