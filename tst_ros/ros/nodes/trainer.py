@@ -260,6 +260,10 @@ class TrainerNode(Node):
 
     def publish_model(self, event: dict) -> None:
         path = event.get("path", "")
+        if Path(path).is_dir() and not (Path(path) / "manifest.json").is_file():
+            # e.g. a transferred model directory inside the pipeline: deployed once exported
+            self.get_logger().info(f"model at {path} is not exported yet (no manifest.json); not published")
+            return
         try:
             checksum = artifact_checksum(path)
         except OSError as e:
