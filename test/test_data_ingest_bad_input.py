@@ -96,9 +96,11 @@ def test_bad_input_is_counted_and_costs_only_what_is_bad(bad_bag, tmp_path, capl
     assert report["error"] is None
     assert c["bad_encoding:rgb"] == 1 and c["bad_encoding:depth"] == 1 and c["size_mismatch:depth"] == 1
     assert c["nonfinite_depth_frames"] == 1 and c["nonfinite_depth_pixels"] == 5
-    assert c["missing_camera_info"] == 2 and c["out_of_order:rgb"] == 1 and c["clock_jump_back"] == 1
+    assert c["out_of_order:rgb"] == 1 and c["clock_jump_back"] == 1
+    # frames 0 and 1 precede the first CameraInfo: they wait for it and get its (static) intrinsics
+    assert "missing_camera_info" not in c
     text = "\n".join(warnings)
-    for needle in ("yuv422", "'rgb8'", "32x24", "inf", "CameraInfo", "not after", "jumped back"):
+    for needle in ("yuv422", "'rgb8'", "32x24", "inf", "not after", "jumped back"):
         assert needle in text, needle
     store = Store(tmp_path / "ds")
     assert len(store) == 13       # 14 frames, only the undecodable RGB frame is lost
@@ -109,12 +111,27 @@ def test_bad_input_is_counted_and_costs_only_what_is_bad(bad_bag, tmp_path, capl
     assert by_value[5]["missing"]["depth"] == "size_mismatch"
     d6 = store.read(by_value[6]["seq"])["depth"]
     assert d6.max() == 1500 and (d6 == 0).sum() > 0
-    assert not by_value[0]["present"]["normals"] and by_value[0]["missing"]["normals"] == "missing_camera_info"
-    assert by_value[2]["present"]["normals"]
+    assert by_value[0]["present"]["normals"] and by_value[2]["present"]["normals"]
+    assert by_value[0]["intrinsics"] == by_value[2]["intrinsics"]
     # the frame after the undecodable one carries its IMU window: no gap
     w2, w4 = by_value[2]["imu_window_ns"], by_value[4]["imu_window_ns"]
     assert w4[0] == by_value[2]["stamp_ns"] and len(store.read(by_value[4]["seq"])["imu_raw"]) == 40
     assert w2[1] == by_value[2]["stamp_ns"]
+
+
+def test_frames_without_any_camera_info_are_stored_without_normals_and_counted(tmp_path):
+    bag = _Bag(tmp_path / "no_info")
+    for i in range(5):
+        _frame(bag, i, T0 + (i + 1) * 100 * MS, info=False)
+    bag.w.close()
+    warnings = []
+    report = ingest(tmp_path / "no_info", tmp_path / "ds", RecordConfig(image_size=32), RosDecoder(), progress=False,
+                    warn=warnings.append)
+    store = Store(tmp_path / "ds")
+    assert len(store) == 5 and report["counts"]["missing_camera_info"] == 5
+    assert all(not e["present"]["normals"] and e["missing"]["normals"] == "missing_camera_info" for e in store.entries)
+    assert all(e["present"]["rgb"] and e["present"]["depth"] for e in store.entries)
+    assert any("CameraInfo" in w for w in warnings)
 
 
 def _cut(src: Path, dst: Path, fraction: float, garbage: bool):

@@ -112,6 +112,7 @@ class RecordingPipeline:
         self._last_kept: dict | None = None
         self._resets_seen = 0
         self._pose_wait: list[SyncedFrame] = []
+        self._camera_info_expected = "camera_info" in expected
         self._closed = False
         self.started = time.monotonic()
 
@@ -175,13 +176,20 @@ class RecordingPipeline:
         return n
 
     def _pose_ready(self, force: bool) -> list[SyncedFrame]:
-        """Frames whose odometry has arrived: odometry may trail the images it belongs to by a
-        few messages, so a frame waits (up to POSE_WAIT_FRAMES) until the pose buffer covers it."""
+        """Frames whose odometry and intrinsics have arrived: odometry may trail the images it
+        belongs to by a few messages, and the first CameraInfo may come after the first
+        images, so a frame waits (up to POSE_WAIT_FRAMES) until the pose buffer covers it and,
+        when a CameraInfo stream is expected, one has been seen (intrinsics are static, so
+        frames that waited get the first one)."""
         span = self.poses.span_ns
+        info_pending = self._camera_info_expected and self.sync.camera_info is None
         ready = []
-        while self._pose_wait and (force or span is None or self._pose_wait[0].stamp_ns <= span[1]
-                                   or len(self._pose_wait) > POSE_WAIT_FRAMES):
-            ready.append(self._pose_wait.pop(0))
+        while self._pose_wait and (force or len(self._pose_wait) > POSE_WAIT_FRAMES or (
+                not info_pending and (span is None or self._pose_wait[0].stamp_ns <= span[1]))):
+            frame = self._pose_wait.pop(0)
+            if frame.camera_info is None:
+                frame.camera_info = self.sync.camera_info
+            ready.append(frame)
         return ready
 
     def _carry_window(self, frame: SyncedFrame) -> None:
