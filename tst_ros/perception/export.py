@@ -4,8 +4,9 @@ The graph has static shapes (batch 1, the model's input size), contains no maski
 one input per modality (named after it) and returns `seg_logits` (1,C,S,S), `det_heatmap`
 (1,K,S/4,S/4) logits, `det_box` (1,4,S/4,S/4) raw log-distances, and for serving
 `seg_labels` (1,S,S) uint8 and `det_peaks` (1,K,S/4,S/4) (`heads.ServingModel`); only the
-class-wise NMS of the few peaks runs in numpy (runtime.py). Class names, thing-class ids, preprocessing (size, mean/std per modality, input
-modalities) and tasks are written to metadata_props as JSON strings. The file is written
+class-wise NMS of the few peaks runs outside the graph (runtime.py). Class names, thing-class
+ids, preprocessing (size, mean/std per modality, input modalities) and tasks are written to
+metadata_props as JSON strings. The file is written
 only after the parity check passes (max |PyTorch - ORT| <= tolerance on random inputs and
 on real frames); a sidecar manifest records its sha256.
 """
