@@ -6,9 +6,9 @@ one input per modality (named after it) and returns `seg_logits` (1,C,S,S), `det
 `seg_labels` (1,S,S) uint8 and `det_peaks` (1,K,S/4,S/4) (`heads.ServingModel`); only the
 class-wise NMS of the few peaks runs outside the graph (runtime.py). Class names, thing-class
 ids, preprocessing (size, mean/std per modality, input modalities) and tasks are written to
-metadata_props as JSON strings. The file is written
-only after the parity check passes (max |PyTorch - ORT| <= tolerance on random inputs and
-on real frames); a sidecar manifest records its sha256.
+metadata_props as JSON strings. The file is written only after the parity check passes
+(max |PyTorch - ORT| <= tolerance on random inputs and on real frames, labels and peaks
+agreeing in all but MAX_DISAGREEMENT of cells); a sidecar manifest records its sha256.
 """
 from __future__ import annotations
 
