@@ -118,3 +118,23 @@ def test_export_cli_writes_model_and_manifest(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["sha256"] == sha256_file(tmp_path / "out" / "model.onnx")
     assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_serving_preprocessing_equals_the_registry_normalisation():
+    import cv2
+
+    from tst_ros import modalities
+    from tst_ros.perception.heads import preprocessing_meta
+    from tst_ros.perception.runtime import normalisation, prepare_inputs
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    depth = rng.uniform(0.3, 6.0, (48, 64)).astype(np.float32)
+    depth[0, :7] = np.nan
+    depth[1, :5] = 0.0
+    out = prepare_inputs(rgb, depth, ["rgb", "depth"], normalisation(preprocessing_meta(["rgb", "depth"], 32)), (32, 32))
+    resized = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(out["rgb"], modalities.get("rgb").normalise(resized), atol=1e-5)
+    d = cv2.resize(depth, (32, 32), interpolation=cv2.INTER_NEAREST)
+    mm = np.where(np.isfinite(d), np.round(d * 1000), 0).astype(np.uint16)
+    np.testing.assert_allclose(out["depth"], modalities.get("depth").normalise(mm), atol=1e-3)
