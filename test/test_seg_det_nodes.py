@@ -28,6 +28,8 @@ from tst_ros.perception.export import export_model  # noqa: E402
 from tst_ros.perception.tiny import make_model_dir  # noqa: E402
 from tst_ros.util import sha256_file  # noqa: E402
 
+from polling import wait_for  # noqa: E402
+
 CLASSES = ["wall", "floor", "chair", "table", "lamp", "sofa"]
 THINGS = [2, 3, 4, 5]
 RATE_HZ = 8.0
@@ -141,14 +143,6 @@ class Harness:
         self.node.destroy_node()
         rclpy.shutdown(context=self.ctx)
 
-
-def wait_for(condition, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,13 @@ from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from tst_ros.util import sha256_file
 
+from polling import wait_for
+
 COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out {{run_dir}} --steps 2000 --batch 4 "
            "--image-size 32 --patch 8 --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
            "--set pretrain.tensorboard=false --set pretrain.val_batches=1 --set pretrain.warmup_steps=2 "
            "--set pretrain.decoder_dim=64 --set pretrain.decoder_depth=1")
 
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def call(client, timeout=10.0):
