@@ -303,3 +303,32 @@ def test_checksum_verification_of_files_and_exported_directories(tmp_path):
     onnx_file.write_bytes(onnx_file.read_bytes()[:-10])        # file no longer matches its manifest
     with pytest.raises(ValueError, match="does not match the sha256"):
         verify_checksum(onnx_file.parent, sha256_file(manifest_file))
+
+
+def test_detection_messages_are_refilled_per_frame_and_carry_only_that_frame():
+    from tst_ros.ros.conversions import make_header
+    from tst_ros.ros.nodes.detection import DetectionNode
+
+    def as_tuples(msg):
+        return [(d.header.stamp.sec, d.bbox.center.position.x, d.bbox.center.position.y, d.bbox.size_x,
+                 d.bbox.size_y, d.results[0].hypothesis.class_id, d.results[0].hypothesis.score) for d in msg.detections]
+
+    def expected(sec, boxes, scores, labels):
+        return [(sec, (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1], str(c), s)
+                for b, s, c in zip(boxes.tolist(), scores.tolist(), labels.tolist())]
+
+    rng = np.random.default_rng(3)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = DetectionNode(context=ctx)
+    try:
+        for sec, n in ((1, 3), (2, 1), (3, 0), (4, 5)):
+            xy = rng.uniform(0, 50, (n, 2))
+            boxes = np.concatenate([xy, xy + rng.uniform(1, 20, (n, 2))], axis=1).astype(np.float32)
+            scores, labels = rng.uniform(0.3, 1, n).astype(np.float32), rng.integers(0, 6, n)
+            msg = node.detections_message(make_header(sec * 10**9, FRAME_ID), boxes, scores, labels)
+            assert msg.header.stamp.sec == sec and msg.header.frame_id == FRAME_ID
+            assert as_tuples(msg) == expected(sec, boxes, scores, labels)     # same arithmetic: exact
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

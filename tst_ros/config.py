@@ -105,7 +105,8 @@ class PerceptionConfig:
     qos_depth: int = 2
     sync_slop_s: float = 0.05           # colour/depth approximate-time pairing
     sync_queue: int = 10
-    threads: int = 0                    # ONNX Runtime intra-op threads (0: its default)
+    threads: int = 0                    # ONNX Runtime intra-op threads (0: one per core)
+    pin_threads: bool = True            # pin ORT's pool threads and the serving thread to distinct cores
     backend: str = "auto"               # auto | onnx | torch (model directory)
     publish_overlay: bool = True
     max_detections: int = 100

@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tst_ros.perception.threads import thread_layout
+
 IGNORE_LABEL = 255
 META_KEYS = ("classes", "thing_class_ids", "input_modalities", "preprocessing", "tasks", "det_stride",
              "image_size", "encoder", "outputs")
@@ -59,11 +61,12 @@ class Predictor:
         self.backend = backend
         self.source = source
         self.providers = providers or []
+        self.caller_cpus: frozenset[int] = frozenset()     # where the thread calling infer() belongs
 
     # -------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | os.PathLike, providers: list[str] | None = None, backend: str = "auto",
-             threads: int = 0) -> "Predictor":
+             threads: int = 0, pin_threads: bool = True) -> "Predictor":
         path = Path(path)
         if path.is_dir() and (path / "model.json").is_file() and backend in ("auto", "torch") and \
                 not (backend == "auto" and (path / "model.onnx").is_file()):
@@ -72,7 +75,7 @@ class Predictor:
         if not onnx_path.is_file():
             raise FileNotFoundError(f"no model at {path} (expected an .onnx file or a model directory)")
         try:
-            return cls.from_onnx(onnx_path, providers, threads)
+            return cls.from_onnx(onnx_path, providers, threads, pin_threads)
         except ImportError:
             if backend == "onnx":
                 raise
@@ -83,15 +86,20 @@ class Predictor:
             raise
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0) -> "Predictor":
+    def from_onnx(cls, path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0,
+                  pin_threads: bool = True) -> "Predictor":
+        """ONNX Runtime session; `threads` intra-op threads (0: one per core), placed by
+        `threads.thread_layout` (the caller pins itself to `caller_cpus`, see `place_calling_thread`)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
         wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]
         chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        layout = thread_layout(int(threads), pin_threads)
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
+        opts.intra_op_num_threads = layout.intra_op_threads
+        if layout.pool_affinities:
+            opts.add_session_config_entry("session.intra_op_thread_affinities", layout.pool_affinities)
         opts.log_severity_level = 3
         # no busy-waiting pool threads: the serving process also has to receive and publish
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -114,6 +122,7 @@ class Predictor:
 
         pred = cls(meta, infer, "onnxruntime", str(path), session.get_providers())
         pred.session = session
+        pred.caller_cpus = layout.caller_cpus
         return pred
 
     @classmethod

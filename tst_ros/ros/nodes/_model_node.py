@@ -2,7 +2,9 @@
 
 - Subscribes the colour image (and, when the loaded model takes depth, the aligned depth image,
   paired by approximate time) with sensor QoS; only the newest frame is kept: a worker thread
-  processes it and frames that arrive meanwhile replace it (never a backlog).
+  processes it and frames that arrive meanwhile replace it (never a backlog). With
+  `pin_threads` the worker pins itself to the core ONNX Runtime's pool threads leave free
+  (`tst_ros.perception.threads`).
 - Subscribes `/tst/model` (ModelUpdate, transient-local). An update is verified (sha256 of the
   file, or of manifest.json for a directory, plus the model file it names), loaded and warmed
   up in a background thread, and swapped in between two frames. A model that fails to load or
@@ -25,6 +27,7 @@ from sensor_msgs.msg import Image
 
 from tst_ros.msg import LabelInfo, ModelUpdate
 from tst_ros.perception.runtime import IGNORE_LABEL, Predictor
+from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.conversions import depth_to_metres, image_to_rgb, stamp_to_ns
 from tst_ros.ros.qos import qos_latched, qos_sensor
 from tst_ros.util import sha256_file
@@ -71,6 +74,7 @@ class ModelServingNode(Node):
         self.sync_slop_s = float(p("sync_slop_s", 0.05).value)
         self.sync_queue = int(p("sync_queue", 10).value)
         self.threads = int(p("threads", 0).value)
+        self.pin_threads = bool(p("pin_threads", True).value)
         self.backend = str(p("backend", "auto").value)
 
         self._cv = threading.Condition()
@@ -117,7 +121,8 @@ class ModelServingNode(Node):
     def _on_depth(self, msg: Image) -> None:
         with self._cv:
             self._depths.append(msg)
-            self._cv.notify()
+            if self._latest is not None:        # wake the worker only for an image waiting on its depth
+                self._cv.notify()
 
     def _ensure_depth_subscription(self, needed: bool) -> None:
         if needed and self._depth_sub is None:
@@ -210,7 +215,7 @@ class ModelServingNode(Node):
                 try:
                     if checksum is not None:
                         verify_checksum(path, checksum)
-                    predictor = Predictor.load(path, self.providers, self.backend, self.threads)
+                    predictor = Predictor.load(path, self.providers, self.backend, self.threads, self.pin_threads)
                     if self.TASK not in predictor.tasks:
                         raise ValueError(f"model {path} has tasks {predictor.tasks}, not {self.TASK!r}")
                     self._warm_up(predictor)
@@ -241,6 +246,7 @@ class ModelServingNode(Node):
         if pending is None:
             return
         predictor, version, path = pending
+        place_calling_thread(predictor.caller_cpus)     # the worker calls run(): the core ORT's pool leaves free
         self.predictor, self.model_version = predictor, version
         self._ensure_depth_subscription(predictor.uses_depth)
         self.on_model_changed(predictor)

@@ -36,6 +36,7 @@ class DetectionNode(ModelServingNode):
         self.camera_info: CameraInfo | None = None
         self.create_subscription(CameraInfo, "/camera/color/camera_info", self._on_camera_info, self._sensor_qos)
         self.colours = palette(0)
+        self._det_pool: list[Detection2D] = []
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg
@@ -48,21 +49,28 @@ class DetectionNode(ModelServingNode):
 
     def publish_outputs(self, predictor: Predictor, msg: Image, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
         pred = predictor.predict(rgb, depth_m, self.score_threshold, self.nms_iou, self.max_detections, need_mask=False)
-        out = Detection2DArray(header=msg.header)
-        for box, score, label in zip(pred.boxes.tolist(), pred.scores.tolist(), pred.labels.tolist()):
-            det = Detection2D(header=msg.header)
+        self.det_pub.publish(self.detections_message(msg.header, pred.boxes, pred.scores, pred.labels))
+        if self.marker_pub.get_subscription_count() > 0:
+            self.marker_pub.publish(self.markers(predictor, msg, pred.boxes, pred.scores, pred.labels))
+
+    def detections_message(self, header, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detection2DArray:
+        """One frame's Detection2DArray. The Detection2D objects are kept and refilled from frame to
+        frame: constructing ten nested messages costs ~0.15 ms, refilling them ~0.015 ms. Safe
+        because publish() serializes before it returns and only the worker thread calls this."""
+        while len(self._det_pool) < len(boxes):
+            det = Detection2D()
+            det.results.append(ObjectHypothesisWithPose())
+            self._det_pool.append(det)
+        for det, box, score, label in zip(self._det_pool, boxes.tolist(), scores.tolist(), labels.tolist()):
+            det.header = header
             det.bbox.center.position.x = (box[0] + box[2]) / 2
             det.bbox.center.position.y = (box[1] + box[3]) / 2
             det.bbox.size_x = box[2] - box[0]
             det.bbox.size_y = box[3] - box[1]
-            hyp = ObjectHypothesisWithPose()
-            hyp.hypothesis.class_id = str(label)
-            hyp.hypothesis.score = float(score)
-            det.results.append(hyp)
-            out.detections.append(det)
-        self.det_pub.publish(out)
-        if self.marker_pub.get_subscription_count() > 0:
-            self.marker_pub.publish(self.markers(predictor, msg, pred.boxes, pred.scores, pred.labels))
+            hypothesis = det.results[0].hypothesis
+            hypothesis.class_id = str(label)
+            hypothesis.score = float(score)
+        return Detection2DArray(header=header, detections=self._det_pool[:len(boxes)])
 
     def _pinhole(self, width: int, height: int) -> tuple[float, float, float, float]:
         info = self.camera_info
