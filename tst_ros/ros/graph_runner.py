@@ -185,6 +185,9 @@ class Graph:
         everything = self.nodes + ([self.supervisor] if self.supervisor else [])
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=max(0.1, deadline - time.monotonic()))
+            # no callback may still be running when its node is destroyed below
+            if self._spin_thread is not None:
+                self._spin_thread.join(timeout=max(0.1, deadline - time.monotonic()))
             for node in everything:
                 self.executor.remove_node(node)
         for node in everything:
