@@ -14,7 +14,7 @@ detection nodes against bare ONNX Runtime inference of the same model, in the sa
   the node runs in its own process; latency = arrival time of the mask (detections) in this
   process minus the publish time carried in the header stamp. Ratios = e2e / bare. The same
   after deserializing the output into its Python message is reported as `*.decoded_*`
-  (a Python consumer's own cost, ~0.5 ms for ten Detection2D).
+  (a Python consumer's own cost, 0.7-0.9 ms for ten Detection2D).
 - Memory: resident set size of both node processes streamed at 30 Hz for the soak period
   (10 min; --quick: 30 s), growth relative to the size after warm-up.
 """
