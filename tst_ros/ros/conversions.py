@@ -153,8 +153,9 @@ def depth_to_metres(msg: Image) -> np.ndarray:
     raise ValueError(f"unsupported depth encoding {msg.encoding!r}; expected 16UC1 or mono16 (mm) or 32FC1 (m)")
 
 
-def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None) -> Image:
-    """(H, W) or (H, W, C) array -> Image; dtype and channel count must match the encoding."""
+def fit_image_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
+    """Check an (H, W) or (H, W, C) array against `encoding` -> (C-contiguous array in the
+    encoding's native dtype, row step in bytes); ValueError when shape or dtype do not fit."""
     base, channels = image_layout(encoding)
     arr = np.asarray(arr)
     if arr.ndim == 3 and channels == 1 and arr.shape[2] == 1:
@@ -164,12 +165,17 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None)
         raise ValueError(f"array of shape {arr.shape} does not fit encoding {encoding!r} ({channels} channel(s))")
     if arr.dtype.newbyteorder("=") != base:
         raise ValueError(f"array dtype {arr.dtype} does not match encoding {encoding!r} (expects {base})")
-    h, w = arr.shape[:2]
-    msg = Image(height=h, width=w, encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN),
-                step=w * channels * base.itemsize)
+    return np.ascontiguousarray(arr.astype(base, copy=False)), arr.shape[1] * channels * base.itemsize
+
+
+def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """(H, W) or (H, W, C) array -> Image; dtype and channel count must match the encoding."""
+    arr, step = fit_image_array(arr, encoding)
+    msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN),
+                step=step)
     if header is not None:
         msg.header = header
-    msg.data = _to_msg_bytes(arr.astype(base, copy=False))
+    msg.data = _to_msg_bytes(arr)
     return msg
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import Point
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 from visualization_msgs.msg import Marker, MarkerArray
 
-from tst_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+from tst_ros.msg import Detection2DArray
 from tst_ros.perception.runtime import Predictor, palette
+from tst_ros.ros.cdr import CdrImage, detections_cdr
+from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.nodes import run_node
 from tst_ros.ros.nodes._model_node import ModelServingNode
 
@@ -36,7 +38,6 @@ class DetectionNode(ModelServingNode):
         self.camera_info: CameraInfo | None = None
         self.create_subscription(CameraInfo, "/camera/color/camera_info", self._on_camera_info, self._sensor_qos)
         self.colours = palette(0)
-        self._det_pool: list[Detection2D] = []
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg
@@ -47,30 +48,14 @@ class DetectionNode(ModelServingNode):
     def class_ids(self, predictor: Predictor) -> list[int]:
         return [int(i) for i in predictor.thing_class_ids]
 
-    def publish_outputs(self, predictor: Predictor, msg: Image, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
+    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
         pred = predictor.predict(rgb, depth_m, self.score_threshold, self.nms_iou, self.max_detections, need_mask=False)
-        self.det_pub.publish(self.detections_message(msg.header, pred.boxes, pred.scores, pred.labels))
+        # written as CDR directly: rclpy's field-by-field conversion of ten nested Detection2D
+        # costs ~0.4 ms per frame on the serving path (tst_ros.ros.cdr)
+        self.det_pub.publish(detections_cdr(stamp_to_ns(msg.header.stamp), msg.header.frame_id,
+                                            pred.boxes, pred.scores, pred.labels))
         if self.marker_pub.get_subscription_count() > 0:
             self.marker_pub.publish(self.markers(predictor, msg, pred.boxes, pred.scores, pred.labels))
-
-    def detections_message(self, header, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detection2DArray:
-        """One frame's Detection2DArray. The Detection2D objects are kept and refilled from frame to
-        frame: constructing ten nested messages costs ~0.15 ms, refilling them ~0.015 ms. Safe
-        because publish() serializes before it returns and only the worker thread calls this."""
-        while len(self._det_pool) < len(boxes):
-            det = Detection2D()
-            det.results.append(ObjectHypothesisWithPose())
-            self._det_pool.append(det)
-        for det, box, score, label in zip(self._det_pool, boxes.tolist(), scores.tolist(), labels.tolist()):
-            det.header = header
-            det.bbox.center.position.x = (box[0] + box[2]) / 2
-            det.bbox.center.position.y = (box[1] + box[3]) / 2
-            det.bbox.size_x = box[2] - box[0]
-            det.bbox.size_y = box[3] - box[1]
-            hypothesis = det.results[0].hypothesis
-            hypothesis.class_id = str(label)
-            hypothesis.score = float(score)
-        return Detection2DArray(header=header, detections=self._det_pool[:len(boxes)])
 
     def _pinhole(self, width: int, height: int) -> tuple[float, float, float, float]:
         info = self.camera_info
@@ -79,7 +64,7 @@ class DetectionNode(ModelServingNode):
         f = float(max(width, height))
         return f, f, width / 2, height / 2
 
-    def markers(self, predictor: Predictor, msg: Image, boxes: np.ndarray, scores: np.ndarray,
+    def markers(self, predictor: Predictor, msg: CdrImage, boxes: np.ndarray, scores: np.ndarray,
                 labels: np.ndarray) -> MarkerArray:
         fx, fy, cx, cy = self._pinhole(msg.width, msg.height)
         z = MARKER_PLANE_M

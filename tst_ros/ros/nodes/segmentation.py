@@ -9,7 +9,8 @@ import numpy as np
 from sensor_msgs.msg import Image
 
 from tst_ros.perception.runtime import Predictor, overlay, palette
-from tst_ros.ros.conversions import array_to_image
+from tst_ros.ros.cdr import CdrImage, image_cdr
+from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.nodes import run_node
 from tst_ros.ros.nodes._model_node import ModelServingNode
 
@@ -32,11 +33,12 @@ class SegmentationNode(ModelServingNode):
     def on_model_changed(self, predictor: Predictor) -> None:
         self.colours = palette(len(predictor.classes))
 
-    def publish_outputs(self, predictor: Predictor, msg: Image, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
+    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
         pred = predictor.predict(rgb, depth_m, need_boxes=False)
-        self.mask_pub.publish(array_to_image(pred.mask, "mono8", msg.header))
+        stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), msg.header.frame_id
+        self.mask_pub.publish(image_cdr(stamp_ns, frame_id, "mono8", pred.mask))      # CDR written directly
         if self.publish_overlay and self.overlay_pub.get_subscription_count() > 0:
-            self.overlay_pub.publish(array_to_image(overlay(rgb, pred.mask, self.colours), "rgb8", msg.header))
+            self.overlay_pub.publish(image_cdr(stamp_ns, frame_id, "rgb8", overlay(rgb, pred.mask, self.colours)))
 
 
 def main(argv=None) -> int:
