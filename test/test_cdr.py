@@ -134,3 +134,17 @@ def test_image_cdr_rejects_an_array_that_does_not_fit_the_encoding():
         image_cdr(0, "cam", "rgb8", np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="does not match encoding"):
         image_cdr(0, "cam", "mono8", np.zeros((4, 4), np.float32))
+
+
+def test_restamp_cdr_changes_only_the_header_stamp():
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from tst_ros.data.bagio import cdr_header_stamp_ns, restamp_cdr
+    from tst_ros.ros.conversions import array_to_image
+
+    msg = array_to_image(np.arange(24, dtype=np.uint8).reshape(2, 4, 3), "rgb8", make_header(5, "cam"))
+    restamped = restamp_cdr(serialize_message(msg), 1_700_000_000_000_000_007)
+    assert cdr_header_stamp_ns(restamped) == 1_700_000_000_000_000_007
+    msg.header = make_header(1_700_000_000_000_000_007, "cam")
+    assert deserialize_message(restamped, Image) == msg

@@ -53,9 +53,8 @@ def restamp_cdr(data: bytes, stamp_ns: int) -> bytes:
     if len(data) < 12:
         raise ValueError(f"CDR message of {len(data)} bytes is too short to hold a header stamp")
     little = data[1] == 1
-    out = bytearray(data)
-    struct.pack_into("<iI" if little else ">iI", out, 4, stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000)
-    return bytes(out)
+    stamp = struct.pack("<iI" if little else ">iI", stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000)
+    return b"".join((data[:4], stamp, memoryview(data)[12:]))        # one copy of the payload
 
 
 _HEADER_TYPES: dict[str, bool] = {}
