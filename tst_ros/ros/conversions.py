@@ -1,4 +1,5 @@
-"""Message <-> numpy conversions: the one place besides the nodes that knows message layouts.
+"""Message <-> numpy conversions: with `cdr` (the wire format on the perception nodes' serving
+path), the one place besides the nodes that knows message layouts.
 
 Images (sensor_msgs/Image, CompressedImage), point clouds (PointCloud2 <-> structured numpy),
 CameraInfo <-> geometry.Intrinsics, Imu <-> (6,) arrays, Odometry <-> 4x4 poses, stamps and
