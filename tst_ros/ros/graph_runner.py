@@ -140,6 +140,20 @@ class Supervisor(Node):
                 self.seen.samples["point_labels"] = np.array(cloud_field(msg, "label"))
 
 
+class DrainingExecutor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor whose shutdown lets the callbacks already handed to its thread
+    pool finish before the base class destroys the executor's guard condition. rclpy does it
+    the other way round: a callback still queued then ends by triggering the destroyed guard
+    condition, and its task prints "The following exception was never retrieved: cannot use
+    Destroyable because destruction was requested" when it is collected. Only shut it down
+    once nothing spins it any more (the pool takes no new work afterwards)."""
+
+    def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
+        if wait_for_threads:
+            self._executor.shutdown(wait=True)      # the pool (rclpy keeps it in _executor)
+        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
+
+
 class Graph:
     """The specialise nodes plus a supervisor on one multi-threaded executor."""
 
@@ -148,12 +162,13 @@ class Graph:
         self.nodes: list[Node] = []
         self.threads = threads
         self.supervisor: Supervisor | None = None
-        self.executor: MultiThreadedExecutor | None = None
+        self.executor: DrainingExecutor | None = None
         self._spin_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> "Graph":
         rclpy.init(args=remap_arguments(self.specs), signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-        self.executor = MultiThreadedExecutor(num_threads=self.threads)
+        self.executor = DrainingExecutor(num_threads=self.threads)
         self.supervisor = Supervisor()
         self.executor.add_node(self.supervisor)
         for spec in self.specs:
@@ -166,7 +181,8 @@ class Graph:
 
     def _spin(self):
         try:
-            self.executor.spin()
+            while not self._stopping.is_set() and rclpy.ok():
+                self.executor.spin_once(timeout_sec=0.1)
         except (ExternalShutdownException, rclpy.executors.ShutdownException):
             pass
 
@@ -184,10 +200,12 @@ class Graph:
                 break
         everything = self.nodes + ([self.supervisor] if self.supervisor else [])
         if self.executor is not None:
-            self.executor.shutdown(timeout_sec=max(0.1, deadline - time.monotonic()))
-            # no callback may still be running when its node is destroyed below
+            # stop spinning first, then let queued callbacks finish: none may still run when
+            # its node is destroyed below
+            self._stopping.set()
             if self._spin_thread is not None:
-                self._spin_thread.join(timeout=max(0.1, deadline - time.monotonic()))
+                self._spin_thread.join(timeout=max(1.0, deadline - time.monotonic()))
+            self.executor.shutdown(timeout_sec=max(1.0, deadline - time.monotonic()))
             for node in everything:
                 self.executor.remove_node(node)
         for node in everything:
