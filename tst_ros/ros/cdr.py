@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from std_msgs.msg import Header
 
-from tst_ros.ros.conversions import fit_image_array
+from tst_ros.ros.conversions import NS_PER_S, fit_image_array
 
 CDR_LE_HEADER = b"\x00\x01\x00\x00"     # encapsulation: CDR, little endian, no options
-NS_PER_S = 1_000_000_000
 
 _U32 = struct.Struct("<I")
 _STAMP = struct.Struct("<iI")
