@@ -24,7 +24,6 @@ COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out 
            "--set pretrain.decoder_dim=64 --set pretrain.decoder_depth=1")
 
 
-
 def call(client, timeout=10.0):
     assert client.wait_for_service(timeout_sec=timeout), client.srv_name
     future = client.call_async(Trigger.Request())

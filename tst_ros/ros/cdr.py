@@ -78,8 +78,7 @@ def detections_cdr(stamp_ns: int, frame_id: str, boxes: np.ndarray, scores: np.n
 def image_cdr(stamp_ns: int, frame_id: str, encoding: str, pixels: np.ndarray) -> bytes:
     """sensor_msgs/Image, little endian, from an (H, W[, C]) array fitting `encoding`."""
     pixels, step = fit_image_array(pixels, encoding)
-    if pixels.dtype.byteorder == ">":
-        pixels = pixels.astype(pixels.dtype.newbyteorder("<"))
+    pixels = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False)    # a copy only on big-endian hosts
     buf = bytearray(CDR_LE_HEADER)
     buf += header_cdr(stamp_ns, frame_id)
     _pad(buf, 4)
