@@ -14,9 +14,11 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="dataset store directory (created, or appended to)")
     p.add_argument("--image-size", type=int, help="training resolution (default: record.image_size)")
     p.add_argument("--max-samples", type=int, help="stop after this many samples (0: all)")
-    for stream in ("rgb", "depth", "camera_info", "imu", "cloud", "odom"):
+    from tst_ros.data.pipeline import DEFAULT_TOPICS
+
+    for stream, topic in DEFAULT_TOPICS.items():
         p.add_argument(f"--{stream.replace('_', '-')}-topic", dest=f"{stream}_topic",
-                       help=f"topic of the {stream} stream (default: the DESIGN §2 name)")
+                       help=f"topic of the {stream} stream (default: {topic})")
     p.add_argument("--camera-extrinsic", type=float, nargs=7, metavar="V",
                    help="T_base_camera as x y z qw qx qy qz (default: the simulator rig's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -43,14 +45,14 @@ def register(sub) -> None:
     p = sub.add_parser("dataset", help="inspect or build dataset stores")
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     q = dsub.add_parser("info", help="summary of a dataset store")
-    q.add_argument("path")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("path", help="dataset store directory")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=run_info)
     q = dsub.add_parser("from-sim", help="write simulator frames into a store (no ROS needed)")
-    q.add_argument("--out", required=True)
-    q.add_argument("--frames", type=int, default=200)
+    q.add_argument("--out", required=True, help="dataset store directory (created, or appended to)")
+    q.add_argument("--frames", type=int, default=200, help="simulator frames to store")
     q.add_argument("--start", type=int, default=0, help="first simulator frame index")
-    q.add_argument("--image-size", type=int)
+    q.add_argument("--image-size", type=int, help="training resolution (default: record.image_size)")
     q.add_argument("--ground-truth", action=argparse_bool(), default=True, help="store semantic/instance GT")
     config.add_config_arguments(q)
     q.set_defaults(func=run_from_sim)
@@ -74,12 +76,12 @@ def run_ingest(args) -> int:
     import numpy as np
 
     from tst_ros.data.ingest import ingest
+    from tst_ros.data.pipeline import DEFAULT_TOPICS
     from tst_ros.poses import extrinsic_to_matrix
     from tst_ros.ros.nodes.recorder import RosDecoder, default_extrinsic
 
     cfg = _record_cfg(args)
-    topics = {s: getattr(args, f"{s}_topic") for s in ("rgb", "depth", "camera_info", "imu", "cloud", "odom")
-              if getattr(args, f"{s}_topic")}
+    topics = {s: getattr(args, f"{s}_topic") for s in DEFAULT_TOPICS if getattr(args, f"{s}_topic")}
     T = extrinsic_to_matrix(args.camera_extrinsic or default_extrinsic())
     report = ingest(args.bag, args.out, cfg.record, RosDecoder(), topics=topics, T_base_camera=np.asarray(T),
                     progress=not args.no_progress)

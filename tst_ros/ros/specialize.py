@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from tst_ros.graph.description import NodeSpec
-from tst_ros.ros.graph_runner import Graph, Observed
+from tst_ros.ros.graph_runner import OUTPUTS, Graph, Observed
 from tst_ros.util import atomic_write_json
+
+# Which node produces each observed output (a graph without that node expects none of them).
+OUTPUT_PRODUCERS = {"mask": "segmentation", "overlay": "segmentation", "detections": "detection",
+                    "points_labeled": "ttt_kd"}
+# After `deploy_seconds`, deployment goes on until every expected output was seen at least
+# once, for at most this long; a busy machine can delay the first labelled cloud by seconds.
+MISSING_OUTPUT_GRACE_S = 120.0
 
 
 class StageBars:
@@ -93,6 +100,8 @@ class Specialize:
         self.graph = Graph(specs)
         self.bars = StageBars()
         self.failed: str | None = None
+        names = {spec.name for spec in specs}
+        self.expected_outputs = sorted(k for k in OUTPUTS if OUTPUT_PRODUCERS.get(k) in names)
 
     def _on_signal(self, signum, frame):
         print(f"\n[specialize] {signal.Signals(signum).name}: stopping the graph", file=sys.stderr)
@@ -121,7 +130,7 @@ class Specialize:
                     self.bars.show("serve" if reported else "deploy", round(elapsed),
                                    elapsed if reported else self.cfg.specialize.deploy_seconds,
                                    f"model v{seen.model.version}; {outputs}")
-                    if not reported and elapsed >= self.cfg.specialize.deploy_seconds:
+                    if not reported and self._deployment_done(seen, elapsed):
                         self._write_report(elapsed)
                         reported = True
                         if not self.cfg.specialize.serve:
@@ -148,6 +157,22 @@ class Specialize:
         report = self._write_report(time.monotonic() - deploy_started if deploy_started else 0.0)
         print(f"[specialize] error: {self.failed}; partial report: {report}", file=sys.stderr)
         return 1
+
+    def _deployment_done(self, seen: Observed, elapsed: float) -> bool:
+        """The deployment period is over once it lasted `deploy_seconds` and every expected output
+        arrived after the hot reload (or the grace period for missing outputs ran out)."""
+        minimum = self.cfg.specialize.deploy_seconds
+        if elapsed < minimum:
+            return False
+        with self.graph.supervisor.lock:
+            missing = [k for k in self.expected_outputs if seen.deploy_counts.get(k, 0) == 0]
+        if not missing:
+            return True
+        if elapsed < minimum + MISSING_OUTPUT_GRACE_S:
+            return False
+        print(f"\n[specialize] warning: no {', '.join(missing)} received in {elapsed:.0f} s of deployment",
+              file=sys.stderr)
+        return True
 
     def _save_deployment(self, seconds: float) -> None:
         seen = self.graph.supervisor.seen
