@@ -62,7 +62,7 @@ def test_image_from_cdr_reads_what_rclpy_serialized_without_copying_pixels(encod
     from rclpy.serialization import serialize_message
 
     from tst_ros.ros.cdr import image_from_cdr
-    from tst_ros.ros.conversions import array_to_image, image_to_array
+    from tst_ros.ros.images import array_to_image, image_to_array
 
     pixels = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
     msg = array_to_image(pixels, encoding, make_header(1_700_000_000_123_456_789, frame_id))
@@ -77,7 +77,7 @@ def test_image_from_cdr_reads_what_rclpy_serialized_without_copying_pixels(encod
 
 def test_image_from_cdr_reads_padded_rows_and_big_endian_buffers():
     from tst_ros.ros.cdr import image_from_cdr
-    from tst_ros.ros.conversions import image_to_array
+    from tst_ros.ros.images import image_to_array
 
     rows = np.arange(12, dtype=">u2").reshape(3, 4)
     step = 10                                                      # 8 bytes of pixels + 2 of padding per row
@@ -96,7 +96,7 @@ def test_image_from_cdr_names_what_is_wrong_with_a_malformed_buffer():
     from rclpy.serialization import serialize_message
 
     from tst_ros.ros.cdr import image_from_cdr
-    from tst_ros.ros.conversions import array_to_image
+    from tst_ros.ros.images import array_to_image
 
     data = serialize_message(array_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8", make_header(0, "cam")))
     with pytest.raises(ValueError, match="runs past the end"):
@@ -119,7 +119,7 @@ def test_image_cdr_decodes_to_the_image_array_to_image_builds(encoding, shape, d
     from sensor_msgs.msg import Image
 
     from tst_ros.ros.cdr import image_cdr
-    from tst_ros.ros.conversions import array_to_image
+    from tst_ros.ros.images import array_to_image
 
     pixels = np.random.default_rng(1).integers(0, 250, shape).astype(dtype)
     strided = np.repeat(pixels, 2, axis=1)[:, ::2]                 # not contiguous: must be packed
@@ -141,7 +141,7 @@ def test_restamp_cdr_changes_only_the_header_stamp():
     from sensor_msgs.msg import Image
 
     from tst_ros.data.bagio import cdr_header_stamp_ns, restamp_cdr
-    from tst_ros.ros.conversions import array_to_image
+    from tst_ros.ros.images import array_to_image
 
     msg = array_to_image(np.arange(24, dtype=np.uint8).reshape(2, 4, 3), "rgb8", make_header(5, "cam"))
     restamped = restamp_cdr(serialize_message(msg), 1_700_000_000_000_000_007)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import PointCloud2, PointField
 
-from tst_ros.ros import conversions as conv
+from tst_ros.ros.clouds import array_to_cloud, cloud_field, cloud_rgb, cloud_to_array, cloud_xyz, make_xyz_rgb_cloud
+from tst_ros.ros.conversions import make_header
 
 RNG = np.random.default_rng(3)
 
@@ -41,18 +42,18 @@ ALL_TYPES = np.dtype({
 
 def test_every_datatype_with_offsets_and_padding_round_trips():
     points = random_fill(np.zeros(257, ALL_TYPES))
-    msg = conv.array_to_cloud(points, conv.make_header(42, "camera_color_optical_frame"))
+    msg = array_to_cloud(points, make_header(42, "camera_color_optical_frame"))
     assert (msg.height, msg.width, msg.point_step, msg.row_step) == (1, 257, 64, 64 * 257)
     assert msg.header.frame_id == "camera_color_optical_frame" and not msg.is_bigendian
     layout = {f.name: (f.offset, f.datatype, f.count) for f in msg.fields}
     assert layout["i8"] == (16, PointField.INT8, 1) and layout["u16"] == (20, PointField.UINT16, 1)
     assert layout["label"] == (28, PointField.UINT32, 1) and layout["f64"] == (32, PointField.FLOAT64, 1)
     assert layout["normal"] == (40, PointField.FLOAT32, 3)
-    back = conv.cloud_to_array(msg)
+    back = cloud_to_array(msg)
     assert_fields_equal(back, points)
     assert np.shares_memory(back, np.frombuffer(msg.data, np.uint8))
-    assert np.array_equal(conv.cloud_field(msg, "normal"), points["normal"])
-    assert np.array_equal(conv.cloud_xyz(msg), np.stack([points[c] for c in "xyz"], axis=1))
+    assert np.array_equal(cloud_field(msg, "normal"), points["normal"])
+    assert np.array_equal(cloud_xyz(msg), np.stack([points[c] for c in "xyz"], axis=1))
 
 
 def test_xyz_rgb_cloud_with_label_and_confidence():
@@ -62,19 +63,19 @@ def test_xyz_rgb_cloud_with_label_and_confidence():
     rgb = RNG.integers(0, 256, size=(n, 3), dtype=np.uint8)
     label = RNG.integers(0, 2**32, size=n, dtype=np.uint32)
     confidence = RNG.random(n).astype(np.float32)
-    msg = conv.make_xyz_rgb_cloud(xyz, rgb, conv.make_header(7, "cam"),
-                                  extra={"label": label, "confidence": confidence})
+    msg = make_xyz_rgb_cloud(xyz, rgb, make_header(7, "cam"),
+                             extra={"label": label, "confidence": confidence})
     types = {f.name: f.datatype for f in msg.fields}
     assert types == {"x": PointField.FLOAT32, "y": PointField.FLOAT32, "z": PointField.FLOAT32,
                      "rgb": PointField.FLOAT32, "label": PointField.UINT32, "confidence": PointField.FLOAT32}
     assert msg.is_dense is False
-    assert np.array_equal(conv.cloud_xyz(msg), xyz, equal_nan=True)
-    assert np.array_equal(conv.cloud_rgb(msg), rgb)
-    assert np.array_equal(conv.cloud_field(msg, "label"), label)
-    assert np.array_equal(conv.cloud_field(msg, "confidence"), confidence)
-    packed = conv.cloud_field(msg, "rgb").view(np.uint32)
+    assert np.array_equal(cloud_xyz(msg), xyz, equal_nan=True)
+    assert np.array_equal(cloud_rgb(msg), rgb)
+    assert np.array_equal(cloud_field(msg, "label"), label)
+    assert np.array_equal(cloud_field(msg, "confidence"), confidence)
+    packed = cloud_field(msg, "rgb").view(np.uint32)
     assert packed[0] == (int(rgb[0, 0]) << 16) | (int(rgb[0, 1]) << 8) | int(rgb[0, 2])
-    assert conv.make_xyz_rgb_cloud(np.zeros((3, 3), np.float32)).is_dense is True
+    assert make_xyz_rgb_cloud(np.zeros((3, 3), np.float32)).is_dense is True
 
 
 def test_cloud_xyz_keeps_nan_payloads_bit_exact():
@@ -83,8 +84,8 @@ def test_cloud_xyz_keeps_nan_payloads_bit_exact():
     bits[::7, 0] = 0x7FC00001
     xyz = bits.view(np.float32)
     for extra in ({}, {"label": np.arange(500, dtype=np.uint32)}):
-        msg = conv.make_xyz_rgb_cloud(xyz, np.zeros((500, 3), np.uint8), extra=extra)
-        assert np.array_equal(conv.cloud_xyz(msg).view(np.uint32), bits)
+        msg = make_xyz_rgb_cloud(xyz, np.zeros((500, 3), np.uint8), extra=extra)
+        assert np.array_equal(cloud_xyz(msg).view(np.uint32), bits)
 
 
 def raw_cloud(points, row_pad=0):
@@ -92,7 +93,7 @@ def raw_cloud(points, row_pad=0):
     h, w = points.shape
     rows = points.view(np.uint8).reshape(h, w * points.dtype.itemsize)
     data = np.concatenate([rows, np.full((h, row_pad), 0xCD, np.uint8)], axis=1)
-    template = conv.array_to_cloud(points[:1, :1])
+    template = array_to_cloud(points[:1, :1])
     return PointCloud2(height=h, width=w, fields=template.fields, is_bigendian=False,
                        point_step=points.dtype.itemsize, row_step=data.shape[1], is_dense=False,
                        data=array.array("B", data.tobytes()))
@@ -104,81 +105,81 @@ def test_organized_cloud_with_row_padding(row_pad):
                            "offsets": [0, 4, 8, 16], "itemsize": 32})
     points = random_fill(np.zeros((4, 6), pcl_layout))
     msg = raw_cloud(points, row_pad)
-    back = conv.cloud_to_array(msg)
+    back = cloud_to_array(msg)
     assert back.shape == (4, 6)
     assert_fields_equal(back, points)
-    xyz = conv.cloud_xyz(msg)
+    xyz = cloud_xyz(msg)
     assert xyz.shape == (24, 3) and np.array_equal(xyz[7], [points[1, 1][c] for c in "xyz"])
-    assert np.array_equal(conv.cloud_field(msg, "rgb"), points["rgb"].reshape(-1))
+    assert np.array_equal(cloud_field(msg, "rgb"), points["rgb"].reshape(-1))
 
 
 def test_organized_array_to_cloud_sets_height_and_width():
     points = random_fill(np.zeros((3, 5), np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4")])))
-    msg = conv.array_to_cloud(points)
+    msg = array_to_cloud(points)
     assert (msg.height, msg.width, msg.row_step) == (3, 5, 60)
-    assert_fields_equal(conv.cloud_to_array(msg), points)
+    assert_fields_equal(cloud_to_array(msg), points)
 
 
 def test_big_endian_fields_are_written_little_endian():
     points = np.zeros(4, np.dtype([("x", ">f4"), ("y", ">f4"), ("z", ">f4"), ("label", ">u4")]))
     points["x"], points["label"] = [1, 2, 3, 4], [10, 20, 30, 2**31]
-    back = conv.cloud_to_array(conv.array_to_cloud(points))
+    back = cloud_to_array(array_to_cloud(points))
     assert back.dtype["x"] == np.dtype("<f4") and np.array_equal(back["label"], [10, 20, 30, 2**31])
 
 
 def small_cloud():
-    return conv.make_xyz_rgb_cloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8))
+    return make_xyz_rgb_cloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8))
 
 
 def test_big_endian_cloud_is_rejected():
     msg = small_cloud()
     msg.is_bigendian = True
     with pytest.raises(ValueError, match="big-endian"):
-        conv.cloud_to_array(msg)
+        cloud_to_array(msg)
 
 
 def test_missing_xyz_fields_are_rejected():
     points = np.zeros(3, np.dtype([("x", "<f4"), ("y", "<f4"), ("intensity", "<f4")]))
-    msg = conv.array_to_cloud(points)
+    msg = array_to_cloud(points)
     with pytest.raises(ValueError, match=r"no z field.*fields: x, y, intensity"):
-        conv.cloud_xyz(msg)
+        cloud_xyz(msg)
     with pytest.raises(ValueError, match="no field 'label'"):
-        conv.cloud_field(msg, "label")
+        cloud_field(msg, "label")
     with pytest.raises(ValueError, match="rgb"):
-        conv.cloud_rgb(msg)
+        cloud_rgb(msg)
 
 
 def test_row_step_and_data_length_are_checked():
     msg = small_cloud()
     msg.row_step = msg.point_step * 4 - 1
     with pytest.raises(ValueError, match="row_step 63 is smaller than width"):
-        conv.cloud_to_array(msg)
+        cloud_to_array(msg)
     msg = small_cloud()
     msg.data = msg.data[:-3]
     with pytest.raises(ValueError, match=r"data length 61 does not match row_step \* height"):
-        conv.cloud_to_array(msg)
+        cloud_to_array(msg)
 
 
 def test_bad_fields_are_rejected():
     msg = small_cloud()
     msg.fields[3].datatype = 99
     with pytest.raises(ValueError, match="'rgb' has unknown PointField datatype 99"):
-        conv.cloud_to_array(msg)
+        cloud_to_array(msg)
     msg = small_cloud()
     msg.fields[3].offset = 14
     with pytest.raises(ValueError, match="'rgb'.*extends past point_step 16"):
-        conv.cloud_to_array(msg)
+        cloud_to_array(msg)
     with pytest.raises(ValueError, match="structured array"):
-        conv.array_to_cloud(np.zeros((4, 3), np.float32))
+        array_to_cloud(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="'stamp' has dtype int64"):
-        conv.array_to_cloud(np.zeros(2, np.dtype([("x", "<f4"), ("stamp", "<i8")])))
+        array_to_cloud(np.zeros(2, np.dtype([("x", "<f4"), ("stamp", "<i8")])))
     with pytest.raises(ValueError, match=r"xyz must have shape \(N, 3\)"):
-        conv.make_xyz_rgb_cloud(np.zeros((4, 2), np.float32))
+        make_xyz_rgb_cloud(np.zeros((4, 2), np.float32))
     with pytest.raises(ValueError, match="extra field 'label'"):
-        conv.make_xyz_rgb_cloud(np.zeros((4, 3), np.float32), extra={"label": np.zeros(3, np.uint32)})
+        make_xyz_rgb_cloud(np.zeros((4, 3), np.float32), extra={"label": np.zeros(3, np.uint32)})
 
 
 def test_empty_cloud_converts_to_empty_arrays():
-    msg = conv.make_xyz_rgb_cloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
-    assert conv.cloud_to_array(msg).shape == (0,)
-    assert conv.cloud_xyz(msg).shape == (0, 3)
+    msg = make_xyz_rgb_cloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+    assert cloud_to_array(msg).shape == (0,)
+    assert cloud_xyz(msg).shape == (0, 3)

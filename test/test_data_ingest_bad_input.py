@@ -17,7 +17,8 @@ from tst_ros.data.bagio import BagWriter
 from tst_ros.data.ingest import ingest
 from tst_ros.data.store import Store
 from tst_ros.geometry import Intrinsics
-from tst_ros.ros import conversions as conv
+from tst_ros.ros.conversions import array_to_imu, intrinsics_to_camera_info, make_header
+from tst_ros.ros.images import array_to_image
 from tst_ros.ros.nodes.recorder import RosDecoder
 
 MS = 1_000_000
@@ -44,19 +45,19 @@ class _Bag:
 
 
 def _frame(bag, i, t, rgb_enc="rgb8", depth=None, info=True, rgb=True):
-    h = conv.make_header(t, "camera_color_optical_frame")
+    h = make_header(t, "camera_color_optical_frame")
     for k in range(1, 21):   # 200 Hz IMU in (t - 100 ms, t]
-        bag.put("imu", conv.array_to_imu([0, 0, 9.81, 0, 0, 0.1 * i], conv.make_header(t - 100 * MS + 5 * MS * k, "imu_link")))
+        bag.put("imu", array_to_imu([0, 0, 9.81, 0, 0, 0.1 * i], make_header(t - 100 * MS + 5 * MS * k, "imu_link")))
     if info:
-        bag.put("camera_info", conv.intrinsics_to_camera_info(INTR, h))
+        bag.put("camera_info", intrinsics_to_camera_info(INTR, h))
     if rgb:
         img = np.full((H, W, 3), 10 * i, np.uint8)
         if rgb_enc == "rgb8":
-            bag.put("rgb", conv.array_to_image(img, "rgb8", h))
+            bag.put("rgb", array_to_image(img, "rgb8", h))
         else:  # a valid message whose encoding the recorder cannot turn into RGB
             from sensor_msgs.msg import Image
             bag.put("rgb", Image(header=h, height=H, width=W, encoding=rgb_enc, step=2 * W, data=bytes(2 * W * H)))
-    bag.put("depth", depth if depth is not None else conv.array_to_image(np.full((H, W), 2000, np.uint16), "16UC1", h))
+    bag.put("depth", depth if depth is not None else array_to_image(np.full((H, W), 2000, np.uint16), "16UC1", h))
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +66,19 @@ def bad_bag(tmp_path_factory):
     bag = _Bag(path)
     t = lambda i: T0 + i * 100 * MS  # noqa: E731
     for i in range(14):
-        h = conv.make_header(t(i), "camera_color_optical_frame")
+        h = make_header(t(i), "camera_color_optical_frame")
         if i == 3:
             _frame(bag, i, t(i), rgb_enc="yuv422")                                          # unknown rgb encoding
         elif i == 4:
-            _frame(bag, i, t(i), depth=conv.array_to_image(np.zeros((H, W, 3), np.uint8), "rgb8", h))  # wrong depth enc.
+            _frame(bag, i, t(i), depth=array_to_image(np.zeros((H, W, 3), np.uint8), "rgb8", h))  # wrong depth enc.
         elif i == 5:
-            _frame(bag, i, t(i), depth=conv.array_to_image(np.full((24, 32), 900, np.uint16), "16UC1", h))  # size
+            _frame(bag, i, t(i), depth=array_to_image(np.full((24, 32), 900, np.uint16), "16UC1", h))  # size
         elif i == 6:
             d = np.full((H, W), 1.5, np.float32)
             d[0, :10], d[1, :5] = np.nan, np.inf
-            _frame(bag, i, t(i), depth=conv.array_to_image(d, "32FC1", h))                  # NaN / inf depth
-            bag.put("rgb", conv.array_to_image(np.zeros((H, W, 3), np.uint8), "rgb8",
-                                               conv.make_header(t(i) - 50 * MS, "x")))     # out-of-order stamp
+            _frame(bag, i, t(i), depth=array_to_image(d, "32FC1", h))                          # NaN / inf depth
+            bag.put("rgb", array_to_image(np.zeros((H, W, 3), np.uint8), "rgb8",
+                                          make_header(t(i) - 50 * MS, "x")))                   # out-of-order stamp
         elif i < 2:
             _frame(bag, i, t(i), info=False)                                                 # no CameraInfo yet
         elif i >= 10:

@@ -19,7 +19,9 @@ from rclpy.node import Node
 
 from tst_ros.msg import (Detection2D, Detection2DArray, LabelInfo, ModelUpdate, ObjectHypothesisWithPose,
                          RecorderStatus, TrainingStatus)
-from tst_ros.ros import conversions as conv
+from tst_ros.ros.clouds import cloud_field, cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
+from tst_ros.ros.conversions import make_header
+from tst_ros.ros.images import array_to_image, image_to_array, image_to_rgb
 from tst_ros.ros.qos import qos_profile
 
 PEER = Path(__file__).with_name("dds_echo_peer.py")
@@ -65,9 +67,9 @@ def sensor_messages(header):
     xyz = rng.normal(size=(100_000, 3)).astype(np.float32)
     xyz[::1000] = np.nan
     colours = rng.integers(0, 256, size=(100_000, 3), dtype=np.uint8)
-    cloud = conv.make_xyz_rgb_cloud(xyz, colours, header, extra={"label": np.arange(100_000, dtype=np.uint32)})
+    cloud = make_xyz_rgb_cloud(xyz, colours, header, extra={"label": np.arange(100_000, dtype=np.uint32)})
     arrays = {"image": rgb, "depth": depth, "cloud": (xyz, colours)}
-    return {"image": conv.array_to_image(rgb, "rgb8", header), "depth": conv.array_to_image(depth, "16UC1", header),
+    return {"image": array_to_image(rgb, "rgb8", header), "depth": array_to_image(depth, "16UC1", header),
             "cloud": cloud}, arrays
 
 
@@ -83,7 +85,7 @@ def spin_until(executor, condition, what, peer_log):
 @pytest.mark.parametrize("transports", ["DEFAULT", "LARGE_DATA"])
 def test_messages_cross_two_processes_bit_exactly(transports, monkeypatch):
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", transports)
-    header = conv.make_header(1_700_000_000_123_456_789, "camera_color_optical_frame")
+    header = make_header(1_700_000_000_123_456_789, "camera_color_optical_frame")
     messages = {**custom_messages(header)}
     sensors, arrays = sensor_messages(header)
     messages.update(sensors)
@@ -139,11 +141,11 @@ def test_messages_cross_two_processes_bit_exactly(transports, monkeypatch):
         sent, echo = messages[key], received[key]
         assert bytes(echo.data) == bytes(sent.data), key
         assert echo.header == header
-    assert np.array_equal(conv.image_to_rgb(received["image"]), arrays["image"])
-    assert np.array_equal(conv.image_to_array(received["depth"]), arrays["depth"])
+    assert np.array_equal(image_to_rgb(received["image"]), arrays["image"])
+    assert np.array_equal(image_to_array(received["depth"]), arrays["depth"])
     cloud = received["cloud"]
     assert (cloud.width, cloud.point_step, cloud.fields) == (100_000, 20, messages["cloud"].fields)
     xyz, colours = arrays["cloud"]
-    assert np.array_equal(conv.cloud_xyz(cloud).view(np.uint32), xyz.view(np.uint32))
-    assert np.array_equal(conv.cloud_rgb(cloud), colours)
-    assert np.array_equal(conv.cloud_field(cloud, "label"), np.arange(100_000))
+    assert np.array_equal(cloud_xyz(cloud).view(np.uint32), xyz.view(np.uint32))
+    assert np.array_equal(cloud_rgb(cloud), colours)
+    assert np.array_equal(cloud_field(cloud, "label"), np.arange(100_000))

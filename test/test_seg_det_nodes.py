@@ -97,7 +97,7 @@ class Harness:
         return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
     def _on_mask(self, msg):
-        from tst_ros.ros.conversions import image_to_array
+        from tst_ros.ros.images import image_to_array
         with self.lock:
             self.masks[self.key(msg.header)].append((msg.header.frame_id, msg.encoding, msg.height, msg.width,
                                                      np.unique(image_to_array(msg))))
@@ -122,7 +122,8 @@ class Harness:
             return [v for v, _, _ in self.labels[topic]]
 
     def publish_frame(self, stamp_ns: int, rgb: np.ndarray, depth_mm: np.ndarray | None, encoding="rgb8"):
-        from tst_ros.ros.conversions import array_to_image, make_header
+        from tst_ros.ros.conversions import make_header
+        from tst_ros.ros.images import array_to_image
         header = make_header(stamp_ns, FRAME_ID)
         if encoding == "rgb8":
             self.image_pub.publish(array_to_image(rgb, "rgb8", header))
@@ -135,7 +136,8 @@ class Harness:
         """A colour image cut off mid-pixels on the wire (published serialized)."""
         from rclpy.serialization import serialize_message
 
-        from tst_ros.ros.conversions import array_to_image, make_header
+        from tst_ros.ros.conversions import make_header
+        from tst_ros.ros.images import array_to_image
         data = serialize_message(array_to_image(rgb, "rgb8", make_header(stamp_ns, FRAME_ID)))
         self.image_pub.publish(data[: len(data) // 2])
 

@@ -17,7 +17,9 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
 
 from tst_ros.geometry import backproject
-from tst_ros.ros import conversions as conv
+from tst_ros.ros.clouds import cloud_xyz
+from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
+from tst_ros.ros.images import depth_to_metres
 from tst_ros.ros.qos import qos_profile
 
 TOPICS = {"/camera/color/image_raw": Image, "/camera/color/camera_info": CameraInfo,
@@ -72,7 +74,7 @@ def test_sim_node_publishes_every_sensor_topic_with_consistent_stamps_and_frames
         got = collect(TOPICS, lambda g: len(g["/points"]) >= 3 and len(g["/camera/color/image_raw"]) >= 6, log)
     finally:
         stop(proc)
-    stamp = lambda m: conv.stamp_to_ns(m.header.stamp)  # noqa: E731
+    stamp = lambda m: stamp_to_ns(m.header.stamp)  # noqa: E731
     images = {stamp(m): m for m in got["/camera/color/image_raw"]}
     depths = {stamp(m): m for m in got["/camera/depth/image_raw"]}
     infos = {stamp(m): m for m in got["/camera/color/camera_info"]}
@@ -93,15 +95,15 @@ def test_sim_node_publishes_every_sensor_topic_with_consistent_stamps_and_frames
     assert abs(az.mean() - 9.81) < 0.2
     # wall-clock stamps in realtime mode
     assert abs(common[-1] / 1e9 - time.time()) < 30
-    intr = conv.camera_info_to_intrinsics(infos[common[0]])
+    intr = camera_info_to_intrinsics(infos[common[0]])
     checked = 0
     for cloud in got["/points"]:
         s = stamp(cloud)
         assert cloud.header.frame_id == "camera_color_optical_frame"
         assert s in images, "every cloud shares its stamp with an image"
         if s in depths:
-            xyz = conv.cloud_xyz(cloud)
-            d = conv.depth_to_metres(depths[s])
+            xyz = cloud_xyz(cloud)
+            d = depth_to_metres(depths[s])
             pts = backproject(d, intr)[::2, ::2].reshape(-1, 3)
             pts = pts[np.isfinite(pts[:, 2])]
             np.testing.assert_allclose(xyz, pts, atol=1e-5)
@@ -116,7 +118,7 @@ def test_sim_node_as_fast_as_possible_publishes_clock_matching_stamps(tmp_path):
                       lambda g: len(g["/camera/color/image_raw"]) >= 20, log)
     finally:
         stop(proc)
-    clock = {conv.stamp_to_ns(m.clock) for m in got["/clock"]}
-    stamps = [conv.stamp_to_ns(m.header.stamp) for m in got["/camera/color/image_raw"]]
+    clock = {stamp_to_ns(m.clock) for m in got["/clock"]}
+    stamps = [stamp_to_ns(m.header.stamp) for m in got["/camera/color/image_raw"]]
     assert set(stamps) <= clock
     assert all(d % 100_000_000 == 0 and d > 0 for d in np.diff(stamps)), "sim time advances in camera periods"

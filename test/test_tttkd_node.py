@@ -14,8 +14,10 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from tst_ros.config import SimConfig
-from tst_ros.ros.conversions import (array_to_image, cloud_field, cloud_rgb, cloud_xyz, intrinsics_to_camera_info,
-                                     make_header, make_xyz_rgb_cloud, matrix_to_odometry, qos_sensor)
+from tst_ros.ros.clouds import cloud_field, cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
+from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header, matrix_to_odometry
+from tst_ros.ros.images import array_to_image
+from tst_ros.ros.qos import qos_sensor
 from tst_ros.ros.nodes.ttt_kd import TTTKDNode
 from tst_ros.sim import CLASSES, Simulator
 from tst_ros.poses import matrix_to_extrinsic

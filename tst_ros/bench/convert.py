@@ -29,25 +29,28 @@ def _median_us(fn, baseline, reps: int) -> tuple[float, float]:
 
 
 def _messages():
-    from tst_ros.ros import conversions as conv
+    from tst_ros.ros.clouds import make_xyz_rgb_cloud
+    from tst_ros.ros.conversions import make_header
+    from tst_ros.ros.images import array_to_image
 
     rng = np.random.default_rng(0)
-    header = conv.make_header(1_000_000_000, "camera_color_optical_frame")
+    header = make_header(1_000_000_000, "camera_color_optical_frame")
     rgb = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
     depth = rng.integers(0, 10_000, size=(480, 640), dtype=np.uint16)
     xyz = rng.normal(size=(100_000, 3)).astype(np.float32)
     colours = rng.integers(0, 256, size=(100_000, 3), dtype=np.uint8)
     return {
         "rgb": rgb, "xyz": xyz, "colours": colours, "depth": depth, "header": header,
-        "image": conv.array_to_image(rgb, "rgb8", header),
-        "image_bgr8": conv.array_to_image(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", header),
-        "depth_msg": conv.array_to_image(depth, "16UC1", header),
-        "cloud": conv.make_xyz_rgb_cloud(xyz, colours, header),
+        "image": array_to_image(rgb, "rgb8", header),
+        "image_bgr8": array_to_image(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", header),
+        "depth_msg": array_to_image(depth, "16UC1", header),
+        "cloud": make_xyz_rgb_cloud(xyz, colours, header),
     }
 
 
 def run(quick: bool = False) -> dict:
-    from tst_ros.ros import conversions as conv
+    from tst_ros.ros.clouds import cloud_rgb, cloud_to_array, cloud_xyz, make_xyz_rgb_cloud
+    from tst_ros.ros.images import array_to_image, depth_to_metres, image_to_rgb
 
     m = _messages()
     reps = 300 if quick else 3000
@@ -56,15 +59,15 @@ def run(quick: bool = False) -> dict:
         return lambda: np.frombuffer(msg.data, dtype=np.uint8).copy()
 
     cases = {
-        "image": (lambda: conv.image_to_rgb(m["image"]), m["image"]),
-        "image_owned": (lambda: conv.image_to_rgb(m["image"]).copy(), m["image"]),
-        "image_bgr8": (lambda: conv.image_to_rgb(m["image_bgr8"]), m["image_bgr8"]),
-        "depth": (lambda: conv.depth_to_metres(m["depth_msg"]), m["depth_msg"]),
-        "cloud": (lambda: conv.cloud_xyz(m["cloud"]), m["cloud"]),
-        "cloud_view": (lambda: conv.cloud_to_array(m["cloud"]), m["cloud"]),
-        "cloud_xyz_rgb": (lambda: (conv.cloud_xyz(m["cloud"]), conv.cloud_rgb(m["cloud"])), m["cloud"]),
-        "publish_image": (lambda: conv.array_to_image(m["rgb"], "rgb8", m["header"]), m["image"]),
-        "publish_cloud": (lambda: conv.make_xyz_rgb_cloud(m["xyz"], m["colours"], m["header"]), m["cloud"]),
+        "image": (lambda: image_to_rgb(m["image"]), m["image"]),
+        "image_owned": (lambda: image_to_rgb(m["image"]).copy(), m["image"]),
+        "image_bgr8": (lambda: image_to_rgb(m["image_bgr8"]), m["image_bgr8"]),
+        "depth": (lambda: depth_to_metres(m["depth_msg"]), m["depth_msg"]),
+        "cloud": (lambda: cloud_xyz(m["cloud"]), m["cloud"]),
+        "cloud_view": (lambda: cloud_to_array(m["cloud"]), m["cloud"]),
+        "cloud_xyz_rgb": (lambda: (cloud_xyz(m["cloud"]), cloud_rgb(m["cloud"])), m["cloud"]),
+        "publish_image": (lambda: array_to_image(m["rgb"], "rgb8", m["header"]), m["image"]),
+        "publish_cloud": (lambda: make_xyz_rgb_cloud(m["xyz"], m["colours"], m["header"]), m["cloud"]),
     }
     out: dict = {"repetitions": reps, "image.bytes": len(m["image"].data), "cloud.points": m["cloud"].width,
                  "cloud.bytes": len(m["cloud"].data)}

@@ -2,7 +2,7 @@
 
 Messages are read with `bagio` and pushed through the same `RecordingPipeline` as the
 recorder node; the caller supplies the decoder (the CLI uses the recorder's `RosDecoder`,
-i.e. `rclpy.serialization` + `tst_ros.ros.conversions`). The stamp of every message is its
+i.e. `rclpy.serialization` + the `tst_ros.ros` conversions). The stamp of every message is its
 header stamp (sensor time), as live. A damaged bag stops the read with a clear error; the
 samples synchronised up to the damage are kept.
 """

@@ -10,8 +10,8 @@ taken serialized and read here (pixels stay a view of the received buffer).
 - `detections_cdr`: tst_ros/Detection2DArray, little endian; decodes (rclpy) to the message
   rclpy would build from the same values (checked by the tests).
 - `image_cdr`: sensor_msgs/Image from an array (the segmentation mask: 0.14 ms against
-  0.27 ms through an rclpy message), the same checks as `conversions.array_to_image`.
-- `image_from_cdr`: sensor_msgs/Image -> `CdrImage`, the fields `conversions.image_to_array`
+  0.27 ms through an rclpy message), the same checks as `images.array_to_image`.
+- `image_from_cdr`: sensor_msgs/Image -> `CdrImage`, the fields `images.image_to_array`
   reads, with a real std_msgs/Header; either endianness; ValueError on a malformed buffer.
 
 Everything else in the project goes through rclpy's own conversion.
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from std_msgs.msg import Header
 
-from tst_ros.ros.conversions import NS_PER_S, fit_image_array
+from tst_ros.ros.conversions import NS_PER_S
+from tst_ros.ros.images import fit_image_array
 
 CDR_LE_HEADER = b"\x00\x01\x00\x00"     # encapsulation: CDR, little endian, no options
 

@@ -24,7 +24,9 @@ from sensor_msgs.msg import Image, PointCloud2
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.graph.description import NodeSpec
 from tst_ros.msg import Detection2DArray, LabelInfo, ModelUpdate, RecorderStatus, TrainingStatus
-from tst_ros.ros.conversions import cloud_field, image_to_array, image_to_rgb, stamp_to_ns
+from tst_ros.ros.clouds import cloud_field
+from tst_ros.ros.conversions import stamp_to_ns
+from tst_ros.ros.images import image_to_array, image_to_rgb
 from tst_ros.ros.qos import qos_latched, qos_profile
 
 OUTPUTS = {

@@ -13,7 +13,8 @@ import numpy as np
 from nav_msgs.msg import Odometry
 
 from tst_ros.poses import PoseBuffer, extrinsic_to_matrix, matrix_to_extrinsic
-from tst_ros.ros.conversions import odometry_to_matrix, qos_latched, qos_profile, stamp_to_ns, transform_to_matrix
+from tst_ros.ros.conversions import odometry_to_matrix, stamp_to_ns, transform_to_matrix
+from tst_ros.ros.qos import qos_latched, qos_profile
 
 TF_AVAILABLE = importlib.util.find_spec("tf2_ros") is not None
 

@@ -30,7 +30,8 @@ from tst_ros.msg import LabelInfo, ModelUpdate
 from tst_ros.perception.runtime import IGNORE_LABEL, Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
-from tst_ros.ros.conversions import depth_to_metres, image_to_rgb, stamp_to_ns
+from tst_ros.ros.conversions import stamp_to_ns
+from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.qos import qos_latched, qos_sensor
 from tst_ros.util import sha256_file
 

@@ -26,7 +26,8 @@ from sensor_msgs.msg import Image
 
 from tst_ros.data.bagio import cdr_header_stamp_ns, restamp_cdr
 from tst_ros.msg import Detection2DArray
-from tst_ros.ros.conversions import array_to_image, make_header
+from tst_ros.ros.conversions import make_header
+from tst_ros.ros.images import array_to_image
 from tst_ros.ros.qos import qos_sensor
 
 OUTPUTS = {"segmentation": ("/tst/segmentation/mask", Image), "detection": ("/tst/detections", Detection2DArray)}

@@ -9,8 +9,9 @@ sync/derive/store code as `tst-ros ingest` - and group-commits the store. Status
 (`tst_ros/RecorderStatus`: samples written = committed, drops by reason, rate, disk use) is
 published every `status_period_s` (default 0.5 s).
 
-`RosDecoder` turns (msgtype, CDR bytes) into arrays with `rclpy.serialization` and
-`tst_ros.ros.conversions`; bag ingest uses it too, so there is one conversion path.
+`RosDecoder` turns (msgtype, CDR bytes) into arrays with `rclpy.serialization` and the
+`tst_ros.ros` images, clouds and conversions modules; bag ingest uses it too, so there is one
+conversion path.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ from tst_ros.config import RecordConfig
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
 from tst_ros.poses import extrinsic_to_matrix, matrix_to_extrinsic
-from tst_ros.ros import conversions as conv
+from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
+from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
+from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
 from tst_ros.ros.qos import qos_profile
 
 STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
@@ -70,9 +73,9 @@ class RosDecoder:
     def rgb(self, payload) -> np.ndarray:
         msg = self.message(payload)
         if isinstance(msg, CompressedImage):
-            return conv.compressed_to_rgb(msg)
+            return compressed_to_rgb(msg)
         if isinstance(msg, Image):
-            return conv.image_to_rgb(msg)
+            return image_to_rgb(msg)
         raise ValueError(f"rgb stream carries {type(msg).__name__}, expected Image or CompressedImage")
 
     def ground_truth(self, payload):
@@ -84,24 +87,24 @@ class RosDecoder:
             raise ValueError(f"depth stream carries {type(msg).__name__}, expected Image")
         if msg.encoding not in DEPTH_ENCODINGS:
             raise ValueError(f"unsupported depth encoding {msg.encoding!r}; expected one of {DEPTH_ENCODINGS}")
-        arr = conv.image_to_array(msg)
+        arr = image_to_array(msg)
         # 16-bit stays in mm (0 invalid); 32FC1 metres keep inf/NaN so the pipeline can count them
         return arr if arr.dtype == np.uint16 else arr.astype(np.float32)
 
     def camera_info(self, payload):
-        return conv.camera_info_to_intrinsics(self.message(payload))
+        return camera_info_to_intrinsics(self.message(payload))
 
     def imu(self, payload) -> np.ndarray:
-        return conv.imu_to_array(self.message(payload))
+        return imu_to_array(self.message(payload))
 
     def odom(self, payload) -> np.ndarray:
-        return conv.odometry_to_matrix(self.message(payload))
+        return odometry_to_matrix(self.message(payload))
 
     def cloud(self, payload):
         msg = self.message(payload)
-        xyz = conv.cloud_xyz(msg)
+        xyz = cloud_xyz(msg)
         try:
-            rgb = conv.cloud_rgb(msg)
+            rgb = cloud_rgb(msg)
         except ValueError:
             rgb = None
         return xyz, rgb
@@ -242,7 +245,7 @@ class RecorderNode(Node):
             self._disk = (now, self.store.disk_bytes())
         counts = self.counts()
         msg = self._status_cls()
-        msg.header = conv.make_header(self.get_clock().now().nanoseconds, "")
+        msg.header = make_header(self.get_clock().now().nanoseconds, "")
         msg.samples_written = written
         msg.rate_hz = float(rate)
         msg.disk_bytes = int(self._disk[1])

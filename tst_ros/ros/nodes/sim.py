@@ -22,7 +22,10 @@ from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
 from tst_ros.ros.nodes import run_node
 from tst_ros.config import SimConfig
 from tst_ros.poses import matrix_to_extrinsic
-from tst_ros.ros import conversions as conv
+from tst_ros.ros.clouds import make_xyz_rgb_cloud
+from tst_ros.ros.conversions import (array_to_imu, intrinsics_to_camera_info, make_header, matrix_to_odometry,
+                                     matrix_to_transform, ns_to_stamp)
+from tst_ros.ros.images import array_to_image
 from tst_ros.ros.qos import qos_profile
 from tst_ros.sim.export import body_twist
 
@@ -105,9 +108,9 @@ class SimNode(Node):
 
     def _transform(self, T, stamp_ns, parent, child):
         msg = TransformStamped()
-        msg.header = conv.make_header(stamp_ns, self.frame_ids[parent])
+        msg.header = make_header(stamp_ns, self.frame_ids[parent])
         msg.child_frame_id = self.frame_ids[child]
-        msg.transform = conv.matrix_to_transform(T)
+        msg.transform = matrix_to_transform(T)
         return msg
 
     def set_paused(self, paused: bool) -> None:
@@ -149,20 +152,20 @@ class SimNode(Node):
         off = self.stamp_offset
         stamp = frame.stamp_ns + off
         if self.clock_pub is not None:
-            self.clock_pub.publish(Clock(clock=conv.ns_to_stamp(stamp)))
+            self.clock_pub.publish(Clock(clock=ns_to_stamp(stamp)))
         for s, vec in zip(frame.imu_stamps_ns, frame.imu):
-            self.pubs["imu"].publish(conv.array_to_imu(vec, conv.make_header(int(s) + off, self.frame_ids["imu"])))
+            self.pubs["imu"].publish(array_to_imu(vec, make_header(int(s) + off, self.frame_ids["imu"])))
         twist = body_twist(self.sim, frame.stamp_ns)
-        self.pubs["odom"].publish(conv.matrix_to_odometry(
-            frame.T_odom_base, conv.make_header(stamp, self.frame_ids["odom"]), self.frame_ids["base"], twist))
+        self.pubs["odom"].publish(matrix_to_odometry(
+            frame.T_odom_base, make_header(stamp, self.frame_ids["odom"]), self.frame_ids["base"], twist))
         if self.tf_broadcaster is not None:
             self.tf_broadcaster.sendTransform(self._transform(frame.T_odom_base, stamp, "odom", "base"))
-        header = conv.make_header(stamp, self.frame_ids["camera"])
-        self.pubs["camera_info"].publish(conv.intrinsics_to_camera_info(self.sim.intrinsics, header))
-        self.pubs["rgb"].publish(conv.array_to_image(frame.rgb, "rgb8", header))
-        self.pubs["depth"].publish(conv.array_to_image(frame.depth_mm, "16UC1", header))
+        header = make_header(stamp, self.frame_ids["camera"])
+        self.pubs["camera_info"].publish(intrinsics_to_camera_info(self.sim.intrinsics, header))
+        self.pubs["rgb"].publish(array_to_image(frame.rgb, "rgb8", header))
+        self.pubs["depth"].publish(array_to_image(frame.depth_mm, "16UC1", header))
         if frame.cloud_xyz is not None:
-            self.pubs["cloud"].publish(conv.make_xyz_rgb_cloud(frame.cloud_xyz, frame.cloud_rgb, header))
+            self.pubs["cloud"].publish(make_xyz_rgb_cloud(frame.cloud_xyz, frame.cloud_rgb, header))
 
 
 def main(argv: list[str] | None = None) -> int:

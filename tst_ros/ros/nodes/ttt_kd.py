@@ -23,8 +23,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate
 from tst_ros.poses import PoseBuffer
-from tst_ros.ros.conversions import (camera_info_to_intrinsics, cloud_rgb, cloud_xyz, depth_to_metres,
-                                     image_to_rgb, make_xyz_rgb_cloud, qos_latched, qos_profile, stamp_to_ns)
+from tst_ros.ros.clouds import cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
+from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
+from tst_ros.ros.images import depth_to_metres, image_to_rgb
+from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.ros.poses import PoseSubscriber
 
 PARAMETERS = {
@@ -246,8 +248,9 @@ def measure_online_rate(checkpoint: str, frames: list, intrinsics, T_base_camera
     """Feed pre-rendered sim frames (each with a cloud) at `rate_hz` over real DDS to a TTTKDNode
     in this process and measure its output: {"sent", "received", "output_rate_hz", ...}."""
     from tst_ros.poses import matrix_to_extrinsic
-    from tst_ros.ros.conversions import (array_to_image, intrinsics_to_camera_info, make_header,
-                                         matrix_to_odometry, qos_sensor)
+    from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header, matrix_to_odometry
+    from tst_ros.ros.images import array_to_image
+    from tst_ros.ros.qos import qos_sensor
     from rclpy.context import Context
     from nav_msgs.msg import Odometry
 
