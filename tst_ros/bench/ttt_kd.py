@@ -142,7 +142,7 @@ def _node_rate(checkpoint: Path, clouds: int, budget: int) -> dict:
     from tst_ros.sim import Simulator
 
     try:
-        node_module = importlib.import_module("tst_ros.ros.nodes.ttt_kd")
+        online = importlib.import_module("tst_ros.ros.bench.ttt_kd_online")
     except ImportError as e:  # ROS not installed: the rest of the benchmark still runs
         return {"node.skipped": f"rclpy unavailable: {e}"}
     sim = Simulator(SimConfig(seed=0, style="home", cloud_stride=1))
@@ -154,8 +154,8 @@ def _node_rate(checkpoint: Path, clouds: int, budget: int) -> dict:
         stamps = [f.stamp_ns + int(dt * 1e9) for dt in (-0.2, -0.1, 0.0, 0.05)]
         frames.append({"stamp_ns": f.stamp_ns, "xyz": f.cloud_xyz[pick], "rgb_cloud": f.cloud_rgb[pick],
                        "rgb": f.rgb, "depth_mm": f.depth_mm, "poses": [(sim.T_odom_base(s), s) for s in stamps]})
-    r = node_module.measure_online_rate(str(checkpoint), frames, sim.intrinsics, sim.T_base_camera, rate_hz=1.0,
-                                        steps=NODE_STEPS, stride=NODE_STRIDE, point_budget=budget)
+    r = online.measure_online_rate(str(checkpoint), frames, sim.intrinsics, sim.T_base_camera, rate_hz=1.0,
+                                   steps=NODE_STEPS, stride=NODE_STRIDE, point_budget=budget)
     points = len(frames[0]["xyz"])
     out = {f"node.{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
     out.update({"node.points_per_cloud": points, "node.mode": "online", "node.stride": NODE_STRIDE,

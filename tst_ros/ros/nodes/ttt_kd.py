@@ -14,8 +14,6 @@ import threading
 import time
 from collections import deque
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -240,81 +238,6 @@ class TTTKDNode(Node):
         if self._worker.is_alive():
             self._worker.join(timeout=5.0)
         super().destroy_node()
-
-
-def measure_online_rate(checkpoint: str, frames: list, intrinsics, T_base_camera, rate_hz: float = 1.0,
-                        steps: int = 3, stride: int = 2, point_budget: int = 8000, mode: str = "online",
-                        settle_s: float = 3.0) -> dict:
-    """Feed pre-rendered sim frames (each with a cloud) at `rate_hz` over real DDS to a TTTKDNode
-    in this process and measure its output: {"sent", "received", "output_rate_hz", ...}."""
-    from tst_ros.poses import matrix_to_extrinsic
-    from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header, matrix_to_odometry
-    from tst_ros.ros.images import array_to_image
-    from tst_ros.ros.qos import qos_sensor
-    from rclpy.context import Context
-    from nav_msgs.msg import Odometry
-
-    context = Context()
-    rclpy.init(context=context)
-    try:
-        params = [Parameter("model", value=str(checkpoint)), Parameter("steps", value=int(steps)),
-                  Parameter("mode", value=mode), Parameter("stride", value=int(stride)),
-                  Parameter("point_budget", value=int(point_budget)),
-                  Parameter("sensor_qos_reliability", value="reliable"),
-                  Parameter("camera_extrinsic", value=matrix_to_extrinsic(T_base_camera))]
-        node = TTTKDNode(parameter_overrides=params, context=context, node_name="ttt_kd_rate")
-        feeder = Node("ttt_kd_rate_feeder", context=context)
-        arrivals: list[float] = []
-        feeder.create_subscription(PointCloud2, node.params["output_topic"], lambda m: arrivals.append(time.monotonic()), 10)
-        qos = qos_sensor(best_effort=False)
-        pub_cloud = feeder.create_publisher(PointCloud2, node.params["points_topic"], qos)
-        pub_image = feeder.create_publisher(Image, node.params["image_topic"], qos)
-        pub_depth = feeder.create_publisher(Image, node.params["depth_topic"], qos)
-        pub_info = feeder.create_publisher(CameraInfo, node.params["camera_info_topic"], qos)
-        pub_odom = feeder.create_publisher(Odometry, node.params["odom_topic"], 100)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        executor.add_node(feeder)
-        msgs = []
-        for f in frames:
-            header = make_header(f["stamp_ns"], "camera_color_optical_frame")
-            msgs.append((f, header, make_xyz_rgb_cloud(f["xyz"], f["rgb_cloud"], header),
-                         array_to_image(f["rgb"], "rgb8", header), array_to_image(f["depth_mm"], "16UC1", header)))
-        deadline = time.monotonic() + 10
-        while pub_cloud.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        t_start = time.monotonic()
-        for i, (f, header, cloud, image, depth) in enumerate(msgs):
-            for T, stamp in f["poses"]:
-                pub_odom.publish(matrix_to_odometry(T, make_header(stamp, "odom")))
-            pub_info.publish(intrinsics_to_camera_info(intrinsics, header))
-            pub_image.publish(image)
-            pub_depth.publish(depth)
-            executor.spin_once(timeout_sec=0.01)
-            pub_cloud.publish(cloud)
-            next_t = t_start + (i + 1) / rate_hz
-            while time.monotonic() < next_t:
-                executor.spin_once(timeout_sec=max(0.0, min(0.05, next_t - time.monotonic())))
-        t_end = time.monotonic() + settle_s
-        while time.monotonic() < t_end and len(arrivals) < len(msgs):
-            executor.spin_once(timeout_sec=0.05)
-        times = list(node.process_times)
-        adapted = [t for t, a in zip(times, node.process_adapted) if a]
-        plain = [t for t, a in zip(times, node.process_adapted) if not a]
-        result = {"sent": len(msgs), "received": len(arrivals), "dropped_by_node": node.dropped,
-                  "rate_in_hz": rate_hz,
-                  "output_rate_hz": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0,
-                  "process_mean_s": float(sum(times) / len(times)) if times else 0.0,
-                  "process_max_s": max(times) if times else 0.0,
-                  "process_adapted_mean_s": sum(adapted) / len(adapted) if adapted else 0.0,
-                  "process_predict_only_mean_s": sum(plain) / len(plain) if plain else 0.0,
-                  "adapted_clouds": len(adapted)}
-        executor.shutdown()
-        node.destroy_node()
-        feeder.destroy_node()
-        return result
-    finally:
-        rclpy.shutdown(context=context)
 
 
 def main(argv: list[str] | None = None) -> int:
