@@ -34,6 +34,8 @@ TARGET_P99_RATIO = 2.0
 TARGET_RSS_GROWTH = 0.05
 RATE_HZ = 30.0
 DETECTIONS_PER_FRAME = 10
+KINDS = ("segmentation", "detection")
+OUTPUT_KEY = {"segmentation": "mask", "detection": "detections"}   # result key prefix per node
 
 
 def _percentiles(values_ms: list[float]) -> tuple[float, float]:
@@ -100,98 +102,129 @@ def realistic_score_threshold(onnx_path: Path, frames: list, per_frame: int = DE
     return float(np.median(kth))
 
 
-def run(quick: bool = False) -> dict:
-    import psutil
-
+def _simulator_frames(count: int, out: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(RGB, depth mm) frames of the default simulator, the stimulus of every measurement."""
     from tst_ros.config import SimConfig
-    from tst_ros.perception.export import export_model
-    from tst_ros.perception.tiny import make_model_dir
     from tst_ros.sim import Simulator
 
+    sim_cfg = SimConfig()
+    frames = [(f.rgb, f.depth_mm) for f in Simulator(sim_cfg).frames(count)]
+    out["frame_size"] = f"{sim_cfg.width}x{sim_cfg.height}"
+    return frames
+
+
+def _benchmark_model(tmp: Path, frames: list, out: dict) -> Path:
+    """The deployment-shaped untrained model, exported to ONNX under `tmp`."""
+    from tst_ros.perception.export import export_model
+    from tst_ros.perception.tiny import make_model_dir
+
+    model_dir = make_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), seed=0)
+    sample = [(rgb, d / 1000.0) for rgb, d in frames[:1]]
+    onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=sample)["path"])
+    out["model"] = "tiny preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
+    return onnx_path
+
+
+def _measure_bare(onnx_path: Path, frame: tuple[np.ndarray, np.ndarray], kind: str, runs: int, out: dict) -> None:
+    """Bare inference p50/p99 of `kind`'s outputs, paced at RATE_HZ and back to back."""
+    key = OUTPUT_KEY[kind]
+    bare = bare_inference_ms(onnx_path, frame, runs, kind, rate_hz=RATE_HZ)
+    out[f"{key}.bare_p50_ms"], out[f"{key}.bare_p99_ms"] = (round(v, 2) for v in _percentiles(bare))
+    b2b = bare_inference_ms(onnx_path, frame, runs, kind)
+    out[f"{key}.bare_b2b_p50_ms"], out[f"{key}.bare_b2b_p99_ms"] = (round(v, 2) for v in _percentiles(b2b))
+
+
+def _measure_stream(probe, kind: str, latency_s: float, log_path: Path, out: dict) -> None:
+    """End-to-end latency of the (already spawned) `kind` node, and its ratios to bare inference."""
+    key = OUTPUT_KEY[kind]
+    probe.wait_for_subscribers(1)
+    probe.stream(2.0, RATE_HZ, record=False)                  # warm-up, discovery of depth
+    before = (probe.received[kind], probe.detections[kind])
+    sent = probe.stream(latency_s, RATE_HZ, record=True)
+    if kind == "detection":
+        out["detections.mean_boxes_per_output"] = round(
+            (probe.detections[kind] - before[1]) / max(1, probe.received[kind] - before[0]), 2)
+    lat, decoded = probe.take(kind)
+    if not lat:
+        raise RuntimeError(f"{kind} node produced no output:\n{log_path.read_text()}")
+    out[f"{key}.frames_sent"] = sent
+    out[f"{key}.outputs"] = len(lat)
+    out.update(_latency_figures(key, lat, out))
+    out.update(_latency_figures(f"{key}.decoded", decoded, out, bare_key=key))
+    out[f"{key}.target_p50_ratio"], out[f"{key}.target_p99_ratio"] = TARGET_P50_RATIO, TARGET_P99_RATIO
+    out[f"{key}.meets_target"] = bool(out[f"{key}.p50_ratio"] <= TARGET_P50_RATIO
+                                      and out[f"{key}.p99_ratio"] <= TARGET_P99_RATIO)
+
+
+def _measure_soak(probe, procs: dict, soak_s: float, out: dict) -> None:
+    """Resident set size of both (already spawned) nodes streamed at RATE_HZ: after warm-up vs at the end."""
+    import psutil
+
+    probe.wait_for_subscribers(2)
+    probe.stream(5.0, RATE_HZ, record=False)
+    ps = {k: psutil.Process(p.pid) for k, p in procs.items()}
+    start_rss = {k: p.memory_info().rss for k, p in ps.items()}
+    peak = dict(start_rss)
+
+    def sample(i: int) -> None:
+        if i % 30 == 0:
+            for k, p in ps.items():
+                peak[k] = max(peak[k], p.memory_info().rss)
+
+    received_before = dict(probe.received)
+    probe.stream(soak_s, RATE_HZ, record=False, on_tick=sample)
+    for k, p in ps.items():
+        end_rss = p.memory_info().rss
+        key = OUTPUT_KEY[k]
+        growth = (end_rss - start_rss[k]) / start_rss[k]
+        out[f"{key}.rss_start_mb"] = round(start_rss[k] / 2**20, 1)
+        out[f"{key}.rss_end_mb"] = round(end_rss / 2**20, 1)
+        out[f"{key}.rss_peak_mb"] = round(peak[k] / 2**20, 1)
+        out[f"{key}.rss_growth"] = round(growth, 4)
+        out[f"{key}.target_rss_growth"] = TARGET_RSS_GROWTH
+        out[f"{key}.rss_meets_target"] = bool(growth <= TARGET_RSS_GROWTH)
+        out[f"{key}.soak_outputs"] = probe.received[k] - received_before.get(k, 0)
+
+
+def _stop_all(procs: dict) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except Exception:
+                p.kill()
+
+
+def run(quick: bool = False) -> dict:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid() + time.time_ns()).randint(101, 200))
-    from tst_ros.ros.nodes._perception_probe import StreamProbe, spawn_node
+    from tst_ros.ros.bench.perception_probe import StreamProbe, spawn_node
 
     latency_s = 8.0 if quick else 30.0
     soak_s = 30.0 if quick else 600.0
     out: dict = {"rate_hz": RATE_HZ, "latency_seconds": latency_s, "soak_seconds": soak_s}
-    sim_cfg = SimConfig()
-    frames = [(f.rgb, f.depth_mm) for f in Simulator(sim_cfg).frames(8 if quick else 30)]
-    out["frame_size"] = f"{sim_cfg.width}x{sim_cfg.height}"
+    frames = _simulator_frames(8 if quick else 30, out)
     with tempfile.TemporaryDirectory(prefix="tst-bench-perception-") as tmp:
         tmp = Path(tmp)
-        model_dir = make_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), seed=0)
-        onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=[(rgb, d / 1000.0) for rgb, d in frames[:1]])["path"])
-        out["model"] = "tiny preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
-
+        onnx_path = _benchmark_model(tmp, frames, out)
         threshold = realistic_score_threshold(onnx_path, frames)
         node_args = {"segmentation": [], "detection": ["-p", f"score_threshold:={threshold:.6g}"]}
         out["detections.score_threshold"] = round(threshold, 6)
-        probe = StreamProbe(frames, kinds=("segmentation", "detection"))
+        probe = StreamProbe(frames, kinds=KINDS)
         procs = {}
         try:
-            for kind in ("segmentation", "detection"):
-                key = "mask" if kind == "segmentation" else "detections"
-                runs = 60 if quick else 300
-                bare = bare_inference_ms(onnx_path, frames[0], runs, kind, rate_hz=RATE_HZ)
-                out[f"{key}.bare_p50_ms"], out[f"{key}.bare_p99_ms"] = (round(v, 2) for v in _percentiles(bare))
-                b2b = bare_inference_ms(onnx_path, frames[0], runs, kind)
-                out[f"{key}.bare_b2b_p50_ms"], out[f"{key}.bare_b2b_p99_ms"] = (round(v, 2) for v in _percentiles(b2b))
+            for kind in KINDS:
+                _measure_bare(onnx_path, frames[0], kind, 60 if quick else 300, out)
                 procs[kind] = spawn_node(kind, str(onnx_path), str(tmp / f"{kind}.log"), node_args[kind])
-                probe.wait_for_subscribers(1)
-                probe.stream(2.0, RATE_HZ, record=False)                  # warm-up, discovery of depth
-                before = (probe.received[kind], probe.detections[kind])
-                sent = probe.stream(latency_s, RATE_HZ, record=True)
-                if kind == "detection":
-                    out["detections.mean_boxes_per_output"] = round(
-                        (probe.detections[kind] - before[1]) / max(1, probe.received[kind] - before[0]), 2)
-                lat, decoded = probe.take(kind)
-                if not lat:
-                    raise RuntimeError(f"{kind} node produced no output:\n{(tmp / f'{kind}.log').read_text()}")
-                out[f"{key}.frames_sent"] = sent
-                out[f"{key}.outputs"] = len(lat)
-                out.update(_latency_figures(key, lat, out))
-                out.update(_latency_figures(f"{key}.decoded", decoded, out, bare_key=key))
-                out[f"{key}.target_p50_ratio"], out[f"{key}.target_p99_ratio"] = TARGET_P50_RATIO, TARGET_P99_RATIO
-                out[f"{key}.meets_target"] = bool(out[f"{key}.p50_ratio"] <= TARGET_P50_RATIO
-                                                  and out[f"{key}.p99_ratio"] <= TARGET_P99_RATIO)
+                _measure_stream(probe, kind, latency_s, tmp / f"{kind}.log", out)
                 procs[kind].terminate()
                 procs[kind].wait(timeout=10)
                 time.sleep(0.5)
-            # soak: both nodes, 30 Hz, RSS after warm-up vs at the end
-            for kind in ("segmentation", "detection"):
+            for kind in KINDS:
                 procs[kind] = spawn_node(kind, str(onnx_path), str(tmp / f"{kind}.soak.log"), node_args[kind])
-            probe.wait_for_subscribers(2)
-            probe.stream(5.0, RATE_HZ, record=False)
-            ps = {k: psutil.Process(p.pid) for k, p in procs.items()}
-            start_rss = {k: p.memory_info().rss for k, p in ps.items()}
-            peak = dict(start_rss)
-
-            def sample(i: int) -> None:
-                if i % 30 == 0:
-                    for k, p in ps.items():
-                        peak[k] = max(peak[k], p.memory_info().rss)
-
-            received_before = dict(probe.received)
-            probe.stream(soak_s, RATE_HZ, record=False, on_tick=sample)
-            for k, p in ps.items():
-                end_rss = p.memory_info().rss
-                key = "mask" if k == "segmentation" else "detections"
-                growth = (end_rss - start_rss[k]) / start_rss[k]
-                out[f"{key}.rss_start_mb"] = round(start_rss[k] / 2**20, 1)
-                out[f"{key}.rss_end_mb"] = round(end_rss / 2**20, 1)
-                out[f"{key}.rss_peak_mb"] = round(peak[k] / 2**20, 1)
-                out[f"{key}.rss_growth"] = round(growth, 4)
-                out[f"{key}.target_rss_growth"] = TARGET_RSS_GROWTH
-                out[f"{key}.rss_meets_target"] = bool(growth <= TARGET_RSS_GROWTH)
-                out[f"{key}.soak_outputs"] = probe.received[k] - received_before.get(k, 0)
+            _measure_soak(probe, procs, soak_s, out)
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(timeout=10)
-                    except Exception:
-                        p.kill()
+            _stop_all(procs)
             probe.close()
     return out
