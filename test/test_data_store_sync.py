@@ -62,7 +62,18 @@ def test_split_is_contiguous_time_blocks():
     splits = [split_of(i, 0.1, 20) for i in range(400)]
     assert splits.count("val") == 40
     val = [i for i, s in enumerate(splits) if s == "val"]
-    assert val[:20] == list(range(180, 200)) and val[20:] == list(range(380, 400))
+    assert val[:20] == list(range(20, 40)) and val[20:] == list(range(220, 240))
+    # stores written before meta.split recorded first_val_block keep the last block of each period
+    legacy = [i for i in range(400) if split_of(i, 0.1, 20, first_val_block=None) == "val"]
+    assert legacy == list(range(180, 200)) + list(range(380, 400))
+
+
+def test_a_store_longer_than_one_block_has_a_validation_split(tmp_path):
+    with Store(tmp_path / "s", "a", val_fraction=0.1, block_samples=20) as s:
+        for i in range(30):
+            s.append({"rgb": np.zeros((2, 2, 3), np.uint8)}, stamp_ns=i)
+    splits = [e["split"] for e in Store(tmp_path / "s").entries]
+    assert splits == ["train"] * 20 + ["val"] * 10
 
 
 def _feed(sync, streams):

@@ -115,3 +115,11 @@ register(Modality(
 # Ground-truth side channels written by the simulator and the labeled-set tools. They are
 # not registry modalities (never network inputs); listed here so the store knows their dtype.
 GROUND_TRUTH_DTYPES: dict[str, str] = {"semantic": "uint8", "instance": "uint16"}
+
+# The colour camera image: the one mandatory stream and the only input of single-modality
+# methods (TST-MAE, the scratch baseline).
+PRIMARY_IMAGE = "rgb"
+
+
+def primary_image() -> Modality:
+    return get(PRIMARY_IMAGE)

@@ -34,17 +34,23 @@ uint16 (offline simulator tools only), and `<name>_full` originals when kept.
 
 `meta.json`: {"format": "tst_ros.store", "version": 1, "created_unix", "image_size",
 "intrinsics" (at image_size), "original_intrinsics", "modalities" (registry snapshot),
-"ground_truth", "source", "split": {"val_fraction", "block_samples"}, "shard_samples",
-"samples", "time_range_ns"} (the last two refreshed on close; the index is authoritative).
+"ground_truth", "source", "split": {"val_fraction", "block_samples", "first_val_block"},
+"shard_samples", "samples", "time_range_ns"} (the last two refreshed on close; the index is
+authoritative).
 
 Durability: `append` writes the arrays to the shard; `commit` fsyncs the shard, then
 appends the index lines and fsyncs the index. A sample is "written" once its index line
 is committed; it then survives SIGKILL or power loss at any later instant. Reopening for
 append drops a torn last index line and truncates uncommitted shard bytes, then resumes.
 
-Train/val split: sample `seq` belongs to block `seq // block_samples`; every
-`round(1 / val_fraction)`-th block is validation, so both splits are contiguous stretches
-of time rather than random frames.
+Train/val split: sample `seq` belongs to block `seq // block_samples`; with
+`period = round(1 / val_fraction)`, blocks `first_val_block`, `first_val_block + period`, ...
+are validation, so both splits are contiguous stretches of time rather than random frames.
+New stores use `first_val_block` 1 (the second block), so any store longer than one block
+has validation samples (a 30-sample store with 20-sample blocks: samples 20-29); stores
+written before `meta.split` recorded it keep their rule, the last block of each period.
+A store of at most one block has no validation split; training then says so and labels
+its held-out loss as a training-data loss.
 """
 from __future__ import annotations
 
@@ -65,11 +71,17 @@ VERSION = 1
 ALIGN = 64
 
 
-def split_of(seq: int, val_fraction: float, block_samples: int) -> str:
+FIRST_VAL_BLOCK = 1
+
+
+def split_of(seq: int, val_fraction: float, block_samples: int, first_val_block: int | None = FIRST_VAL_BLOCK) -> str:
+    """The split ("train" or "val") of sample `seq`; first_val_block None is the rule of stores
+    that predate the field (the last block of each period)."""
     if val_fraction <= 0:
         return "train"
     period = max(2, int(round(1.0 / val_fraction)))
-    return "val" if (seq // max(1, block_samples)) % period == period - 1 else "train"
+    first = period - 1 if first_val_block is None else first_val_block % period
+    return "val" if (seq // max(1, block_samples)) % period == first else "train"
 
 
 def _pad(n: int) -> int:
@@ -140,7 +152,8 @@ class Store:
         else:
             self.meta = {"format": FORMAT, "version": VERSION, "created_unix": time.time(),
                          "shard_samples": int(shard_samples),
-                         "split": {"val_fraction": float(val_fraction), "block_samples": int(block_samples)},
+                         "split": {"val_fraction": float(val_fraction), "block_samples": int(block_samples),
+                                   "first_val_block": FIRST_VAL_BLOCK},
                          "samples": 0, "time_range_ns": None, **(meta or {})}
             (self.path / "shards").mkdir(exist_ok=True)
             atomic_write_json(self.path / "meta.json", self.meta)
@@ -236,7 +249,7 @@ class Store:
             raise OSError(f"short write to {self._shard_name(self._shard)}: {written} of {len(blob)} bytes")
         entry = {"seq": seq, "stamp_ns": int(stamp_ns), "file": self._shard_name(self._shard),
                  "start": self._shard_end, "nbytes": len(blob), "crc32": zlib.crc32(blob),
-                 "split": split_of(seq, self.meta["split"]["val_fraction"], self.meta["split"]["block_samples"]),
+                 "split": self._split_of(seq),
                  "arrays": layout, "present": {k: bool(v) for k, v in (present or {}).items()}}
         entry.update(extra or {})
         self._staged.append((seq, (json.dumps(entry, separators=(",", ":"), default=json_default) + "\n").encode()))
@@ -248,6 +261,10 @@ class Store:
         if commit:
             self.commit()
         return seq
+
+    def _split_of(self, seq: int) -> str:
+        rule = self.meta["split"]
+        return split_of(seq, rule["val_fraction"], rule["block_samples"], rule.get("first_val_block"))
 
     def commit(self) -> list[int]:
         """Make every staged sample durable; returns their seqs."""

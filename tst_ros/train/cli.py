@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from tst_ros.config import add_config_arguments
+    from tst_ros.config import PretrainConfig, add_config_arguments
 
     p = sub.add_parser("pretrain", help="TST-MM / TST-MAE masked-modeling pre-training on a dataset store")
     p.add_argument("--data", required=True, help="dataset store directory (or synthetic:N for a smoke test)")
@@ -15,7 +15,8 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, help="global batch per optimizer step")
     p.add_argument("--image-size", type=int)
     p.add_argument("--patch", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: base_lr * batch / 256)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: pretrain.lr from the config, "
+                                             f"{PretrainConfig().lr:g}; 0: base_lr * batch / 256)")
     p.add_argument("--workers", type=int)
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int)

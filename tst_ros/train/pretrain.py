@@ -4,18 +4,27 @@ A run directory holds: config.yaml (resolved config + provenance), checkpoint.sa
 (weights + optimizer + RNG + step, for exact resume), encoder.safetensors (the artifact
 other stages load with `tst_ros.models.load_encoder`), log.jsonl, tb/ (TensorBoard) and
 grids/ (visible input / prediction / target pictures on held-out frames).
+
+log.jsonl has one line per step (training loss as `loss`) and one per checkpoint with the
+held-out reconstruction loss: `val_loss` on the store's validation split, or
+`train_eval_loss` (with a notice at start) when the store has none, so a loss on training
+frames is never reported as a validation loss. Checkpoint and encoder metadata carry the
+same keys and `eval_split`.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tst_ros import config as config_mod
+from tst_ros import modalities as registry
 from tst_ros.config import Config, PretrainConfig
 from tst_ros.models import ENCODER_FILE, build_encoder, save_encoder
 from tst_ros.models.multimae import TSTMM
@@ -30,7 +39,7 @@ def method_modalities(cfg: PretrainConfig) -> list[str]:
     if cfg.method == "tst-mm":
         return list(cfg.modalities)
     if cfg.method in ("tst-mae", "scratch"):
-        return ["rgb"]
+        return [registry.primary_image().name]
     raise ValueError(f"unknown pre-training method {cfg.method!r}; choose one of {METHODS}")
 
 
@@ -54,8 +63,10 @@ def make_loader(dataset, cfg: PretrainConfig, dist: engine.Distributed, start: i
 
 
 @torch.no_grad()
-def evaluate(model: TSTMM, dataset, batch: int, max_batches: int, device: str, seed: int = 12345) -> dict:
-    """Held-out reconstruction loss with fixed masks (same frames, same masks every call)."""
+def evaluate(model: TSTMM, dataset, batch: int, max_batches: int, device: str, seed: int = 12345,
+             prefix: str = "val") -> dict:
+    """Held-out reconstruction loss with fixed masks (same frames, same masks every call), keyed
+    `{prefix}_loss`, `{prefix}_loss_<modality>`."""
     was_training = model.training
     model.eval()
     n = min(len(dataset), batch * max_batches)
@@ -69,7 +80,7 @@ def evaluate(model: TSTMM, dataset, batch: int, max_batches: int, device: str, s
             totals[k] = totals.get(k, 0.0) + v * len(idx)
             weights[k] = weights.get(k, 0.0) + len(idx)
     model.train(was_training)
-    return {f"val_{k.replace('/', '_')}": totals[k] / weights[k] for k in totals}
+    return {f"{prefix}_{k.replace('/', '_')}": totals[k] / weights[k] for k in totals}
 
 
 def save_grid(model: TSTMM, dataset, out: Path, step: int, device: str) -> Path | None:
@@ -90,6 +101,29 @@ def _autocast(device: str, bf16: bool):
     return contextlib.nullcontext()
 
 
+@dataclass
+class Session:
+    """What one `pretrain` call trains and where it reports, as set up by `_setup`."""
+    cfg: PretrainConfig
+    out: Path
+    device: str
+    dist: engine.Distributed
+    model: TSTMM
+    net: torch.nn.Module                # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    peak_lr: float
+    start: int                          # first step of this call (the checkpoint's step when resuming)
+    loader: torch.utils.data.DataLoader
+    eval_dataset: torch.utils.data.Dataset
+    eval_split: str                     # "val", or "train" when the data has no validation split
+    reporter: engine.Reporter
+    full_config: Config | None
+
+    @property
+    def eval_prefix(self) -> str:
+        return "val" if self.eval_split == "val" else "train_eval"
+
+
 def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = False, progress_jsonl: bool = False,
              full_config: Config | None = None, dataset=None, val_dataset=None, stop_at: int | None = None) -> dict:
     """Run (or continue) pre-training; returns a summary with the per-step losses of this call.
@@ -106,25 +140,38 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist = engine.Distributed.from_env(device)
-    names = method_modalities(cfg)
     if dist.main:
         config_mod.save_resolved(full_config or Config(pretrain=cfg), out)
     model = build_model(cfg).to(device)
     if cfg.method == "scratch":
         return _finish_scratch(cfg, model, out, dist, progress_jsonl)
+    session = _setup(cfg, data, out, device, dist, model, resume=resume, progress_jsonl=progress_jsonl,
+                     full_config=full_config, dataset=dataset, val_dataset=val_dataset)
+    return _train(session, stop_at)
 
+
+def _eval_dataset(cfg: PretrainConfig, data: str, names: list[str], val_dataset) -> tuple[object, str]:
+    """The held-out set and its split: the store's validation split, else its training samples."""
+    if val_dataset is not None:
+        return val_dataset, "val"
+    val_dataset = open_dataset(data, "val", names, cfg.image_size, False)
+    if len(val_dataset) > 0:
+        return val_dataset, "val"
+    return open_dataset(data, "train", names, cfg.image_size, False), "train"
+
+
+def _setup(cfg: PretrainConfig, data: str, out: Path, device: str, dist: engine.Distributed, model: TSTMM, *,
+           resume: bool, progress_jsonl: bool, full_config: Config | None, dataset, val_dataset) -> Session:
+    """Data, optimizer (restored from the checkpoint when resuming), loader and reporter."""
+    names = method_modalities(cfg)
     dataset = dataset if dataset is not None else open_dataset(data, "train", names, cfg.image_size, cfg.augment)
-    if val_dataset is None:
-        val_dataset = open_dataset(data, "val", names, cfg.image_size, False)
-        if len(val_dataset) == 0:
-            val_dataset = open_dataset(data, "train", names, cfg.image_size, False)
+    eval_dataset, eval_split = _eval_dataset(cfg, data, names, val_dataset)
     peak = engine.peak_lr(cfg.lr, cfg.base_lr, cfg.batch)
     optimizer = engine.make_optimizer(model, peak, cfg.weight_decay)
     start = 0
     ckpt = out / CHECKPOINT_FILE
     if resume and ckpt.exists():
-        meta = load_checkpoint(ckpt, model, optimizer)
-        start = int(meta["step"])
+        start = int(load_checkpoint(ckpt, model, optimizer)["step"])
     if cfg.compile and device.startswith("cuda"):
         for block in model.encoder.blocks:
             block.compile(dynamic=True)
@@ -136,86 +183,113 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
     reporter = engine.Reporter(out, "pretrain", cfg.steps, start, dist.main, progress_jsonl, cfg.tensorboard)
     reporter.message(f"pre-training {cfg.method} ({cfg.preset}, {names}) on {len(dataset)} samples, "
                      f"steps {start}->{cfg.steps}, batch {cfg.batch}, lr {peak:.2e}", start)
+    if eval_split == "train":
+        reporter.message(f"notice: {data} has no validation split ({len(dataset)} samples, at most one split "
+                         f"block); the held-out loss is computed on training samples and reported as "
+                         f"train_eval_loss, not val_loss", start)
+    return Session(cfg, out, device, dist, model, net, optimizer, peak, start, loader, eval_dataset, eval_split,
+                   reporter, full_config)
+
+
+def _train(s: Session, stop_at: int | None) -> dict:
+    """Steps `s.start` -> `cfg.steps` (or until a stop signal / `stop_at`), checkpointing on the way."""
+    cfg = s.cfg
     losses: list[float] = []
-    stat_keys = ["loss", "grad_norm"] + [f"loss/{n}" for n in model.names]
     stopped = False
-    step = start
     last_stats: dict[str, float] = {}
     stall = 0.0
-    done = start
+    done = s.start
     t_loop = time.perf_counter()
     with engine.StopSignal() as stop:
-        batches = iter(loader)
-        model.train()
-        for step in range(start, cfg.steps):
-            engine.set_lr(optimizer, engine.lr_at(step, cfg.steps, cfg.warmup_steps, peak))
-            step_stats: dict[str, float] = {}
-            interrupted = False
-            for micro in range(cfg.accum):
-                t_wait = time.perf_counter()
-                try:
-                    batch = prepare_batch(next(batches), device)
-                except RuntimeError:
-                    if stop.requested:      # a terminal Ctrl+C also ends the loader's workers
-                        interrupted = True
-                        break
-                    raise
-                stall += time.perf_counter() - t_wait
-                positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
-                seeds = engine.mask_seeds(cfg.seed, step, positions)
-                sync = net.no_sync() if (dist.world > 1 and micro < cfg.accum - 1) else contextlib.nullcontext()
-                with sync, _autocast(device, cfg.bf16):
-                    loss, stats = net(batch, seeds)
-                    (loss / cfg.accum).backward()
-                for k, v in stats.items():
-                    step_stats[k] = step_stats.get(k, 0.0) + v / cfg.accum
-            if interrupted:                 # an incomplete step is dropped, never applied
-                optimizer.zero_grad(set_to_none=True)
+        batches = iter(s.loader)
+        s.model.train()
+        for step in range(s.start, cfg.steps):
+            step_stats, waited = _step(s, step, batches, stop)
+            stall += waited
+            if step_stats is None:
                 stopped = True
                 break
-            if cfg.clip_grad > 0:
-                step_stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_stats = dist.mean_of(step_stats, stat_keys)
-            step_stats["lr"] = optimizer.param_groups[0]["lr"]
             losses.append(step_stats["loss"])
             last_stats = step_stats
-            reporter.step(step + 1, step_stats, cfg.batch)
+            s.reporter.step(step + 1, step_stats, cfg.batch)
             done = step + 1
-            if dist.any(stop.requested) or (stop_at is not None and done >= stop_at):
+            if s.dist.any(stop.requested) or (stop_at is not None and done >= stop_at):
                 stopped = True
                 break
             if cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                _save(cfg, model, optimizer, out, done, dist, reporter, val_dataset, device, last_stats, full_config)
+                _save(s, done, last_stats)
     elapsed = time.perf_counter() - t_loop
-    summary = _save(cfg, model, optimizer, out, done, dist, reporter, val_dataset, device,
-                    last_stats, full_config, final=True)
+    summary = _save(s, done, last_stats)
     if stopped:
-        reporter.message(f"stopped by signal at step {done}; checkpoint saved", done)
-    reporter.close()
-    dist.close()
-    return {**summary, "losses": losses, "stopped": stopped, "start_step": start,
+        s.reporter.message(f"stopped by signal at step {done}; checkpoint saved", done)
+    s.reporter.close()
+    s.dist.close()
+    return {**summary, "losses": losses, "stopped": stopped, "start_step": s.start,
             "loader_stall_share": stall / max(elapsed, 1e-9), "elapsed_s": elapsed}
 
 
-def _save(cfg, model, optimizer, out: Path, step: int, dist, reporter, val_dataset, device, last_stats,
-          full_config, final: bool = False) -> dict:
+def _step(s: Session, step: int, batches, stop: engine.StopSignal) -> tuple[dict[str, float] | None, float]:
+    """One optimizer step over `accum` micro-batches: (its stats, seconds spent waiting for data).
+    Stats are None when a stop signal ended the loader mid-step; the incomplete step is dropped."""
+    cfg, dist = s.cfg, s.dist
+    engine.set_lr(s.optimizer, engine.lr_at(step, cfg.steps, cfg.warmup_steps, s.peak_lr))
+    stats: dict[str, float] = {}
+    stall = 0.0
+    for micro in range(cfg.accum):
+        t_wait = time.perf_counter()
+        try:
+            batch = prepare_batch(next(batches), s.device)
+        except RuntimeError:
+            if stop.requested:      # a terminal Ctrl+C also ends the loader's workers
+                s.optimizer.zero_grad(set_to_none=True)
+                return None, stall
+            raise
+        stall += time.perf_counter() - t_wait
+        positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
+        seeds = engine.mask_seeds(cfg.seed, step, positions)
+        sync = s.net.no_sync() if (dist.world > 1 and micro < cfg.accum - 1) else contextlib.nullcontext()
+        with sync, _autocast(s.device, cfg.bf16):
+            loss, micro_stats = s.net(batch, seeds)
+            (loss / cfg.accum).backward()
+        for k, v in micro_stats.items():
+            stats[k] = stats.get(k, 0.0) + v / cfg.accum
+    if cfg.clip_grad > 0:
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.clip_grad))
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    stats = dist.mean_of(stats, ["loss", "grad_norm"] + [f"loss/{n}" for n in s.model.names])
+    stats["lr"] = s.optimizer.param_groups[0]["lr"]
+    return stats, stall
+
+
+def _save(s: Session, step: int, last_stats: dict[str, float]) -> dict:
     """Checkpoint + encoder file + held-out loss + picture (main process), then a model event."""
-    summary = {"step": step, "checkpoint": str(out / CHECKPOINT_FILE), "encoder": str(out / ENCODER_FILE)}
-    if dist.main:
-        metrics = evaluate(model, val_dataset, cfg.batch, cfg.val_batches, device) if val_dataset is not None else {}
-        meta = {"step": step, "method": cfg.method, "config": config_mod.to_dict(full_config or Config(pretrain=cfg)),
-                "train_loss": last_stats.get("loss"), "metrics": metrics, "world": dist.world}
-        save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, meta)
-        save_encoder(model.encoder, out / ENCODER_FILE, method=cfg.method, step=step, metrics=metrics)
-        if val_dataset is not None:
-            save_grid(model, val_dataset, out, step, device)
-        reporter.model_event(out / ENCODER_FILE, ["encoder"], list(model.encoder.modalities),
-                             {**metrics, "step": step, **({"train_loss": last_stats["loss"]} if last_stats else {})})
+    out, cfg = s.out, s.cfg
+    summary = {"step": step, "checkpoint": str(out / CHECKPOINT_FILE), "encoder": str(out / ENCODER_FILE),
+               "eval_split": s.eval_split}
+    if s.dist.main:
+        metrics = evaluate(s.model, s.eval_dataset, cfg.batch, cfg.val_batches, s.device, prefix=s.eval_prefix)
+        meta = {"step": step, "method": cfg.method,
+                "config": config_mod.to_dict(s.full_config or Config(pretrain=cfg)),
+                "train_loss": last_stats.get("loss"), "metrics": metrics, "eval_split": s.eval_split,
+                "world": s.dist.world}
+        save_checkpoint(out / CHECKPOINT_FILE, s.model, s.optimizer, meta)
+        save_encoder(s.model.encoder, out / ENCODER_FILE, method=cfg.method, step=step, metrics=metrics,
+                     eval_split=s.eval_split)
+        save_grid(s.model, s.eval_dataset, out, step, s.device)
+        _log_eval(out, step, s.eval_split, metrics)
+        s.reporter.model_event(out / ENCODER_FILE, ["encoder"], list(s.model.encoder.modalities),
+                               {**metrics, "step": step, **({"train_loss": last_stats["loss"]} if last_stats else {})})
         summary.update(metrics)
-    dist.barrier()
+    s.dist.barrier()
     return summary
+
+
+def _log_eval(out: Path, step: int, split: str, metrics: dict[str, float]) -> None:
+    """One log.jsonl line per held-out evaluation (training-step lines carry "loss" instead)."""
+    record = {"step": step, "eval_split": split, **{k: round(v, 6) for k, v in metrics.items()}, "time": time.time()}
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _finish_scratch(cfg, model, out: Path, dist, progress_jsonl: bool) -> dict:
