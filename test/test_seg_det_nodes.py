@@ -300,21 +300,3 @@ def test_wrong_encoding_and_truncated_images_are_reported_and_node_keeps_running
         assert scenario["alive"][kind], f"{kind} node died:\n{scenario['logs'][kind]}"
         assert scenario["exit_codes"][kind] == 0, scenario["logs"][kind]
 
-
-def test_checksum_verification_of_files_and_exported_directories(tmp_path):
-    from tst_ros.ros.nodes._model_node import verify_checksum
-
-    model_dir = make_model_dir(tmp_path / "m", CLASSES, THINGS, image_size=32)
-    rng = np.random.default_rng(0)
-    frame = [(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), None)]
-    manifest = export_model(model_dir, tmp_path / "deploy", frames=frame)
-    onnx_file, manifest_file = Path(manifest["path"]), Path(manifest["manifest_path"])
-    assert verify_checksum(onnx_file, sha256_file(onnx_file)) == onnx_file
-    assert verify_checksum(onnx_file.parent, sha256_file(manifest_file)) == onnx_file.parent
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        verify_checksum(onnx_file, "0" * 64)
-    with pytest.raises(ValueError, match="no checksum"):
-        verify_checksum(onnx_file, "")
-    onnx_file.write_bytes(onnx_file.read_bytes()[:-10])        # file no longer matches its manifest
-    with pytest.raises(ValueError, match="does not match the sha256"):
-        verify_checksum(onnx_file.parent, sha256_file(manifest_file))

@@ -1,5 +1,11 @@
 """`trainer` node over real DDS: waits for samples, trains in a child process, reports status,
-publishes loadable model updates, pauses and stops with a valid checkpoint."""
+publishes loadable model updates, pauses and stops with a valid checkpoint; model versions keep
+increasing across a restart of the node, so a running segmentation node hot-loads the next model."""
+import json
+import os
+import shlex
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -110,3 +116,115 @@ def test_trainer_node_waits_trains_reports_publishes_models_pauses_and_stops(gra
     encoder, enc_meta = load_encoder(update.path)
     assert enc_meta["step"] == meta["step"] and list(update.modalities) == encoder.modalities
     assert time.monotonic() - t0 < 120
+
+
+def test_model_versions_are_persisted_and_continue_after_a_restart(tmp_path):
+    from tst_ros.ros.nodes.trainer import ModelVersions
+
+    path = tmp_path / "run" / "model_version.json"
+    first = ModelVersions(path)
+    assert first.last == 0 and not path.exists()
+    assert [first.next(), first.next()] == [1, 2]
+    restarted = ModelVersions(path)
+    assert (restarted.last, restarted.read_error) == (2, "")
+    assert restarted.next() == 3 and json.loads(path.read_text()) == {"version": 3}
+
+    # an unreadable record: counting resumes from the clock (seconds), still above the last version
+    path.write_text('{"version": 3')
+    recovered = ModelVersions(path, now=lambda: 1_750_000_000.7)
+    assert recovered.read_error and recovered.next() == 1_750_000_001
+    assert ModelVersions(path).next() == 1_750_000_002
+
+
+EMIT_MODEL_EVENT = ('import json, sys; '
+                    'print(json.dumps({"event": "model", "path": sys.argv[1], "tasks": ["segmentation"]}))')
+
+
+def export_deploy_dir(tmp_path, name: str, classes: list[str]):
+    """An exported model directory (model.onnx + manifest.json) as the pipeline deploys it."""
+    import numpy as np
+
+    from tst_ros.perception.export import export_model
+    from tst_ros.perception.tiny import make_model_dir
+
+    model_dir = make_model_dir(tmp_path / f"{name}_model", classes, [2], image_size=32)
+    rng = np.random.default_rng(0)
+    frames = [(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), None)]
+    export_model(model_dir, tmp_path / name, frames=frames)
+    return tmp_path / name
+
+
+@pytest.fixture
+def segmentation_node(tmp_path):
+    """The segmentation node in its own process, with no model until /tst/model brings one."""
+    log = tmp_path / "segmentation.log"
+    cmd = [sys.executable, "-m", "tst_ros.ros.nodes.segmentation", "--ros-args",
+           "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1"]
+    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    yield process, log
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def spinning_executor():
+    rclpy.init()
+    executor = MultiThreadedExecutor(num_threads=2)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield executor
+    executor.shutdown()
+    for node in executor.get_nodes():
+        node.destroy_node()
+    rclpy.try_shutdown()
+    thread.join(5)
+
+
+def model_publishing_trainer(run_dir, model_dir):
+    """A trainer whose child process announces `model_dir` once and exits."""
+    from tst_ros.ros.nodes.trainer import TrainerNode
+
+    command = f"{{python}} -c {shlex.quote(EMIT_MODEL_EVENT)} {shlex.quote(str(model_dir))}"
+    return TrainerNode(parameter_overrides=[
+        Parameter("command", value=command), Parameter("run_dir", value=str(run_dir)),
+        Parameter("min_samples", value=0), Parameter("status_rate_hz", value=4.0)])
+
+
+def wait_until_serving(served: list, process, log, version: int, classes: list[str]) -> None:
+    """Until the node's LabelInfo shows `version` with `classes` (bounded; fails with the node's log)."""
+    try:
+        wait_for(lambda: (version, classes) in served or process.poll() is not None, 120,
+                 f"the segmentation node to serve v{version}")
+        assert process.poll() is None, "the segmentation node exited"
+    except AssertionError as e:
+        raise AssertionError(f"{e}; label infos seen: {served}; node log:\n{log.read_text()}") from None
+
+
+def test_a_restarted_trainer_continues_the_versions_and_segmentation_hot_loads_its_model(
+        tmp_path, monkeypatch, segmentation_node, spinning_executor):
+    from tst_ros.msg import LabelInfo
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    process, log = segmentation_node
+    models = [(export_deploy_dir(tmp_path, "deploy_a", ["wall", "floor", "chair"]), ["wall", "floor", "chair"]),
+              (export_deploy_dir(tmp_path, "deploy_b", ["floor", "wall", "table"]), ["floor", "wall", "table"])]
+    served: list[tuple[int, list[str]]] = []
+    peer = rclpy.create_node("trainer_restart_peer")
+    peer.create_subscription(LabelInfo, "/tst/segmentation/label_info",
+                             lambda m: served.append((m.version, list(m.class_names))), qos_latched())
+    spinning_executor.add_node(peer)
+
+    # each trainer is a fresh node on the same run_dir: the second one is a restart of the first
+    for expected_version, (deploy, classes) in enumerate(models, start=1):
+        trainer = model_publishing_trainer(tmp_path / "run", deploy)
+        spinning_executor.add_node(trainer)
+        try:
+            wait_until_serving(served, process, log, expected_version, classes)
+            assert trainer.version == expected_version
+        finally:
+            spinning_executor.remove_node(trainer)
+            trainer.destroy_node()
+    assert [version for version, _ in served] == [1, 2]

@@ -1,5 +1,9 @@
 """ttt_kd node over real DDS: a simulated cloud (+ image, depth, camera_info, odom) in, a labeled
-cloud out with one label per input point and the input header copied."""
+cloud out with one label per input point and the input header copied; a model directory is
+loaded from /tst/model only when its manifest signs the checkpoint."""
+import json
+import shutil
+import threading
 import time
 
 import numpy as np
@@ -14,16 +18,22 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from tst_ros.config import SimConfig
+from tst_ros.msg import ModelUpdate
+from tst_ros.perception.export import add_to_manifest
 from tst_ros.ros.clouds import cloud_field, cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header, matrix_to_odometry
 from tst_ros.ros.images import array_to_image
 from tst_ros.ros.qos import qos_sensor
 from tst_ros.ros.nodes.ttt_kd import TTTKDNode
+from tst_ros.ros.qos import qos_latched
 from tst_ros.sim import CLASSES, Simulator
 from tst_ros.poses import matrix_to_extrinsic
 from tst_ros.tttkd.backbones import TTTKDModel, build_backbone
 from tst_ros.tttkd.checkpoint import FeatureReducer, save_checkpoint
 from tst_ros.tttkd.teachers import HED_CHANNELS
+from tst_ros.util import sha256_file
+
+from polling import wait_for
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,4 +112,41 @@ def test_node_labels_every_point_of_a_sim_cloud_and_copies_the_header(checkpoint
         node.destroy_node()
         peer.destroy_node()
     finally:
+        rclpy.shutdown(context=context)
+
+
+def test_a_model_directory_is_loaded_only_once_its_manifest_signs_the_checkpoint(checkpoint, tmp_path):
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    shutil.copy(checkpoint, deploy / "tttkd.safetensors")
+    (deploy / "manifest.json").write_text(json.dumps({"format": "onnx", "files": {}}))
+
+    context = Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    try:
+        node = TTTKDNode(parameter_overrides=[Parameter("model", value=str(checkpoint))], context=context)
+        peer = Node("tttkd_model_peer", context=context)
+        model_pub = peer.create_publisher(ModelUpdate, "/tst/model", qos_latched())
+        executor.add_node(node)
+        executor.add_node(peer)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        initial = node.labeler
+
+        def announce(version: int) -> None:
+            model_pub.publish(ModelUpdate(version=version, path=str(deploy), tasks=["ttt_kd"],
+                                          checksum=sha256_file(deploy / "manifest.json")))
+
+        announce(1)                       # the manifest does not list tttkd.safetensors: refused
+        wait_for(lambda: node.rejected_updates == 1, 30, "the unsigned checkpoint to be refused")
+        assert node.labeler is initial
+
+        add_to_manifest(deploy, "tttkd.safetensors")
+        announce(2)
+        wait_for(lambda: node.labeler is not initial, 60, "the signed checkpoint to be loaded")
+        assert node.labeler.checkpoint == str(deploy / "tttkd.safetensors") and node.rejected_updates == 1
+    finally:
+        executor.shutdown()
+        for n in executor.get_nodes():
+            n.destroy_node()
         rclpy.shutdown(context=context)

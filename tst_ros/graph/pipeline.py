@@ -177,11 +177,13 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------- hand-off
     def announce(self) -> None:
-        # the deploy directory carries every task's weights; the ttt_kd node loads them from there
+        # the deploy directory carries every task's weights, each signed by its manifest; the
+        # ttt_kd node loads them from there
+        from tst_ros.perception.export import add_to_manifest
         from tst_ros.util import atomic_write_bytes
         atomic_write_bytes(self.run / "deploy" / "tttkd.safetensors",
                            (self.run / "tttkd" / "tttkd.safetensors").read_bytes())
-        manifest = json.loads((self.run / "deploy" / "manifest.json").read_text())
+        manifest = add_to_manifest(self.run / "deploy", "tttkd.safetensors")
         segdet = self.metrics.get("segdet", {}).get("tst-mm", {})
         event = {"event": "model", "path": str(self.run / "deploy"), "tasks": ["segmentation", "detection", "ttt_kd"],
                  "modalities": manifest.get("inputs", manifest.get("modalities", [])),

@@ -9,6 +9,12 @@ ids, preprocessing (size, mean/std per modality, input modalities) and tasks are
 metadata_props as JSON strings. The file is written only after the parity check passes
 (max |PyTorch - ORT| <= tolerance on random inputs and on real frames, labels and peaks
 agreeing in all but MAX_DISAGREEMENT of cells); a sidecar manifest records its sha256.
+
+The manifest also signs a deploy directory as a whole: `files` maps the name of every file a
+node loads from it (the ONNX model, `tttkd.safetensors`, ...) to its sha256 and byte size
+(`add_to_manifest`), and `verify_model` checks a ModelUpdate's checksum (of manifest.json for a
+directory) and then every file the manifest lists, refusing a directory that lacks a file the
+node needs. `file`/`sha256`/`bytes` still name the ONNX model (and are all an older manifest has).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from tst_ros.util import atomic_write, atomic_write_json, sha256_file
 
 DEFAULT_TOLERANCE = 1e-4
 OPSET = 17
+MANIFEST = "manifest.json"
 
 
 def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
@@ -31,7 +38,7 @@ def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     out = Path(out)
     if out.suffix == ".onnx":
         return out, out.with_name(out.name + ".manifest.json")
-    return out / "model.onnx", out / "manifest.json"
+    return out / "model.onnx", out / MANIFEST
 
 
 def export_meta(meta: dict) -> dict:
@@ -153,7 +160,8 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
         parity = parity_check(model, predictor, frames, tolerance=tolerance)
         data = Path(tmp_path).read_bytes()
     atomic_write(onnx_path, lambda p: Path(p).write_bytes(data))
-    manifest = {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size,
+    record = file_record(onnx_path)
+    manifest = {"file": onnx_path.name, **record, "files": {onnx_path.name: record},
                 "format": "onnx", "opset": OPSET, "inputs": meta["input_modalities"], "outputs": list(OUTPUT_NAMES),
                 "input_size": meta["preprocessing"]["size"], "classes": meta["classes"],
                 "thing_class_ids": meta["thing_class_ids"], "tasks": meta.get("tasks", []),
@@ -162,3 +170,60 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
     manifest["manifest_path"] = str(manifest_path)
     manifest["path"] = str(onnx_path)
     return manifest
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """A manifest entry: {"sha256", "bytes"} of the file at `path`."""
+    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
+
+
+def manifest_files(manifest: dict) -> dict[str, dict]:
+    """name -> {"sha256", "bytes"} for every file a manifest signs, including the ONNX model that
+    manifests written before the `files` map describe only by `file`/`sha256`."""
+    files = dict(manifest.get("files") or {})
+    if manifest.get("file") and manifest.get("sha256") and manifest["file"] not in files:
+        files[manifest["file"]] = {"sha256": manifest["sha256"], "bytes": manifest.get("bytes")}
+    return files
+
+
+def add_to_manifest(directory: str | os.PathLike, name: str) -> dict:
+    """Record DIRECTORY/name in DIRECTORY/manifest.json (rewritten atomically); returns the manifest."""
+    manifest_path = Path(directory) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = {**manifest_files(manifest), name: file_record(Path(directory) / name)}
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def verify_model(path: str | os.PathLike, checksum: str, required: tuple[str, ...] = ()) -> Path:
+    """Check a ModelUpdate's `checksum` before loading `path`; returns `path`, else raises ValueError
+    or FileNotFoundError naming the offending file. The checksum is that of the file itself, or of
+    a directory's manifest.json; that manifest must list every name in `required`, and every file
+    it lists must match its recorded sha256 and size."""
+    path = Path(path)
+    if not checksum:
+        raise ValueError(f"model update for {path} carries no checksum")
+    signed = path / MANIFEST if path.is_dir() else path
+    if not signed.is_file():
+        what = f"model directory {path} has no {MANIFEST}" if path.is_dir() else f"model file {path} does not exist"
+        raise FileNotFoundError(what)
+    actual = sha256_file(signed)
+    if actual != checksum:
+        raise ValueError(f"checksum mismatch for {signed}: expected {checksum}, file has {actual}")
+    if path.is_dir():
+        _verify_manifest_files(path, json.loads(signed.read_text()), required)
+    return path
+
+
+def _verify_manifest_files(directory: Path, manifest: dict, required: tuple[str, ...]) -> None:
+    files = manifest_files(manifest)
+    missing = [name for name in required if name not in files]
+    if missing:
+        raise ValueError(f"{directory / MANIFEST} does not list {', '.join(missing)}, which this node loads")
+    for name, expected in files.items():
+        file = directory / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}, listed in {MANIFEST}, does not exist")
+        actual = file_record(file)
+        if actual["sha256"] != expected.get("sha256") or expected.get("bytes") not in (None, actual["bytes"]):
+            raise ValueError(f"{file} does not match the sha256 and size recorded in {MANIFEST}")

@@ -6,10 +6,12 @@
   processes it and frames that arrive meanwhile replace it (never a backlog). With
   `pin_threads` the worker pins itself to the core ONNX Runtime's pool threads leave free
   (`tst_ros.perception.threads`).
-- Subscribes `/tst/model` (ModelUpdate, transient-local). An update is verified (sha256 of the
-  file, or of manifest.json for a directory, plus the model file it names), loaded and warmed
-  up in a background thread, and swapped in between two frames. A model that fails to load or
-  verify is reported with an error log and the old one keeps serving.
+- Subscribes `/tst/model` (ModelUpdate, transient-local). An update is verified
+  (`export.verify_model`: sha256 of the file, or of manifest.json for a directory, whose
+  manifest must list model.onnx and match every file it lists), loaded and warmed up in a
+  background thread, and swapped in between two frames. A model that fails to load or verify
+  is reported with an error log and the old one keeps serving. Versions not above the served
+  one are ignored (the trainer keeps counting across restarts).
 - Publishes the class map as LabelInfo (transient-local) whenever the serving model changes.
 - Wrong-encoding and malformed inputs are reported with a throttled warning; the node keeps running.
 
@@ -18,7 +20,6 @@ Subclasses set TASK and implement `publish_outputs(predictor, image_msg, rgb, de
 from __future__ import annotations
 
 import collections
-import json
 import threading
 from pathlib import Path
 
@@ -27,39 +28,16 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from tst_ros.msg import LabelInfo, ModelUpdate
+from tst_ros.perception.export import verify_model
 from tst_ros.perception.runtime import IGNORE_LABEL, Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.qos import qos_latched, qos_sensor
-from tst_ros.util import sha256_file
 
 WARN_THROTTLE_S = 5.0
-
-
-def verify_checksum(path: Path, checksum: str) -> Path:
-    """Check a ModelUpdate's sha256; returns the model path to load (ValueError on mismatch)."""
-    if not checksum:
-        raise ValueError(f"model update for {path} carries no checksum")
-    if path.is_dir():
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
-            raise ValueError(f"model directory {path} has no manifest.json to verify")
-        actual = sha256_file(manifest)
-        if actual != checksum:
-            raise ValueError(f"checksum mismatch for {manifest}: expected {checksum}, file has {actual}")
-        doc = json.loads(manifest.read_text())
-        model_file = path / doc.get("file", "model.onnx")
-        if doc.get("sha256") and sha256_file(model_file) != doc["sha256"]:
-            raise ValueError(f"{model_file} does not match the sha256 in {manifest}")
-        return path
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    actual = sha256_file(path)
-    if actual != checksum:
-        raise ValueError(f"checksum mismatch for {path}: expected {checksum}, file has {actual}")
-    return path
+ONNX_FILE = "model.onnx"        # what Predictor.load reads from a model directory
 
 
 class ModelServingNode(Node):
@@ -236,7 +214,7 @@ class ModelServingNode(Node):
             with self._loading:
                 try:
                     if checksum is not None:
-                        verify_checksum(path, checksum)
+                        verify_model(path, checksum, required=(ONNX_FILE,))
                     predictor = Predictor.load(path, self.providers, self.backend, self.threads, self.pin_threads)
                     if self.TASK not in predictor.tasks:
                         raise ValueError(f"model {path} has tasks {predictor.tasks}, not {self.TASK!r}")

@@ -5,7 +5,9 @@ Waits until `/tst/recorder/status` reports at least `min_samples` samples, then 
 The child speaks the progress protocol on stdout (`--progress-jsonl`): progress lines
 become `TrainingStatus` on `/tst/trainer/status` (published at `status_rate_hz`, >= 1 Hz),
 `{"event": "model"}` lines become `ModelUpdate` on `/tst/model` (transient-local, sha256
-checksum of the file, or of manifest.json for a directory).
+checksum of the file, or of manifest.json for a directory). Versions keep increasing across
+restarts of the node (`ModelVersions`, kept in `{run_dir}/model_version.json`): perception
+nodes ignore an update whose version is not above the one they serve.
 
 Services (std_srvs/Trigger): `~/start` (start now, without waiting for samples), `~/stop`
 (SIGINT to the child: it saves a final checkpoint and exits), `~/pause` (SIGSTOP / SIGCONT
@@ -25,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from rclpy.node import Node
@@ -34,15 +37,52 @@ from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
 from tst_ros.ros import conversions as conv
 from tst_ros.ros.qos import qos_latched, qos_profile
-from tst_ros.util import sha256_file
+from tst_ros.util import atomic_write_json, sha256_file
 
 DEFAULT_COMMAND = "{python} -m tst_ros.cli pretrain --data {dataset} --out {run_dir} --progress-jsonl --resume"
+VERSION_FILE = "model_version.json"
+UINT32_MAX = 2**32 - 1
 
 
 def artifact_checksum(path: str | os.PathLike) -> str:
     """sha256 of a model file, or of a model directory's manifest.json."""
     path = Path(path)
     return sha256_file(path / "manifest.json" if path.is_dir() else path)
+
+
+class ModelVersions:
+    """Version numbers of published models, increasing across restarts (ROS-free).
+
+    The last version is written atomically to `path` before it is published. No file: a fresh
+    run, counting from 1. An unreadable file: counting resumes from the current Unix time in
+    seconds, above any version reached before unless models came faster than one a second
+    (and within ModelUpdate's uint32 until 2106)."""
+
+    def __init__(self, path: str | os.PathLike, now=time.time):
+        self.path = Path(path)
+        self.read_error = ""
+        self.last = self._read_last(now)
+
+    def _read_last(self, now) -> int:
+        try:
+            version = json.loads(self.path.read_text())["version"]
+            if not isinstance(version, int) or not 0 <= version <= UINT32_MAX:
+                raise ValueError(f"not a uint32 version: {version!r}")
+            return version
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.read_error = f"{type(e).__name__}: {e}"
+            return int(now())
+
+    def next(self) -> int:
+        """Reserve and persist the next version (OSError when it cannot be persisted)."""
+        version = self.last + 1
+        if version > UINT32_MAX:
+            raise OverflowError(f"model version {version} does not fit ModelUpdate.version (uint32)")
+        atomic_write_json(self.path, {"version": version})
+        self.last = version
+        return version
 
 
 class TrainingProcess:
@@ -144,7 +184,10 @@ class TrainerNode(Node):
         self.child: TrainingProcess | None = None
         self.stage, self.message = "waiting", f"waiting for {self.min_samples} recorded samples"
         self.final_progress: dict = {}
-        self.version = 0
+        self.versions = ModelVersions(self.run_dir / VERSION_FILE)
+        if self.versions.read_error:
+            self.get_logger().warning(f"{self.versions.path} unreadable ({self.versions.read_error}); "
+                                      f"model versions continue from {self.versions.last}")
         self.status_pub = self.create_publisher(TrainingStatus, status_topic, qos_profile("reliable", 10))
         self.model_pub = self.create_publisher(ModelUpdate, model_topic, qos_latched())
         self.create_subscription(RecorderStatus, recorder_topic, self._on_recorder, qos_profile("reliable", 10))
@@ -152,6 +195,11 @@ class TrainerNode(Node):
         self.create_service(Trigger, "~/stop", self._srv_stop)
         self.create_service(Trigger, "~/pause", self._srv_pause)
         self.create_timer(1.0 / rate, self._tick)
+
+    @property
+    def version(self) -> int:
+        """The last published model version (also by an earlier run of the node on this run_dir)."""
+        return self.versions.last
 
     # -- inputs
     def _on_recorder(self, msg: RecorderStatus) -> None:
@@ -269,14 +317,18 @@ class TrainerNode(Node):
         except OSError as e:
             self.get_logger().warning(f"model event for {path!r} ignored: {e}")
             return
-        self.version += 1
+        try:
+            version = self.versions.next()
+        except (OSError, OverflowError) as e:
+            self.get_logger().error(f"model {path} not published: cannot record its version: {e}")
+            return
         metrics = {k: float(v) for k, v in (event.get("metrics") or {}).items() if isinstance(v, (int, float))}
-        msg = ModelUpdate(header=conv.make_header(self.get_clock().now().nanoseconds, ""), version=self.version,
+        msg = ModelUpdate(header=conv.make_header(self.get_clock().now().nanoseconds, ""), version=version,
                           path=str(path), checksum=checksum, tasks=[str(t) for t in event.get("tasks", [])],
                           modalities=[str(m) for m in event.get("modalities", [])],
                           metric_names=list(metrics), metric_values=list(metrics.values()))
         self.model_pub.publish(msg)
-        self.get_logger().info(f"model v{self.version}: {path}")
+        self.get_logger().info(f"model v{version}: {path}")
 
     def _publish_status(self) -> None:
         p = self.final_progress

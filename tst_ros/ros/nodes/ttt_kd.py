@@ -5,7 +5,9 @@ aligned depth image (optional) and poses (PoseSubscriber: TF or /odom + camera_e
 publishes /tst/points_labeled (x, y, z, rgb, label UINT32, confidence FLOAT32) with the input
 cloud's header and one point per input point. Callbacks only store messages; a worker thread
 labels the latest cloud (older unprocessed clouds are dropped) with tst_ros.tttkd.pipeline.
-Reloads the model when /tst/model announces one whose tasks include "tttkd".
+Reloads the model when /tst/model announces one whose tasks include "tttkd" (a .safetensors
+file, or a directory whose manifest lists tttkd.safetensors; verified by
+`tst_ros.perception.export.verify_model`, the old model keeps serving when that fails).
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ class TTTKDNode(Node):
         self._stop = threading.Event()
         self.published = 0
         self.dropped = 0
+        self.rejected_updates = 0
         self.process_times: list[float] = []
         self.process_adapted: list[bool] = []
         self.last_info: dict = {}
@@ -125,18 +128,13 @@ class TTTKDNode(Node):
         threading.Thread(target=self._load_update, args=(msg.path, msg.checksum), daemon=True).start()
 
     def _load_update(self, path: str, checksum: str) -> None:
-        from pathlib import Path
-
-        from tst_ros.tttkd.checkpoint import checkpoint_path
-        from tst_ros.util import sha256_file
+        from tst_ros.perception.export import verify_model
+        from tst_ros.tttkd.checkpoint import CHECKPOINT_FILE, checkpoint_path
         try:
-            file = checkpoint_path(path)
-            # a directory's checksum is that of its manifest.json (the trainer's convention), a file's its own
-            signed = Path(path) / "manifest.json" if Path(path).is_dir() else file
-            if checksum and signed.is_file() and sha256_file(signed) != checksum:
-                raise ValueError(f"checksum mismatch for {signed}")
+            file = checkpoint_path(verify_model(path, checksum, required=(CHECKPOINT_FILE,)))
         except (OSError, ValueError) as e:
-            self.get_logger().error(f"model update ignored: {e}")
+            self.rejected_updates += 1
+            self.get_logger().error(f"model update from {path} rejected, keeping the current model: {e}")
             return
         self._load(str(file))
 
