@@ -1,4 +1,5 @@
-"""`tst-ros specialize`, `tst-ros pipeline`, `tst-ros report` and `tst-ros node NAME`."""
+"""`tst-ros specialize`, `tst-ros pipeline`, `tst-ros report`, `tst-ros node NAME` and
+`tst-ros config dump` (the loop's configuration, e.g. to regenerate config/specialize.yaml)."""
 from __future__ import annotations
 
 import os
@@ -37,7 +38,16 @@ def register(sub) -> None:
     q.add_argument("--run", required=True, help="run directory")
     q.add_argument("--data", required=True, help="dataset store recorded in the test building")
     q.add_argument("--progress-jsonl", action="store_true", help="progress protocol lines on stdout (trainer node)")
+    q.add_argument("--micro", action="store_true", help="tiny budgets (seconds per stage) for a quick end-to-end check")
     q.set_defaults(func=run_pipeline)
+
+    c = sub.add_parser("config", help="the loop's configuration: `config dump` prints the resolved YAML")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    d = csub.add_parser("dump", help="resolved config as YAML (no --config/--set: the defaults, which are "
+                                     "config/specialize.yaml)")
+    config.add_config_arguments(d)
+    d.add_argument("--out", help="write to this file instead of stdout")
+    d.set_defaults(func=run_config_dump)
 
     r = sub.add_parser("report", help="(re)write RUN/report/index.html from a run directory")
     r.add_argument("run", help="run directory")
@@ -72,8 +82,19 @@ def run_specialize(args) -> int:
 def run_pipeline(args) -> int:
     from tst_ros.graph.pipeline import Pipeline
 
-    cfg = config.from_args(args)
+    cfg = config.load(args.config, (MICRO if args.micro else []) + list(args.overrides))
     Pipeline(cfg, args.run, args.data, progress_jsonl=args.progress_jsonl).run_all()
+    return 0
+
+
+def run_config_dump(args) -> int:
+    from tst_ros.util import atomic_write_text
+
+    text = config.to_yaml(config.from_args(args)) if args.config or args.overrides else config.default_yaml()
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        print(text, end="")
     return 0
 
 
