@@ -6,22 +6,50 @@ segmentation/detection heads onto the TST-MM encoder and onto a scratch encoder 
 -> ONNX export with parity check -> evaluation of both -> TTT-KD joint training on source
 buildings and before/after evaluation -> a `{"event": "model"}` progress line.
 
-Every stage records completion in `pipeline.json`; running again resumes after the last
-finished stage (pre-training itself resumes from its checkpoint).
+Each stage is keyed by its inputs (STAGE_INPUTS): the config values it reads, the keys of the
+upstream stages whose artifacts it consumes and, for data from outside the run, a checksum
+(the dataset store's committed index, whose lines carry each sample's CRC-32). A run skips a
+stage whose key matches the one recorded in `pipeline.json` and reruns the others, so a
+changed input reruns its stage and everything downstream of it; each decision and its reason
+("transfer: rerun (config transfer.steps changed)") is printed and recorded under
+`last_run`. Pre-training resumes from its checkpoint only when the checkpoint was started
+with the same key; otherwise the old run directory is moved aside (`pretrain.stale-N`).
+The resolved config is saved as RUN/config.yaml before any stage runs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from tst_ros import config as config_mod
 from tst_ros.config import Config
 from tst_ros.util import atomic_write_json
 
 STAGES = ["pretrain", "labeled_set", "eval_set", "transfer", "transfer_scratch", "export", "evaluate", "tttkd",
           "tttkd_eval"]
+
+# stage -> (config sections or section.fields it reads, upstream stages whose artifacts it uses)
+STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pretrain": (("pretrain",), ()),                                    # + the dataset store
+    "labeled_set": (("transfer.labeled_set", "transfer.labeled_images", "sim.width", "sim.height"), ()),
+    "eval_set": (("sim.seed", "sim.style", "sim.width", "sim.height", "specialize.eval_images",
+                  "specialize.record_frames"), ()),
+    "transfer": (("transfer", "pretrain.preset", "pretrain.patch", "record.image_size"), ("pretrain", "labeled_set")),
+    "transfer_scratch": (("transfer", "pretrain.preset", "pretrain.patch", "record.image_size"), ("labeled_set",)),
+    "export": ((), ("transfer",)),
+    "evaluate": ((), ("transfer", "transfer_scratch", "eval_set")),
+    "tttkd": (("ttt_kd", "sim"), ("pretrain",)),                        # pretrain: the tstmm teacher
+    "tttkd_eval": (("ttt_kd", "sim", "specialize.tttkd_scenes"), ("tttkd",)),
+}
+# fields that change how a stage runs but not what it produces
+NOT_INPUTS = {"pretrain.workers", "pretrain.device", "pretrain.compile", "pretrain.tensorboard",
+              "pretrain.checkpoint_every", "ttt_kd.device", "ttt_kd.mode", "ttt_kd.stride", "ttt_kd.sync_window_s"}
+# stages that resume partial work from their directory
+RESUMABLE = {"pretrain": "pretrain"}
 
 
 class Progress:
@@ -49,7 +77,9 @@ class Pipeline:
         self.data = str(data)
         self.progress = Progress(progress_jsonl)
         self.state_path = self.run / "pipeline.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"done": {}}
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+        self.state.setdefault("done", {})
+        self.state.setdefault("started", {})
         self.metrics_path = self.run / "metrics.json"
         self.metrics = json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
 
@@ -58,25 +88,74 @@ class Pipeline:
     def labeled(self) -> Path:
         return Path(self.cfg.transfer.labeled_set) if self.cfg.transfer.labeled_set else self.run / "labeled"
 
-    def _done(self, stage: str, info: dict | None = None) -> None:
-        self.state["done"][stage] = {"time": time.time(), **(info or {})}
+    def _done(self, stage: str, key: str, inputs: dict, reason: str, info: dict | None = None) -> None:
+        self.state["done"][stage] = {"time": time.time(), **(info or {}), "key": key, "inputs": inputs,
+                                     "reason": reason}
         atomic_write_json(self.state_path, self.state)
         atomic_write_json(self.metrics_path, self.metrics)
 
-    def run_all(self) -> dict:
+    def _start(self, stage: str, key: str, inputs: dict, decision: str) -> None:
+        """Forget the stage's old record before its artifacts are overwritten, so an interrupted
+        rerun is never mistaken for a finished one."""
+        self.state["done"].pop(stage, None)
+        self.state["started"][stage] = {"key": key, "inputs": inputs}
+        self.state["last_run"]["stages"][stage] = decision
+        atomic_write_json(self.state_path, self.state)
+
+    def run_all(self, until: str = STAGES[-1]) -> dict:
+        """Every stage up to and including `until` (STAGES lists upstream stages first); the
+        model hand-off follows the last stage only."""
         t0 = time.perf_counter()
-        for stage in STAGES:
-            if stage in self.state["done"]:
-                self.progress.stage(stage, 1, 1, "already done (resumed)")
+        config_mod.save_resolved(self.cfg, self.run)
+        self.state["last_run"] = {"time": time.time(), "stages": {}}
+        keys: dict[str, str] = {}
+        for stage in STAGES[:STAGES.index(until) + 1]:
+            inputs = self.stage_inputs(stage, keys)
+            keys[stage] = key = stage_key(inputs)
+            done = self.state["done"].get(stage)
+            if done is not None and done.get("key") == key:
+                self.state["last_run"]["stages"][stage] = "skipped (inputs unchanged)"
+                self.progress.stage(stage, 1, 1, "skipped (inputs unchanged)")
                 continue
-            self.progress.stage(stage, 0, 1, "starting")
+            started = self.state["started"].get(stage)
+            reason = change_reason(done or started, inputs, unfinished=done is None and started is not None)
+            decision = f"{'rerun' if done or started else 'run'} ({reason})"
+            self.progress.stage(stage, 0, 1, decision)
+            if stage in RESUMABLE and (started or {}).get("key") != key:
+                self._set_aside(RESUMABLE[stage])
+            self._start(stage, key, inputs, decision)
             # stages speak the progress protocol on stdout; the trainer ignores any other line
             info = getattr(self, f"stage_{stage}")()
-            self._done(stage, info)
+            self._done(stage, key, inputs, reason, info)
+        atomic_write_json(self.state_path, self.state)
         self.metrics["budget"] = self.budget(time.perf_counter() - t0)
         atomic_write_json(self.metrics_path, self.metrics)
-        self.announce()
+        if until == STAGES[-1]:
+            self.announce()
         return self.metrics
+
+    def stage_inputs(self, stage: str, keys: dict[str, str]) -> dict:
+        """What `stage` reads now (JSON-normalised, as recorded in pipeline.json)."""
+        fields, upstream = STAGE_INPUTS[stage]
+        inputs = {"config": config_values(self.cfg, fields), "upstream": {u: keys[u] for u in upstream},
+                  "data": {}}
+        if stage == "pretrain":
+            inputs["data"]["dataset"] = data_checksum(self.data)
+        if stage == "labeled_set" and self.cfg.transfer.labeled_set:
+            inputs["data"]["labeled set"] = data_checksum(self.labeled)
+        return json.loads(json.dumps(inputs, default=str))
+
+    def _set_aside(self, name: str) -> None:
+        """Move a run directory whose checkpoint was made from other inputs out of the way."""
+        path = self.run / name
+        if not path.is_dir() or not any(path.iterdir()):
+            return
+        n = 1
+        while (self.run / f"{name}.stale-{n}").exists():
+            n += 1
+        path.rename(self.run / f"{name}.stale-{n}")
+        self.progress.stage(name, 0, 1, f"its checkpoint was not made from these inputs: moved {name}/ to "
+                                        f"{name}.stale-{n}/, starting fresh")
 
     def budget(self, seconds: float) -> dict:
         c = self.cfg
@@ -197,3 +276,60 @@ class Pipeline:
 
 def _jsonable(obj) -> dict:
     return json.loads(json.dumps(obj, default=str)) if isinstance(obj, dict) else {}
+
+
+def config_values(cfg: Config, names: tuple[str, ...]) -> dict:
+    """{"section.field": value} for whole sections ("transfer") and single fields ("sim.width")."""
+    flat = {f"{section}.{k}": v for section, fields in config_mod.to_dict(cfg).items() for k, v in fields.items()}
+    out = {}
+    for name in names:
+        matched = {k: v for k, v in flat.items() if k == name or k.startswith(name + ".")}
+        if not matched:
+            raise KeyError(f"stage input {name!r} is not a config section or field")
+        out.update({k: v for k, v in matched.items() if k not in NOT_INPUTS})
+    return out
+
+
+def data_checksum(path: str | Path) -> str:
+    """A dataset store: sha256 of its committed index (one line per sample, with its CRC-32).
+    Another directory: of its files' names, sizes and modification times. Else the spec itself."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if (path / "index.jsonl").is_file():
+        from tst_ros.data.store import read_index
+
+        _, committed = read_index(path / "index.jsonl")
+        with open(path / "index.jsonl", "rb") as f:
+            digest.update(f.read(committed))
+    elif path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            st = f.stat()
+            digest.update(f"{f.relative_to(path)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    else:
+        digest.update(str(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def stage_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def change_reason(previous: dict | None, inputs: dict, unfinished: bool = False) -> str:
+    """Why a stage runs: what differs between its previous inputs and `inputs`."""
+    if previous is None:
+        return "not run yet"
+    old = previous.get("inputs")
+    if old is None:
+        return "no input record from an earlier run"
+    reasons = []
+    changed = sorted(k for k in {**old["config"], **inputs["config"]} if old["config"].get(k) != inputs["config"].get(k))
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        reasons.append(f"config {', '.join(changed[:3])}{more} changed")
+    reran = [u for u in inputs["upstream"] if old["upstream"].get(u) != inputs["upstream"][u]]
+    if reran:
+        reasons.append(f"upstream {', '.join(reran)} reran")
+    reasons += [f"{name} changed" for name in inputs["data"] if old["data"].get(name) != inputs["data"][name]]
+    if reasons:
+        return "; ".join(reasons)
+    return "did not finish last time" if unfinished else "inputs changed"

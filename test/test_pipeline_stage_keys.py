@@ -1,0 +1,67 @@
+"""Pipeline stages are keyed by their inputs: a changed config value reruns its stage and the
+stages downstream of it, nothing else, and pipeline.json says why; a changed pre-training
+config starts a fresh pre-training run instead of resuming the old checkpoint."""
+import json
+
+import pytest
+
+from tst_ros import config
+from tst_ros.config import RecordConfig, SimConfig
+from tst_ros.data.from_sim import build_dataset
+from tst_ros.graph.cli import MICRO
+from tst_ros.graph.pipeline import STAGES, Pipeline
+from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
+
+# real stages with the smallest budgets that still exercise them; tttkd stages are not selected
+TINY = MICRO + ["pretrain.steps=2", "pretrain.image_size=64", "transfer.steps=2", "transfer.labeled_images=4",
+                "specialize.eval_images=2"]
+UNTIL = "evaluate"
+SKIPPED = "skipped (inputs unchanged)"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "store"
+    build_dataset(SimConfig(width=128, height=96, realtime=False), RecordConfig(image_size=64), 24, path)
+    return path
+
+
+def run(run_dir, store, *overrides) -> dict:
+    Pipeline(config.load(None, TINY + list(overrides)), run_dir, store).run_all(until=UNTIL)
+    return json.loads((run_dir / "pipeline.json").read_text())["last_run"]["stages"]
+
+
+def test_changed_inputs_rerun_their_stage_and_its_downstream_stages_only(tmp_path, store):
+    run_dir = tmp_path / "run"
+    first = run(run_dir, store)
+    assert list(first) == STAGES[:STAGES.index(UNTIL) + 1]
+    assert set(first.values()) == {"run (not run yet)"}
+    assert (run_dir / "config.yaml").is_file(), "the pipeline saves its resolved config itself"
+    checkpoint = run_dir / "pretrain" / CHECKPOINT_FILE
+    trained_at = checkpoint.stat().st_mtime_ns
+
+    second = run(run_dir, store, "transfer.steps=3")
+    assert second == {"pretrain": SKIPPED, "labeled_set": SKIPPED, "eval_set": SKIPPED,
+                      "transfer": "rerun (config transfer.steps changed)",
+                      "transfer_scratch": "rerun (config transfer.steps changed)",
+                      "export": "rerun (upstream transfer reran)",
+                      "evaluate": "rerun (upstream transfer, transfer_scratch reran)"}
+    assert checkpoint.stat().st_mtime_ns == trained_at
+    done = json.loads((run_dir / "pipeline.json").read_text())["done"]
+    assert done["transfer"]["inputs"]["config"]["transfer.steps"] == 3
+    assert done["transfer"]["reason"] == "config transfer.steps changed"
+
+    third = run(run_dir, store, "transfer.steps=3", "pretrain.steps=3")
+    assert third["pretrain"] == "rerun (config pretrain.steps changed)"
+    assert third["transfer"] == "rerun (upstream pretrain reran)"
+    assert third["export"] == "rerun (upstream transfer reran)"
+    assert [third[s] for s in ("labeled_set", "eval_set", "transfer_scratch")] == [SKIPPED] * 3
+    # the old checkpoint (step 2 of a 2-step run) is kept aside, not resumed
+    assert read_checkpoint(run_dir / "pretrain.stale-1" / CHECKPOINT_FILE)[1]["step"] == 2
+    assert read_checkpoint(checkpoint)[1]["step"] == 3
+    log = [json.loads(line) for line in (run_dir / "pretrain" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+
+    assert set(run(run_dir, store, "transfer.steps=3", "pretrain.steps=3").values()) == {SKIPPED}
