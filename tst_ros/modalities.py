@@ -4,6 +4,8 @@ Every stream the system records, trains on or predicts is described here once: i
 channels, storage dtype, how it is normalised for the network, how it is derived and how
 many tokens the masked autoencoder may spend on it. Model code iterates over registry
 entries and never names a specific modality; adding a modality is adding an entry.
+torch is imported only by the normalisation methods, so the torch-free deployment runtime
+can read the registry.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 Kind = Literal["image", "feature_map", "point_cloud", "imu"]
 
@@ -42,6 +43,8 @@ class Modality:
 
         The one normalisation formula; training applies it on the device to batches that
         travelled in their compact storage dtype."""
+        import torch
+
         shape = [1] * stored.ndim
         shape[channel_dim] = -1
         std = torch.tensor(self.std, dtype=torch.float64)
@@ -57,6 +60,8 @@ class Modality:
 
     def normalise(self, stored: np.ndarray) -> np.ndarray:
         """Stored array (H, W, C) or (H, W) -> float32 (C, H, W) network input."""
+        import torch
+
         hwc = stored[..., None] if stored.ndim == 2 else stored
         chw = torch.from_numpy(np.array(hwc.transpose(2, 0, 1), order="C"))   # own copy: the input may be read-only
         return self.normalise_tensor(chw).numpy()
@@ -123,3 +128,14 @@ PRIMARY_IMAGE = "rgb"
 
 def primary_image() -> Modality:
     return get(PRIMARY_IMAGE)
+
+
+# The metric depth image registered to the colour image. With PRIMARY_IMAGE, the two camera
+# images a perception frame carries (deployment runtime, TTT-KD teachers); the other image
+# modalities are derived from them (and camera_info).
+DEPTH_IMAGE = "depth"
+
+
+def derived() -> list[Modality]:
+    """Entries computed from other streams (their `derived_from`), in registration order."""
+    return [m for m in REGISTRY.values() if m.derived_from]

@@ -5,6 +5,7 @@
 - `normals_from_depth`: camera-frame surface normals from a depth image and intrinsics,
   oriented towards the camera, stored as int8 (x127), 0 where undefined.
 - `canny_edges`: Canny edges of an RGB image (uint8 0/255) via OpenCV.
+- `derive_modality`: any derived registry modality from its source streams (`DERIVATIONS`).
 - `resample_imu`: a raw IMU window resampled to a fixed number of rows for the network.
 """
 from __future__ import annotations
@@ -103,6 +104,20 @@ def canny_edges(rgb: np.ndarray) -> np.ndarray:
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     gray = cv2.GaussianBlur(gray, (3, 3), 0)
     return cv2.Canny(gray, CANNY_LOW, CANNY_HIGH)
+
+
+# How each derived registry modality is computed: the function takes the streams that its
+# registry entry lists in `derived_from`, in that order.
+DERIVATIONS = {"normals": normals_from_depth, "edges": canny_edges}
+
+
+def derive_modality(modality, sources: dict) -> np.ndarray | None:
+    """A derived `modalities.Modality` computed from `sources` ({stream name: array or
+    Intrinsics}); None when one of its `derived_from` streams is missing (None or absent)."""
+    args = [sources.get(name) for name in modality.derived_from]
+    if any(arg is None for arg in args):
+        return None
+    return DERIVATIONS[modality.name](*args)
 
 
 def resample_imu(stamps_ns: np.ndarray, samples: np.ndarray, start_ns: int | None, end_ns: int,

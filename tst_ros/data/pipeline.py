@@ -29,12 +29,12 @@ from tst_ros.data.sync import FrameSync, RateLimitedWarner, SyncedFrame
 from tst_ros.geometry import Intrinsics
 from tst_ros.poses import PoseBuffer
 
-IMAGE_MODALITIES = ("rgb", "depth", "normals", "edges")
 # stream -> default topic (DESIGN §2); the recorder and ingest map topics to streams with these
 DEFAULT_TOPICS = {"rgb": "/camera/color/image_raw", "depth": "/camera/depth/image_raw",
                   "camera_info": "/camera/color/camera_info", "imu": "/imu/data", "cloud": "/points",
                   "odom": "/odom"}
-SAMPLE_MODALITIES = IMAGE_MODALITIES + ("imu", "points")
+# what a derived modality's `missing` entry says when one of its source streams is absent (default no_<stream>)
+MISSING_SOURCE_REASON = {modalities.DEPTH_IMAGE: "no_depth", "camera_info": "missing_camera_info"}
 
 
 # frames held for odometry that trails them before they are stored without a pose
@@ -215,21 +215,8 @@ class RecordingPipeline:
             self._carry_window(frame)
             return 0
 
-        size = self.size
-        arrays: dict[str, np.ndarray] = {}
-        small_rgb = derive.fit_square(rgb, size)
-        arrays["rgb"] = small_rgb
-        if depth_mm is not None:
-            small_depth = derive.fit_square(depth_mm, size, nearest=True)
-            arrays["depth"] = small_depth
-            if intr is not None:
-                arrays["normals"] = derive.normals_from_depth(small_depth, derive.fit_intrinsics(intr, size))
-            else:
-                missing.setdefault("normals", "missing_camera_info")
-        else:
-            missing.setdefault("depth", "absent")
-            missing.setdefault("normals", "no_depth")
-        arrays["edges"] = derive.canny_edges(small_rgb)
+        arrays = self._images(rgb, depth_mm, intr, missing)
+        small_rgb = arrays[modalities.PRIMARY_IMAGE]
         window_start = self._imu(frame, arrays, missing)
         self._cloud(frame, arrays, missing)
         self._ground_truth(frame, arrays)
@@ -238,16 +225,37 @@ class RecordingPipeline:
             if depth_mm is not None:
                 arrays["depth_full"] = depth_mm
 
-        present = {m: m in arrays for m in SAMPLE_MODALITIES}
+        present = {m: m in arrays for m in modalities.REGISTRY}
         extra = {"missing": {k: v for k, v in missing.items() if not present.get(k, False)},
                  "pose": None if pose is None else [float(x) for x in pose.reshape(-1)],
-                 "intrinsics": None if intr is None else derive.fit_intrinsics(intr, size).to_dict(),
+                 "intrinsics": None if intr is None else derive.fit_intrinsics(intr, self.size).to_dict(),
                  "imu_window_ns": [window_start, int(frame.stamp_ns)] if "imu" in arrays else None}
         self.store.append(arrays, stamp_ns=frame.stamp_ns, present=present, extra=extra, commit=False)
         self._last_kept = {"rgb": small_rgb, "pose": pose}
         if len(self.store._staged) >= self.commit_every:
             self.commit()
         return 1
+
+    def _images(self, rgb: np.ndarray, depth_mm: np.ndarray | None, intr: Intrinsics | None,
+                missing: dict) -> dict[str, np.ndarray]:
+        """The camera images at training resolution and every derived registry modality whose
+        source streams this frame has; absent ones are recorded in `missing`."""
+        size = self.size
+        small_depth = None if depth_mm is None else derive.fit_square(depth_mm, size, nearest=True)
+        sources = {modalities.PRIMARY_IMAGE: derive.fit_square(rgb, size), modalities.DEPTH_IMAGE: small_depth,
+                   "camera_info": None if intr is None else derive.fit_intrinsics(intr, size)}
+        arrays = {name: sources[name] for name in (modalities.PRIMARY_IMAGE, modalities.DEPTH_IMAGE)
+                  if sources[name] is not None}
+        if small_depth is None:
+            missing.setdefault(modalities.DEPTH_IMAGE, "absent")
+        for modality in modalities.derived():
+            derived = derive.derive_modality(modality, sources)
+            if derived is not None:
+                arrays[modality.name] = derived
+            else:
+                absent = next(s for s in modality.derived_from if sources.get(s) is None)
+                missing.setdefault(modality.name, MISSING_SOURCE_REASON.get(absent, f"no_{absent}"))
+        return arrays
 
     def _depth(self, frame: SyncedFrame, shape: tuple[int, int], missing: dict) -> np.ndarray | None:
         payload = frame.matched.get("depth")
@@ -258,13 +266,13 @@ class RecordingPipeline:
         except (ValueError, TypeError, KeyError) as e:
             self.counts["bad_encoding:depth"] += 1
             self.warner("bad_encoding:depth", f"cannot decode depth image: {e}; depth dropped, frame kept")
-            missing["depth"] = "bad_encoding"
+            missing[modalities.DEPTH_IMAGE] = "bad_encoding"
             return None
         if depth.shape[:2] != shape:
             self.counts["size_mismatch:depth"] += 1
             self.warner("size_mismatch:depth", f"depth is {depth.shape[1]}x{depth.shape[0]} but rgb is "
                         f"{shape[1]}x{shape[0]} (depth must be aligned to colour); depth dropped, frame kept")
-            missing["depth"] = "size_mismatch"
+            missing[modalities.DEPTH_IMAGE] = "size_mismatch"
             return None
         if depth.dtype == np.uint16:
             return depth

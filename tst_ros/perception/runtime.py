@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tst_ros import modalities as registry
 from tst_ros.perception.threads import thread_layout
 
 IGNORE_LABEL = 255
@@ -147,7 +148,7 @@ class Predictor:
     # -------------------------------------------------------------- processing
     @property
     def uses_depth(self) -> bool:
-        return "depth" in self.input_modalities
+        return registry.DEPTH_IMAGE in self.input_modalities
 
     def preprocess(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """RGB (H,W,3) uint8 and depth (H,W) metres (NaN/0 invalid) -> {name: (1,C,h,w) float32}."""
@@ -194,6 +195,32 @@ def _rgb_blob_params(scale: float, mean: tuple[float, ...], std: tuple[float, ..
     return params
 
 
+def _colour_input(rgb: np.ndarray, depth_m: np.ndarray | None, norm: tuple[float, np.ndarray, np.ndarray],
+                  size: tuple[int, int]) -> np.ndarray:
+    """The colour image: bilinear resize, normalisation and HWC -> CHW in one OpenCV call (0.1 ms at 128 px)."""
+    scale, mean, std = norm
+    params = _rgb_blob_params(float(scale), tuple(mean.tolist()), tuple(std.tolist()), (size[1], size[0]))
+    return cv2.dnn.blobFromImageWithParams(rgb, params)[0]
+
+
+def _depth_input(rgb: np.ndarray, depth_m: np.ndarray | None, norm: tuple[float, np.ndarray, np.ndarray],
+                 size: tuple[int, int]) -> np.ndarray:
+    """The depth image, given in metres (the registry's scale already applied): nearest resize,
+    (d - mean) / std, invalid (NaN, 0) -> 0."""
+    _, mean, std = norm
+    if depth_m is None:
+        raise ValueError("this model needs a depth image")
+    if depth_m.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"depth {depth_m.shape[:2]} and colour {rgb.shape[:2]} sizes differ (depth must be aligned)")
+    d = cv2.resize(np.asarray(depth_m, np.float32), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    valid = np.isfinite(d) & (d > 0)
+    return np.where(valid, (d - mean[0]) / std[0], 0.0).astype(np.float32)[None]
+
+
+# How each camera image of a frame becomes a network input; other modalities cannot be built here.
+_FRAME_INPUTS = {registry.PRIMARY_IMAGE: _colour_input, registry.DEPTH_IMAGE: _depth_input}
+
+
 def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities: list[str],
                    norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int]) -> dict[str, np.ndarray]:
     """The one preprocessing path (training, evaluation, deployment): stretch-resize to `size`,
@@ -201,24 +228,12 @@ def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities
     (invalid -> 0 after normalisation, as in the modality registry)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-    h, w = size
     out: dict[str, np.ndarray] = {}
     for name in input_modalities:
-        scale, mean, std = norm[name]
-        if name == "rgb":
-            # bilinear resize, normalisation and HWC -> CHW in one OpenCV call (0.1 ms at 128 px)
-            params = _rgb_blob_params(float(scale), tuple(mean.tolist()), tuple(std.tolist()), (w, h))
-            out[name] = cv2.dnn.blobFromImageWithParams(rgb, params)[0]
-        elif name == "depth":
-            if depth_m is None:
-                raise ValueError("this model needs a depth image")
-            if depth_m.shape[:2] != rgb.shape[:2]:
-                raise ValueError(f"depth {depth_m.shape[:2]} and colour {rgb.shape[:2]} sizes differ (depth must be aligned)")
-            d = cv2.resize(np.asarray(depth_m, np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
-            valid = np.isfinite(d) & (d > 0)
-            out[name] = np.where(valid, (d - mean[0]) / std[0], 0.0).astype(np.float32)[None]
-        else:
+        build = _FRAME_INPUTS.get(name)
+        if build is None:
             raise ValueError(f"the runtime cannot produce input modality {name!r} from sensor images")
+        out[name] = build(rgb, depth_m, norm[name], size)
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tst_ros import modalities as registry
 from tst_ros.perception.runtime import Predictor, normalisation, prepare_inputs
 
 FINETUNE_MODES = ("frozen", "partial", "full")
@@ -65,7 +66,7 @@ class TransferData:
         self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
         self.semantic, self.boxes, self.labels = [], [], []
         for it in items:
-            if "depth" in input_modalities and it.get("depth_mm") is None:
+            if registry.DEPTH_IMAGE in input_modalities and it.get("depth_mm") is None:
                 raise ValueError("the model takes depth but the labeled set has no depth images")
             x = prepare_inputs(it["rgb"], depth_metres(it), input_modalities, norm, size)
             for n in input_modalities:
@@ -115,7 +116,7 @@ class TransferData:
 # ----------------------------------------------------------------------------- model
 
 def resolve_encoder(source: str, preset: str = "tiny", image_size: int = 128, patch: int = 16,
-                    scratch_modalities: tuple[str, ...] = ("rgb",)):
+                    scratch_modalities: tuple[str, ...] = (registry.PRIMARY_IMAGE,)):
     """`scratch` -> random encoder; otherwise a run directory / encoder file -> (encoder, meta)."""
     from tst_ros.models import build_encoder, load_encoder
 
@@ -128,7 +129,8 @@ def resolve_encoder(source: str, preset: str = "tiny", image_size: int = 128, pa
 
 
 def default_inputs(encoder) -> list[str]:
-    return [m for m in ("rgb", "depth") if m in encoder.modalities]
+    """The camera images of a frame that the encoder accepts (colour, then depth)."""
+    return [m for m in (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE) if m in encoder.modalities]
 
 
 def new_model(encoder, encoder_meta: dict, classes: list[str], categories: dict[int, str],

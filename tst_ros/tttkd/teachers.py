@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tst_ros import modalities
+
 HED_BGR_MEAN = (104.00699, 116.66877, 122.67892)
 HED_BLOCKS = {"block1": 2, "block2": 2, "block3": 3, "block4": 3, "block5": 3}  # convs per VGG16 block
 HED_CHANNELS = {"block1": 64, "block2": 128, "block3": 256, "block4": 512, "block5": 512}
@@ -159,7 +161,7 @@ class TSTMMTeacher(Teacher):
     The encoder sees square inputs of its training size, so the image is covered by evenly spaced
     square crops; their patch-feature maps are pasted back and averaged where they overlap.
     Modalities the encoder accepts are built from rgb/depth with the registry's normalisation;
-    derived ones (normals, edges) are computed from the same frame."""
+    derived ones (normals, edges) are computed from the same frame (`derive.derive_modality`)."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", intrinsics=None):
         from tst_ros.models import load_encoder
@@ -177,24 +179,24 @@ class TSTMMTeacher(Teacher):
 
     def _stored(self, name: str, rgb: np.ndarray, depth_m: np.ndarray | None) -> np.ndarray | None:
         """Frame -> stored-layout array of one modality (None when it cannot be derived here)."""
-        if name == "rgb":
+        from tst_ros.data import derive
+
+        if name == modalities.PRIMARY_IMAGE:
             return rgb
         if depth_m is None:
             depth_mm = None
         else:
             depth_mm = np.rint(np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0)).clip(0, 65535).astype(np.uint16)
-        if name == "depth":
+        if name == modalities.DEPTH_IMAGE:
             return depth_mm
-        from tst_ros.data import derive
-        if name == "edges":
-            return derive.canny_edges(rgb)
-        if name == "normals" and depth_mm is not None and self.intrinsics is not None:
-            return derive.normals_from_depth(depth_mm, self.intrinsics)
-        return None
+        modality = modalities.REGISTRY.get(name)
+        if modality is None or not modality.derived_from:
+            return None
+        sources = {modalities.PRIMARY_IMAGE: rgb, modalities.DEPTH_IMAGE: depth_mm, "camera_info": self.intrinsics}
+        return derive.derive_modality(modality, sources)
 
     @torch.no_grad()
     def features(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> torch.Tensor:
-        from tst_ros import modalities
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
         size = int(self.encoder.image_size)
