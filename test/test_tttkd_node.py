@@ -23,9 +23,8 @@ from tst_ros.perception.export import add_to_manifest
 from tst_ros.ros.clouds import cloud_field, cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header, matrix_to_odometry
 from tst_ros.ros.images import array_to_image
-from tst_ros.ros.qos import qos_sensor
 from tst_ros.ros.nodes.ttt_kd import TTTKDNode
-from tst_ros.ros.qos import qos_latched
+from tst_ros.ros.qos import qos_latched, qos_sensor
 from tst_ros.sim import CLASSES, Simulator
 from tst_ros.poses import matrix_to_extrinsic
 from tst_ros.tttkd.backbones import TTTKDModel, build_backbone
