@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tst_ros.perception.export import add_to_manifest, export_model, verify_model
-from tst_ros.perception.tiny import make_model_dir
+from fixture_models import make_model_dir
 from tst_ros.util import sha256_file
 
 TTTKD = "tttkd.safetensors"

@@ -13,7 +13,7 @@ from tst_ros.cli import main as cli_main
 from tst_ros.perception.export import export_model, parity_check, real_frames
 from tst_ros.perception.heads import load_model
 from tst_ros.perception.runtime import OUTPUT_NAMES, Predictor
-from tst_ros.perception.tiny import make_model_dir
+from fixture_models import make_model_dir
 from tst_ros.sim import CLASSES, THING_CLASSES
 from tst_ros.util import sha256_file
 

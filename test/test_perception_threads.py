@@ -68,7 +68,7 @@ def _thread_masks() -> list[set[int]]:
 def test_onnx_session_pins_its_pool_threads_and_names_the_callers_core(tmp_path):
     from tst_ros.perception.export import export_model
     from tst_ros.perception.runtime import Predictor
-    from tst_ros.perception.tiny import make_model_dir
+    from fixture_models import make_model_dir
 
     model_dir = make_model_dir(tmp_path / "m", image_size=32, seed=0)
     rgb = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)

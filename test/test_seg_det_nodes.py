@@ -25,7 +25,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from tst_ros.perception.export import export_model  # noqa: E402
-from tst_ros.perception.tiny import make_model_dir  # noqa: E402
+from fixture_models import make_model_dir  # noqa: E402
 from tst_ros.util import sha256_file  # noqa: E402
 
 from polling import wait_for  # noqa: E402

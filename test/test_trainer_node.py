@@ -145,7 +145,7 @@ def export_deploy_dir(tmp_path, name: str, classes: list[str]):
     import numpy as np
 
     from tst_ros.perception.export import export_model
-    from tst_ros.perception.tiny import make_model_dir
+    from fixture_models import make_model_dir
 
     model_dir = make_model_dir(tmp_path / f"{name}_model", classes, [2], image_size=32)
     rng = np.random.default_rng(0)

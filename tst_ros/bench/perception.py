@@ -116,9 +116,9 @@ def _simulator_frames(count: int, out: dict) -> list[tuple[np.ndarray, np.ndarra
 def _benchmark_model(tmp: Path, frames: list, out: dict) -> Path:
     """The deployment-shaped untrained model, exported to ONNX under `tmp`."""
     from tst_ros.perception.export import export_model
-    from tst_ros.perception.tiny import make_model_dir
+    from tst_ros.bench.models import untrained_model_dir
 
-    model_dir = make_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), seed=0)
+    model_dir = untrained_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), seed=0)
     sample = [(rgb, d / 1000.0) for rgb, d in frames[:1]]
     onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=sample)["path"])
     out["model"] = "tiny preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
