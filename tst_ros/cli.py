@@ -2,11 +2,16 @@
 
 Each stage module exposes `register(subparsers)`; its heavy imports happen inside the
 command function so that `tst-ros --help` stays fast.
+
+Output rule (docs/ARCHITECTURE.md, "Logging"): stdout carries a command's result only (its
+JSON, or the progress protocol with --progress-jsonl); messages for people go through the
+stdlib logger `tst_ros.<topic>` and progress bars through tqdm, both on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from tst_ros import __version__
@@ -40,21 +45,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ShortNames(logging.Formatter):
+    """`[specialize] text` rather than `[tst_ros.specialize] text`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("tst_ros.")
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"[{name}] {level}{record.getMessage()}"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send the package's messages to stderr once, without disturbing tqdm's bars."""
+    root = logging.getLogger("tst_ros")
+    if any(getattr(h, "_tst_ros", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ShortNames())
+    handler._tst_ros = True
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    configure_logging()
+    log = logging.getLogger(f"tst_ros.{args.command}")
     try:
-        return int(args.func(args) or 0)
+        with logging_redirect_tqdm([logging.getLogger("tst_ros")]):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        log.info("interrupted")
         return 130
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"tst-ros {args.command}: error: {e}", file=sys.stderr)
+        log.error(str(e))
         return 1
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import platform
-import sys
 import time
 
 from tst_ros.bench import BENCHMARKS
@@ -28,8 +28,8 @@ def run(args) -> int:
     result = {"benchmark": args.name, "quick": args.quick, "host": platform.node(),
               "python": platform.python_version(), "wall_s": round(time.perf_counter() - t0, 2), **figures}
     if not args.json:
-        for k, v in result.items():
-            print(f"{k:>40}  {v}", file=sys.stderr)
+        table = "\n".join(f"{k:>40}  {v}" for k, v in result.items())
+        logging.getLogger(f"tst_ros.bench.{args.name}").info(table)
     print(json.dumps(result, default=str))
     if args.out:
         atomic_write_json(args.out, result)

@@ -12,7 +12,7 @@ the depth input. A PNG shows sample predictions side by side (RGB, ground truth,
 """
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +36,7 @@ METHODS = [("scratch", "scratch", None), ("tst-mae", "tst-mae", None), ("tst-mm"
 
 
 def _log(msg: str) -> None:
-    print(f"[bench specialization] {msg}", file=sys.stderr, flush=True)
+    logging.getLogger("tst_ros.bench.specialization").info(msg)
 
 
 def _pretrain(method: str, store: Path, out: Path, budget: dict) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 
 from tst_ros import config
 
@@ -95,8 +95,8 @@ def run_ingest(args) -> int:
             for reason, n in report["counts"].items():
                 print(f"  {reason:40s} {n}")
     if report["error"]:
-        print(f"tst-ros ingest: error: {report['error']}; kept the {report['samples']} samples read before it",
-              file=sys.stderr)
+        logging.getLogger("tst_ros.ingest").error(
+            f"{report['error']}; kept the {report['samples']} samples read before it")
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 `tst-ros config dump` (the loop's configuration, e.g. to regenerate config/specialize.yaml)."""
 from __future__ import annotations
 
+import logging
 import os
 
 from tst_ros import config
@@ -75,7 +76,7 @@ def run_specialize(args) -> int:
                                   preset=args.preset, device=args.device, overrides=overrides)
     from tst_ros.ros.specialize import Specialize
 
-    print(f"[specialize] run directory {run_dir}; nodes: {', '.join(s.name for s in specs)}")
+    logging.getLogger("tst_ros.specialize").info(f"run directory {run_dir}; nodes: {', '.join(s.name for s in specs)}")
     return Specialize(cfg, run_dir, specs, timeout_s=args.timeout).run()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from tst_ros import config
@@ -79,8 +80,8 @@ def run_eval(args) -> int:
     result = evaluate(args.model, args.labeled, args.score_threshold, args.nms_iou, limit=args.limit,
                       show_bar=not args.json)
     if not args.json:
-        print(result["iou_table"], file=sys.stderr)
-        print(f"mAP@[.5:.95] {100 * result['map']:.1f}   mAP@.5 {100 * result['map50']:.1f}", file=sys.stderr)
+        logging.getLogger("tst_ros.eval").info(f"{result['iou_table']}\nmAP@[.5:.95] {100 * result['map']:.1f}"
+                                                f"   mAP@.5 {100 * result['map50']:.1f}")
     print(json.dumps(result))
     if args.out:
         atomic_write_json(args.out, result)

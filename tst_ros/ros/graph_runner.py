@@ -8,7 +8,7 @@ from which it measures deployment latency and throughput for the report.
 from __future__ import annotations
 
 import importlib
-import sys
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +28,8 @@ from tst_ros.ros.clouds import cloud_field
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import image_to_array, image_to_rgb
 from tst_ros.ros.qos import qos_latched, qos_profile
+
+log = logging.getLogger("tst_ros.specialize")
 
 OUTPUTS = {
     "mask": ("/tst/segmentation/mask", Image),
@@ -197,7 +199,7 @@ class Graph:
                 if callable(close):
                     close()
             except Exception as e:  # noqa: BLE001 - keep stopping the rest
-                print(f"[specialize] stopping {node.get_name()}: {e}", file=sys.stderr)
+                log.warning(f"stopping {node.get_name()}: {e}")
             if time.monotonic() > deadline:
                 break
         everything = self.nodes + ([self.supervisor] if self.supervisor else [])

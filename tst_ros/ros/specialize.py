@@ -9,6 +9,7 @@ seconds; running again resumes (the store keeps its samples, the pipeline its st
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -20,6 +21,8 @@ import numpy as np
 from tst_ros.graph.description import NodeSpec
 from tst_ros.ros.graph_runner import OUTPUTS, Graph, Observed
 from tst_ros.util import atomic_write_json
+
+log = logging.getLogger("tst_ros.specialize")
 
 # Which node produces each observed output (a graph without that node expects none of them).
 OUTPUT_PRODUCERS = {"mask": "segmentation", "overlay": "segmentation", "detections": "detection",
@@ -104,7 +107,7 @@ class Specialize:
         self.expected_outputs = sorted(k for k in OUTPUTS if OUTPUT_PRODUCERS.get(k) in names)
 
     def _on_signal(self, signum, frame):
-        print(f"\n[specialize] {signal.Signals(signum).name}: stopping the graph", file=sys.stderr)
+        log.info(f"{signal.Signals(signum).name}: stopping the graph")
         self.stop_event.set()
 
     def run(self) -> int:
@@ -135,7 +138,7 @@ class Specialize:
                         reported = True
                         if not self.cfg.specialize.serve:
                             break
-                        print("[specialize] serving; Ctrl-C to stop", file=sys.stderr)
+                        log.info("serving; Ctrl-C to stop")
                 else:
                     self._show_progress(seen)
                 self._pause_rig_while_training(seen)
@@ -151,11 +154,10 @@ class Specialize:
             return 0
         if interrupted:
             self._save_deployment(time.monotonic() - deploy_started if deploy_started else 0.0)
-            print(f"[specialize] stopped; data and checkpoints are in {self.run_dir} (run again to resume)",
-                  file=sys.stderr)
+            log.info(f"stopped; data and checkpoints are in {self.run_dir} (run again to resume)")
             return 130
         report = self._write_report(time.monotonic() - deploy_started if deploy_started else 0.0)
-        print(f"[specialize] error: {self.failed}; partial report: {report}", file=sys.stderr)
+        log.error(f"{self.failed}; partial report: {report}")
         return 1
 
     def _deployment_done(self, seen: Observed, elapsed: float) -> bool:
@@ -170,8 +172,7 @@ class Specialize:
             return True
         if elapsed < minimum + MISSING_OUTPUT_GRACE_S:
             return False
-        print(f"\n[specialize] warning: no {', '.join(missing)} received in {elapsed:.0f} s of deployment",
-              file=sys.stderr)
+        log.warning(f"no {', '.join(missing)} received in {elapsed:.0f} s of deployment")
         return True
 
     def _save_deployment(self, seconds: float) -> None:
@@ -189,8 +190,8 @@ class Specialize:
         if not self.failed:
             metrics_path = self.run_dir / "metrics.json"
             metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-            print(f"\n[specialize] {verdict(metrics.get('segdet', {}))}", file=sys.stderr)
-            print(f"[specialize] report: {report}", file=sys.stderr)
+            log.info(verdict(metrics.get("segdet", {})))
+            log.info(f"report: {report}")
         return report
 
     def _pause_rig_while_training(self, seen: Observed) -> None:

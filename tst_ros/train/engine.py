@@ -9,6 +9,7 @@ a run split over processes sees the samples and masks of a single-process run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -271,7 +272,7 @@ class Reporter:
             self.emit({"stage": self.stage, "step": step, "total": self.total, "loss": 0.0, "samples_per_s": 0.0,
                        "eta_s": eta, "message": text})
         else:
-            print(text, file=sys.stderr)
+            logging.getLogger(f"tst_ros.{self.stage}").info(text)
 
     def model_event(self, path: Path, tasks: list[str], modalities: list[str], metrics: dict[str, float]) -> None:
         self.emit({"event": "model", "path": str(path), "tasks": tasks, "modalities": modalities,

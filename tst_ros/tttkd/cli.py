@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from tst_ros import config
@@ -103,7 +104,7 @@ def run_eval(args) -> int:
               "per_class": {f"k{k}": reports[k]["per_class"] for k in ks}}
     if not args.json:
         for k in ks:
-            print(f"k = {k}\n{format_iou_table(reports[k])}", file=sys.stderr)
+            logging.getLogger("tst_ros.ttt-kd").info(f"k = {k}\n{format_iou_table(reports[k])}")
     print(json.dumps(result))
     if args.out:
         atomic_write_json(args.out, result)
