@@ -1,7 +1,7 @@
 """Time-indexed robot poses (ROS-free): PoseBuffer and the camera-extrinsic parameter format.
 
 Nodes fill a PoseBuffer from TF or nav_msgs/Odometry (tst_ros.ros.poses.PoseSubscriber) and
-look poses up at a message's stamp, never at "latest" (DESIGN §7). Poses are 4x4 float64
+look poses up at a message's stamp, never at "latest". Poses are 4x4 float64
 T_odom_base; T_odom_camera = T_odom_base @ T_base_camera.
 """
 from __future__ import annotations

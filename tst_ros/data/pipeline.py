@@ -29,7 +29,7 @@ from tst_ros.data.sync import FrameSync, RateLimitedWarner, SyncedFrame
 from tst_ros.geometry import Intrinsics
 from tst_ros.poses import PoseBuffer
 
-# stream -> default topic (DESIGN §2); the recorder and ingest map topics to streams with these
+# stream -> default topic (README, "The graph"); the recorder and ingest map topics to streams with these
 DEFAULT_TOPICS = {"rgb": "/camera/color/image_raw", "depth": "/camera/depth/image_raw",
                   "camera_info": "/camera/color/camera_info", "imu": "/imu/data", "cloud": "/points",
                   "odom": "/odom"}

@@ -2,7 +2,7 @@
 
 Perception subscribers take sensor-data QoS (best effort, only the latest frame matters),
 the recorder subscribes reliably, model and label-map topics are transient-local so that
-late joiners get the last value (DESIGN §2, §6).
+late joiners get the last value.
 """
 from __future__ import annotations
 

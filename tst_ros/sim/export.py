@@ -1,7 +1,7 @@
 """Export a simulated run as a rosbag2 MCAP (sensor topics only, written with `rosbags`, no
 ROS install needed) plus its ground truth alongside in `<bag>_gt.npz`.
 
-Topics, types and frame ids match the `sim` node (DESIGN §2): /camera/color/image_raw
+Topics, types and frame ids match the `sim` node (README, "The graph"): /camera/color/image_raw
 (rgb8), /camera/color/camera_info, /camera/depth/image_raw (16UC1 mm), /imu/data (every
 sample), /points (x, y, z, rgb), /odom. Log time = header stamp.
 """

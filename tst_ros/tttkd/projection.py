@@ -1,4 +1,4 @@
-"""2D -> 3D feature projection for TTT-KD (DESIGN §5).
+"""2D -> 3D feature projection for TTT-KD (as in OpenScene).
 
 A point (in some reference frame with pose `T_odom_ref`) is seen by a view (an image with its
 camera pose `T_odom_camera`, intrinsics and optionally an aligned depth image) when, after
