@@ -65,3 +65,18 @@ def test_changed_inputs_rerun_their_stage_and_its_downstream_stages_only(tmp_pat
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
 
     assert set(run(run_dir, store, "transfer.steps=3", "pretrain.steps=3").values()) == {SKIPPED}
+
+
+def test_an_unfinished_pretraining_with_the_same_inputs_resumes_its_checkpoint(tmp_path, store):
+    run_dir = tmp_path / "run"
+    Pipeline(config.load(None, TINY), run_dir, store).run_all(until="pretrain")
+    state_path = run_dir / "pipeline.json"
+    state = json.loads(state_path.read_text())
+    del state["done"]["pretrain"]                   # what an interrupted pre-training leaves behind
+    state_path.write_text(json.dumps(state))
+
+    Pipeline(config.load(None, TINY), run_dir, store).run_all(until="pretrain")
+    assert json.loads(state_path.read_text())["last_run"]["stages"] == {"pretrain": "rerun (did not finish last time)"}
+    assert not (run_dir / "pretrain.stale-1").exists()
+    log = [json.loads(line) for line in (run_dir / "pretrain" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2], "resumed at its last step, no step trained twice"

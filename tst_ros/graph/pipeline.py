@@ -109,16 +109,19 @@ class Pipeline:
         config_mod.save_resolved(self.cfg, self.run)
         self.state["last_run"] = {"time": time.time(), "stages": {}}
         keys: dict[str, str] = {}
+        ran: set[str] = set()
         for stage in STAGES[:STAGES.index(until) + 1]:
             inputs = self.stage_inputs(stage, keys)
             keys[stage] = key = stage_key(inputs)
             done = self.state["done"].get(stage)
-            if done is not None and done.get("key") == key:
+            upstream_ran = [u for u in STAGE_INPUTS[stage][1] if u in ran]
+            if done is not None and done.get("key") == key and not upstream_ran:
                 self.state["last_run"]["stages"][stage] = "skipped (inputs unchanged)"
                 self.progress.stage(stage, 1, 1, "skipped (inputs unchanged)")
                 continue
             started = self.state["started"].get(stage)
-            reason = change_reason(done or started, inputs, unfinished=done is None and started is not None)
+            unfinished = done is None and started is not None
+            reason = change_reason(done or started, inputs, upstream_ran, unfinished)
             decision = f"{'rerun' if done or started else 'run'} ({reason})"
             self.progress.stage(stage, 0, 1, decision)
             if stage in RESUMABLE and (started or {}).get("key") != key:
@@ -127,6 +130,7 @@ class Pipeline:
             # stages speak the progress protocol on stdout; the trainer ignores any other line
             info = getattr(self, f"stage_{stage}")()
             self._done(stage, key, inputs, reason, info)
+            ran.add(stage)
         atomic_write_json(self.state_path, self.state)
         self.metrics["budget"] = self.budget(time.perf_counter() - t0)
         atomic_write_json(self.metrics_path, self.metrics)
@@ -314,19 +318,21 @@ def stage_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def change_reason(previous: dict | None, inputs: dict, unfinished: bool = False) -> str:
-    """Why a stage runs: what differs between its previous inputs and `inputs`."""
+def change_reason(previous: dict | None, inputs: dict, upstream_ran: list[str], unfinished: bool = False) -> str:
+    """Why a stage runs: what differs between its previous inputs and `inputs`, or which of its
+    upstream stages ran in this call."""
     if previous is None:
         return "not run yet"
     old = previous.get("inputs")
     if old is None:
         return "no input record from an earlier run"
     reasons = []
-    changed = sorted(k for k in {**old["config"], **inputs["config"]} if old["config"].get(k) != inputs["config"].get(k))
+    before, now = old["config"], inputs["config"]
+    changed = sorted(k for k in {**before, **now} if before.get(k) != now.get(k))
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         reasons.append(f"config {', '.join(changed[:3])}{more} changed")
-    reran = [u for u in inputs["upstream"] if old["upstream"].get(u) != inputs["upstream"][u]]
+    reran = [u for u in inputs["upstream"] if u in upstream_ran or old["upstream"].get(u) != inputs["upstream"][u]]
     if reran:
         reasons.append(f"upstream {', '.join(reran)} reran")
     reasons += [f"{name} changed" for name in inputs["data"] if old["data"].get(name) != inputs["data"][name]]

@@ -177,7 +177,8 @@ def _setup(cfg: PretrainConfig, data: str, out: Path, device: str, dist: engine.
             block.compile(dynamic=True)
     net = model
     if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device != "cpu" else None)
+        device_ids = [dist.local_rank] if device != "cpu" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     workers = cfg.workers if dist.world == 1 else min(cfg.workers, 1)
     loader = make_loader(dataset, cfg, dist, start, cfg.steps, workers, pin_memory=device.startswith("cuda"))
     reporter = engine.Reporter(out, "pretrain", cfg.steps, start, dist.main, progress_jsonl, cfg.tensorboard)
