@@ -12,7 +12,7 @@ NODE_NAMES = ["sim", "recorder", "trainer", "segmentation", "detection", "ttt_kd
 # Budgets of `--micro`: the same loop, small enough for an end-to-end test.
 MICRO = ["specialize.record_frames=24", "specialize.eval_images=6", "specialize.tttkd_scenes=1",
          "specialize.deploy_seconds=4", "pretrain.steps=6", "pretrain.batch=8", "pretrain.checkpoint_every=3",
-         "pretrain.workers=0", "record.image_size=64", "transfer.steps=6", "transfer.batch=4",
+         "pretrain.workers=0", "record.image_size=64", "pretrain.image_size=64", "transfer.steps=6", "transfer.batch=4",
          "transfer.labeled_images=8", "ttt_kd.train_steps=4", "ttt_kd.buildings=1", "ttt_kd.clouds_per_building=2",
          "ttt_kd.point_budget=2000", "ttt_kd.teacher=hed", "sim.width=128", "sim.height=96"]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 import time
 from dataclasses import replace
@@ -28,6 +29,8 @@ from pathlib import Path
 from tst_ros import config as config_mod
 from tst_ros.config import Config
 from tst_ros.util import atomic_write_json
+
+log = logging.getLogger("tst_ros.pipeline")
 
 STAGES = ["pretrain", "labeled_set", "eval_set", "transfer", "transfer_scratch", "export", "evaluate", "tttkd",
           "tttkd_eval"]
@@ -63,7 +66,7 @@ class Progress:
             self.line({"stage": stage, "step": step, "total": total, "loss": 0.0, "samples_per_s": 0.0,
                        "eta_s": 0.0, "message": message})
         else:
-            print(f"[pipeline] {stage}: {message}", file=sys.stderr)
+            log.info(f"{stage}: {message}")
 
     def line(self, obj: dict) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -275,7 +278,7 @@ class Pipeline:
         if self.progress.jsonl:
             self.progress.line(event)
         else:
-            print(json.dumps(event), file=sys.stderr)
+            log.info(f"model ready: {json.dumps(event)}")
 
 
 def _jsonable(obj) -> dict:
