@@ -272,6 +272,14 @@ def save_resolved(cfg: Any, run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def default_help(key: str, text: str = "") -> str:
+    """Help text for a flag that overrides config value `section.field`, naming its default."""
+    section, fld = key.split(".")
+    value = getattr(getattr(Config(), section), fld)
+    shown = ",".join(map(str, value)) if isinstance(value, list) else value
+    return f"{text + ' ' if text else ''}(default: {key} = {shown})"
+
+
 def add_config_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML config file (see config/specialize.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

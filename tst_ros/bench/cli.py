@@ -14,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print its figures as JSON")
     p.add_argument("name", choices=sorted(BENCHMARKS))
     p.add_argument("--json", action="store_true", help="print one JSON object (default: also a table on stderr)")
-    p.add_argument("--quick", action="store_true", help="shortened version of the same measurement (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="a shortened run of the same measurement")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
 

@@ -3,23 +3,22 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from tst_ros.config import PretrainConfig, add_config_arguments
+    from tst_ros.config import add_config_arguments, default_help
 
     p = sub.add_parser("pretrain", help="TST-MM / TST-MAE masked-modeling pre-training on a dataset store")
     p.add_argument("--data", required=True, help="dataset store directory (or synthetic:N for a smoke test)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, encoder, logs, pictures)")
-    p.add_argument("--preset", choices=["tiny", "s", "b"], help="encoder size")
-    p.add_argument("--method", choices=["tst-mm", "tst-mae", "scratch"])
-    p.add_argument("--modalities", help="comma-separated modalities for tst-mm (default: config)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch", type=int, help="global batch per optimizer step")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--patch", type=int)
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default: pretrain.lr from the config, "
-                                             f"{PretrainConfig().lr:g}; 0: base_lr * batch / 256)")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--preset", choices=["tiny", "s", "b"], help=default_help("pretrain.preset", "encoder size"))
+    p.add_argument("--method", choices=["tst-mm", "tst-mae", "scratch"], help=default_help("pretrain.method"))
+    p.add_argument("--modalities", help=default_help("pretrain.modalities", "comma-separated modalities for tst-mm"))
+    p.add_argument("--steps", type=int, help=default_help("pretrain.steps", "optimizer steps"))
+    p.add_argument("--batch", type=int, help=default_help("pretrain.batch", "global batch per optimizer step"))
+    p.add_argument("--image-size", type=int, help=default_help("pretrain.image_size", "training resolution"))
+    p.add_argument("--patch", type=int, help=default_help("pretrain.patch", "patch size in pixels"))
+    p.add_argument("--lr", type=float, help=default_help("pretrain.lr", "peak learning rate; 0: base_lr * batch / 256"))
+    p.add_argument("--workers", type=int, help=default_help("pretrain.workers", "data-loader worker processes"))
+    p.add_argument("--device", help=default_help("pretrain.device", "auto | cpu | cuda"))
+    p.add_argument("--seed", type=int, help=default_help("pretrain.seed"))
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.safetensors if present")
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--progress-jsonl", action="store_true", help="print progress as JSON lines on stdout")
@@ -32,7 +31,7 @@ def register(sub) -> None:
     q.add_argument("--data", required=True, help="dataset store with ground-truth semantic labels")
     q.add_argument("--preset", default="tiny", help="preset of the scratch encoder")
     q.add_argument("--image-size", type=int, default=0, help="scratch encoder image size (default: config)")
-    q.add_argument("--patch", type=int, default=0)
+    q.add_argument("--patch", type=int, default=0, help="scratch encoder patch size (default: config)")
     q.add_argument("--inputs", default="rgb", help="comma-separated encoder inputs for the probe (default: rgb)")
     q.add_argument("--steps", type=int, default=300, help="L-BFGS iterations of the linear layer")
     q.add_argument("--out", help="also write the JSON result to this file")

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from tst_ros import config
+from tst_ros.config import default_help
 
 _FLAGS = (("backbone", "backbone"), ("teacher", "teacher"), ("run", "run"), ("train_steps", "train_steps"),
           ("buildings", "buildings"), ("clouds_per_building", "clouds_per_building"), ("steps", "steps"),
@@ -21,15 +22,16 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="run directory (tttkd.safetensors, train.json, config.yaml)")
     t.add_argument("--teacher", help="hed | tstmm[:<run>] | onnx:<file> | auto (default: tstmm if --run, else hed)")
     t.add_argument("--run", help="TST-MM pre-training run / encoder file used as teacher")
-    t.add_argument("--backbone", choices=["pointnet", "voxel"])
-    t.add_argument("--train-steps", type=int)
-    t.add_argument("--buildings", type=int, help="source buildings (seeds 1000.., SOURCE_STYLES)")
-    t.add_argument("--clouds-per-building", type=int)
-    t.add_argument("--point-budget", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device")
+    t.add_argument("--backbone", choices=["pointnet", "voxel"], help=default_help("ttt_kd.backbone"))
+    t.add_argument("--train-steps", type=int, help=default_help("ttt_kd.train_steps"))
+    t.add_argument("--buildings", type=int,
+                   help=default_help("ttt_kd.buildings", "source buildings (seeds 1000.., SOURCE_STYLES)"))
+    t.add_argument("--clouds-per-building", type=int, help=default_help("ttt_kd.clouds_per_building"))
+    t.add_argument("--point-budget", type=int, help=default_help("ttt_kd.point_budget", "points per cloud"))
+    t.add_argument("--seed", type=int, help=default_help("ttt_kd.seed"))
+    t.add_argument("--device", help=default_help("ttt_kd.device", "auto | cpu | cuda"))
     t.add_argument("--progress-jsonl", action="store_true", help="print progress as JSON lines on stdout")
-    t.add_argument("--debug", action="store_true")
+    t.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     t.set_defaults(func=run_train, steps=None, lr=None)
 
     e = tsub.add_parser("eval", help="mIoU before/after k adaptation steps on simulated test scenes, as JSON")
@@ -39,12 +41,12 @@ def register(sub) -> None:
     e.add_argument("--scenes", type=int, default=5, help="test scenes (seeds 0, 1, ...)")
     e.add_argument("--clouds", type=int, default=2, help="clouds per scene")
     e.add_argument("--ks", default="0,1,3,10", help="adaptation step counts to score")
-    e.add_argument("--lr", type=float)
-    e.add_argument("--point-budget", type=int)
-    e.add_argument("--device")
+    e.add_argument("--lr", type=float, help=default_help("ttt_kd.lr", "test-time learning rate"))
+    e.add_argument("--point-budget", type=int, help=default_help("ttt_kd.point_budget", "points per cloud"))
+    e.add_argument("--device", help=default_help("ttt_kd.device", "auto | cpu | cuda"))
     e.add_argument("--json", action="store_true", help="JSON only (default: an IoU table on stderr too)")
     e.add_argument("--out", help="also write the JSON here")
-    e.add_argument("--debug", action="store_true")
+    e.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     e.set_defaults(func=run_eval)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
