@@ -149,3 +149,46 @@ def test_a_model_directory_is_loaded_only_once_its_manifest_signs_the_checkpoint
         for n in executor.get_nodes():
             n.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_a_cloud_in_a_lidar_frame_is_labelled_like_the_same_points_in_the_camera_frame(checkpoint):
+    from tst_ros.frames import FramePoses, TransformTree
+    from tst_ros.geometry import pose_matrix
+    from tst_ros.poses import PoseBuffer
+    from tst_ros.tttkd.pipeline import CloudLabeler
+
+    sim = Simulator(SimConfig(seed=0, style="home"))
+    frame = sim.frame(5)
+    finite = np.isfinite(frame.cloud_xyz).all(axis=1)
+    xyz_cam, rgb = frame.cloud_xyz[finite], frame.cloud_rgb[finite]
+    tree = TransformTree()
+    for dt_s in (-0.2, 0.0, 0.2):
+        stamp = frame.stamp_ns + int(dt_s * 1e9)
+        tree.set_transform("odom", "base_link", sim.T_odom_base(stamp), stamp_ns=stamp)
+    tree.set_transform("base_link", "camera_color_optical_frame", sim.T_base_camera)
+    T_base_lidar = pose_matrix([0.1, 0.05, 1.4], [np.cos(np.pi / 12), 0.0, 0.0, np.sin(np.pi / 12)])
+    tree.set_transform("base_link", "lidar", T_base_lidar)
+    T_lidar_cam = np.linalg.inv(T_base_lidar) @ sim.T_base_camera
+    xyz_lidar = (xyz_cam @ T_lidar_cam[:3, :3].T + T_lidar_cam[:3, 3]).astype(np.float32)
+
+    labeler = CloudLabeler(str(checkpoint), FramePoses(tree), steps=2, mode="episodic", point_budget=3000)
+    labeler.set_intrinsics(sim.intrinsics)
+    labeler.add_image(frame.stamp_ns, frame.rgb)
+    labeler.add_depth(frame.stamp_ns, frame.depth_mm / 1000.0)
+    predictions = {}
+    for name, xyz, frame_id in (("camera", xyz_cam, "camera_color_optical_frame"), ("lidar", xyz_lidar, "lidar")):
+        torch.manual_seed(0)
+        predictions[name] = labeler.label(frame.stamp_ns, xyz, rgb, frame_id=frame_id)
+    assert predictions["camera"].info["adapted"] and predictions["lidar"].info["adapted"]
+    agree = np.mean(predictions["camera"].labels == predictions["lidar"].labels)
+    assert agree >= 0.99, agree
+    torch.manual_seed(0)
+    misread = labeler.label(frame.stamp_ns, xyz_lidar, rgb, frame_id="camera_color_optical_frame")
+    assert np.mean(misread.labels == predictions["camera"].labels) < 0.9    # the frame does matter
+
+    # with odometry only, a cloud in a frame other than the camera's is refused, not mis-projected
+    buffer = PoseBuffer(sim.T_base_camera)
+    buffer.camera_frame = "camera_color_optical_frame"
+    refused = CloudLabeler(str(checkpoint), buffer, steps=2, mode="episodic").label(frame.stamp_ns, xyz_lidar, rgb,
+                                                                                   frame_id="lidar")
+    assert (refused.labels == 255).all() and "without TF" in refused.info["messages"][0]

@@ -46,6 +46,7 @@ class PoseBuffer:
         self.capacity = int(capacity)
         self.tolerance_ns = int(tolerance_ns)
         self.T_base_camera = None if T_base_camera is None else self._checked(T_base_camera)
+        self.camera_frame = ""   # the frame T_base_camera leads to, where the node edge names it
         self._stamps: list[int] = []
         self._poses: list[np.ndarray] = []
         self._lock = threading.Lock()

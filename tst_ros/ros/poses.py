@@ -1,9 +1,11 @@
 """Node edge of pose handling: fill a tst_ros.poses.PoseBuffer from the graph.
 
-Where tf2_ros is importable, odom->base_link comes from /tf and base_link->camera from
-/tf_static; otherwise odom->base_link comes from nav_msgs/Odometry on /odom and the camera
-extrinsic from the node parameter `camera_extrinsic` [x, y, z, qw, qx, qy, qz]. The buffer
-(and everything downstream of it) is the same either way.
+Where tf2_ros is importable, every edge of /tf and /tf_static goes into a
+tst_ros.frames.TransformTree, so chains such as odom->base_link->camera_link->
+camera_color_optical_frame (and clouds in any frame of the tree) resolve at message stamps;
+otherwise odom->base_link comes from nav_msgs/Odometry on /odom and the camera extrinsic from
+the node parameter `camera_extrinsic` [x, y, z, qw, qx, qy, qz] (identity by default).
+`PoseSubscriber.poses` answers the same questions either way (T_odom_camera at a stamp).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import importlib.util
 import numpy as np
 from nav_msgs.msg import Odometry
 
+from tst_ros.frames import FramePoses, TransformTree
 from tst_ros.poses import PoseBuffer, extrinsic_to_matrix, matrix_to_extrinsic
 from tst_ros.ros.conversions import odometry_to_matrix, stamp_to_ns, transform_to_matrix
 from tst_ros.ros.qos import qos_latched, qos_profile
@@ -36,6 +39,10 @@ class PoseSubscriber:
         self._apply_extrinsic_parameter()
         self.use_tf = TF_AVAILABLE if use_tf is None else bool(use_tf)
         qos = qos if qos is not None else qos_profile("reliable", 100)
+        self.tree = TransformTree(capacity=buffer.capacity, tolerance_ns=buffer.tolerance_ns)
+        # what the node asks for poses: the TF tree, or the odometry buffer plus the extrinsic
+        buffer.camera_frame = camera_frame
+        self.poses = FramePoses(self.tree, odom_frame, base_frame, camera_frame) if self.use_tf else buffer
         if self.use_tf:
             from tf2_msgs.msg import TFMessage
             self._subs = [node.create_subscription(TFMessage, "/tf", self._on_tf, qos),
@@ -62,15 +69,20 @@ class PoseSubscriber:
         self.received += 1
 
     def _on_tf(self, msg) -> None:
-        for t in msg.transforms:
-            if (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/")) == (self.odom_frame, self.base_frame):
-                self.buffer.add(stamp_to_ns(t.header.stamp), transform_to_matrix(t.transform))
-                self.received += 1
+        self._add_transforms(msg, static=False)
 
     def _on_tf_static(self, msg) -> None:
+        self._add_transforms(msg, static=True)
+
+    def _add_transforms(self, msg, static: bool) -> None:
         for t in msg.transforms:
-            if (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/")) == (self.base_frame, self.camera_frame):
-                self.buffer.T_base_camera = transform_to_matrix(t.transform)
+            stamp = None if static else stamp_to_ns(t.header.stamp)
+            try:
+                self.tree.set_transform(t.header.frame_id, t.child_frame_id, transform_to_matrix(t.transform), stamp)
+            except ValueError as e:
+                self.node.get_logger().warning(f"transform ignored: {e}", throttle_duration_sec=10.0)
+                continue
+            self.received += 1
 
     def destroy(self) -> None:
         for sub in self._subs:

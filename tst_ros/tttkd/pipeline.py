@@ -12,7 +12,7 @@ import numpy as np
 
 from tst_ros.geometry import Intrinsics
 from tst_ros.poses import PoseBuffer
-from tst_ros.tttkd.adapt import Prediction, TestTimeAdapter
+from tst_ros.tttkd.adapt import UNLABELED, Prediction, TestTimeAdapter
 from tst_ros.tttkd.checkpoint import load_checkpoint
 from tst_ros.tttkd.projection import View
 from tst_ros.tttkd.teachers import Teacher, make_teacher, teacher_from_description
@@ -119,9 +119,30 @@ class CloudLabeler:
         return out
 
     # ------------------------------------------------------------------------- clouds
-    def label(self, stamp_ns: int, xyz: np.ndarray, rgb: np.ndarray | None) -> Prediction:
-        """Label a cloud given in the camera optical frame at `stamp_ns` (one label per input point)."""
+    def camera_frame_points(self, stamp_ns: int, xyz: np.ndarray, frame_id: str = "") -> np.ndarray:
+        """The cloud in the camera optical frame, where the backbone was trained. A cloud in
+        another frame (a LiDAR, the depth camera) is moved there with the TF tree at its stamp;
+        with odometry only, no other frame is known and such a cloud is refused."""
+        camera_frame = getattr(self.poses, "camera_frame", "")
+        if not frame_id or not camera_frame or frame_id.lstrip("/") == camera_frame:
+            return xyz
+        if not hasattr(self.poses, "T_odom_frame"):
+            raise LookupError(f"the cloud is in frame {frame_id!r}, but without TF only the camera frame "
+                              f"{camera_frame!r} is known (publish TF, or the cloud in the camera frame)")
+        T_camera_cloud = self.poses.tree.lookup(camera_frame, frame_id, stamp_ns)
+        return (xyz @ T_camera_cloud[:3, :3].T + T_camera_cloud[:3, 3]).astype(np.float32)
+
+    def label(self, stamp_ns: int, xyz: np.ndarray, rgb: np.ndarray | None, frame_id: str = "") -> Prediction:
+        """Label a cloud given in `frame_id` (default: the camera optical frame) at `stamp_ns`
+        (one label per input point)."""
         messages: list[str] = []
+        try:
+            xyz = self.camera_frame_points(stamp_ns, np.asarray(xyz, np.float32).reshape(-1, 3), frame_id)
+        except LookupError as e:
+            messages.append(f"cloud not labelled: {e}")
+            n = len(np.asarray(xyz).reshape(-1, 3))
+            return Prediction(np.full(n, UNLABELED, np.uint32), np.zeros(n, np.float32),
+                              {"points": n, "adapted": False, "steps": 0, "messages": messages})
         try:
             T_odom_ref = self.poses.T_odom_camera(stamp_ns)
             pose_ok = True

@@ -35,6 +35,9 @@ PARAMETERS = {
     "camera_info_topic": "/camera/color/camera_info",
     "depth_topic": "/camera/depth/image_raw",     # empty: no depth (occlusion test against the cloud itself)
     "odom_topic": "/odom",
+    "odom_frame": "odom",                         # TF: the fixed frame clouds are accumulated in
+    "base_frame": "base_link",
+    "camera_frame": "camera_color_optical_frame", # the colour camera's optical frame
     "output_topic": "/tst/points_labeled",
     "model_topic": "/tst/model",
     "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
@@ -64,8 +67,10 @@ class TTTKDNode(Node):
             self.declare_parameter(name, default)
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.params = p
-        self.poses = PoseBuffer(capacity=4000, tolerance_ns=int(0.05e9))
-        self.pose_subscriber = PoseSubscriber(self, self.poses, odom_topic=p["odom_topic"])
+        self.pose_subscriber = PoseSubscriber(self, PoseBuffer(capacity=4000, tolerance_ns=int(0.05e9)),
+                                              odom_topic=p["odom_topic"], odom_frame=p["odom_frame"],
+                                              base_frame=p["base_frame"], camera_frame=p["camera_frame"])
+        self.poses = self.pose_subscriber.poses
         self.labeler = None
         self._labeler_lock = threading.Lock()
         self._images: deque = deque(maxlen=16)
@@ -180,7 +185,7 @@ class TTTKDNode(Node):
         """Odometry may trail the cloud by a few ms: wait (bounded) until the buffer covers the stamp."""
         deadline = time.monotonic() + float(self.params["pose_wait_s"])
         while not self.poses.can_lookup(stamp_ns) and time.monotonic() < deadline and not self._stop.is_set():
-            span = self.poses.span_ns
+            span = getattr(self.poses, "span_ns", None)  # a TF tree has no single span
             if span is not None and stamp_ns < span[0]:
                 return  # older than anything buffered: waiting cannot help
             time.sleep(0.01)
@@ -212,7 +217,7 @@ class TTTKDNode(Node):
         xyz = cloud_xyz(msg)
         names = {f.name for f in msg.fields}
         rgb = cloud_rgb(msg) if ("rgb" in names or "rgba" in names) else None
-        pred = labeler.label(stamp_to_ns(msg.header.stamp), xyz, rgb)
+        pred = labeler.label(stamp_to_ns(msg.header.stamp), xyz, rgb, frame_id=msg.header.frame_id)
         for m in pred.info.get("messages", []):
             if m.startswith("online mode"):
                 continue
