@@ -108,3 +108,14 @@ def test_replay_launch_puts_a_replay_node_in_front(tmp_path, monkeypatch):
 def test_bad_remapping_is_rejected_with_the_expected_form():
     with pytest.raises(ValueError, match="node:/from:=/to"):
         parse_remappings(["segmentation/camera:=x"])
+
+
+def test_only_the_simulated_graph_gives_nodes_the_rigs_camera_extrinsic():
+    from tst_ros.config import Config
+    from tst_ros.graph.description import describe, sim_camera_extrinsic
+
+    with_sim = {s.name: s.parameters for s in describe(Config(), use_sim=True)}
+    for name in ("recorder", "ttt_kd"):
+        assert with_sim[name]["camera_extrinsic"] == sim_camera_extrinsic()
+    without = {s.name: s.parameters for s in describe(Config(), use_sim=False)}
+    assert "sim" not in without and all("camera_extrinsic" not in p for p in without.values())

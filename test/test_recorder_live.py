@@ -23,8 +23,12 @@ PY = sys.executable
 
 
 def _recorder(dataset, bag, extra=()):
+    from tst_ros.graph.description import sim_camera_extrinsic
+
+    rig = "[" + ", ".join(repr(v) for v in sim_camera_extrinsic()) + "]"   # as the graph passes it
     args = [PY, "-m", "tst_ros.ros.nodes.recorder", "--ros-args", "-p", f"dataset:={dataset}",
-            "-p", "image_size:=64", "-p", f"bag:={bag}", "-p", "status_period_s:=0.25", *extra]
+            "-p", "image_size:=64", "-p", f"bag:={bag}", "-p", "status_period_s:=0.25",
+            "-p", f"camera_extrinsic:={rig}", *extra]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

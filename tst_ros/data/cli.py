@@ -77,12 +77,13 @@ def run_ingest(args) -> int:
 
     from tst_ros.data.ingest import ingest
     from tst_ros.data.pipeline import DEFAULT_TOPICS
+    from tst_ros.graph.description import sim_camera_extrinsic
     from tst_ros.poses import extrinsic_to_matrix
-    from tst_ros.ros.nodes.recorder import RosDecoder, default_extrinsic
+    from tst_ros.ros.nodes.recorder import RosDecoder
 
     cfg = _record_cfg(args)
     topics = {s: getattr(args, f"{s}_topic") for s in DEFAULT_TOPICS if getattr(args, f"{s}_topic")}
-    T = extrinsic_to_matrix(args.camera_extrinsic or default_extrinsic())
+    T = extrinsic_to_matrix(args.camera_extrinsic or sim_camera_extrinsic())
     report = ingest(args.bag, args.out, cfg.record, RosDecoder(), topics=topics, T_base_camera=np.asarray(T),
                     progress=not args.no_progress)
     if args.json:

@@ -80,11 +80,24 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
                  _ros_parameters(cfg.perception)),
         NodeSpec("ttt_kd", "ttt_kd", "tst_ros.ros.nodes.ttt_kd:TTTKDNode", ttt),
     ]
-    if not use_sim:
+    if use_sim:  # without TF, nodes that need camera poses take the simulated rig's extrinsic
+        rig = sim_camera_extrinsic()
+        for spec in specs:
+            if spec.name in ("recorder", "ttt_kd"):
+                spec.parameters["camera_extrinsic"] = rig
+    else:
         specs = specs[1:]
     for spec in specs:
         spec.remappings = list(remappings.get(spec.name, []))
     return specs
+
+
+def sim_camera_extrinsic() -> list[float]:
+    """base_link -> colour optical frame of the simulated rig, as the `camera_extrinsic` parameter."""
+    from tst_ros.poses import matrix_to_extrinsic
+    from tst_ros.sim.rig import default_T_base_camera
+
+    return matrix_to_extrinsic(default_T_base_camera())
 
 
 def replay_spec(bag: str, rate: float = 1.0, loop: bool = False) -> NodeSpec:

@@ -31,7 +31,7 @@ from tst_ros.ros.nodes import run_node
 from tst_ros.config import RecordConfig
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
-from tst_ros.poses import extrinsic_to_matrix, matrix_to_extrinsic
+from tst_ros.poses import extrinsic_to_matrix
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
 from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
 from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
@@ -110,12 +110,9 @@ class RosDecoder:
         return xyz, rgb
 
 
-def default_extrinsic() -> list[float]:
-    try:
-        from tst_ros.sim.rig import default_T_base_camera
-        return matrix_to_extrinsic(default_T_base_camera())
-    except ImportError:
-        return [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+# base_link -> camera optical frame when nothing else is known: identity (a camera mounted at
+# base_link); set `camera_extrinsic` for a real rig (the graph sets the simulated rig's)
+IDENTITY_EXTRINSIC = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
 
 
 class RecorderNode(Node):
@@ -174,7 +171,7 @@ class RecorderNode(Node):
         params = {k: getattr(base, k) for k in base.__dataclass_fields__}
         params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
         params.update(rgb_compressed=False, qos_depth=50, status_topic="/tst/recorder/status",
-                      status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0, camera_extrinsic=default_extrinsic())
+                      status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0, camera_extrinsic=IDENTITY_EXTRINSIC)
         return {k: self.declare_parameter(k, v).value for k, v in params.items()}
 
     # ------------------------------------------------------------------ subscription side
