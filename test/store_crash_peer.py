@@ -7,7 +7,8 @@ import sys
 
 from tst_ros.config import RecordConfig, SimConfig
 from tst_ros.data.from_sim import push_frame
-from tst_ros.data.pipeline import ArrayDecoder, RecordingPipeline, open_store
+from tst_ros.data.decoders import ArrayDecoder
+from tst_ros.data.pipeline import RecordingPipeline, open_store
 from tst_ros.sim import Simulator
 
 

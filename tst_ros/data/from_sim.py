@@ -11,7 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tst_ros.config import RecordConfig, SimConfig
-from tst_ros.data.pipeline import ArrayDecoder, RecordingPipeline, open_store
+from tst_ros.data.decoders import ArrayDecoder
+from tst_ros.data.pipeline import RecordingPipeline, open_store
 
 
 def push_frame(pipeline: RecordingPipeline, frame, intrinsics, ground_truth: bool = True) -> int:

@@ -7,11 +7,14 @@ simulator arrays). A decoder turns a payload into arrays:
     rgb(p) -> (H, W, 3) uint8          depth(p) -> (H, W) uint16 mm or float32 metres (NaN invalid)
     camera_info(p) -> Intrinsics       imu(p) -> (6,) [ax ay az gx gy gz]
     odom(p) -> 4x4 T_odom_base         cloud(p) -> (xyz (N, 3) float32, rgb (N, 3) uint8 | None)
+    depth_camera_info(p) -> (Intrinsics, distortion coefficients)
     ground_truth(rgb payload) -> {"semantic": ..., "instance": ...} | None
 
 and raises ValueError (naming the problem) for input it cannot decode. Bad input costs only
 what is bad: an undecodable depth image drops the depth, not the frame; every drop and
-repair is counted by reason in `counts` and warned about (rate-limited).
+repair is counted by reason in `counts` and warned about (rate-limited). Depth must be
+registered to colour: a depth CameraInfo that differs from colour's gets the depth image
+registered or refused (`tst_ros.data.registration`), never paired silently.
 """
 from __future__ import annotations
 
@@ -26,12 +29,14 @@ from tst_ros.config import RecordConfig
 from tst_ros.data import derive
 from tst_ros.data.store import Store
 from tst_ros.data.sync import FrameSync, RateLimitedWarner, SyncedFrame
+from tst_ros.data.registration import DepthAlignment, DepthNotRegistered
 from tst_ros.geometry import Intrinsics
 from tst_ros.poses import PoseBuffer
 
 # stream -> default topic (README, "The graph"); the recorder and ingest map topics to streams with these
 DEFAULT_TOPICS = {"rgb": "/camera/color/image_raw", "depth": "/camera/depth/image_raw",
-                  "camera_info": "/camera/color/camera_info", "imu": "/imu/data", "cloud": "/points",
+                  "camera_info": "/camera/color/camera_info", "depth_camera_info": "/camera/depth/camera_info",
+                  "imu": "/imu/data", "cloud": "/points",
                   "odom": "/odom"}
 # what a derived modality's `missing` entry says when one of its source streams is absent (default no_<stream>)
 MISSING_SOURCE_REASON = {modalities.DEPTH_IMAGE: "no_depth", "camera_info": "missing_camera_info"}
@@ -39,43 +44,6 @@ MISSING_SOURCE_REASON = {modalities.DEPTH_IMAGE: "no_depth", "camera_info": "mis
 
 # frames held for odometry that trails them before they are stored without a pose
 POSE_WAIT_FRAMES = 30
-
-class ArrayDecoder:
-    """Decoder for payloads that already are arrays (simulator frames, tests).
-
-    rgb payloads may be a dict {"rgb": array, "gt": {...}} to carry ground truth."""
-
-    def rgb(self, p):
-        rgb = p["rgb"] if isinstance(p, dict) else p
-        rgb = np.asarray(rgb)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"rgb array must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-        return rgb
-
-    def ground_truth(self, p):
-        return p.get("gt") if isinstance(p, dict) else None
-
-    def depth(self, p):
-        d = np.asarray(p)
-        if d.ndim != 2 or d.dtype not in (np.uint16, np.float32, np.float64):
-            raise ValueError(f"depth array must be (H, W) uint16 mm or float metres, got {d.shape} {d.dtype}")
-        return d
-
-    def camera_info(self, p):
-        if not isinstance(p, Intrinsics):
-            raise ValueError(f"camera_info payload must be Intrinsics, got {type(p).__name__}")
-        return p
-
-    def imu(self, p):
-        return np.asarray(p, np.float64).reshape(6)
-
-    def odom(self, p):
-        return np.asarray(p, np.float64).reshape(4, 4)
-
-    def cloud(self, p):
-        xyz, rgb = p
-        return np.asarray(xyz, np.float32).reshape(-1, 3), None if rgb is None else np.asarray(rgb, np.uint8)
-
 
 def store_meta(cfg: RecordConfig, source: dict) -> dict:
     return {"image_size": int(cfg.image_size), "modalities": modalities.snapshot(),
@@ -93,7 +61,8 @@ class RecordingPipeline:
 
     def __init__(self, store: Store, cfg: RecordConfig, decoder: Any, *, T_base_camera: np.ndarray | None = None,
                  warn: Callable[[str], None] | None = None, commit_every: int = 1,
-                 required: tuple[str, ...] = (), expected: tuple[str, ...] = ()):
+                 required: tuple[str, ...] = (), expected: tuple[str, ...] = (),
+                 depth_alignment: DepthAlignment | None = None):
         self.store = store
         self.cfg = cfg
         self.decoder = decoder
@@ -113,6 +82,8 @@ class RecordingPipeline:
         self._resets_seen = 0
         self._pose_wait: list[SyncedFrame] = []
         self._camera_info_expected = "camera_info" in expected
+        self.depth_alignment = depth_alignment or DepthAlignment()
+        self._depth_info_expected = "depth_camera_info" in expected
         self._closed = False
         self.started = time.monotonic()
 
@@ -123,12 +94,15 @@ class RecordingPipeline:
 
     def push(self, stream: str, stamp_ns: int, payload: Any) -> int:
         """Add one message; returns how many samples were appended (staged or committed)."""
-        if stream in ("imu", "odom", "camera_info"):
+        if stream in ("imu", "odom", "camera_info", "depth_camera_info"):
             payload = self._decode_small(stream, payload)
             if payload is None:
                 return 0
             if stream == "odom":
                 self.poses.add(stamp_ns, payload)
+            if stream == "depth_camera_info":   # a property of the depth stream, not a synchronised input
+                self.depth_alignment.set_depth_info(*payload)
+                return self._handle([])
         frames = self.sync.push(stream, stamp_ns, payload)
         return self._handle(frames)
 
@@ -182,7 +156,8 @@ class RecordingPipeline:
         when a CameraInfo stream is expected, one has been seen (intrinsics are static, so
         frames that waited get the first one)."""
         span = self.poses.span_ns
-        info_pending = self._camera_info_expected and self.sync.camera_info is None
+        info_pending = ((self._camera_info_expected and self.sync.camera_info is None)
+                        or (self._depth_info_expected and self.depth_alignment.depth_info is None))
         ready = []
         while self._pose_wait and (force or len(self._pose_wait) > POSE_WAIT_FRAMES or (
                 not info_pending and (span is None or self._pose_wait[0].stamp_ns <= span[1]))):
@@ -190,6 +165,9 @@ class RecordingPipeline:
             if frame.camera_info is None:
                 frame.camera_info = self.sync.camera_info
             ready.append(frame)
+        if ready and self._depth_info_expected and self.depth_alignment.depth_info is None:
+            self.warner("no_depth_camera_info", "no depth CameraInfo has arrived: depth is taken as registered "
+                                                "to colour (as aligned-depth topics are)")
         return ready
 
     def _carry_window(self, frame: SyncedFrame) -> None:
@@ -267,6 +245,13 @@ class RecordingPipeline:
             self.counts["bad_encoding:depth"] += 1
             self.warner("bad_encoding:depth", f"cannot decode depth image: {e}; depth dropped, frame kept")
             missing[modalities.DEPTH_IMAGE] = "bad_encoding"
+            return None
+        try:
+            depth = self.depth_alignment.align(depth, frame.camera_info)
+        except DepthNotRegistered as e:
+            self.counts["unregistered_depth"] += 1
+            self.warner("unregistered_depth", f"{e}; depth dropped, frame kept")
+            missing[modalities.DEPTH_IMAGE] = "not_registered"
             return None
         if depth.shape[:2] != shape:
             self.counts["size_mismatch:depth"] += 1

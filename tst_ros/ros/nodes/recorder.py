@@ -31,6 +31,7 @@ from tst_ros.ros.nodes import run_node
 from tst_ros.config import RecordConfig
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
+from tst_ros.data.registration import DepthAlignment
 from tst_ros.poses import extrinsic_to_matrix
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
 from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
@@ -38,7 +39,8 @@ from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
 from tst_ros.ros.qos import qos_profile
 
 STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
-                "camera_info": "sensor_msgs/msg/CameraInfo", "imu": "sensor_msgs/msg/Imu",
+                "camera_info": "sensor_msgs/msg/CameraInfo", "depth_camera_info": "sensor_msgs/msg/CameraInfo",
+                "imu": "sensor_msgs/msg/Imu",
                 "cloud": "sensor_msgs/msg/PointCloud2", "odom": "nav_msgs/msg/Odometry"}
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 
@@ -94,6 +96,10 @@ class RosDecoder:
     def camera_info(self, payload):
         return camera_info_to_intrinsics(self.message(payload))
 
+    def depth_camera_info(self, payload):
+        msg = self.message(payload)
+        return camera_info_to_intrinsics(msg), list(msg.d)
+
     def imu(self, payload) -> np.ndarray:
         return imu_to_array(self.message(payload))
 
@@ -113,6 +119,16 @@ class RosDecoder:
 # base_link -> camera optical frame when nothing else is known: identity (a camera mounted at
 # base_link); set `camera_extrinsic` for a real rig (the graph sets the simulated rig's)
 IDENTITY_EXTRINSIC = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+# `depth_extrinsic` (the depth camera's pose in the colour optical frame) until it is set
+UNSET_EXTRINSIC = [0.0] * 7
+
+
+def depth_alignment(params: dict) -> DepthAlignment:
+    """Registration of depth to colour from the parameters `depth_extrinsic` (all zeros: not
+    known) and `ignore_depth_distortion`."""
+    values = list(params["depth_extrinsic"])
+    T = None if not any(values) else extrinsic_to_matrix(values)
+    return DepthAlignment(T, ignore_distortion=bool(params["ignore_depth_distortion"]))
 
 
 class RecorderNode(Node):
@@ -131,7 +147,8 @@ class RecorderNode(Node):
         self._log = self.get_logger()
         self.pipeline = RecordingPipeline(self.store, self.cfg, RosDecoder(), T_base_camera=T_base_camera,
                                           warn=self._log.warning, commit_every=1 << 30,
-                                          expected=tuple(s for s, t in self.topics.items() if t))
+                                          expected=tuple(s for s, t in self.topics.items() if t),
+                                          depth_alignment=depth_alignment(p))
         self.bag = None
         if self.cfg.bag:
             from tst_ros.data.bagio import BagWriter
@@ -171,7 +188,9 @@ class RecorderNode(Node):
         params = {k: getattr(base, k) for k in base.__dataclass_fields__}
         params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
         params.update(rgb_compressed=False, qos_depth=50, status_topic="/tst/recorder/status",
-                      status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0, camera_extrinsic=IDENTITY_EXTRINSIC)
+                      status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
+                      camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
+                      ignore_depth_distortion=False)
         return {k: self.declare_parameter(k, v).value for k, v in params.items()}
 
     # ------------------------------------------------------------------ subscription side

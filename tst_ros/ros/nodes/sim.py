@@ -1,8 +1,8 @@
 """`sim` node: the simulated building's sensor rig on a real ROS graph.
 
 Publishes /camera/color/image_raw (rgb8), /camera/color/camera_info, /camera/depth/image_raw
-(16UC1 mm, aligned to colour), /imu/data (every IMU sample, stamped on the IMU clock, sent with
-the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
+(16UC1 mm, aligned to colour) with /camera/depth/camera_info (equal to colour's), /imu/data
+(every IMU sample, stamped on the IMU clock, sent with the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
 cloud_rate_hz) and /odom (odom -> base_link); TF (odom -> base_link, static base_link ->
 camera) only where tf2_ros is importable. Paced to wall time (`realtime: true`, stamps from
 the node clock) or as fast as possible with /clock (`realtime: false`, stamps from the
@@ -36,7 +36,7 @@ except ImportError:
     tf2_ros = None
 
 TOPICS = {"rgb": "/camera/color/image_raw", "camera_info": "/camera/color/camera_info",
-          "depth": "/camera/depth/image_raw", "imu": "/imu/data", "cloud": "/points", "odom": "/odom"}
+          "depth": "/camera/depth/image_raw", "depth_camera_info": "/camera/depth/camera_info", "imu": "/imu/data", "cloud": "/points", "odom": "/odom"}
 
 
 class SimNode(Node):
@@ -83,6 +83,7 @@ class SimNode(Node):
             "rgb": self.create_publisher(Image, get("topic_rgb"), qos),
             "camera_info": self.create_publisher(CameraInfo, get("topic_camera_info"), qos),
             "depth": self.create_publisher(Image, get("topic_depth"), qos),
+            "depth_camera_info": self.create_publisher(CameraInfo, get("topic_depth_camera_info"), qos),
             "imu": self.create_publisher(Imu, get("topic_imu"), qos_profile(str(get("qos_reliability")), 200)),
             "cloud": self.create_publisher(PointCloud2, get("topic_cloud"), qos),
             "odom": self.create_publisher(Odometry, get("topic_odom"), qos),
@@ -162,6 +163,8 @@ class SimNode(Node):
             self.tf_broadcaster.sendTransform(self._transform(frame.T_odom_base, stamp, "odom", "base"))
         header = make_header(stamp, self.frame_ids["camera"])
         self.pubs["camera_info"].publish(intrinsics_to_camera_info(self.sim.intrinsics, header))
+        # the simulated depth is registered to colour, so its CameraInfo is colour's (as aligned-depth drivers do)
+        self.pubs["depth_camera_info"].publish(intrinsics_to_camera_info(self.sim.intrinsics, header))
         self.pubs["rgb"].publish(array_to_image(frame.rgb, "rgb8", header))
         self.pubs["depth"].publish(array_to_image(frame.depth_mm, "16UC1", header))
         if frame.cloud_xyz is not None:
