@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="stop after SECONDS (0: end of bag / never)")
     p.add_argument("--wait-for-subscribers", type=float, default=0.0,
                    help="wait up to SECONDS for a subscriber on every topic before starting")
+    p.add_argument("--ack-timeout", type=float, default=10.0,
+                   help="before exiting, wait up to SECONDS until every reliable subscriber has acknowledged "
+                        "every message (default: 10; 0: only check)")
     p.set_defaults(func=run_replay)
 
     p = sub.add_parser("dataset", help="inspect or build dataset stores")
@@ -103,6 +106,7 @@ def run_ingest(args) -> int:
 
 
 def run_replay(args) -> int:
+    """Runs the replay node; its exit status is 1 when the bag turned out damaged."""
     from tst_ros.ros.nodes.replay import main
 
     ros_args = ["--ros-args", "-p", f"bag:={args.bag}", "-p", f"rate:={float(args.rate)}",
@@ -110,7 +114,8 @@ def run_replay(args) -> int:
                 "-p", f"publish_clock:={str(args.clock).lower()}",
                 "-p", f"restamp_loops:={str(args.restamp_loops).lower()}", "-p", f"duration:={float(args.duration)}",
                 "-p", f"loop_gap:={float(args.loop_gap)}",
-                "-p", f"wait_for_subscribers:={float(args.wait_for_subscribers)}"]
+                "-p", f"wait_for_subscribers:={float(args.wait_for_subscribers)}",
+                "-p", f"ack_timeout:={float(args.ack_timeout)}"]
     if args.topics:
         ros_args += ["-p", "topics:=[" + ",".join(f"'{t}'" for t in args.topics) + "]"]
     return main(["tst-ros-replay"] + ros_args)

@@ -6,9 +6,11 @@ import sys
 import threading
 
 
-def run_node(node_cls, argv: list[str] | None = None, finished=None, low_latency: bool = False) -> int:
+def run_node(node_cls, argv: list[str] | None = None, finished=None, low_latency: bool = False,
+             exit_code=None) -> int:
     """`main()` of every node: rclpy.init, spin until SIGINT/SIGTERM (or `finished(node)`),
-    destroy the node (nodes stop their workers and children there) and shut down.
+    destroy the node (nodes stop their workers and children there) and shut down. Returns
+    `exit_code(node)` (after the node was destroyed), else 0.
 
     `low_latency` spins rclpy's EventsExecutor (C++ event queue) instead of the Python
     SingleThreadedExecutor: measured ~0.9 ms less from a published image to the start of
@@ -39,4 +41,4 @@ def run_node(node_cls, argv: list[str] | None = None, finished=None, low_latency
         node.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown()
-    return 0
+    return int(exit_code(node)) if exit_code else 0
