@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 from tst_ros import modalities
 from tst_ros.data.store import Store
 
-DEFAULT_MODALITIES = ("rgb", "depth", "normals", "edges")
+# the camera images and what is derived from them: what TST-MM reads by default
+DEFAULT_MODALITIES = tuple(m.name for m in modalities.of_kind("image") if m.pretrain)
 GROUND_TRUTH = ("semantic",)
 SCALE = (0.35, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -46,12 +47,12 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 def _nearest(name: str) -> bool:
     """Arrays whose values must not be blended (invalid markers, labels, binary maps)."""
-    return name != "rgb"
+    return name != modalities.PRIMARY_IMAGE
 
 
 class StoreDataset(Dataset):
-    def __init__(self, path: str | Path, split: str = "train", modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES,
-                 size: int = 128, augment: bool = False, points: int = 2048, seed: int | None = None):
+    def __init__(self, path: str | Path, split: str = "train",
+                 modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES, size: int = 128, augment: bool = False, points: int = 2048, seed: int | None = None):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         self.path = Path(path)

@@ -240,7 +240,7 @@ class Encoder(nn.Module):
                 "patch": self.patch_size, "embed_dim": self.embed_dim, "depth": self.depth, "heads": self.heads}
 
 
-def build_encoder(preset: str = "tiny", modalities: list[str] | tuple[str, ...] = ("rgb",),
+def build_encoder(preset: str = "tiny", modalities: list[str] | tuple[str, ...] = (registry.PRIMARY_IMAGE,),
                   image_size: int = 128, patch: int = 16) -> Encoder:
     """A randomly initialised encoder (the `scratch` baseline when used as is)."""
     return Encoder(preset, list(modalities), int(image_size), int(patch))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def register(sub) -> None:
     from tst_ros.config import add_config_arguments, default_help
+    from tst_ros.modalities import PRIMARY_IMAGE
 
     p = sub.add_parser("pretrain", help="TST-MM / TST-MAE masked-modeling pre-training on a dataset store")
     p.add_argument("--data", required=True, help="dataset store directory (or synthetic:N for a smoke test)")
@@ -32,7 +33,8 @@ def register(sub) -> None:
     q.add_argument("--preset", default="tiny", help="preset of the scratch encoder")
     q.add_argument("--image-size", type=int, default=0, help="scratch encoder image size (default: config)")
     q.add_argument("--patch", type=int, default=0, help="scratch encoder patch size (default: config)")
-    q.add_argument("--inputs", default="rgb", help="comma-separated encoder inputs for the probe (default: rgb)")
+    q.add_argument("--inputs", default=PRIMARY_IMAGE,
+                   help=f"comma-separated encoder inputs for the probe (default: {PRIMARY_IMAGE})")
     q.add_argument("--steps", type=int, default=300, help="L-BFGS iterations of the linear layer")
     q.add_argument("--out", help="also write the JSON result to this file")
     add_config_arguments(q)

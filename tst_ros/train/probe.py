@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tst_ros.modalities import PRIMARY_IMAGE
 from tst_ros.train.data import open_dataset, prepare_batch
 
 IGNORE = 255
@@ -79,7 +80,7 @@ def miou(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
 def probe(encoder, data: str | None = None, inputs: list[str] | None = None, train_set=None, val_set=None,
           steps: int = 300, device: str = "cpu", seed: int = 0) -> dict:
     """Linear probe of `encoder` (frozen) on `data` (store dir or synthetic:N) or given datasets."""
-    inputs = list(inputs or ["rgb"])
+    inputs = list(inputs or [PRIMARY_IMAGE])
     missing = [n for n in inputs if n not in encoder.modalities]
     if missing:
         raise ValueError(f"encoder does not accept probe inputs {missing}; it accepts {encoder.modalities}")
@@ -109,7 +110,7 @@ def resolve_encoder(spec: str, preset: str, image_size: int, patch: int, seed: i
     from tst_ros.models import build_encoder, load_encoder
     if spec == "scratch":
         torch.manual_seed(seed)
-        enc = build_encoder(preset, list(inputs or ["rgb"]), image_size, patch)
+        enc = build_encoder(preset, list(inputs or [PRIMARY_IMAGE]), image_size, patch)
         return enc.eval(), {"method": "scratch", **enc.describe()}
     if not Path(spec).exists():
         raise FileNotFoundError(f"encoder {spec!r} does not exist (a run directory, an encoder file or 'scratch')")
