@@ -52,7 +52,8 @@ def _nearest(name: str) -> bool:
 
 class StoreDataset(Dataset):
     def __init__(self, path: str | Path, split: str = "train",
-                 modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES, size: int = 128, augment: bool = False, points: int = 2048, seed: int | None = None):
+                 modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES, size: int = 128,
+                 augment: bool = False, points: int = 2048, seed: int | None = None):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         self.path = Path(path)
