@@ -1,9 +1,10 @@
 """`tst-ros replay` delivers before it exits, over real DDS between separate processes: every
 message of a 30-frame simulator bag reaches a reliable subscriber in another process (at the
-recorded timing and as fast as possible), and a truncated bag publishes what precedes the
-damage, then exits non-zero."""
+recorded timing and as fast as possible), a replay cut short by --duration delivers what it
+published, and a truncated bag publishes what precedes the damage, then exits non-zero."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,15 +43,18 @@ def bags(tmp_path_factory):
     return root / "bag", root / "cut"
 
 
+def published_per_topic(replay) -> Counter:
+    """What the replay says it published, per topic (its last log line)."""
+    return Counter(json.loads(re.search(r"per topic: (\{.*\})", replay.stderr).group(1)))
+
+
 def replay_to_peer(bag: Path, tmp_path: Path, *replay_args: str):
     """Runs `tst-ros replay` while a peer process counts what it receives; returns the replay's
-    completed process and the peer's counts once they equal what the bag holds (or time out)."""
+    completed process and the peer's counts once they equal what the replay published (or time out)."""
     counts_file = tmp_path / "counts.json"
     peer_log = open(tmp_path / "peer.log", "w")
     peer = subprocess.Popen([sys.executable, str(PEER), str(bag), str(counts_file)], stdin=subprocess.PIPE,
                             stdout=peer_log, stderr=subprocess.STDOUT)
-    expected = readable_counts(bag)
-
     def counts():
         return Counter(json.loads(counts_file.read_text())) if counts_file.exists() else Counter()
 
@@ -59,10 +63,11 @@ def replay_to_peer(bag: Path, tmp_path: Path, *replay_args: str):
         replay = subprocess.run(TST_ROS + ["replay", str(bag), "--wait-for-subscribers", "60",
                                            "--ack-timeout", "60", *replay_args],
                                 capture_output=True, text=True, timeout=300)
+        expected = published_per_topic(replay)
         try:
             wait_for(lambda: counts() == expected, 60, "every replayed message at the peer")
         except AssertionError as e:
-            raise AssertionError(f"{e}: got {dict(counts())}, bag holds {dict(expected)}\n"
+            raise AssertionError(f"{e}: got {dict(counts())}, replay published {dict(expected)}\n"
                                  f"replay log:\n{replay.stderr[-3000:]}") from None
     finally:
         peer.stdin.close()
@@ -94,3 +99,12 @@ def test_truncated_bag_publishes_what_precedes_the_damage_and_exits_non_zero(bag
     assert received == readable
     assert "replay stopped" in replay.stderr and "truncated or corrupt" in replay.stderr
     assert f"published the {sum(readable.values())} messages read before the damage" in replay.stderr
+
+
+def test_replay_stopped_by_duration_delivers_what_it_published(bags, tmp_path):
+    bag, _ = bags
+    replay, received = replay_to_peer(bag, tmp_path, "--duration", "1.5")
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert 0 < received["/camera/color/image_raw"] < 30
+    assert received == published_per_topic(replay)
+    assert "every subscriber acknowledged every message" in replay.stderr
