@@ -51,20 +51,48 @@ np_inc=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
   sed -i "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$np_inc#g; s#/opt/python/cp311-cp311/include/python3.11#$py_inc#g" "$f"
 done
 
+export AMENT_PREFIX_PATH=$VENV PATH="$VENV/bin:$PATH"
+configure_build_install() {  # <source dir> <build dir> <python install dir, relative to the venv>
+  local log=$2.log
+  rm -rf "$2" && mkdir -p "$(dirname "$2")"
+  cmake -S "$1" -B "$2" -DBUILD_TESTING=OFF "${@:4}" \
+    -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
+    -DPYTHON_INSTALL_DIR="$3" -DPython3_EXECUTABLE="$VENV/bin/python" >"$log" 2>&1 \
+    || { tail -30 "$log"; die "configuring $1 failed (log: $log)"; }
+  cmake --build "$2" -j"$(nproc)" >>"$log" 2>&1 \
+    && cmake --install "$2" >>"$log" 2>&1 \
+    || { tail -30 "$log"; die "building $1 failed (log: $log)"; }
+}
+
+# Standard interfaces that have no wheels (vision_msgs, tf2_msgs): generated here from
+# interfaces/<name> (the upstream definitions, so type names and hashes match) into a directory
+# of their own on sys.path, unless the ROS installation already provides the package.
+STD_PY_DIR=lib/tst_std_interfaces
+build_std_interfaces() {  # <package name>
+  local name=$1 src=interfaces/$1 h found
+  h=$(hash_of "$src"/CMakeLists.txt "$src"/package.xml "$src"/msg/*.msg)
+  [ "$(cat "$VENV/.tst_iface_$name" 2>/dev/null)" = "$h" ] && return 0
+  found=$("$VENV/bin/python" -c "import importlib.util as u; s = u.find_spec('$name'); print(list(s.submodule_search_locations)[0] if s else '')" 2>/dev/null || true)
+  if [ -n "$found" ] && [[ "$found" != "$VENV/$STD_PY_DIR/"* ]]; then
+    say "$name: using the installed package ($found)"
+    return 0
+  fi
+  say "building $name message interfaces (rosidl, upstream definitions)"
+  rm -rf "${VENV:?}/$STD_PY_DIR/$name"
+  configure_build_install "$src" "build/interfaces_$name" "$STD_PY_DIR"
+  echo "$VENV/$STD_PY_DIR" > "$VENV/lib/python3.11/site-packages/zz_tst_std_interfaces.pth"
+  echo "$h" > "$VENV/.tst_iface_$name"
+}
+build_std_interfaces vision_msgs
+build_std_interfaces tf2_msgs
+
 # Interfaces: generated Python package goes to a directory of its own, added to sys.path
 # after the source tree; tst_ros/__init__.py extends its __path__ to reach tst_ros.msg.
 iface_hash=$(hash_of CMakeLists.txt package.xml msg/*.msg)
 if [ "$(cat "$VENV/.tst_interfaces" 2>/dev/null)" != "$iface_hash" ]; then
-  say "building message interfaces (rosidl)"
-  export AMENT_PREFIX_PATH=$VENV PATH="$VENV/bin:$PATH"
-  rm -rf build/interfaces && mkdir -p build
-  cmake -S . -B build/interfaces -DTST_ROS_INTERFACES_ONLY=ON -DBUILD_TESTING=OFF \
-    -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
-    -DPYTHON_INSTALL_DIR=lib/tst_ros_interfaces -DPython3_EXECUTABLE="$VENV/bin/python" >build/interfaces.log 2>&1 \
-    || { tail -30 build/interfaces.log; die "configuring the interfaces failed (log: build/interfaces.log)"; }
-  cmake --build build/interfaces -j"$(nproc)" >>build/interfaces.log 2>&1 \
-    && cmake --install build/interfaces >>build/interfaces.log 2>&1 \
-    || { tail -30 build/interfaces.log; die "building the interfaces failed (log: build/interfaces.log)"; }
+  say "building tst_ros message interfaces (rosidl)"
+  rm -rf "$VENV"/lib/tst_ros_interfaces/tst_ros
+  configure_build_install . build/interfaces lib/tst_ros_interfaces -DTST_ROS_INTERFACES_ONLY=ON
   # The generated package's egg-info would make pip treat it as the tst_ros distribution
   # (and delete it when installing ours); the interfaces need no distribution metadata.
   rm -rf "$VENV"/lib/tst_ros_interfaces/tst_ros-*.egg-info

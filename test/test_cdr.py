@@ -1,4 +1,5 @@
-"""Direct CDR writing (tst_ros.ros.cdr) against rclpy's own deserialization of the same type."""
+"""Direct CDR writing (tst_ros.ros.cdr) against rclpy's own (de)serialization of the same types
+(vision_msgs/Detection2DArray, sensor_msgs/Image)."""
 from __future__ import annotations
 
 import struct
@@ -8,9 +9,9 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from rclpy.serialization import deserialize_message  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # noqa: E402
 
-from tst_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # noqa: E402
 from tst_ros.ros.cdr import detections_cdr  # noqa: E402
 from tst_ros.ros.conversions import make_header  # noqa: E402
 
@@ -39,8 +40,12 @@ def test_detections_cdr_decodes_to_the_message_rclpy_builds(count, frame_id):
     scores = rng.uniform(0, 1, count).astype(np.float32)
     labels = rng.choice([0, 7, 42, 130], count)
     stamp_ns = 1_700_000_123_456_789_012
-    decoded = deserialize_message(detections_cdr(stamp_ns, frame_id, boxes, scores, labels), Detection2DArray)
-    assert decoded == built_with_rclpy(stamp_ns, frame_id, boxes, scores, labels)
+    written = detections_cdr(stamp_ns, frame_id, boxes, scores, labels)
+    expected = built_with_rclpy(stamp_ns, frame_id, boxes, scores, labels)
+    decoded = deserialize_message(written, Detection2DArray)
+    assert decoded == expected
+    # the same layout as rclpy's own writer for the type (its padding bytes are not zeroed: size only)
+    assert len(written) == len(serialize_message(expected))
     assert [d.results[0].pose.pose.orientation.w for d in decoded.detections] == [1.0] * count
 
 

@@ -1,6 +1,8 @@
 """`colcon build` of the repository against the ROS prefix that setup installed into .venv, as on
 a ROS 2 workstation: nodes in lib/tst_ros, launch and config in share/tst_ros, and one Python
-package holding both the generated messages and our modules.
+package holding both the generated messages and our modules. vision_msgs and tf2_msgs come from
+the prefix (setup generated them there, a distribution ships them): colcon leaves the local
+copies in interfaces/ alone.
 
 The build directory is kept under build/colcon_test so that later runs are incremental (the
 first build of the interfaces compiles every typesupport: about half a minute on two idle
@@ -16,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 WORK = ROOT / "build" / "colcon_test"
-SOURCES = ["package.xml", "CMakeLists.txt", "msg", "srv", "tst_ros", "scripts", "launch", "config", "resource"]
+SOURCES = ["package.xml", "CMakeLists.txt", "msg", "srv", "tst_ros", "scripts", "launch", "config", "resource",
+           "interfaces"]
 PY_DIR = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 
 
@@ -47,6 +50,9 @@ def colcon_env() -> dict:
 def run_colcon_build() -> Path:
     WORK.mkdir(parents=True, exist_ok=True)
     copy_sources(WORK / "src" / "tst_ros")
+    listed = subprocess.run([str(VENV / "bin" / "colcon"), "list", "--names-only", "--base-paths", "src"], cwd=WORK,
+                            env=colcon_env(), capture_output=True, text=True, timeout=120)
+    assert listed.stdout.split() == ["tst_ros"], f"colcon would build {listed.stdout.split()}\n{listed.stderr}"
     shutil.rmtree(WORK / "install", ignore_errors=True)
     cmd = [str(VENV / "bin" / "colcon"), "build", "--base-paths", "src", "--build-base", "build",
            "--install-base", "install", "--event-handlers", "console_direct-",
@@ -86,19 +92,20 @@ def check_install(install: Path):
     assert (install.parent / "setup.bash").is_file()
 
     package = install / PY_DIR / "tst_ros"
-    for rel in ("__init__.py", "cli.py", "ros/conversions.py", "msg/__init__.py", "msg/_detection2_d_array.py"):
+    for rel in ("__init__.py", "cli.py", "ros/conversions.py", "msg/__init__.py", "msg/_model_update.py"):
         assert (package / rel).is_file(), f"installed package lacks tst_ros/{rel}"
 
     # The installed package imports on its own: generated messages and our modules side by side.
     env = colcon_env()
     env["PYTHONPATH"] = str(install / PY_DIR)
     env["LD_LIBRARY_PATH"] = f"{install / 'lib'}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
-    probe = ("import tst_ros, tst_ros.cli, tst_ros.msg as m; "
-             "d = m.Detection2DArray(detections=[m.Detection2D(id='x')]); "
-             "print(tst_ros.cli.__file__); print(m.__file__); print(d.detections[0].id)")
+    # The installed modules publish vision_msgs types (from the prefix, not from tst_ros.msg).
+    probe = ("import tst_ros, tst_ros.cli, tst_ros.msg as m, tst_ros.ros.graph_runner as g; "
+             "t = g.OUTPUTS['detections'][1]; u = m.ModelUpdate(path='p'); "
+             "print(tst_ros.cli.__file__); print(m.__file__); print(t.__module__, t.__name__, u.path)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=install, env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    cli_file, msg_file, det_id = out.stdout.split()
+    cli_file, msg_file, det_module, det_name, path = out.stdout.split()
     assert cli_file.startswith(str(package)) and msg_file.startswith(str(package)), out.stdout
-    assert det_id == "x"
+    assert (det_module.split(".")[0], det_name, path) == ("vision_msgs", "Detection2DArray", "p")

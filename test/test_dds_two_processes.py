@@ -1,4 +1,5 @@
-"""Real Fast DDS between two OS processes: every custom message, a 640x480 rgb8 Image, a 16UC1
+"""Real Fast DDS between two OS processes: every custom message, the locally generated standard
+interfaces (vision_msgs, tf2_msgs), a 640x480 rgb8 Image, a 16UC1
 depth Image and a 100k-point PointCloud2 go out to a separate echo process and come back
 bit-exactly (reliable QoS), with Fast DDS's default transports (UDP + shared memory) and with
 its LARGE_DATA builtin transports."""
@@ -17,8 +18,12 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
-from tst_ros.msg import (Detection2D, Detection2DArray, LabelInfo, ModelUpdate, ObjectHypothesisWithPose,
-                         RecorderStatus, TrainingStatus)
+from geometry_msgs.msg import TransformStamped
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import (Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass,
+                             VisionInfo)
+
+from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
 from tst_ros.ros.clouds import cloud_field, cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import make_header
 from tst_ros.ros.images import array_to_image, image_to_array, image_to_rgb
@@ -43,8 +48,13 @@ def detection(i, header):
 
 
 def custom_messages(header):
-    label_info = LabelInfo(header=header, version=3, class_ids=[0, 1, 7, 65535],
-                           class_names=["wall", "floor", "chair", "ünïcode ✓"])
+    names = {0: "wall", 1: "floor", 7: "chair", 65535: "ünïcode ✓"}
+    label_info = LabelInfo(header=header, threshold=0.25,
+                           class_map=[VisionClass(class_id=i, class_name=n) for i, n in names.items()])
+    vision_info = VisionInfo(header=header, method="tst_ros detection", database_location="/tst/detections/label_info",
+                             database_version=3)
+    tf = TransformStamped(header=header, child_frame_id="base_link")
+    tf.transform.translation.x, tf.transform.rotation.z, tf.transform.rotation.w = 1.5, 0.6, 0.8
     update = ModelUpdate(header=header, version=12, path="/tmp/runs/model-12", checksum="ab" * 32,
                          tasks=["segmentation", "detection"], modalities=["rgb", "depth"],
                          metric_names=["miou", "map"], metric_values=[0.345, 0.315])
@@ -56,7 +66,8 @@ def custom_messages(header):
     return {
         "detection": detection(0, header),
         "detections": Detection2DArray(header=header, detections=[detection(i, header) for i in range(5)]),
-        "label_info": label_info, "model": update, "trainer_status": status, "recorder_status": recorder,
+        "label_info": label_info, "vision_info": vision_info, "tf": TFMessage(transforms=[tf, tf]),
+        "model": update, "trainer_status": status, "recorder_status": recorder,
     }
 
 
@@ -136,7 +147,7 @@ def test_messages_cross_two_processes_bit_exactly(transports, monkeypatch):
     for key in custom_messages(header):
         assert received[key] == messages[key], key
     assert received["detections"].detections[4].results[0].hypothesis.class_id == "chair"
-    assert list(received["label_info"].class_names)[-1] == "ünïcode ✓"
+    assert received["label_info"].class_map[-1].class_name == "ünïcode ✓"
     for key in ("image", "depth", "cloud"):
         sent, echo = messages[key], received[key]
         assert bytes(echo.data) == bytes(sent.data), key

@@ -12,7 +12,7 @@ ROS_ONLY = PACKAGE / "ros"
 ROS_MODULES = {"rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "nav_msgs", "visualization_msgs",
                "builtin_interfaces", "std_srvs", "rosgraph_msgs", "diagnostic_msgs", "tf2_ros", "tf2_msgs",
                "cv_bridge", "sensor_msgs_py", "message_filters", "launch", "launch_ros", "rosbag2_py",
-               "rosidl_runtime_py", "rcl_interfaces", "action_msgs"}
+               "rosidl_runtime_py", "rcl_interfaces", "action_msgs", "vision_msgs"}
 # Python module -> ROS package providing it, where the names differ.
 ROS_PACKAGE_OF = {"tf2_ros": "tf2_ros_py"}
 

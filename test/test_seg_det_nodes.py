@@ -67,7 +67,9 @@ class Harness:
         from sensor_msgs.msg import Image
         from visualization_msgs.msg import MarkerArray
 
-        from tst_ros.msg import Detection2DArray, LabelInfo, ModelUpdate
+        from vision_msgs.msg import Detection2DArray, LabelInfo, VisionInfo
+
+        from tst_ros.msg import ModelUpdate
         from tst_ros.ros.qos import qos_latched, qos_sensor
 
         self.ctx = rclpy.Context()
@@ -80,13 +82,18 @@ class Harness:
         self.lock = threading.Lock()
         self.masks: dict[int, list] = defaultdict(list)
         self.dets: dict[int, list] = defaultdict(list)
-        self.labels: dict[str, list] = defaultdict(list)
+        self.labels: dict[str, list] = defaultdict(list)       # label_info topic -> [(class ids, names, threshold)]
+        self.model_versions: dict[str, list] = defaultdict(list)   # vision_info topic -> [database_version]
+        self.label_locations: dict[str, str] = {}
         self.markers = 0
         self.node.create_subscription(Image, "/tst/segmentation/mask", self._on_mask, reliable)
         self.node.create_subscription(Detection2DArray, "/tst/detections", self._on_dets, reliable)
         self.node.create_subscription(MarkerArray, "/tst/detections/markers", self._on_markers, 10)
-        for topic in ("/tst/segmentation/label_info", "/tst/detections/label_info"):
-            self.node.create_subscription(LabelInfo, topic, lambda m, t=topic: self._on_label(t, m), qos_latched())
+        for task in ("segmentation", "detections"):
+            self.node.create_subscription(LabelInfo, f"/tst/{task}/label_info",
+                                          lambda m, t=task: self._on_label(t, m), qos_latched())
+            self.node.create_subscription(VisionInfo, f"/tst/{task}/vision_info",
+                                          lambda m, t=task: self._on_vision_info(t, m), qos_latched())
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -113,13 +120,20 @@ class Harness:
         with self.lock:
             self.markers += 1
 
-    def _on_label(self, topic, msg):
+    def _on_label(self, task, msg):
         with self.lock:
-            self.labels[topic].append((msg.version, list(msg.class_ids), list(msg.class_names)))
+            self.labels[task].append(([c.class_id for c in msg.class_map], [c.class_name for c in msg.class_map],
+                                      msg.threshold))
 
-    def versions(self, topic):
+    def _on_vision_info(self, task, msg):
         with self.lock:
-            return [v for v, _, _ in self.labels[topic]]
+            self.model_versions[task].append(msg.database_version)
+            self.label_locations[task] = msg.database_location
+
+    def versions(self, task):
+        """Model versions the node announced (VisionInfo), once its LabelInfo has arrived too."""
+        with self.lock:
+            return list(self.model_versions[task]) if self.labels[task] else []
 
     def publish_frame(self, stamp_ns: int, rgb: np.ndarray, depth_mm: np.ndarray | None, encoding="rgb8"):
         from tst_ros.ros.conversions import make_header
@@ -171,7 +185,7 @@ def scenario(tmp_path_factory):
     h = Harness()
     rec = {"stamps": [], "bad_stamp": None, "swap_sent": None, "corrupt_sent": None, "frame_shape": frames[0][0].shape}
     try:
-        wait_for(lambda: h.versions("/tst/segmentation/label_info") and h.versions("/tst/detections/label_info")
+        wait_for(lambda: h.versions("segmentation") and h.versions("detections")
                  and h.image_pub.get_subscription_count() >= 2 and h.depth_pub.get_subscription_count() >= 1,
                  30, "both nodes to start, latch their label maps and subscribe")
         time.sleep(0.5)
@@ -196,8 +210,8 @@ def scenario(tmp_path_factory):
                 h.publish_model(1, model_b)
                 rec["swap_sent"] = stamp
                 phase, phase_start = "swapping", i
-            elif phase == "swapping" and i - phase_start >= 8 and 1 in h.versions("/tst/segmentation/label_info") \
-                    and 1 in h.versions("/tst/detections/label_info"):
+            elif phase == "swapping" and i - phase_start >= 8 and 1 in h.versions("segmentation") \
+                    and 1 in h.versions("detections"):
                 h.publish_model(2, corrupt)
                 rec["corrupt_sent"] = stamp
                 phase, phase_start = "corrupt", i
@@ -272,11 +286,13 @@ def test_detections_have_valid_boxes_class_ids_and_input_header(scenario):
 
 def test_label_info_is_latched_and_bumped_by_the_swap(scenario):
     h = scenario["h"]
-    seg = h.labels["/tst/segmentation/label_info"]
-    det = h.labels["/tst/detections/label_info"]
-    assert [v for v, _, _ in seg] == [0, 1] and [v for v, _, _ in det] == [0, 1]
-    assert seg[-1][2] == CLASSES and seg[-1][1] == list(range(len(CLASSES)))
-    assert det[-1][1] == THINGS and det[-1][2] == [CLASSES[i] for i in THINGS]
+    assert h.versions("segmentation") == [0, 1] and h.versions("detections") == [0, 1]
+    assert h.label_locations == {t: f"/tst/{t}/label_info" for t in ("segmentation", "detections")}
+    seg, det = h.labels["segmentation"], h.labels["detections"]
+    assert len(seg) == 2 and len(det) == 2
+    # segmentation lists the mask's unlabeled value (255, the uint8 maximum, as vision_msgs prescribes)
+    assert seg[-1] == (list(range(len(CLASSES))) + [255], CLASSES + ["unlabeled"], 0.0)
+    assert det[-1][:2] == (THINGS, [CLASSES[i] for i in THINGS]) and abs(det[-1][2] - 0.3) < 1e-6
     assert h.markers > 0
 
 

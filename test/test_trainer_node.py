@@ -193,28 +193,33 @@ def model_publishing_trainer(run_dir, model_dir):
         Parameter("min_samples", value=0), Parameter("status_rate_hz", value=4.0)])
 
 
-def wait_until_serving(served: list, process, log, version: int, classes: list[str]) -> None:
-    """Until the node's LabelInfo shows `version` with `classes` (bounded; fails with the node's log)."""
+def wait_until_serving(served: dict, process, log, version: int, classes: list[str]) -> None:
+    """Until the node's VisionInfo shows `version` and its LabelInfo `classes` (bounded; fails with
+    the node's log)."""
     try:
-        wait_for(lambda: (version, classes) in served or process.poll() is not None, 120,
+        wait_for(lambda: (served["versions"][-1:] == [version] and served["classes"][-1:] == [classes])
+                 or process.poll() is not None, 120,
                  f"the segmentation node to serve v{version}")
         assert process.poll() is None, "the segmentation node exited"
     except AssertionError as e:
-        raise AssertionError(f"{e}; label infos seen: {served}; node log:\n{log.read_text()}") from None
+        raise AssertionError(f"{e}; versions and label maps seen: {served}; node log:\n{log.read_text()}") from None
 
 
 def test_a_restarted_trainer_continues_the_versions_and_segmentation_hot_loads_its_model(
         tmp_path, monkeypatch, segmentation_node, spinning_executor):
-    from tst_ros.msg import LabelInfo
+    from vision_msgs.msg import LabelInfo, VisionInfo
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     process, log = segmentation_node
     models = [(export_deploy_dir(tmp_path, "deploy_a", ["wall", "floor", "chair"]), ["wall", "floor", "chair"]),
               (export_deploy_dir(tmp_path, "deploy_b", ["floor", "wall", "table"]), ["floor", "wall", "table"])]
-    served: list[tuple[int, list[str]]] = []
+    served: dict[str, list] = {"versions": [], "classes": []}
     peer = rclpy.create_node("trainer_restart_peer")
-    peer.create_subscription(LabelInfo, "/tst/segmentation/label_info",
-                             lambda m: served.append((m.version, list(m.class_names))), qos_latched())
+    peer.create_subscription(VisionInfo, "/tst/segmentation/vision_info",
+                             lambda m: served["versions"].append(m.database_version), qos_latched())
+    peer.create_subscription(LabelInfo, "/tst/segmentation/label_info",   # the model's classes, then unlabeled
+                             lambda m: served["classes"].append([c.class_name for c in m.class_map][:-1]),
+                             qos_latched())
     spinning_executor.add_node(peer)
 
     # each trainer is a fresh node on the same run_dir: the second one is a restart of the first
@@ -227,4 +232,4 @@ def test_a_restarted_trainer_continues_the_versions_and_segmentation_hot_loads_i
         finally:
             spinning_executor.remove_node(trainer)
             trainer.destroy_node()
-    assert [version for version, _ in served] == [1, 2]
+    assert served["versions"] == [1, 2]

@@ -7,8 +7,9 @@ rclpy against ~0.15 ms written here and published serialized, and an incoming im
 its callback ~0.2 ms later deserialized (a copy of its pixels into a Python message) than
 taken serialized and read here (pixels stay a view of the received buffer).
 
-- `detections_cdr`: tst_ros/Detection2DArray, little endian; decodes (rclpy) to the message
-  rclpy would build from the same values (checked by the tests).
+- `detections_cdr`: vision_msgs/Detection2DArray (field layout of the upstream definition),
+  little endian; decodes (rclpy) to the message rclpy would build from the same values
+  (checked by the tests).
 - `image_cdr`: sensor_msgs/Image from an array (the segmentation mask: 0.14 ms against
   0.27 ms through an rclpy message), the same checks as `images.array_to_image`.
 - `image_from_cdr`: sensor_msgs/Image -> `CdrImage`, the fields `images.image_to_array`
@@ -55,7 +56,7 @@ def header_cdr(stamp_ns: int, frame_id: str) -> bytes:
 
 
 def detections_cdr(stamp_ns: int, frame_id: str, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> bytes:
-    """tst_ros/Detection2DArray, every Detection2D carrying the array's header, one hypothesis
+    """vision_msgs/Detection2DArray, every Detection2D carrying the array's header, one hypothesis
     (class id as a string, score, identity pose) and its box (xyxy pixels -> centre and size)."""
     header = header_cdr(stamp_ns, frame_id)
     buf = bytearray(CDR_LE_HEADER)

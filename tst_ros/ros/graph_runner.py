@@ -2,8 +2,8 @@
 
 The nodes come from `tst_ros.graph.description` (the launch file uses the same description);
 a supervisor node follows the loop on the graph itself: recorder status, trainer status,
-ModelUpdate, the perception nodes' LabelInfo versions (hot reload), and every output topic,
-from which it measures deployment latency and throughput for the report.
+ModelUpdate, the perception nodes' model versions (vision_msgs/VisionInfo: hot reload), and
+every output topic, from which it measures deployment latency and throughput for the report.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
+from vision_msgs.msg import Detection2DArray, VisionInfo
 
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.graph.description import NodeSpec
-from tst_ros.msg import Detection2DArray, LabelInfo, ModelUpdate, RecorderStatus, TrainingStatus
+from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
 from tst_ros.ros.clouds import cloud_field
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import image_to_array, image_to_rgb
@@ -38,7 +39,7 @@ OUTPUTS = {
     "points_labeled": ("/tst/points_labeled", PointCloud2),
 }
 INPUT_IMAGE_TOPIC = "/camera/color/image_raw"
-LABEL_INFO_TOPICS = {"segmentation": "/tst/segmentation/label_info", "detection": "/tst/detections/label_info"}
+VISION_INFO_TOPICS = {"segmentation": "/tst/segmentation/vision_info", "detection": "/tst/detections/vision_info"}
 
 
 def remap_arguments(specs: list[NodeSpec]) -> list[str]:
@@ -83,8 +84,8 @@ class Supervisor(Node):
         self.create_subscription(RecorderStatus, "/tst/recorder/status", self._recorder, 10)
         self.create_subscription(TrainingStatus, "/tst/trainer/status", self._trainer, 10)
         self.create_subscription(ModelUpdate, "/tst/model", self._model, qos_latched())
-        for task, topic in LABEL_INFO_TOPICS.items():
-            self.create_subscription(LabelInfo, topic, lambda m, t=task: self._label_info(t, m), qos_latched())
+        for task, topic in VISION_INFO_TOPICS.items():
+            self.create_subscription(VisionInfo, topic, lambda m, t=task: self._vision_info(t, m), qos_latched())
         for key, (topic, cls) in OUTPUTS.items():
             self.create_subscription(cls, topic, lambda m, k=key: self._output(k, m), qos_profile("best_effort", 5))
         # arrival time of each input image: latency = output arrival - input arrival (same stamp)
@@ -109,15 +110,15 @@ class Supervisor(Node):
         if not msg.tasks or "segmentation" in msg.tasks:  # intermediate encoder checkpoints are not deployed
             self.seen.model = msg
 
-    def _label_info(self, task, msg):
+    def _vision_info(self, task, msg):
         with self.lock:
-            self.seen.label_versions[task] = int(msg.version)
+            self.seen.label_versions[task] = int(msg.database_version)
             if self.hot_loaded() and self.seen.hot_loaded_at is None:
                 self.seen.hot_loaded_at = time.monotonic()
 
     def hot_loaded(self) -> bool:
         m = self.seen.model
-        return m is not None and all(self.seen.label_versions.get(t) == m.version for t in LABEL_INFO_TOPICS)
+        return m is not None and all(self.seen.label_versions.get(t) == m.version for t in VISION_INFO_TOPICS)
 
     def _output(self, key, msg):
         now_ns = self.get_clock().now().nanoseconds

@@ -23,9 +23,9 @@ import rclpy
 from rclpy.experimental import EventsExecutor
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
 
 from tst_ros.data.bagio import cdr_header_stamp_ns, restamp_cdr
-from tst_ros.msg import Detection2DArray
 from tst_ros.ros.conversions import make_header
 from tst_ros.ros.images import array_to_image
 from tst_ros.ros.qos import qos_sensor

@@ -12,7 +12,10 @@
   background thread, and swapped in between two frames. A model that fails to load or verify
   is reported with an error log and the old one keeps serving. Versions not above the served
   one are ignored (the trainer keeps counting across restarts).
-- Publishes the class map as LabelInfo (transient-local) whenever the serving model changes.
+- Publishes the class map as vision_msgs/LabelInfo (class ids and names; segmentation adds the
+  mask's unlabeled value) and the model version as vision_msgs/VisionInfo (`database_version`,
+  `database_location` naming the LabelInfo topic) beside it, both transient-local, whenever the
+  serving model changes.
 - Wrong-encoding and malformed inputs are reported with a throttled warning; the node keeps running.
 
 Subclasses set TASK and implement `publish_outputs(predictor, image_msg, rgb, depth_m)`.
@@ -26,10 +29,11 @@ from pathlib import Path
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from vision_msgs.msg import LabelInfo, VisionClass, VisionInfo
 
-from tst_ros.msg import LabelInfo, ModelUpdate
+from tst_ros.msg import ModelUpdate
 from tst_ros.perception.export import verify_model
-from tst_ros.perception.runtime import IGNORE_LABEL, Predictor
+from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import stamp_to_ns
@@ -42,6 +46,7 @@ ONNX_FILE = "model.onnx"        # what Predictor.load reads from a model directo
 
 class ModelServingNode(Node):
     TASK = ""
+    UNLABELED_CLASS_ID: int | None = None     # output value meaning "no class", listed in LabelInfo
 
     def __init__(self, node_name: str, parameter_overrides=None, **kwargs):
         super().__init__(node_name, parameter_overrides=parameter_overrides or [], **kwargs)
@@ -72,6 +77,7 @@ class ModelServingNode(Node):
 
         self._sensor_qos = qos_sensor(self.best_effort, self.qos_depth)
         self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
+        self.vision_info_pub = self.create_publisher(VisionInfo, self.vision_info_topic(), qos_latched())
         self._subscribe_image("/camera/color/image_raw", self._on_image)
         self.create_subscription(ModelUpdate, "/tst/model", self._on_model_update, qos_latched())
         self.setup_outputs()
@@ -83,6 +89,13 @@ class ModelServingNode(Node):
     # ---------------------------------------------------------------- subclass hooks
     def label_info_topic(self) -> str:
         raise NotImplementedError
+
+    def vision_info_topic(self) -> str:
+        return self.label_info_topic().rsplit("/", 1)[0] + "/vision_info"
+
+    def label_threshold(self) -> float:
+        """LabelInfo.threshold: the confidence threshold the outputs were cut at (none: 0)."""
+        return 0.0
 
     def setup_outputs(self) -> None:
         raise NotImplementedError
@@ -262,14 +275,17 @@ class ModelServingNode(Node):
         return list(range(len(predictor.classes)))
 
     def publish_label_info(self, predictor: Predictor) -> None:
-        msg = LabelInfo()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.version = int(self.model_version)
-        ids = self.class_ids(predictor)
-        msg.class_ids = [int(i) for i in ids]
-        msg.class_names = [predictor.classes[i] for i in ids]
-        msg.ignore_label = IGNORE_LABEL
-        self.label_pub.publish(msg)
+        stamp = self.get_clock().now().to_msg()
+        class_map = [VisionClass(class_id=int(i), class_name=predictor.classes[i]) for i in self.class_ids(predictor)]
+        if self.UNLABELED_CLASS_ID is not None:
+            class_map.append(VisionClass(class_id=self.UNLABELED_CLASS_ID, class_name="unlabeled"))
+        label = LabelInfo(class_map=class_map, threshold=float(self.label_threshold()))
+        label.header.stamp = stamp
+        info = VisionInfo(method=f"tst_ros {self.TASK}", database_location=self.label_pub.topic_name,
+                          database_version=int(self.model_version))
+        info.header.stamp = stamp
+        self.label_pub.publish(label)
+        self.vision_info_pub.publish(info)
 
     # ---------------------------------------------------------------- lifecycle
     def stats(self) -> dict:

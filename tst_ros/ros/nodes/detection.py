@@ -1,7 +1,9 @@
-"""Detection node: colour (+ depth) image -> tst_ros/Detection2DArray (class ids as strings
+"""Detection node: colour (+ depth) image -> vision_msgs/Detection2DArray (class ids as strings
 indexing LabelInfo, scores, pixel boxes) and a MarkerArray for RViz (box outlines and labels
 drawn on the plane 1 m in front of the camera, via camera_info when available), all
-stamped with the input header. LabelInfo (thing classes) on /tst/detections/label_info.
+stamped with the input header. vision_msgs/LabelInfo (thing classes, score threshold) on
+/tst/detections/label_info, the model version as vision_msgs/VisionInfo on
+/tst/detections/vision_info.
 
 Model serving, latest-frame scheduling and hot reload: `_model_node.ModelServingNode`.
 """
@@ -10,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from geometry_msgs.msg import Point
 from sensor_msgs.msg import CameraInfo
+from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from tst_ros.msg import Detection2DArray
 from tst_ros.perception.runtime import Predictor, palette
 from tst_ros.ros.cdr import CdrImage, detections_cdr
 from tst_ros.ros.conversions import stamp_to_ns
@@ -31,8 +33,12 @@ class DetectionNode(ModelServingNode):
     def label_info_topic(self) -> str:
         return "/tst/detections/label_info"
 
+    def label_threshold(self) -> float:
+        return self.score_threshold
+
     def setup_outputs(self) -> None:
         self.max_detections = int(self.declare_parameter("max_detections", 100).value)
+        # typed vision_msgs/Detection2DArray; publish_outputs hands it serialized bytes of that type
         self.det_pub = self.create_publisher(Detection2DArray, "/tst/detections", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "/tst/detections/markers", 10)
         self.camera_info: CameraInfo | None = None

@@ -1,5 +1,7 @@
 """Segmentation node: colour (+ depth) image -> class mask (mono8, 255 = unlabeled) and an
-rgb8 overlay, both stamped with the input header; LabelInfo on /tst/segmentation/label_info.
+rgb8 overlay, both stamped with the input header; vision_msgs/LabelInfo (class ids and names,
+255 = "unlabeled") on /tst/segmentation/label_info, the model version as vision_msgs/VisionInfo
+on /tst/segmentation/vision_info.
 
 Model serving, latest-frame scheduling and hot reload: `_model_node.ModelServingNode`.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sensor_msgs.msg import Image
 
-from tst_ros.perception.runtime import Predictor, overlay, palette
+from tst_ros.perception.runtime import IGNORE_LABEL, Predictor, overlay, palette
 from tst_ros.ros.cdr import CdrImage, image_cdr
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.nodes import run_node
@@ -17,6 +19,7 @@ from tst_ros.ros.nodes._model_node import ModelServingNode
 
 class SegmentationNode(ModelServingNode):
     TASK = "segmentation"
+    UNLABELED_CLASS_ID = IGNORE_LABEL
 
     def __init__(self, node_name: str = "segmentation", parameter_overrides=None, **kwargs):
         super().__init__(node_name, parameter_overrides, **kwargs)
