@@ -29,7 +29,7 @@ from tst_ros.ros.images import array_to_image
 from tst_ros.ros.qos import qos_profile
 from tst_ros.sim.export import body_twist
 
-try:  # tf2_msgs is not installable from PyPI wheels: /odom is always published
+try:  # tf2_ros has no PyPI wheel: /odom is always published
     import tf2_ros
     from geometry_msgs.msg import TransformStamped
 except ImportError:
