@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tst_ros.perception.metrics import DetectionMeter, SegmentationMeter, format_iou_table
+from tst_ros.perception.metrics import DetectionMeter, SegmentationMeter, format_iou_table, group_miou
 
 
 def test_iou_of_two_class_image_matches_hand_count():
@@ -20,6 +20,9 @@ def test_iou_of_two_class_image_matches_hand_count():
     assert report["miou"] == pytest.approx((0.8 + 0.75) / 2)
     assert report["pixel_accuracy"] == pytest.approx(7 / 8)
     assert "mIoU" in format_iou_table(report)
+    # things = {1, 2}: only class 1 is present; stuff = {0}; an empty group scores 0
+    assert group_miou(report, [1, 2]) == pytest.approx(0.75) and group_miou(report, [0]) == pytest.approx(0.8)
+    assert group_miou(report, [2]) == 0.0
 
 
 def test_ignored_truth_pixels_do_not_count_and_unlabeled_predictions_are_misses():

@@ -82,6 +82,14 @@ def segmentation_report(confusion: np.ndarray, class_names: list[str] | None = N
     }
 
 
+def group_miou(report: dict, class_ids) -> float:
+    """Mean IoU over the classes of `class_ids` that are present (e.g. the countable "things",
+    or the "stuff" classes wall, floor and ceiling); 0.0 when none is present."""
+    wanted = {int(c) for c in class_ids}
+    values = [row["iou"] for row in report["per_class"] if row["id"] in wanted and row["iou"] is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
 def format_iou_table(report: dict) -> str:
     """Human-readable per-class IoU table of a segmentation report."""
     lines = [f"{'class':<16}{'IoU':>8}{'gt px':>12}"]

@@ -290,7 +290,7 @@ def evaluate(model_path: str, labeled_dir: str, score_threshold: float = 0.05, n
     """mIoU + per-class IoU and COCO mAP of a model (MODEL_DIR or .onnx) on a labeled set."""
     from tqdm import tqdm
 
-    from tst_ros.perception.metrics import DetectionMeter, SegmentationMeter, format_iou_table
+    from tst_ros.perception.metrics import DetectionMeter, SegmentationMeter, format_iou_table, group_miou
 
     predictor = predictor or Predictor.load(model_path)
     items, classes, categories = load_labeled(labeled_dir)
@@ -310,8 +310,11 @@ def evaluate(model_path: str, labeled_dir: str, score_threshold: float = 0.05, n
                    p.boxes, p.scores, p.labels, w, h)
     seg_report = seg.report(classes)
     det_report = det.compute()
+    things = set(int(c) for c in predictor.thing_class_ids)
+    stuff = [c for c in range(len(classes)) if c not in things]
     return {"model": str(model_path), "labeled_set": str(labeled_dir), "images": len(items),
             "backend": predictor.backend, "miou": seg_report["miou"], "pixel_accuracy": seg_report["pixel_accuracy"],
+            "things_miou": group_miou(seg_report, things), "stuff_miou": group_miou(seg_report, stuff),
             "map": det_report["map"], "map50": det_report["map50"], "map75": det_report["map75"],
             "per_class_iou": seg_report["per_class"], "per_class_ap": det_report["per_class_ap"],
             "iou_table": format_iou_table(seg_report), "seconds": round(time.perf_counter() - t0, 2),
