@@ -47,6 +47,8 @@ def register(sub) -> None:
     ls.add_argument("--buildings", type=int, default=0,
                     help="number of buildings (0: one for a seed < 1000, else one per 30 images)")
     ls.add_argument("--start-frame", type=int, default=0, help="first frame index in each building")
+    ls.add_argument("--span-frames", type=int, default=0,
+                    help="spread the images over this many frames from --start-frame (0: one lap)")
     ls.add_argument("--width", type=int, default=256)
     ls.add_argument("--height", type=int, default=192)
     ls.add_argument("--depth", action="store_true", default=True, help="write depth PNGs (default)")
@@ -79,7 +81,7 @@ def cmd_labeled_set(args) -> int:
 
     styles = [s for s in args.styles.split(",") if s] or None
     result = write(args.out, args.images, styles, seed=args.seed, buildings=args.buildings, start_frame=args.start_frame,
-                   width=args.width, height=args.height, depth=args.depth)
+                   width=args.width, height=args.height, depth=args.depth, span_frames=args.span_frames)
     print(json.dumps(result))
     return 0
 

@@ -62,7 +62,9 @@ def plan(images: int, styles: list[str], seed: int, buildings: int = 0, start_fr
 
 def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, seed: int = 1000,
           buildings: int = 0, start_frame: int = 0, width: int = 256, height: int = 192, depth: bool = True,
-          sim_overrides: dict | None = None, progress: bool = True) -> dict:
+          sim_overrides: dict | None = None, progress: bool = True, span_frames: int = 0) -> dict:
+    """Write `images` frames per the building plan; in each building they are spread evenly over
+    `span_frames` frames from `start_frame` (0: one lap of the trajectory)."""
     from tqdm import tqdm
 
     from tst_ros.config import SimConfig
@@ -83,7 +85,7 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
         cfg = SimConfig(seed=b_seed, style=style, width=width, height=height, cloud_rate_hz=0.0, **(sim_overrides or {}))
         sim = Simulator(cfg)
         lap = int(sim.trajectory.period_s * cfg.camera_rate_hz)
-        stride = max(1, lap // count)
+        stride = max(1, (span_frames or lap) // count)
         for k in range(count):
             idx = start_frame + k * stride
             frame = sim.frame(idx)
