@@ -88,7 +88,7 @@ build_std_interfaces tf2_msgs
 
 # Interfaces: generated Python package goes to a directory of its own, added to sys.path
 # after the source tree; tst_ros/__init__.py extends its __path__ to reach tst_ros.msg.
-iface_hash=$(hash_of CMakeLists.txt package.xml msg/*.msg)
+iface_hash=$(hash_of CMakeLists.txt package.xml msg/*.msg srv/*.srv)
 if [ "$(cat "$VENV/.tst_interfaces" 2>/dev/null)" != "$iface_hash" ]; then
   say "building tst_ros message interfaces (rosidl)"
   rm -rf "$VENV"/lib/tst_ros_interfaces/tst_ros

@@ -92,7 +92,8 @@ def check_install(install: Path):
     assert (install.parent / "setup.bash").is_file()
 
     package = install / PY_DIR / "tst_ros"
-    for rel in ("__init__.py", "cli.py", "ros/conversions.py", "msg/__init__.py", "msg/_model_update.py"):
+    for rel in ("__init__.py", "cli.py", "ros/conversions.py", "msg/__init__.py", "msg/_model_update.py",
+                "srv/_model_file.py", "model_transfer.py"):
         assert (package / rel).is_file(), f"installed package lacks tst_ros/{rel}"
 
     # The installed package imports on its own: generated messages and our modules side by side.

@@ -36,7 +36,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def is_ros_import(name: str) -> bool:
-    return name.split(".")[0] in ROS_MODULES or name == "tst_ros.msg" or name.startswith("tst_ros.msg.")
+    return name.split(".")[0] in ROS_MODULES or any(name == f"tst_ros.{kind}" or name.startswith(f"tst_ros.{kind}.")
+                                                    for kind in ("msg", "srv"))
 
 
 def python_files(top: Path):
@@ -102,6 +103,7 @@ def test_every_node_has_an_executable_script():
 
 
 def test_layout_files_exist():
-    for rel in ("package.xml", "setup.py", "CMakeLists.txt", "resource/tst_ros", "msg", "launch", "config", "test"):
+    for rel in ("package.xml", "setup.py", "CMakeLists.txt", "resource/tst_ros", "msg", "srv", "launch", "config",
+                "test"):
         assert (ROOT / rel).exists(), rel
     assert sys.version_info[:2] == (3, 11)

@@ -11,7 +11,10 @@
   manifest must list model.onnx and match every file it lists), loaded and warmed up in a
   background thread, and swapped in between two frames. A model that fails to load or verify
   is reported with an error log and the old one keeps serving. Versions not above the served
-  one are ignored (the trainer keeps counting across restarts).
+  one are ignored (the trainer keeps counting across restarts). When the update's path cannot
+  be read here (the trainer runs on another machine), the model's files are fetched from the
+  service the update names (`source`) into `model_cache_dir`, verified, and loaded from there
+  (`tst_ros.ros.model_fetch`).
 - Publishes the class map as vision_msgs/LabelInfo (class ids and names; segmentation adds the
   mask's unlabeled value) and the model version as vision_msgs/VisionInfo (`database_version`,
   `database_location` naming the LabelInfo topic) beside it, both transient-local, whenever the
@@ -32,12 +35,12 @@ from sensor_msgs.msg import Image
 from vision_msgs.msg import LabelInfo, VisionClass, VisionInfo
 
 from tst_ros.msg import ModelUpdate
-from tst_ros.perception.export import verify_model
 from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
+from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.qos import qos_latched, qos_sensor
 
 WARN_THROTTLE_S = 5.0
@@ -62,6 +65,7 @@ class ModelServingNode(Node):
         self.threads = int(p("threads", 0).value)
         self.pin_threads = bool(p("pin_threads", True).value)
         self.backend = str(p("backend", "auto").value)
+        self.fetcher = ModelFetcher.from_parameters(self)   # model_cache_dir, model_fetch_*
 
         self._cv = threading.Condition()
         self._latest: CdrImage | None = None
@@ -220,14 +224,16 @@ class ModelServingNode(Node):
             return
         if msg.version and msg.version <= self.model_version and self.predictor is not None:
             return
-        self._load(Path(msg.path), int(msg.version), msg.checksum, background=True)
+        source = self.fetcher.client_for(msg.source)
+        self._load(Path(msg.path), int(msg.version), msg.checksum, background=True, source=source)
 
-    def _load(self, path: Path, version: int, checksum: str | None, background: bool) -> None:
+    def _load(self, path: Path, version: int, checksum: str | None, background: bool, source=None) -> None:
         def work() -> None:
+            nonlocal path
             with self._loading:
                 try:
-                    if checksum is not None:
-                        verify_model(path, checksum, required=(ONNX_FILE,))
+                    if checksum is not None:     # verified where it is, else fetched from `source`
+                        path = self.fetcher.resolve(source, str(path), version, checksum, required=(ONNX_FILE,))
                     predictor = Predictor.load(path, self.providers, self.backend, self.threads, self.pin_threads)
                     if self.TASK not in predictor.tasks:
                         raise ValueError(f"model {path} has tasks {predictor.tasks}, not {self.TASK!r}")

@@ -12,12 +12,16 @@ nodes ignore an update whose version is not above the one they serve.
 Services (std_srvs/Trigger): `~/start` (start now, without waiting for samples), `~/stop`
 (SIGINT to the child: it saves a final checkpoint and exits), `~/pause` (SIGSTOP / SIGCONT
 toggle). Destroying the node stops the child the same way and waits for its checkpoint.
+`~/model_file` (tst_ros/srv/ModelFile) serves the files of the models it published, in chunks,
+to nodes on other machines (`tst_ros.model_transfer.ModelFileServer`); each ModelUpdate names
+it in `source`.
 
 `command` placeholders: {python} (this interpreter), {dataset} (the `dataset` parameter,
 else the recorder's dataset path), {run_dir}.
 """
 from __future__ import annotations
 
+import array
 import collections
 import json
 import os
@@ -33,8 +37,10 @@ from pathlib import Path
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
+from tst_ros.model_transfer import ModelFileServer
 from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
+from tst_ros.srv import ModelFile
 from tst_ros.ros import conversions as conv
 from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.util import atomic_write_json, sha256_file
@@ -194,6 +200,8 @@ class TrainerNode(Node):
         self.create_service(Trigger, "~/start", self._srv_start)
         self.create_service(Trigger, "~/stop", self._srv_stop)
         self.create_service(Trigger, "~/pause", self._srv_pause)
+        self.file_server = ModelFileServer()
+        self.model_file_service = self.create_service(ModelFile, "~/model_file", self._srv_model_file)
         self.create_timer(1.0 / rate, self._tick)
 
     @property
@@ -255,6 +263,14 @@ class TrainerNode(Node):
         paused = self.child.toggle_pause()
         self.message = "paused" if paused else "resumed"
         response.success, response.message = True, self.message
+        return response
+
+    def _srv_model_file(self, request, response):
+        chunk = self.file_server.read(request.version, request.checksum, request.file, request.offset,
+                                      request.max_bytes)
+        response.ok, response.message, response.file = chunk.ok, chunk.message, chunk.file
+        response.total_size, response.sha256 = chunk.total_size, chunk.sha256
+        response.data = array.array("B", chunk.data)
         return response
 
     # -- periodic work
@@ -322,9 +338,11 @@ class TrainerNode(Node):
         except (OSError, OverflowError) as e:
             self.get_logger().error(f"model {path} not published: cannot record its version: {e}")
             return
+        self.file_server.publish(version, path, checksum)
         metrics = {k: float(v) for k, v in (event.get("metrics") or {}).items() if isinstance(v, (int, float))}
         msg = ModelUpdate(header=conv.make_header(self.get_clock().now().nanoseconds, ""), version=version,
-                          path=str(path), checksum=checksum, tasks=[str(t) for t in event.get("tasks", [])],
+                          path=str(path), checksum=checksum, source=self.model_file_service.service_name,
+                          tasks=[str(t) for t in event.get("tasks", [])],
                           modalities=[str(m) for m in event.get("modalities", [])],
                           metric_names=list(metrics), metric_values=list(metrics.values()))
         self.model_pub.publish(msg)

@@ -7,7 +7,9 @@ cloud's header and one point per input point. Callbacks only store messages; a w
 labels the latest cloud (older unprocessed clouds are dropped) with tst_ros.tttkd.pipeline.
 Reloads the model when /tst/model announces one whose tasks include "tttkd" (a .safetensors
 file, or a directory whose manifest lists tttkd.safetensors; verified by
-`tst_ros.perception.export.verify_model`, the old model keeps serving when that fails).
+`tst_ros.perception.export.verify_model`, the old model keeps serving when that fails); a path
+that cannot be read here is fetched from the update's `source` service into `model_cache_dir`
+(`tst_ros.ros.model_fetch`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tst_ros.poses import PoseBuffer
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
+from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.ros.poses import PoseSubscriber
 
@@ -67,6 +70,7 @@ class TTTKDNode(Node):
             self.declare_parameter(name, default)
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.params = p
+        self.fetcher = ModelFetcher.from_parameters(self)   # model_cache_dir, model_fetch_*
         self.pose_subscriber = PoseSubscriber(self, PoseBuffer(capacity=4000, tolerance_ns=int(0.05e9)),
                                               odom_topic=p["odom_topic"], odom_frame=p["odom_frame"],
                                               base_frame=p["base_frame"], camera_frame=p["camera_frame"])
@@ -130,13 +134,14 @@ class TTTKDNode(Node):
     def _on_model(self, msg: ModelUpdate) -> None:
         if not {"tttkd", "ttt-kd", "ttt_kd"} & set(msg.tasks):
             return
-        threading.Thread(target=self._load_update, args=(msg.path, msg.checksum), daemon=True).start()
+        source = self.fetcher.client_for(msg.source)
+        threading.Thread(target=self._load_update, args=(msg.path, msg.checksum, source, int(msg.version)),
+                         daemon=True).start()
 
-    def _load_update(self, path: str, checksum: str) -> None:
-        from tst_ros.perception.export import verify_model
+    def _load_update(self, path: str, checksum: str, source=None, version: int = 0) -> None:
         from tst_ros.tttkd.checkpoint import CHECKPOINT_FILE, checkpoint_path
-        try:
-            file = checkpoint_path(verify_model(path, checksum, required=(CHECKPOINT_FILE,)))
+        try:   # verified where it is, else fetched from `source` into the model cache
+            file = checkpoint_path(self.fetcher.resolve(source, path, version, checksum, required=(CHECKPOINT_FILE,)))
         except (OSError, ValueError) as e:
             self.rejected_updates += 1
             self.get_logger().error(f"model update from {path} rejected, keeping the current model: {e}")
