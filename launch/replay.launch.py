@@ -3,10 +3,11 @@
 The specialise graph fed by a recorded rosbag2 instead of the simulator.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from tst_ros.ros import ADDED_ENVIRONMENT  # Fast DDS LARGE_DATA transports unless the user chose others
 from tst_ros.graph.description import LAUNCH_ARGUMENTS, replay_spec, resolve
 
 
@@ -31,4 +32,5 @@ def generate_launch_description():
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=text)
          for name, (default, text) in args.items()]
+        + [SetEnvironmentVariable(name, value) for name, value in ADDED_ENVIRONMENT.items()]
         + [OpaqueFunction(function=_nodes)])

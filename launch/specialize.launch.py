@@ -5,10 +5,11 @@ parameters from config/specialize.yaml. The node set comes from tst_ros.graph.de
 the same description `tst-ros specialize` runs in one process.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from tst_ros.ros import ADDED_ENVIRONMENT  # Fast DDS LARGE_DATA transports unless the user chose others
 from tst_ros.graph.description import LAUNCH_ARGUMENTS, resolve
 
 
@@ -30,4 +31,5 @@ def generate_launch_description():
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=text)
          for name, (default, text) in LAUNCH_ARGUMENTS.items()]
+        + [SetEnvironmentVariable(name, value) for name, value in ADDED_ENVIRONMENT.items()]
         + [OpaqueFunction(function=_nodes)])

@@ -96,6 +96,7 @@ def spin_until(executor, condition, what, peer_log):
 @pytest.mark.parametrize("transports", ["DEFAULT", "LARGE_DATA"])
 def test_messages_cross_two_processes_bit_exactly(transports, monkeypatch):
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", transports)
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)  # a profile would take precedence
     header = make_header(1_700_000_000_123_456_789, "camera_color_optical_frame")
     messages = {**custom_messages(header)}
     sensors, arrays = sensor_messages(header)

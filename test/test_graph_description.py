@@ -1,7 +1,7 @@
 """The launch file and `tst-ros specialize` describe the same graph.
 
 launch/launch_ros are not installable on this machine (no ROS distribution), so the launch
-file is executed against small recording stand-ins for the four launch classes it uses; what
+file is executed against small recording stand-ins for the launch classes it uses; what
 it would hand to launch_ros is compared with what the in-process runner instantiates.
 """
 import importlib.util
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tst_ros.graph.description import LAUNCH_ARGUMENTS, parse_remappings, resolve
+from tst_ros.ros import ADDED_ENVIRONMENT
 from tst_ros.ros.graph_runner import remap_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ def _launch_stand_ins(values: dict) -> dict:
     actions = types.ModuleType("launch.actions")
     actions.DeclareLaunchArgument = type("DeclareLaunchArgument", (_Recorder,), {})
     actions.OpaqueFunction = type("OpaqueFunction", (_Recorder,), {})
+    actions.SetEnvironmentVariable = type("SetEnvironmentVariable", (_Recorder,), {})
     subs = types.ModuleType("launch.substitutions")
     subs.LaunchConfiguration = LaunchConfiguration
     launch_ros = types.ModuleType("launch_ros")
@@ -58,6 +60,8 @@ def _launch_nodes(path: Path, values: dict, monkeypatch) -> list[dict]:
     declared = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     context = {**declared, **values}
     (opaque,) = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+    environment = dict(e.args for e in entities if type(e).__name__ == "SetEnvironmentVariable")
+    assert environment == ADDED_ENVIRONMENT     # the transports tst_ros.ros selects (none if the user chose)
     return [n.kwargs for n in opaque.kwargs["function"](context)], declared
 
 
