@@ -1,9 +1,11 @@
 """Shared base of the perception nodes: model serving with latest-frame scheduling and hot reload.
 
 - Subscribes the colour image (and, when the loaded model takes depth, the aligned depth image,
-  paired by approximate time) with sensor QoS, serialized, read by `tst_ros.ros.cdr` (the
-  pixels stay a view of the received buffer); only the newest frame is kept: a worker thread
-  processes it and frames that arrive meanwhile replace it (never a backlog). With
+  paired by approximate time) with sensor QoS (`sensor_qos_reliability`: auto follows the
+  publishers, reliable, or best_effort - the default, from the older `best_effort`),
+  serialized, read by `tst_ros.ros.cdr` (the pixels stay a view of the received buffer);
+  only the newest frame is kept: a worker thread processes it and frames that arrive
+  meanwhile replace it (never a backlog). With
   `pin_threads` the worker pins itself to the core ONNX Runtime's pool threads leave free
   (`tst_ros.perception.threads`).
 - Subscribes `/tst/model` (ModelUpdate, transient-local). An update is verified
@@ -41,7 +43,7 @@ from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
-from tst_ros.ros.qos import qos_latched, qos_sensor
+from tst_ros.ros.qos import SensorSubscription, qos_latched, sensor_reliability
 
 WARN_THROTTLE_S = 5.0
 ONNX_FILE = "model.onnx"        # what Predictor.load reads from a model directory
@@ -79,7 +81,9 @@ class ModelServingNode(Node):
         self._depth_sub = None
         self._loading = threading.Lock()
 
-        self._sensor_qos = qos_sensor(self.best_effort, self.qos_depth)
+        # sensor_qos_reliability: auto | reliable | best_effort; empty: from `best_effort`
+        self.sensor_reliability = sensor_reliability(p("sensor_qos_reliability", "").value,
+                                                     "best_effort" if self.best_effort else "reliable")
         self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
         self.vision_info_pub = self.create_publisher(VisionInfo, self.vision_info_topic(), qos_latched())
         self._subscribe_image("/camera/color/image_raw", self._on_image)
@@ -139,7 +143,10 @@ class ModelServingNode(Node):
     def _subscribe_image(self, topic: str, callback):
         # taken serialized and read by tst_ros.ros.cdr: ~0.2 ms sooner in the callback than an
         # rclpy-deserialized Image, and the pixels are not copied
-        return self.create_subscription(Image, topic, callback, self._sensor_qos, raw=True)
+        return self._subscribe_sensor(Image, topic, callback, raw=True)
+
+    def _subscribe_sensor(self, msg_type, topic: str, callback, raw: bool = False) -> SensorSubscription:
+        return SensorSubscription(self, msg_type, topic, callback, self.sensor_reliability, self.qos_depth, raw=raw)
 
     def _ensure_depth_subscription(self, needed: bool) -> None:
         if needed and self._depth_sub is None:

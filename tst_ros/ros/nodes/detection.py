@@ -42,7 +42,7 @@ class DetectionNode(ModelServingNode):
         self.det_pub = self.create_publisher(Detection2DArray, "/tst/detections", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "/tst/detections/markers", 10)
         self.camera_info: CameraInfo | None = None
-        self.create_subscription(CameraInfo, "/camera/color/camera_info", self._on_camera_info, self._sensor_qos)
+        self._subscribe_sensor(CameraInfo, "/camera/color/camera_info", self._on_camera_info)
         self.colours = palette(0)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:

@@ -1,8 +1,10 @@
 """`recorder` node: time-locked multimodal capture into the dataset store (+ optional raw MCAP).
 
-Subscribes (reliably by default, so that no frame is lost) to RGB (`Image` or
-`CompressedImage`), depth (16UC1 mm / 32FC1 m), `CameraInfo`, `Imu`, `PointCloud2` and
-`Odometry` with raw (serialized) subscriptions. The callback only reads the header stamp
+Subscribes to RGB (`Image` or `CompressedImage`), depth (16UC1 mm / 32FC1 m), `CameraInfo`,
+`Imu`, `PointCloud2` and `Odometry` with raw (serialized) subscriptions whose QoS follows the
+publishers as rosbag2's does (`sensor_qos_reliability: auto`, the default: reliable - no frame
+lost - when every publisher offers reliable, best effort so that a best-effort driver still
+reaches the recorder; `reliable: false` is the older spelling of best_effort). The callback only reads the header stamp
 from the CDR bytes and queues them; a worker thread writes the raw bytes to the MCAP bag
 (as `ros2 bag record` would, no re-encoding), then feeds `tst_ros.data.pipeline` - the same
 sync/derive/store code as `tst-ros ingest` - and group-commits the store. Status
@@ -36,7 +38,7 @@ from tst_ros.poses import extrinsic_to_matrix
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
 from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
 from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
-from tst_ros.ros.qos import qos_profile
+from tst_ros.ros.qos import SensorSubscription, sensor_reliability
 
 STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
                 "camera_info": "sensor_msgs/msg/CameraInfo", "depth_camera_info": "sensor_msgs/msg/CameraInfo",
@@ -134,8 +136,9 @@ def depth_alignment(params: dict) -> DepthAlignment:
 class RecorderNode(Node):
     """See the module docstring. Parameters mirror `RecordConfig` plus topics and QoS."""
 
-    def __init__(self, parameter_overrides=None, record_cfg: RecordConfig | None = None, name: str = "recorder"):
-        super().__init__(name, parameter_overrides=parameter_overrides or [])
+    def __init__(self, parameter_overrides=None, record_cfg: RecordConfig | None = None, name: str = "recorder",
+                 **kwargs):
+        super().__init__(name, parameter_overrides=parameter_overrides or [], **kwargs)
         base = record_cfg or RecordConfig()
         p = self._declare(base)
         self.cfg = RecordConfig(**{k: p[k] for k in base.__dataclass_fields__})
@@ -159,11 +162,12 @@ class RecorderNode(Node):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._received = 0
+        self._received_by_topic: dict[str, int] = {}
         self._bad_stamps = 0
         self._max_queue = 0
         self._rate_hist: list[tuple[float, int]] = [(time.monotonic(), len(self.store))]
         self._disk = (0.0, self.store.disk_bytes())
-        qos = qos_profile("reliable" if self.cfg.reliable else "best_effort", int(p["qos_depth"]))
+        reliability = sensor_reliability(p["sensor_qos_reliability"], "auto" if self.cfg.reliable else "best_effort")
         self._subs = []
         for stream, topic in self.topics.items():
             if not topic:
@@ -171,8 +175,9 @@ class RecorderNode(Node):
             msgtype = self._rgb_type if stream == "rgb" else STREAM_TYPES[stream]
             if self.bag is not None:
                 self.bag.add_topic(topic, msgtype)
-            self._subs.append(self.create_subscription(
-                message_class(msgtype), topic, self._callback(stream, topic, msgtype), qos, raw=True))
+            callback = self._callback(stream, topic, msgtype)
+            self._subs.append(SensorSubscription(self, message_class(msgtype), topic, callback, reliability,
+                                                 int(p["qos_depth"]), raw=True))
         from tst_ros.msg import RecorderStatus
         self._status_cls = RecorderStatus
         self.status_pub = self.create_publisher(RecorderStatus, p["status_topic"], 10)
@@ -181,14 +186,15 @@ class RecorderNode(Node):
         self._worker.start()
         self._log.info(f"recording {sorted(k for k, v in self.topics.items() if v)} into {self.cfg.dataset} "
                        f"({len(self.store)} samples already there), image_size {self.cfg.image_size}, "
-                       f"{'reliable' if self.cfg.reliable else 'best-effort'} QoS"
+                       f"{reliability} QoS"
                        + (f", raw bag {self.cfg.bag}" if self.bag else ""))
 
     def _declare(self, base: RecordConfig) -> dict:
         params = {k: getattr(base, k) for k in base.__dataclass_fields__}
         params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
-        params.update(rgb_compressed=False, qos_depth=50, status_topic="/tst/recorder/status",
-                      status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
+        # sensor_qos_reliability: auto | reliable | best_effort; empty: from `reliable` (true: auto)
+        params.update(rgb_compressed=False, qos_depth=50, sensor_qos_reliability="",
+                      status_topic="/tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
                       camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
                       ignore_depth_distortion=False)
         return {k: self.declare_parameter(k, v).value for k, v in params.items()}
@@ -225,6 +231,7 @@ class RecorderNode(Node):
             last_message = time.monotonic()
             stream, topic, msgtype, recv_ns, stamp, data = item
             self._received += 1
+            self._received_by_topic[topic] = self._received_by_topic.get(topic, 0) + 1
             self._max_queue = max(self._max_queue, self._queue.qsize())
             if self.bag is not None:
                 self.bag.write(topic, recv_ns, data)
@@ -239,6 +246,10 @@ class RecorderNode(Node):
     def _commit(self) -> None:
         with self._lock:
             self.pipeline.commit()
+
+    def received(self) -> dict[str, int]:
+        """Messages taken from each subscribed topic so far (by the worker)."""
+        return dict(self._received_by_topic)
 
     @property
     def samples_written(self) -> int:

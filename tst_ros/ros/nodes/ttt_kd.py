@@ -4,7 +4,11 @@ Subscribes the cloud (/points, camera optical frame), the colour image, camera_i
 aligned depth image (optional) and poses (PoseSubscriber: TF or /odom + camera_extrinsic);
 publishes /tst/points_labeled (x, y, z, rgb, label UINT32, confidence FLOAT32) with the input
 cloud's header and one point per input point. Callbacks only store messages; a worker thread
-labels the latest cloud (older unprocessed clouds are dropped) with tst_ros.tttkd.pipeline.
+labels the latest cloud with tst_ros.tttkd.pipeline; a cloud replaced by a newer one before the
+worker took it is skipped as stale. Every received cloud is accounted for (`stats()`: received,
+labelled, skipped_stale, skipped_no_model, failed, pending), logged every `stats_period_s`
+and at shutdown. Sensor subscriptions follow the publishers' offered QoS
+(`sensor_qos_reliability: auto`, see tst_ros.ros.qos) unless forced reliable or best effort.
 Reloads the model when /tst/model announces one whose tasks include "tttkd" (a .safetensors
 file, or a directory whose manifest lists tttkd.safetensors; verified by
 `tst_ros.perception.export.verify_model`, the old model keeps serving when that fails); a path
@@ -16,7 +20,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -29,7 +33,7 @@ from tst_ros.ros.clouds import cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
-from tst_ros.ros.qos import qos_latched, qos_profile
+from tst_ros.ros.qos import SensorSubscription, qos_latched
 from tst_ros.ros.poses import PoseSubscriber
 
 PARAMETERS = {
@@ -58,9 +62,11 @@ PARAMETERS = {
     "threads": 0,                                 # torch CPU threads for the worker (0: torch default)
     "max_views": 2,
     "device": "cpu",
-    "sensor_qos_reliability": "best_effort",
+    "sensor_qos_reliability": "auto",             # auto (follow the publishers) | reliable | best_effort
     "sensor_qos_depth": 5,
+    "stats_period_s": 10.0,                       # log the cloud accounting this often (0: only at shutdown)
 }
+CLOUD_COUNTERS = ("received", "labelled", "skipped_stale", "skipped_no_model", "failed")
 
 
 class TTTKDNode(Node):
@@ -84,21 +90,22 @@ class TTTKDNode(Node):
         self._cloud_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.published = 0
-        self.dropped = 0
+        self.counts = Counter({name: 0 for name in CLOUD_COUNTERS})
+        self._in_progress = False
         self.rejected_updates = 0
         self.process_times: list[float] = []
         self.process_adapted: list[bool] = []
         self.last_info: dict = {}
         self._warned: set[str] = set()
 
-        sensor = qos_profile(p["sensor_qos_reliability"], p["sensor_qos_depth"])
         self.publisher = self.create_publisher(PointCloud2, p["output_topic"], 10)
-        self.create_subscription(PointCloud2, p["points_topic"], self._on_cloud, sensor)
-        self.create_subscription(Image, p["image_topic"], self._on_image, sensor)
-        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, sensor)
-        if p["depth_topic"]:
-            self.create_subscription(Image, p["depth_topic"], self._on_depth, sensor)
+        inputs = [(PointCloud2, "points_topic", self._on_cloud), (Image, "image_topic", self._on_image),
+                  (CameraInfo, "camera_info_topic", self._on_camera_info), (Image, "depth_topic", self._on_depth)]
+        self.sensor_subscriptions = {
+            key: SensorSubscription(self, cls, p[key], callback, p["sensor_qos_reliability"], p["sensor_qos_depth"])
+            for cls, key, callback in inputs if p[key]}
+        if float(p["stats_period_s"]) > 0:
+            self.create_timer(float(p["stats_period_s"]), self._log_stats)
         self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
         initial = p["model"] or p["checkpoint"]
         if initial:
@@ -180,10 +187,39 @@ class TTTKDNode(Node):
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         with self._cloud_lock:
+            self.counts["received"] += 1
             if self._latest_cloud is not None:
-                self.dropped += 1
+                self.counts["skipped_stale"] += 1
             self._latest_cloud = msg
         self._wake.set()
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def published(self) -> int:
+        return self.counts["labelled"]
+
+    @property
+    def dropped(self) -> int:
+        return self.counts["skipped_stale"]
+
+    def _count(self, name: str) -> None:
+        with self._cloud_lock:
+            self.counts[name] += 1
+            self._in_progress = False
+
+    def stats(self) -> dict:
+        """Where every received cloud went: received == labelled + skipped_stale + skipped_no_model
+        + failed + pending (waiting for the worker or being labelled)."""
+        with self._cloud_lock:
+            out = {name: self.counts[name] for name in CLOUD_COUNTERS}
+            out["pending"] = int(self._latest_cloud is not None) + int(self._in_progress)
+        out["subscriptions"] = {key: sub.describe() for key, sub in self.sensor_subscriptions.items()}
+        return out
+
+    def _log_stats(self) -> None:
+        stats = self.stats()
+        if stats["received"]:
+            self.get_logger().info("clouds: " + ", ".join(f"{k} {stats[k]}" for k in (*CLOUD_COUNTERS, "pending")))
 
     # ------------------------------------------------------------------ worker
     def _wait_for_pose(self, stamp_ns: int) -> None:
@@ -205,15 +241,18 @@ class TTTKDNode(Node):
             self._wake.clear()
             with self._cloud_lock:
                 msg, self._latest_cloud = self._latest_cloud, None
+                self._in_progress = msg is not None
             if msg is None:
                 continue
             labeler = self.labeler
             if labeler is None:
+                self._count("skipped_no_model")
                 self._warn_once("nomodel", "no TTT-KD model yet (parameter `model` or /tst/model): clouds are skipped")
                 continue
             try:
                 self._label_and_publish(labeler, msg)
             except Exception as e:  # a bad cloud must never kill the worker
+                self._count("failed")
                 self.get_logger().error(f"cloud at {stamp_to_ns(msg.header.stamp)} ns not labelled: {e}")
 
     def _label_and_publish(self, labeler, msg: PointCloud2) -> None:
@@ -230,7 +269,7 @@ class TTTKDNode(Node):
         out = make_xyz_rgb_cloud(xyz, rgb, msg.header, extra={"label": pred.labels, "confidence": pred.confidence},
                                  is_dense=msg.is_dense)
         self.publisher.publish(out)
-        self.published += 1
+        self._count("labelled")
         self.last_info = pred.info
         self.process_times.append(time.perf_counter() - t0)
         self.process_adapted.append(bool(pred.info.get("adapted")))
