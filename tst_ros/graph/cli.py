@@ -54,7 +54,9 @@ def register(sub) -> None:
     r.add_argument("run", help="run directory")
     r.set_defaults(func=run_report)
 
-    n = sub.add_parser("node", help="run one node, e.g. `tst-ros node recorder --ros-args -p dataset:=data/x`")
+    n = sub.add_parser("node", help="run one node, e.g. `tst-ros node recorder --ros-args -p dataset:=data/x`; "
+                       "`--managed` before --ros-args starts segmentation, detection or recorder as a managed "
+                       "(lifecycle) node")
     n.add_argument("name", choices=NODE_NAMES)
     n.add_argument("ros_args", nargs="...", help="passed to the node (--ros-args ...)")
     n.set_defaults(func=run_node)

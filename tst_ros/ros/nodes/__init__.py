@@ -12,14 +12,21 @@ def run_node(node_cls, argv: list[str] | None = None, finished=None, low_latency
     destroy the node (nodes stop their workers and children there) and shut down. Returns
     `exit_code(node)` (after the node was destroyed), else 0.
 
+    `--managed` in `argv` (before --ros-args) starts the node's managed (lifecycle) variant,
+    `tst_ros.ros.lifecycle.managed_variant`; it waits unconfigured for `<node>/change_state`.
+
     `low_latency` spins rclpy's EventsExecutor (C++ event queue) instead of the Python
     SingleThreadedExecutor: measured ~0.9 ms less from a published image to the start of
     its processing plus the output's publish (`tst-ros bench perception`)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = node_cls()
+    from tst_ros.ros.lifecycle import managed_variant, split_managed_flag
+
+    managed, argv = split_managed_flag(list(argv if argv is not None else sys.argv))
+    cls = managed_variant(node_cls) if managed else node_cls     # ValueError: no managed variant
+    rclpy.init(args=argv)
+    node = cls()
     if low_latency:
         from rclpy.experimental import EventsExecutor
         executor = EventsExecutor()

@@ -23,6 +23,10 @@
   serving model changes.
 - Wrong-encoding and malformed inputs are reported with a throttled warning; the node keeps running.
 
+Managed variant (`tst_ros.ros.lifecycle`): configure loads the model (`configure_resources`),
+activate lets frames in (`accepting`), cleanup drops the model (`release_resources`).
+Diagnostics: `tst_ros.ros.node_diagnostics.perception_diagnostics`.
+
 Subclasses set TASK and implement `publish_outputs(predictor, image_msg, rgb, depth_m)`.
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
+from tst_ros.ros.node_diagnostics import perception_diagnostics
 from tst_ros.ros.qos import SensorSubscription, qos_latched, sensor_reliability
 
 WARN_THROTTLE_S = 5.0
@@ -52,6 +57,7 @@ ONNX_FILE = "model.onnx"        # what Predictor.load reads from a model directo
 class ModelServingNode(Node):
     TASK = ""
     UNLABELED_CLASS_ID: int | None = None     # output value meaning "no class", listed in LabelInfo
+    MANAGED = False                           # True in the lifecycle variant (tst_ros.ros.lifecycle)
 
     def __init__(self, node_name: str, parameter_overrides=None, **kwargs):
         super().__init__(node_name, parameter_overrides=parameter_overrides or [], **kwargs)
@@ -80,6 +86,8 @@ class ModelServingNode(Node):
         self.last_error = ""
         self._depth_sub = None
         self._loading = threading.Lock()
+        self.configured = self.accepting = False     # model loaded / frames let in (lifecycle)
+        self._last_update: ModelUpdate | None = None
 
         # sensor_qos_reliability: auto | reliable | best_effort; empty: from `best_effort`
         self.sensor_reliability = sensor_reliability(p("sensor_qos_reliability", "").value,
@@ -89,10 +97,12 @@ class ModelServingNode(Node):
         self._subscribe_image("/camera/color/image_raw", self._on_image)
         self.create_subscription(ModelUpdate, "/tst/model", self._on_model_update, qos_latched())
         self.setup_outputs()
-        if self.model_path:
-            self._load(Path(self.model_path), version=0, checksum=None, background=False)
         self._worker = threading.Thread(target=self._work_loop, name=f"{node_name}-worker", daemon=True)
         self._worker.start()
+        self.diagnostics = perception_diagnostics(self)
+        if not self.MANAGED:
+            self.configure_resources()
+            self.accepting = True
 
     # ---------------------------------------------------------------- subclass hooks
     def label_info_topic(self) -> str:
@@ -121,6 +131,9 @@ class ModelServingNode(Node):
             return None
 
     def _on_image(self, data: bytes) -> None:
+        if not self.accepting:
+            self.counters["frames_inactive"] += 1
+            return
         msg = self._read_image(data)
         if msg is None:
             return
@@ -229,6 +242,9 @@ class ModelServingNode(Node):
     def _on_model_update(self, msg: ModelUpdate) -> None:
         if msg.tasks and self.TASK not in msg.tasks:
             return
+        self._last_update = msg
+        if not self.configured:
+            return          # loaded by configure_resources
         if msg.version and msg.version <= self.model_version and self.predictor is not None:
             return
         source = self.fetcher.client_for(msg.source)
@@ -252,6 +268,8 @@ class ModelServingNode(Node):
                                             f"(v{self.model_version}): {self.last_error}")
                     return
                 with self._cv:
+                    if not self.configured:
+                        return
                     self._pending = (predictor, version, str(path))
                     self._cv.notify()
 
@@ -301,6 +319,26 @@ class ModelServingNode(Node):
         self.vision_info_pub.publish(info)
 
     # ---------------------------------------------------------------- lifecycle
+    def configure_resources(self) -> None:
+        """Load `model_path` when set (now), then the last model update received (in the
+        background). The managed variant fails to configure when `model_path` does not load."""
+        self.configured = True
+        if self.model_path:
+            self._load(Path(self.model_path), version=0, checksum=None, background=False)
+            with self._cv:
+                loaded = self._pending is not None or self.predictor is not None
+            if self.MANAGED and not loaded:
+                raise RuntimeError(f"model_path {self.model_path} not loaded: {self.last_error}")
+        if self._last_update is not None:
+            self._on_model_update(self._last_update)
+
+    def release_resources(self) -> None:
+        """Drop the served model and any frame waiting (configure loads it again)."""
+        with self._cv:
+            self.configured = False
+            self._pending = self._latest = None
+            self.predictor, self.model_version = None, 0
+
     def stats(self) -> dict:
         return {**self.counters, "model_version": self.model_version, "last_error": self.last_error}
 

@@ -14,6 +14,11 @@ published every `status_period_s` (default 0.5 s).
 `RosDecoder` turns (msgtype, CDR bytes) into arrays with `rclpy.serialization` and the
 `tst_ros.ros` images, clouds and conversions modules; bag ingest uses it too, so there is one
 conversion path.
+
+Managed variant (`tst_ros.ros.lifecycle`): configure opens the store, raw bag and worker
+(`configure_resources`), activate lets messages in (`accepting`), deactivate stops taking them
+(what was received is still written), cleanup flushes and closes (`release_resources`).
+Diagnostics: `tst_ros.ros.node_diagnostics.recorder_diagnostics`.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from tst_ros.poses import extrinsic_to_matrix
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
 from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
 from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
+from tst_ros.ros.node_diagnostics import recorder_diagnostics
 from tst_ros.ros.qos import SensorSubscription, sensor_reliability
 
 STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
@@ -136,6 +142,8 @@ def depth_alignment(params: dict) -> DepthAlignment:
 class RecorderNode(Node):
     """See the module docstring. Parameters mirror `RecordConfig` plus topics and QoS."""
 
+    MANAGED = False     # True in the lifecycle variant (tst_ros.ros.lifecycle)
+
     def __init__(self, parameter_overrides=None, record_cfg: RecordConfig | None = None, name: str = "recorder",
                  **kwargs):
         super().__init__(name, parameter_overrides=parameter_overrides or [], **kwargs)
@@ -144,18 +152,10 @@ class RecorderNode(Node):
         self.cfg = RecordConfig(**{k: p[k] for k in base.__dataclass_fields__})
         self.topics = {s: p[f"{s}_topic"] for s in DEFAULT_TOPICS}
         self._rgb_type = "sensor_msgs/msg/CompressedImage" if p["rgb_compressed"] else STREAM_TYPES["rgb"]
-        T_base_camera = extrinsic_to_matrix(p["camera_extrinsic"])
-        source = {"kind": "ros", "node": self.get_fully_qualified_name(), "topics": self.topics}
-        self.store = open_store(self.cfg.dataset, self.cfg, source)
+        self._params = p
         self._log = self.get_logger()
-        self.pipeline = RecordingPipeline(self.store, self.cfg, RosDecoder(), T_base_camera=T_base_camera,
-                                          warn=self._log.warning, commit_every=1 << 30,
-                                          expected=tuple(s for s, t in self.topics.items() if t),
-                                          depth_alignment=depth_alignment(p))
-        self.bag = None
-        if self.cfg.bag:
-            from tst_ros.data.bagio import BagWriter
-            self.bag = BagWriter(self.cfg.bag)
+        self.store = self.pipeline = self.bag = self._worker = None     # opened by configure_resources
+        self.accepting = False      # messages are taken only while True (lifecycle: active)
         self._commit_interval = float(p["commit_interval_s"])
         self._idle_release_s = float(p["idle_release_s"])
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -164,17 +164,16 @@ class RecorderNode(Node):
         self._received = 0
         self._received_by_topic: dict[str, int] = {}
         self._bad_stamps = 0
+        self._inactive_drops = 0       # messages that arrived while not active (lifecycle)
         self._max_queue = 0
-        self._rate_hist: list[tuple[float, int]] = [(time.monotonic(), len(self.store))]
-        self._disk = (0.0, self.store.disk_bytes())
-        reliability = sensor_reliability(p["sensor_qos_reliability"], "auto" if self.cfg.reliable else "best_effort")
+        self._rate_hist: list[tuple[float, int]] = [(time.monotonic(), 0)]
+        self._disk = (0.0, 0)
+        self._reliability = reliability = sensor_reliability(p["sensor_qos_reliability"], "auto" if self.cfg.reliable else "best_effort")
         self._subs = []
         for stream, topic in self.topics.items():
             if not topic:
                 continue
             msgtype = self._rgb_type if stream == "rgb" else STREAM_TYPES[stream]
-            if self.bag is not None:
-                self.bag.add_topic(topic, msgtype)
             callback = self._callback(stream, topic, msgtype)
             self._subs.append(SensorSubscription(self, message_class(msgtype), topic, callback, reliability,
                                                  int(p["qos_depth"]), raw=True))
@@ -182,12 +181,41 @@ class RecorderNode(Node):
         self._status_cls = RecorderStatus
         self.status_pub = self.create_publisher(RecorderStatus, p["status_topic"], 10)
         self.create_timer(float(p["status_period_s"]), self.publish_status)
+        self.diagnostics = recorder_diagnostics(self)
+        if not self.MANAGED:
+            self.configure_resources()
+            self.accepting = True
+
+    def configure_resources(self) -> None:
+        """Open the store (and raw bag) and start the worker (lifecycle: configure)."""
+        p = self._params
+        source = {"kind": "ros", "node": self.get_fully_qualified_name(), "topics": self.topics}
+        self.store = open_store(self.cfg.dataset, self.cfg, source)
+        self.pipeline = RecordingPipeline(self.store, self.cfg, RosDecoder(),
+                                          T_base_camera=extrinsic_to_matrix(p["camera_extrinsic"]),
+                                          warn=self._log.warning, commit_every=1 << 30,
+                                          expected=tuple(s for s, t in self.topics.items() if t),
+                                          depth_alignment=depth_alignment(p))
+        self.bag = None
+        if self.cfg.bag:
+            from tst_ros.data.bagio import BagWriter
+            self.bag = BagWriter(self.cfg.bag)
+            for stream, topic in self.topics.items():
+                if topic:
+                    self.bag.add_topic(topic, self._rgb_type if stream == "rgb" else STREAM_TYPES[stream])
+        self._rate_hist = [(time.monotonic(), len(self.store))]
+        self._disk = (0.0, self.store.disk_bytes())
+        self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="recorder-worker", daemon=True)
         self._worker.start()
         self._log.info(f"recording {sorted(k for k, v in self.topics.items() if v)} into {self.cfg.dataset} "
                        f"({len(self.store)} samples already there), image_size {self.cfg.image_size}, "
-                       f"{reliability} QoS"
+                       f"{self._reliability} QoS"
                        + (f", raw bag {self.cfg.bag}" if self.bag else ""))
+
+    def release_resources(self) -> None:
+        """Stop the worker, flush, close store and bag (lifecycle: cleanup)."""
+        self.close()
 
     def _declare(self, base: RecordConfig) -> dict:
         params = {k: getattr(base, k) for k in base.__dataclass_fields__}
@@ -204,6 +232,9 @@ class RecorderNode(Node):
         clock = self.get_clock()
 
         def on_message(data: bytes) -> None:
+            if not self.accepting:
+                self._inactive_drops += 1
+                return
             try:
                 stamp = cdr_header_stamp_ns(data)
             except ValueError as e:
@@ -253,13 +284,15 @@ class RecorderNode(Node):
 
     @property
     def samples_written(self) -> int:
-        return self.pipeline.committed
+        return self.pipeline.committed if self.pipeline is not None else 0
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            out = self.pipeline.all_counts()
+            out = self.pipeline.all_counts() if self.pipeline is not None else {}
         if self._bad_stamps:
             out["bad_header_stamp"] = self._bad_stamps
+        if self._inactive_drops:
+            out["inactive"] = self._inactive_drops
         return out
 
     def publish_status(self) -> None:
@@ -268,7 +301,7 @@ class RecorderNode(Node):
         self._rate_hist = [(t, n) for t, n in self._rate_hist if now - t <= 5.0] + [(now, written)]
         t0, n0 = self._rate_hist[0]
         rate = (written - n0) / (now - t0) if now > t0 else 0.0
-        if now - self._disk[0] > 2.0:
+        if now - self._disk[0] > 2.0 and self.store is not None:
             self._disk = (now, self.store.disk_bytes())
         counts = self.counts()
         msg = self._status_cls()
@@ -279,12 +312,13 @@ class RecorderNode(Node):
         msg.drop_reasons = list(counts)
         msg.drop_counts = [int(v) for v in counts.values()]
         msg.dataset_path = str(self.cfg.dataset)
-        msg.recording = not self.pipeline.full and not self._stop.is_set()
+        msg.recording = (self.accepting and self.pipeline is not None and not self.pipeline.full
+                         and not self._stop.is_set())
         self.status_pub.publish(msg)
 
     def close(self) -> None:
         """Stop the worker, flush pending frames, close store and bag (idempotent)."""
-        if self._stop.is_set():
+        if self._worker is None or self._stop.is_set():
             return
         self._stop.set()
         self._worker.join(timeout=30)

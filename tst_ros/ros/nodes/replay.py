@@ -34,6 +34,7 @@ from tst_ros.data.bagio import BagReadError, bag_topics
 from tst_ros.data.replay import ReplayTimer
 from tst_ros.ros import conversions as conv
 from tst_ros.ros.nodes.recorder import message_class
+from tst_ros.ros.node_diagnostics import replay_diagnostics
 from tst_ros.ros.qos import qos_profile
 
 
@@ -68,6 +69,7 @@ class ReplayNode(Node):
         self._unpaced: set[str] = set()
         self.published_by_topic = {t: 0 for t in self.publishers_by_topic}
         self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
+        self.diagnostics = replay_diagnostics(self)
         self.get_logger().info(f"replaying {len(self.publishers_by_topic)} topics of {self.bag} at rate "
                                f"{p['rate']}{' (loop)' if p['loop'] else ''} from +{p['start_offset']} s")
         self._thread.start()

@@ -26,6 +26,7 @@ from tst_ros.ros.clouds import make_xyz_rgb_cloud
 from tst_ros.ros.conversions import (array_to_imu, intrinsics_to_camera_info, make_header, matrix_to_odometry,
                                      matrix_to_transform, ns_to_stamp)
 from tst_ros.ros.images import array_to_image
+from tst_ros.ros.node_diagnostics import sim_diagnostics
 from tst_ros.ros.qos import qos_profile
 from tst_ros.sim.export import body_twist
 
@@ -101,6 +102,7 @@ class SimNode(Node):
         self.paused = False
         period = 1.0 / self.sim_cfg.camera_rate_hz if self.realtime else 0.0
         self.timer = self.create_timer(period, self._tick)
+        self.diagnostics = sim_diagnostics(self)
         self.get_logger().info(
             f"sim seed={self.sim_cfg.seed} style={self.sim_cfg.style} {self.sim_cfg.width}x{self.sim_cfg.height} "
             f"camera {self.sim_cfg.camera_rate_hz} Hz, imu {self.sim_cfg.imu_rate_hz} Hz, cloud "

@@ -42,6 +42,7 @@ from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate, RecorderStatus, TrainingStatus
 from tst_ros.srv import ModelFile
 from tst_ros.ros import conversions as conv
+from tst_ros.ros.node_diagnostics import trainer_diagnostics
 from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.util import atomic_write_json, sha256_file
 
@@ -202,6 +203,7 @@ class TrainerNode(Node):
         self.create_service(Trigger, "~/pause", self._srv_pause)
         self.file_server = ModelFileServer()
         self.model_file_service = self.create_service(ModelFile, "~/model_file", self._srv_model_file)
+        self.diagnostics = trainer_diagnostics(self)
         self.create_timer(1.0 / rate, self._tick)
 
     @property

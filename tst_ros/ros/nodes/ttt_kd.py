@@ -35,6 +35,7 @@ from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.qos import SensorSubscription, qos_latched
 from tst_ros.ros.poses import PoseSubscriber
+from tst_ros.ros.node_diagnostics import tttkd_diagnostics
 
 PARAMETERS = {
     "points_topic": "/points",
@@ -93,6 +94,7 @@ class TTTKDNode(Node):
         self.counts = Counter({name: 0 for name in CLOUD_COUNTERS})
         self._in_progress = False
         self.rejected_updates = 0
+        self.model_version = 0          # of the last /tst/model update loaded (0: none or `model`)
         self.process_times: list[float] = []
         self.process_adapted: list[bool] = []
         self.last_info: dict = {}
@@ -112,6 +114,7 @@ class TTTKDNode(Node):
             self._load(initial)
         self._worker = threading.Thread(target=self._work, name="ttt_kd_worker", daemon=True)
         self._worker.start()
+        self.diagnostics = tttkd_diagnostics(self)
 
     # ------------------------------------------------------------------ model
     def _load(self, path: str) -> bool:
@@ -153,7 +156,8 @@ class TTTKDNode(Node):
             self.rejected_updates += 1
             self.get_logger().error(f"model update from {path} rejected, keeping the current model: {e}")
             return
-        self._load(str(file))
+        if self._load(str(file)):
+            self.model_version = version
 
     # ------------------------------------------------------------------ inputs (cheap)
     def _on_image(self, msg: Image) -> None:
