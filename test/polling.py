@@ -1,5 +1,9 @@
-"""Polling helper shared by the tests that wait on nodes running in other threads or processes."""
+"""Helpers shared by the tests that wait on nodes running in other threads or processes."""
+import signal
+import subprocess
+import threading
 import time
+from contextlib import contextmanager
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -10,3 +14,36 @@ def wait_for(condition, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop_processes(procs, sig=signal.SIGINT, timeout: float = 30.0) -> None:
+    """Signal every process, then wait for each (killed when it outlives `timeout`)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def spinning(num_threads: int = 3):
+    """rclpy initialised and a MultiThreadedExecutor spinning in a thread; nodes added to it are
+    destroyed and rclpy shut down on exit."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    rclpy.init()
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+        for node in executor.get_nodes():
+            node.destroy_node()
+        rclpy.try_shutdown()
+        thread.join(5)

@@ -5,7 +5,6 @@ flowing (input and output rates above zero)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("diagnostic_msgs")
 
 from fixture_models import make_model_dir  # noqa: E402
-from polling import wait_for  # noqa: E402
+from polling import stop_processes, wait_for  # noqa: E402
 from tst_ros.perception.export import export_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +102,7 @@ def graph(tmp_path_factory):
                                            env=dict(os.environ))
         yield probe, procs, logs
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGINT)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values())
         probe.close()
 
 

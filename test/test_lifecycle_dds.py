@@ -11,7 +11,6 @@ are unconfigured again and the store is closed with what was recorded.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ pytest.importorskip("lifecycle_msgs")
 pytest.importorskip("diagnostic_msgs")
 
 from fixture_models import make_model_dir  # noqa: E402
-from polling import wait_for  # noqa: E402
+from polling import stop_processes, wait_for  # noqa: E402
 from tst_ros.perception.export import export_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,13 +130,7 @@ def managed(tmp_path_factory):
                                            env=dict(os.environ))
         yield driver, procs, logs, tmp / "store"
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGINT)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values())
         driver.close()
 
 

@@ -7,11 +7,9 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
 from tst_ros.msg import ModelUpdate
@@ -19,7 +17,7 @@ from tst_ros.perception.export import MANIFEST
 from tst_ros.ros.qos import qos_latched
 from tst_ros.util import sha256_file
 
-from polling import wait_for
+from polling import spinning, stop_processes, wait_for
 
 CLASSES = ["wall", "floor", "chair"]
 EXTRA_BYTES = 5 * (1 << 19)     # a listed file of 2.5 MiB: three default (1 MiB) chunks
@@ -54,25 +52,13 @@ def robot(tmp_path):
     process = subprocess.Popen(cmd, cwd=home, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
     yield process, home, log
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_processes([process], signal.SIGTERM, timeout=10)
 
 
 @pytest.fixture
 def executor():
-    rclpy.init()
-    executor = MultiThreadedExecutor(num_threads=3)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield executor
-    executor.shutdown()
-    for node in executor.get_nodes():
-        node.destroy_node()
-    rclpy.try_shutdown()
-    thread.join(5)
+    with spinning(3) as executor:
+        yield executor
 
 
 def test_a_node_that_cannot_read_the_model_path_fetches_verifies_and_hot_loads_it(

@@ -22,7 +22,7 @@ from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from tst_ros.util import sha256_file
 
-from polling import wait_for
+from polling import spinning, stop_processes, wait_for
 
 COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out {{run_dir}} --steps 2000 --batch 4 "
            "--image-size 32 --patch 8 --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
@@ -162,25 +162,13 @@ def segmentation_node(tmp_path):
            "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1"]
     process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
     yield process, log
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_processes([process], signal.SIGTERM, timeout=10)
 
 
 @pytest.fixture
 def spinning_executor():
-    rclpy.init()
-    executor = MultiThreadedExecutor(num_threads=2)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield executor
-    executor.shutdown()
-    for node in executor.get_nodes():
-        node.destroy_node()
-    rclpy.try_shutdown()
-    thread.join(5)
+    with spinning(2) as executor:
+        yield executor
 
 
 def model_publishing_trainer(run_dir, model_dir):
