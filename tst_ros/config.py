@@ -117,18 +117,18 @@ class TransferConfig:
 @dataclass
 class PerceptionConfig:
     model_path: str = ""                # ONNX file or exported model dir; empty: wait for /tst/model
-    providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    score_threshold: float = 0.3
-    nms_iou: float = 0.5
+    providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # ORT, best first
+    score_threshold: float = 0.3        # detections below this score are dropped (changeable at runtime)
+    nms_iou: float = 0.5                # class-wise non-maximum suppression IoU (changeable at runtime)
     best_effort: bool = True            # sensor subscriptions best effort (latest frame wins) or reliable
-    qos_depth: int = 2
+    qos_depth: int = 2                  # sensor subscription queue depth
     sync_slop_s: float = 0.05           # colour/depth approximate-time pairing
-    sync_queue: int = 10
+    sync_queue: int = 10                # depth images kept for pairing
     threads: int = 0                    # ONNX Runtime intra-op threads (0: one per core)
     pin_threads: bool = True            # pin ORT's pool threads and the serving thread to distinct cores
     backend: str = "auto"               # auto | onnx | torch (model directory)
-    publish_overlay: bool = True
-    max_detections: int = 100
+    publish_overlay: bool = True        # also publish the colour overlay of the mask
+    max_detections: int = 100           # at most this many detections per frame
 
 
 @dataclass
