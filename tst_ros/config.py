@@ -114,10 +114,13 @@ class TransferConfig:
     seed: int = 0
 
 
+ORT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
 @dataclass
 class PerceptionConfig:
     model_path: str = ""                # ONNX file or exported model dir; empty: wait for /tst/model
-    providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # ORT, best first
+    providers: list[str] = field(default_factory=lambda: list(ORT_PROVIDERS))  # ONNX Runtime's, best first
     score_threshold: float = 0.3        # detections below this score are dropped (changeable at runtime)
     nms_iou: float = 0.5                # class-wise non-maximum suppression IoU (changeable at runtime)
     best_effort: bool = True            # sensor subscriptions best effort (latest frame wins) or reliable
