@@ -92,6 +92,68 @@ def test_launch_file_and_specialize_describe_the_same_nodes(tmp_path, monkeypatc
     assert "pipeline" in trainer.parameters["command"]
 
 
+GRAPH_ARGUMENTS = {"namespace": "robot_a", "use_sim_time": "true", "log_level": "debug",
+                   "enable_detection": "false", "enable_trainer": "false"}
+
+
+def test_graph_arguments_reach_launch_and_specialize_alike(tmp_path, monkeypatch):
+    """namespace, use_sim_time, log_level and enable_X: the launch file and `tst-ros specialize`
+    (its options, parsed by the real CLI parser) build the same nodes."""
+    from tst_ros.cli import build_parser
+    from tst_ros.graph.cli import graph_values
+    from tst_ros.graph.description import resolve_arguments
+    from tst_ros.ros.graph_runner import ros_arguments
+
+    values = {"use_sim": "true", "config": "", "data_dir": str(tmp_path / "run"), "preset": "", "device": "",
+              **GRAPH_ARGUMENTS}
+    launched, declared = _launch_nodes(ROOT / "launch" / "specialize.launch.py", values, monkeypatch)
+    assert {"namespace", "use_sim_time", "log_level", "enable_sim", "enable_recorder", "enable_trainer",
+            "enable_segmentation", "enable_detection", "enable_ttt_kd"} <= set(declared)
+    args = build_parser().parse_args(["specialize", "--data-dir", str(tmp_path / "run"), "--namespace", "robot_a",
+                                      "--use-sim-time", "--log-level", "debug", "--no-enable-detection",
+                                      "--no-enable-trainer"])
+    _, _, specs = resolve(**resolve_arguments(graph_values(args).__getitem__))
+    assert [n["name"] for n in launched] == [s.name for s in specs] == ["sim", "recorder", "segmentation", "ttt_kd"]
+    for node, spec in zip(launched, specs):
+        assert node["namespace"] == spec.namespace == "/robot_a"
+        assert node["ros_arguments"] == ["--log-level", "debug"]
+        assert node["parameters"] == [spec.parameters]
+        # every node on /clock, which the simulator (then not real-time) publishes
+        assert spec.parameters.get("use_sim_time") is (None if spec.name == "sim" else True)
+    assert next(s for s in specs if s.name == "sim").parameters["realtime"] is False
+    # in one process: each node in the namespace, one log level
+    in_process = ros_arguments(specs)
+    assert "sim:__ns:=/robot_a" in in_process and in_process[-2:] == ["--log-level", "debug"]
+    # --nodes picks the same set
+    args = build_parser().parse_args(["specialize", "--data-dir", str(tmp_path / "run"),
+                                      "--nodes", "sim,recorder,segmentation,ttt_kd"])
+    _, _, specs = resolve(**resolve_arguments(graph_values(args).__getitem__))
+    assert [s.name for s in specs] == ["sim", "recorder", "segmentation", "ttt_kd"]
+    assert all(s.namespace == "" and "use_sim_time" not in s.parameters for s in specs)
+
+
+def test_replay_launch_takes_the_graph_arguments(tmp_path, monkeypatch):
+    values = {"bag": str(tmp_path / "bag"), "rate": "1.0", "loop": "false", "config": "",
+              "data_dir": str(tmp_path), "preset": "", "device": "", **GRAPH_ARGUMENTS}
+    launched, declared = _launch_nodes(ROOT / "launch" / "replay.launch.py", values, monkeypatch)
+    assert "use_sim" not in declared and "enable_sim" not in declared
+    assert [n["name"] for n in launched] == ["replay", "recorder", "segmentation", "ttt_kd"]
+    assert all(n["namespace"] == "/robot_a" for n in launched)
+    assert launched[0]["parameters"][0]["publish_clock"] is True      # the clock source with use_sim_time
+    assert all(n["parameters"][0]["use_sim_time"] is True for n in launched[1:])
+
+
+def test_bag_topics_are_found_by_relative_or_absolute_name():
+    from tst_ros.data.ingest import resolve_topics
+    from tst_ros.ros.nodes.replay import graph_name
+
+    found = resolve_topics({"/camera/color/image_raw/compressed": "x", "/points": "y", "odom": "z"})
+    assert found == {"rgb": "/camera/color/image_raw/compressed", "cloud": "/points", "odom": "odom"}
+    assert graph_name("/camera/color/image_raw", absolute=False) == "camera/color/image_raw"
+    assert graph_name("/camera/color/image_raw", absolute=True) == "/camera/color/image_raw"
+    assert graph_name("/tf", absolute=False) == "/tf"
+
+
 def test_every_described_node_has_an_executable_and_a_class():
     _, _, specs = resolve(use_sim=True, data_dir="/tmp/tst-desc-check")
     for spec in specs:

@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--start-offset", type=float, default=0.0, help="skip the first SECONDS of the bag")
     p.add_argument("--topics", nargs="*", default=[], help="only these topics (default: all)")
     p.add_argument("--clock", action=argparse_bool(), default=False, help="also publish /clock")
+    p.add_argument("--namespace", default="", help="publish the bag's topics under this namespace")
+    p.add_argument("--absolute-topics", action=argparse_bool(), default=False,
+                   help="keep the recorded (absolute) names instead of moving them under --namespace")
     p.add_argument("--restamp-loops", action=argparse_bool(), default=False,
                    help="shift header stamps on every loop so that time keeps moving forward")
     p.add_argument("--loop-gap", type=float, default=0.0,
@@ -115,7 +118,10 @@ def run_replay(args) -> int:
                 "-p", f"restamp_loops:={str(args.restamp_loops).lower()}", "-p", f"duration:={float(args.duration)}",
                 "-p", f"loop_gap:={float(args.loop_gap)}",
                 "-p", f"wait_for_subscribers:={float(args.wait_for_subscribers)}",
-                "-p", f"ack_timeout:={float(args.ack_timeout)}"]
+                "-p", f"ack_timeout:={float(args.ack_timeout)}",
+                "-p", f"absolute_topics:={str(args.absolute_topics).lower()}"]
+    if args.namespace:
+        ros_args += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
     if args.topics:
         ros_args += ["-p", "topics:=[" + ",".join(f"'{t}'" for t in args.topics) + "]"]
     return main(["tst-ros-replay"] + ros_args)

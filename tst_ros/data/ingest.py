@@ -20,6 +20,15 @@ from tst_ros.data.bagio import BagReadError, cdr_header_stamp_ns, read_messages
 from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
 
 
+def find_topic(topic: str, available) -> str | None:
+    """The bag's name for `topic`: itself, else its absolute form (`points` -> `/points`, as a
+    recorder in the root namespace resolved it), else its relative form."""
+    for name in (topic, "/" + topic.lstrip("/"), topic.lstrip("/")):
+        if name in available:
+            return name
+    return None
+
+
 def resolve_topics(available: dict[str, str], requested: dict[str, str] | None = None) -> dict[str, str]:
     """stream -> topic present in the bag (requested names first, then the defaults;
     a compressed RGB topic is used when the raw one is absent)."""
@@ -27,10 +36,11 @@ def resolve_topics(available: dict[str, str], requested: dict[str, str] | None =
     wanted.update({k: v for k, v in (requested or {}).items() if v})
     out = {}
     for stream, topic in wanted.items():
-        if topic in available:
-            out[stream] = topic
-        elif stream == "rgb" and f"{topic}/compressed" in available:
-            out[stream] = f"{topic}/compressed"
+        found = find_topic(topic, available)
+        if found is None and stream == "rgb":
+            found = find_topic(f"{topic}/compressed", available)
+        if found is not None:
+            out[stream] = found
     if "rgb" not in out:
         raise ValueError(f"bag has no RGB topic {wanted['rgb']!r} (topics: {sorted(available)}); "
                          "pass --rgb-topic")

@@ -33,11 +33,13 @@ from tst_ros.data.registration import DepthAlignment, DepthNotRegistered
 from tst_ros.geometry import Intrinsics
 from tst_ros.poses import PoseBuffer
 
-# stream -> default topic (README, "The graph"); the recorder and ingest map topics to streams with these
-DEFAULT_TOPICS = {"rgb": "/camera/color/image_raw", "depth": "/camera/depth/image_raw",
-                  "camera_info": "/camera/color/camera_info", "depth_camera_info": "/camera/depth/camera_info",
-                  "imu": "/imu/data", "cloud": "/points",
-                  "odom": "/odom"}
+# stream -> default topic (README, "The graph"); the recorder and ingest map topics to streams with these.
+# Relative, so that a node namespace moves them; a bag records resolved names (`/camera/...`), which
+# ingest matches too (`data/ingest.py:find_topic`).
+DEFAULT_TOPICS = {"rgb": "camera/color/image_raw", "depth": "camera/depth/image_raw",
+                  "camera_info": "camera/color/camera_info", "depth_camera_info": "camera/depth/camera_info",
+                  "imu": "imu/data", "cloud": "points",
+                  "odom": "odom"}
 # what a derived modality's `missing` entry says when one of its source streams is absent (default no_<stream>)
 MISSING_SOURCE_REASON = {modalities.DEPTH_IMAGE: "no_depth", "camera_info": "missing_camera_info"}
 

@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="", help="training device auto | cpu | cuda")
     p.add_argument("--sim", dest="use_sim", action=argparse_bool(), default=True,
                    help="start the simulated building (--no-sim: your sensors or a bag feed the topics)")
+    add_graph_arguments(p)
     p.add_argument("--serve", action=argparse_bool(), default=None, help="keep serving after the report")
     p.add_argument("--micro", action="store_true", help="tiny budgets (seconds per stage) for a quick end-to-end check")
     p.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (0: never)")
@@ -62,20 +63,49 @@ def register(sub) -> None:
     n.set_defaults(func=run_node)
 
 
+def add_graph_arguments(p) -> None:
+    """The launch file's graph arguments as options: namespace, use_sim_time, log_level, enable_X."""
+    from tst_ros.graph.description import LOG_LEVELS, SWITCHABLE
+
+    p.add_argument("--namespace", default="", help="namespace of every node and topic (e.g. robot_a)")
+    p.add_argument("--use-sim-time", action=argparse_bool(), default=False,
+                   help="nodes take time from /clock (the simulator publishes it, not in real time)")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level of the nodes")
+    for name in SWITCHABLE:
+        p.add_argument(f"--enable-{name.replace('_', '-')}", dest=f"enable_{name}", action=argparse_bool(),
+                       default=True, help=f"start the {name} node (launch argument enable_{name})")
+    p.add_argument("--nodes", default="", help=f"comma-separated nodes to start instead ({','.join(SWITCHABLE)})")
+
+
+def graph_values(args) -> dict:
+    """specialize's options under the launch argument names (description.resolve_arguments reads them)."""
+    from tst_ros.graph.description import SWITCHABLE
+
+    only = {n.strip() for n in args.nodes.split(",") if n.strip()}
+    unknown = only - set(SWITCHABLE)
+    if unknown:
+        raise SystemExit(f"--nodes: unknown node(s) {', '.join(sorted(unknown))}; choose from {', '.join(SWITCHABLE)}")
+    values = {"use_sim": args.use_sim, "config": args.config or "", "data_dir": args.data_dir, "preset": args.preset,
+              "device": args.device, "namespace": args.namespace, "use_sim_time": args.use_sim_time,
+              "log_level": args.log_level}
+    values.update({f"enable_{n}": (n in only) if only else getattr(args, f"enable_{n}") for n in SWITCHABLE})
+    return {k: str(v).lower() if isinstance(v, bool) else v for k, v in values.items()}
+
+
 def argparse_bool():
     import argparse
     return argparse.BooleanOptionalAction
 
 
 def run_specialize(args) -> int:
-    from tst_ros.graph.description import resolve
+    from tst_ros.graph.description import resolve, resolve_arguments
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     overrides = (MICRO if args.micro else []) + list(args.overrides)
     if args.serve is not None:
         overrides.append(f"specialize.serve={args.serve}")
-    cfg, run_dir, specs = resolve(use_sim=args.use_sim, config=args.config or "", data_dir=args.data_dir,
-                                  preset=args.preset, device=args.device, overrides=overrides)
+    values = graph_values(args)
+    cfg, run_dir, specs = resolve(**resolve_arguments(values.__getitem__), overrides=overrides)
     from tst_ros.ros.specialize import Specialize
 
     logging.getLogger("tst_ros.specialize").info(f"run directory {run_dir}; nodes: {', '.join(s.name for s in specs)}")

@@ -2,8 +2,9 @@
 
 `launch/specialize.launch.py` turns it into launch_ros `Node` actions on a ROS 2
 workstation; `tst-ros specialize` instantiates the same nodes in one process where
-`ros2 launch` is unavailable. Both read the same `config/specialize.yaml`, so the node set,
-parameters and remappings cannot drift apart.
+`ros2 launch` is unavailable. Both read the same `config/specialize.yaml` and the same
+arguments (namespace, use_sim_time, log level, which nodes run), so the node set,
+parameters, namespace and remappings cannot drift apart.
 """
 from __future__ import annotations
 
@@ -23,6 +24,41 @@ class NodeSpec:
     node_class: str                 # "module:Class" used for in-process runs
     parameters: dict = field(default_factory=dict)
     remappings: list[tuple[str, str]] = field(default_factory=list)
+    namespace: str = ""             # "" or "/robot_a"; the nodes' topic names are relative to it
+    log_level: str = "info"
+
+
+# per-node switches (launch arguments enable_X, `tst-ros specialize --enable-X/--no-enable-X`)
+SWITCHABLE = ("sim", "recorder", "trainer", "segmentation", "detection", "ttt_kd")
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+CLOCK_SOURCES = ("sim", "replay")   # publish /clock themselves, so they run on the machine's clock
+
+
+def normalize_namespace(namespace: str) -> str:
+    """"robot_a", "/robot_a/" -> "/robot_a"; "" or "/" -> "" (the root namespace)."""
+    namespace = namespace.strip().strip("/")
+    return f"/{namespace}" if namespace else ""
+
+
+def apply_graph_options(specs: list[NodeSpec], *, namespace: str = "", use_sim_time: bool = False,
+                        log_level: str = "info") -> list[NodeSpec]:
+    """Namespace, log level and use_sim_time for every node. With use_sim_time the nodes take
+    time from /clock, which the clock source publishes: the simulator (then not real-time) or
+    replay (publish_clock); the clock source itself runs on the machine's clock."""
+    if log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    for spec in specs:
+        spec.namespace = normalize_namespace(namespace)
+        spec.log_level = log_level.lower()
+        if not use_sim_time:
+            continue
+        if spec.name == "sim":
+            spec.parameters["realtime"] = False
+        elif spec.name == "replay":
+            spec.parameters["publish_clock"] = True
+        else:
+            spec.parameters["use_sim_time"] = True
+    return specs
 
 
 def _ros_parameters(section) -> dict:
@@ -54,8 +90,10 @@ def pipeline_command(config_path: str | Path, run_dir: str | Path, dataset: str 
 
 
 def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "", run_dir: str | Path | None = None,
-             remappings: dict[str, list[tuple[str, str]]] | None = None) -> list[NodeSpec]:
-    """Nodes of the specialise loop, in start order, with their parameters."""
+             remappings: dict[str, list[tuple[str, str]]] | None = None, enabled: dict[str, bool] | None = None,
+             namespace: str = "", use_sim_time: bool = False, log_level: str = "info") -> list[NodeSpec]:
+    """Nodes of the specialise loop, in start order, with their parameters. `enabled` switches
+    nodes off by name (missing: on); without `use_sim` there is no simulator either."""
     run_dir = Path(run_dir or cfg.specialize.output)
     dataset = Path(cfg.record.dataset)
     if not dataset.is_absolute():
@@ -87,9 +125,13 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
                 spec.parameters["camera_extrinsic"] = rig
     else:
         specs = specs[1:]
+    unknown = set(enabled or {}) - set(SWITCHABLE)
+    if unknown:
+        raise ValueError(f"unknown node(s) {sorted(unknown)}; switchable: {', '.join(SWITCHABLE)}")
+    specs = [spec for spec in specs if (enabled or {}).get(spec.name, True)]
     for spec in specs:
         spec.remappings = list(remappings.get(spec.name, []))
-    return specs
+    return apply_graph_options(specs, namespace=namespace, use_sim_time=use_sim_time, log_level=log_level)
 
 
 def sim_camera_extrinsic() -> list[float]:
@@ -100,16 +142,25 @@ def sim_camera_extrinsic() -> list[float]:
     return matrix_to_extrinsic(default_T_base_camera())
 
 
-def replay_spec(bag: str, rate: float = 1.0, loop: bool = False) -> NodeSpec:
-    """The `replay` node that stands in for the simulator in launch/replay.launch.py."""
+def replay_spec(bag: str, rate: float = 1.0, loop: bool = False, *, namespace: str = "", use_sim_time: bool = False,
+                log_level: str = "info") -> NodeSpec:
+    """The `replay` node that stands in for the simulator in launch/replay.launch.py. Its topics
+    move under the namespace like every other node's (the bag's absolute names made relative);
+    with use_sim_time it publishes /clock."""
     if not bag:
         raise ValueError("replay needs a bag: bag:=PATH")
-    return NodeSpec("replay", "replay", "tst_ros.ros.nodes.replay:ReplayNode",
+    spec = NodeSpec("replay", "replay", "tst_ros.ros.nodes.replay:ReplayNode",
                     {"bag": str(bag), "rate": float(rate), "loop": bool(loop)})
+    return apply_graph_options([spec], namespace=namespace, use_sim_time=use_sim_time, log_level=log_level)[0]
 
 
 LAUNCH_ARGUMENTS = {
     "use_sim": ("true", "start the simulated building (false: real sensors or a bag)"),
+    "namespace": ("", "namespace of every node and topic (e.g. robot_a); /tf, /clock, /diagnostics stay global"),
+    "use_sim_time": ("false", "nodes take time from /clock (the simulator then publishes it, not in real time)"),
+    "log_level": ("info", "log level of every node: debug | info | warn | error | fatal"),
+    **{f"enable_{name}": ("true", f"start the {name} node" + (" (with use_sim)" if name == "sim" else ""))
+       for name in SWITCHABLE},
     "config": ("", "YAML config (default: the package's config/specialize.yaml)"),
     "data_dir": ("", "run directory for the dataset, checkpoints, models and report (default: specialize.output)"),
     "preset": ("", "encoder preset: tiny | s | b (default: from the config)"),
@@ -142,7 +193,8 @@ def argument_overrides(data_dir: str = "", preset: str = "", device: str = "") -
 
 
 def resolve(*, use_sim: bool = True, config: str = "", data_dir: str = "", preset: str = "", device: str = "",
-            overrides: list[str] | None = None) -> tuple[Config, Path, list[NodeSpec]]:
+            overrides: list[str] | None = None, enabled: dict[str, bool] | None = None, namespace: str = "",
+            use_sim_time: bool = False, log_level: str = "info") -> tuple[Config, Path, list[NodeSpec]]:
     """Load the config, save it resolved into the run directory, describe the graph."""
     from tst_ros.config import load, save_resolved
 
@@ -150,4 +202,19 @@ def resolve(*, use_sim: bool = True, config: str = "", data_dir: str = "", prese
     cfg = load(config_path, argument_overrides(data_dir, preset, device) + list(overrides or []))
     run_dir = Path(cfg.specialize.output).resolve()
     resolved = save_resolved(cfg, run_dir)
-    return cfg, run_dir, describe(cfg, use_sim=use_sim, config_path=resolved, run_dir=run_dir)
+    return cfg, run_dir, describe(cfg, use_sim=use_sim, config_path=resolved, run_dir=run_dir, enabled=enabled,
+                                  namespace=namespace, use_sim_time=use_sim_time, log_level=log_level)
+
+
+def is_true(value: str) -> bool:
+    """A launch argument's truth value ("true", "1", "yes", "on"; anything else is false)."""
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_arguments(get) -> dict:
+    """Launch argument values (`get(name) -> str`) -> keyword arguments of `resolve`: the launch
+    files and `tst-ros specialize` (which maps its options onto the same names) share this."""
+    return dict(use_sim=is_true(get("use_sim")), config=get("config"), data_dir=get("data_dir"),
+                preset=get("preset"), device=get("device"), namespace=get("namespace"),
+                use_sim_time=is_true(get("use_sim_time")), log_level=get("log_level") or "info",
+                enabled={name: is_true(get(f"enable_{name}")) for name in SWITCHABLE})

@@ -4,6 +4,8 @@ The nodes come from `tst_ros.graph.description` (the launch file uses the same d
 a supervisor node follows the loop on the graph itself: recorder status, trainer status,
 ModelUpdate, the perception nodes' model versions (vision_msgs/VisionInfo: hot reload), and
 every output topic, from which it measures deployment latency and throughput for the report.
+Topic names are relative: the supervisor sits in the graph's namespace, and each node gets
+its spec's namespace and log level through node-scoped `--ros-args` (`ros_arguments`).
 """
 from __future__ import annotations
 
@@ -33,13 +35,13 @@ from tst_ros.ros.qos import qos_latched, qos_profile
 log = logging.getLogger("tst_ros.specialize")
 
 OUTPUTS = {
-    "mask": ("/tst/segmentation/mask", Image),
-    "overlay": ("/tst/segmentation/overlay", Image),
-    "detections": ("/tst/detections", Detection2DArray),
-    "points_labeled": ("/tst/points_labeled", PointCloud2),
+    "mask": ("tst/segmentation/mask", Image),
+    "overlay": ("tst/segmentation/overlay", Image),
+    "detections": ("tst/detections", Detection2DArray),
+    "points_labeled": ("tst/points_labeled", PointCloud2),
 }
-INPUT_IMAGE_TOPIC = "/camera/color/image_raw"
-VISION_INFO_TOPICS = {"segmentation": "/tst/segmentation/vision_info", "detection": "/tst/detections/vision_info"}
+INPUT_IMAGE_TOPIC = "camera/color/image_raw"
+VISION_INFO_TOPICS = {"segmentation": "tst/segmentation/vision_info", "detection": "tst/detections/vision_info"}
 
 
 def remap_arguments(specs: list[NodeSpec]) -> list[str]:
@@ -48,6 +50,21 @@ def remap_arguments(specs: list[NodeSpec]) -> list[str]:
     for spec in specs:
         for src, dst in spec.remappings:
             args += ["-r", f"{spec.name}:{src}:={dst}"]
+    return ["--ros-args", *args] if args else []
+
+
+def ros_arguments(specs: list[NodeSpec]) -> list[str]:
+    """rclpy.init arguments: the node-scoped remappings, each node's namespace (`-r node:__ns:=/ns`)
+    and the log level (one per process, as each launched node has its own)."""
+    args = remap_arguments(specs)[1:]
+    for spec in specs:
+        if spec.namespace:
+            args += ["-r", f"{spec.name}:__ns:={spec.namespace}"]
+    levels = {spec.log_level for spec in specs if spec.log_level != "info"}
+    if len(levels) > 1:
+        raise ValueError(f"one process has one log level, got {sorted(levels)}")
+    if levels:
+        args += ["--log-level", levels.pop()]
     return ["--ros-args", *args] if args else []
 
 
@@ -76,14 +93,14 @@ class Observed:
 class Supervisor(Node):
     """Watches the loop's topics; never publishes anything the loop depends on."""
 
-    def __init__(self, collect_samples: bool = True):
-        super().__init__("tst_supervisor")
+    def __init__(self, collect_samples: bool = True, namespace: str = ""):
+        super().__init__("tst_supervisor", namespace=namespace)
         self.seen = Observed()
         self.lock = threading.Lock()
         self.collect = collect_samples
-        self.create_subscription(RecorderStatus, "/tst/recorder/status", self._recorder, 10)
-        self.create_subscription(TrainingStatus, "/tst/trainer/status", self._trainer, 10)
-        self.create_subscription(ModelUpdate, "/tst/model", self._model, qos_latched())
+        self.create_subscription(RecorderStatus, "tst/recorder/status", self._recorder, 10)
+        self.create_subscription(TrainingStatus, "tst/trainer/status", self._trainer, 10)
+        self.create_subscription(ModelUpdate, "tst/model", self._model, qos_latched())
         for task, topic in VISION_INFO_TOPICS.items():
             self.create_subscription(VisionInfo, topic, lambda m, t=task: self._vision_info(t, m), qos_latched())
         for key, (topic, cls) in OUTPUTS.items():
@@ -172,9 +189,9 @@ class Graph:
         self._stopping = threading.Event()
 
     def start(self) -> "Graph":
-        rclpy.init(args=remap_arguments(self.specs), signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        rclpy.init(args=ros_arguments(self.specs), signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         self.executor = DrainingExecutor(num_threads=self.threads)
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(namespace=self.specs[0].namespace if self.specs else "")
         self.executor.add_node(self.supervisor)
         for spec in self.specs:
             node = instantiate(spec)

@@ -29,7 +29,7 @@ class PoseSubscriber:
     identity) unless the node already has it, and sets buffer.T_base_camera from it.
     """
 
-    def __init__(self, node, buffer: PoseBuffer, odom_topic: str = "/odom", odom_frame: str = "odom",
+    def __init__(self, node, buffer: PoseBuffer, odom_topic: str = "odom", odom_frame: str = "odom",
                  base_frame: str = "base_link", camera_frame: str = "camera_color_optical_frame",
                  qos=None, use_tf: bool | None = None):
         self.node, self.buffer = node, buffer

@@ -17,6 +17,8 @@ from collections import deque
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
+from tst_ros.ros.timing import steady_timer
+
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}
 SENSOR_RELIABILITY = ("auto", "reliable", "best_effort")
@@ -108,7 +110,7 @@ class SensorSubscription:
         self.topic = self.subscription.topic_name        # resolved: namespace and remappings applied
         self._timer = None
         if self.mode == "auto":
-            self._timer = node.create_timer(check_period_s, self.check)
+            self._timer = steady_timer(node, check_period_s, self.check)  # also while /clock stops
             self.check()
 
     def _create(self):

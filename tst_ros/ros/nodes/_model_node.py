@@ -94,8 +94,8 @@ class ModelServingNode(Node):
                                                      "best_effort" if self.best_effort else "reliable")
         self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
         self.vision_info_pub = self.create_publisher(VisionInfo, self.vision_info_topic(), qos_latched())
-        self._subscribe_image("/camera/color/image_raw", self._on_image)
-        self.create_subscription(ModelUpdate, "/tst/model", self._on_model_update, qos_latched())
+        self._subscribe_image("camera/color/image_raw", self._on_image)
+        self.create_subscription(ModelUpdate, "tst/model", self._on_model_update, qos_latched())
         self.setup_outputs()
         self._worker = threading.Thread(target=self._work_loop, name=f"{node_name}-worker", daemon=True)
         self._worker.start()
@@ -163,7 +163,7 @@ class ModelServingNode(Node):
 
     def _ensure_depth_subscription(self, needed: bool) -> None:
         if needed and self._depth_sub is None:
-            self._depth_sub = self._subscribe_image("/camera/depth/image_raw", self._on_depth)
+            self._depth_sub = self._subscribe_image("camera/depth/image_raw", self._on_depth)
 
     def _match_depth(self, image: CdrImage) -> tuple[str, CdrImage | None]:
         """('ok', depth) | ('wait', None) | ('none', None) for the newest image (call with the lock held)."""

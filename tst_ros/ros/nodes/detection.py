@@ -31,7 +31,7 @@ class DetectionNode(ModelServingNode):
         super().__init__(node_name, parameter_overrides, **kwargs)
 
     def label_info_topic(self) -> str:
-        return "/tst/detections/label_info"
+        return "tst/detections/label_info"
 
     def label_threshold(self) -> float:
         return self.score_threshold
@@ -39,10 +39,10 @@ class DetectionNode(ModelServingNode):
     def setup_outputs(self) -> None:
         self.max_detections = int(self.declare_parameter("max_detections", 100).value)
         # typed vision_msgs/Detection2DArray; publish_outputs hands it serialized bytes of that type
-        self.det_pub = self.create_publisher(Detection2DArray, "/tst/detections", 10)
-        self.marker_pub = self.create_publisher(MarkerArray, "/tst/detections/markers", 10)
+        self.det_pub = self.create_publisher(Detection2DArray, "tst/detections", 10)
+        self.marker_pub = self.create_publisher(MarkerArray, "tst/detections/markers", 10)
         self.camera_info: CameraInfo | None = None
-        self._subscribe_sensor(CameraInfo, "/camera/color/camera_info", self._on_camera_info)
+        self._subscribe_sensor(CameraInfo, "camera/color/camera_info", self._on_camera_info)
         self.colours = palette(0)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:

@@ -45,6 +45,7 @@ from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, mak
 from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
 from tst_ros.ros.node_diagnostics import recorder_diagnostics
 from tst_ros.ros.qos import SensorSubscription, sensor_reliability
+from tst_ros.ros.timing import steady_timer
 
 STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
                 "camera_info": "sensor_msgs/msg/CameraInfo", "depth_camera_info": "sensor_msgs/msg/CameraInfo",
@@ -150,7 +151,8 @@ class RecorderNode(Node):
         base = record_cfg or RecordConfig()
         p = self._declare(base)
         self.cfg = RecordConfig(**{k: p[k] for k in base.__dataclass_fields__})
-        self.topics = {s: p[f"{s}_topic"] for s in DEFAULT_TOPICS}
+        # resolved (namespace, remappings): the raw bag and the store's source record the names on the graph
+        self.topics = {s: self.resolve_topic_name(p[f"{s}_topic"]) if p[f"{s}_topic"] else "" for s in DEFAULT_TOPICS}
         self._rgb_type = "sensor_msgs/msg/CompressedImage" if p["rgb_compressed"] else STREAM_TYPES["rgb"]
         self._params = p
         self._log = self.get_logger()
@@ -180,7 +182,7 @@ class RecorderNode(Node):
         from tst_ros.msg import RecorderStatus
         self._status_cls = RecorderStatus
         self.status_pub = self.create_publisher(RecorderStatus, p["status_topic"], 10)
-        self.create_timer(float(p["status_period_s"]), self.publish_status)
+        steady_timer(self, float(p["status_period_s"]), self.publish_status)  # a heartbeat, also while /clock stops
         self.diagnostics = recorder_diagnostics(self)
         if not self.MANAGED:
             self.configure_resources()
@@ -222,7 +224,7 @@ class RecorderNode(Node):
         params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
         # sensor_qos_reliability: auto | reliable | best_effort; empty: from `reliable` (true: auto)
         params.update(rgb_compressed=False, qos_depth=50, sensor_qos_reliability="",
-                      status_topic="/tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
+                      status_topic="tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
                       camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
                       ignore_depth_distortion=False)
         return {k: self.declare_parameter(k, v).value for k, v in params.items()}

@@ -9,6 +9,12 @@ keeps looped data moving forward in time (header stamps patched in the CDR bytes
 `duration` stops after that many seconds; `wait_for_subscribers` waits (up to that many
 seconds) until every topic has a subscriber before starting.
 
+A bag records resolved (absolute) names. They are published relative to the node's namespace
+(`/camera/color/image_raw` -> `camera/color/image_raw`, so `/robot_a/camera/color/image_raw`
+under `robot_a`; unchanged in the root namespace), except the ROS-wide topics in
+`GLOBAL_TOPICS` (`/tf`, `/tf_static`, `/clock`, ...); `absolute_topics: true` keeps every name
+as recorded.
+
 Before the node reports itself done (end of the bag, `duration` reached, a damaged bag or a
 stop), it waits up to `ack_timeout` seconds until every reliable subscriber has acknowledged
 everything published, so that a replay process that exits right after its last message
@@ -37,6 +43,15 @@ from tst_ros.ros.nodes.recorder import message_class
 from tst_ros.ros.node_diagnostics import replay_diagnostics
 from tst_ros.ros.qos import qos_profile
 
+GLOBAL_TOPICS = frozenset({"/tf", "/tf_static", "/clock", "/diagnostics", "/rosout", "/parameter_events"})
+
+
+def graph_name(bag_topic: str, absolute: bool) -> str:
+    """The name a bag topic is published under (relative to the namespace unless `absolute`)."""
+    if absolute or bag_topic in GLOBAL_TOPICS:
+        return bag_topic
+    return bag_topic.lstrip("/")
+
 
 class ReplayNode(Node):
     def __init__(self, parameter_overrides=None, name: str = "replay"):
@@ -44,12 +59,13 @@ class ReplayNode(Node):
         p = {k: self.declare_parameter(k, v).value for k, v in dict(
             bag="", rate=1.0, loop=False, start_offset=0.0, topics=[""], publish_clock=False,
             reliable=True, qos_depth=50, restamp_loops=False, loop_gap=0.0, duration=0.0,
-            wait_for_subscribers=0.0, ack_timeout=10.0).items()}
+            wait_for_subscribers=0.0, ack_timeout=10.0, absolute_topics=False).items()}
         if not p["bag"]:
             raise ValueError("parameter 'bag' (path of a rosbag2 directory or .mcap file) is required")
         if p["ack_timeout"] < 0:
             raise ValueError(f"parameter 'ack_timeout' must be >= 0 s, got {p['ack_timeout']}")
         self.bag = p["bag"]
+        self.absolute_topics = bool(p["absolute_topics"])
         self.publishers_by_topic = self._create_publishers(
             {t for t in p["topics"] if t}, qos_profile("reliable" if p["reliable"] else "best_effort",
                                                        int(p["qos_depth"])))
@@ -80,10 +96,11 @@ class ReplayNode(Node):
             raise ValueError(f"bag {self.bag} has no readable messages")
         publishers = {}
         for topic, msgtype in sorted(available.items()):
-            if wanted and topic not in wanted:
+            if wanted and topic.lstrip("/") not in {w.lstrip("/") for w in wanted}:
                 continue
             try:
-                publishers[topic] = self.create_publisher(message_class(msgtype), topic, qos)
+                publishers[topic] = self.create_publisher(message_class(msgtype),
+                                                          graph_name(topic, self.absolute_topics), qos)
             except ValueError as e:
                 self.get_logger().warning(f"not replaying {topic}: {e}")
         return publishers

@@ -25,12 +25,12 @@ class SegmentationNode(ModelServingNode):
         super().__init__(node_name, parameter_overrides, **kwargs)
 
     def label_info_topic(self) -> str:
-        return "/tst/segmentation/label_info"
+        return "tst/segmentation/label_info"
 
     def setup_outputs(self) -> None:
         self.publish_overlay = bool(self.declare_parameter("publish_overlay", True).value)
-        self.mask_pub = self.create_publisher(Image, "/tst/segmentation/mask", 10)
-        self.overlay_pub = self.create_publisher(Image, "/tst/segmentation/overlay", 10)
+        self.mask_pub = self.create_publisher(Image, "tst/segmentation/mask", 10)
+        self.overlay_pub = self.create_publisher(Image, "tst/segmentation/overlay", 10)
         self.colours = palette(0)
 
     def on_model_changed(self, predictor: Predictor) -> None:

@@ -36,8 +36,9 @@ try:  # tf2_ros has no PyPI wheel: /odom is always published
 except ImportError:
     tf2_ros = None
 
-TOPICS = {"rgb": "/camera/color/image_raw", "camera_info": "/camera/color/camera_info",
-          "depth": "/camera/depth/image_raw", "depth_camera_info": "/camera/depth/camera_info", "imu": "/imu/data", "cloud": "/points", "odom": "/odom"}
+TOPICS = {"rgb": "camera/color/image_raw", "camera_info": "camera/color/camera_info",
+          "depth": "camera/depth/image_raw", "depth_camera_info": "camera/depth/camera_info", "imu": "imu/data",
+          "cloud": "points", "odom": "odom"}  # relative: a namespace moves them
 
 
 class SimNode(Node):

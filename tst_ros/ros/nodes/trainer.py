@@ -44,6 +44,7 @@ from tst_ros.srv import ModelFile
 from tst_ros.ros import conversions as conv
 from tst_ros.ros.node_diagnostics import trainer_diagnostics
 from tst_ros.ros.qos import qos_latched, qos_profile
+from tst_ros.ros.timing import steady_timer
 from tst_ros.util import atomic_write_json, sha256_file
 
 DEFAULT_COMMAND = "{python} -m tst_ros.cli pretrain --data {dataset} --out {run_dir} --progress-jsonl --resume"
@@ -180,9 +181,9 @@ class TrainerNode(Node):
         self.autostart = bool(self.declare_parameter("autostart", True).value)
         rate = float(self.declare_parameter("status_rate_hz", 2.0).value)
         self.stop_timeout = float(self.declare_parameter("stop_timeout_s", 120.0).value)
-        recorder_topic = self.declare_parameter("recorder_status_topic", "/tst/recorder/status").value
-        status_topic = self.declare_parameter("status_topic", "/tst/trainer/status").value
-        model_topic = self.declare_parameter("model_topic", "/tst/model").value
+        recorder_topic = self.declare_parameter("recorder_status_topic", "tst/recorder/status").value
+        status_topic = self.declare_parameter("status_topic", "tst/trainer/status").value
+        model_topic = self.declare_parameter("model_topic", "tst/model").value
         if rate < 1.0:
             raise ValueError(f"status_rate_hz must be >= 1, got {rate}")
 
@@ -204,7 +205,7 @@ class TrainerNode(Node):
         self.file_server = ModelFileServer()
         self.model_file_service = self.create_service(ModelFile, "~/model_file", self._srv_model_file)
         self.diagnostics = trainer_diagnostics(self)
-        self.create_timer(1.0 / rate, self._tick)
+        steady_timer(self, 1.0 / rate, self._tick)  # follows the child on wall time, also while /clock stops
 
     @property
     def version(self) -> int:

@@ -36,18 +36,19 @@ from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.qos import SensorSubscription, qos_latched
 from tst_ros.ros.poses import PoseSubscriber
 from tst_ros.ros.node_diagnostics import tttkd_diagnostics
+from tst_ros.ros.timing import steady_timer
 
 PARAMETERS = {
-    "points_topic": "/points",
-    "image_topic": "/camera/color/image_raw",
-    "camera_info_topic": "/camera/color/camera_info",
-    "depth_topic": "/camera/depth/image_raw",     # empty: no depth (occlusion test against the cloud itself)
-    "odom_topic": "/odom",
+    "points_topic": "points",
+    "image_topic": "camera/color/image_raw",
+    "camera_info_topic": "camera/color/camera_info",
+    "depth_topic": "camera/depth/image_raw",     # empty: no depth (occlusion test against the cloud itself)
+    "odom_topic": "odom",
     "odom_frame": "odom",                         # TF: the fixed frame clouds are accumulated in
     "base_frame": "base_link",
     "camera_frame": "camera_color_optical_frame", # the colour camera's optical frame
-    "output_topic": "/tst/points_labeled",
-    "model_topic": "/tst/model",
+    "output_topic": "tst/points_labeled",
+    "model_topic": "tst/model",
     "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
     "checkpoint": "",                             # alias of `model`
     "teacher": "auto",                            # auto (the checkpoint's) | hed | tstmm:<run> | onnx:<file>
@@ -107,7 +108,7 @@ class TTTKDNode(Node):
             key: SensorSubscription(self, cls, p[key], callback, p["sensor_qos_reliability"], p["sensor_qos_depth"])
             for cls, key, callback in inputs if p[key]}
         if float(p["stats_period_s"]) > 0:
-            self.create_timer(float(p["stats_period_s"]), self._log_stats)
+            steady_timer(self, float(p["stats_period_s"]), self._log_stats)
         self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
         initial = p["model"] or p["checkpoint"]
         if initial:
