@@ -28,8 +28,8 @@ def _nodes(context, *args, **kwargs):
     replay = replay_spec(_arg(context, "bag"), float(_arg(context, "rate")), is_true(_arg(context, "loop")),
                          namespace=values["namespace"], use_sim_time=values["use_sim_time"],
                          log_level=values["log_level"])
-    return [Node(package="tst_ros", executable=spec.executable, name=spec.name, namespace=spec.namespace,
-                 parameters=[spec.parameters], remappings=spec.remappings,
+    return [Node(package="tst_ros", executable=spec.executable, name=spec.name,
+                 namespace=spec.namespace.lstrip("/"), parameters=[spec.parameters], remappings=spec.remappings,
                  ros_arguments=["--log-level", spec.log_level], output="screen", emulate_tty=True)
             for spec in [replay] + specs]
 

@@ -21,8 +21,8 @@ def _arg(context, name: str) -> str:
 
 
 def node_action(spec):
-    """A described node as a launch_ros Node (shared with replay.launch.py)."""
-    return Node(package="tst_ros", executable=spec.executable, name=spec.name, namespace=spec.namespace,
+    """A described node as a launch_ros Node (namespace relative, so an enclosing PushRosNamespace applies)."""
+    return Node(package="tst_ros", executable=spec.executable, name=spec.name, namespace=spec.namespace.lstrip("/"),
                 parameters=[spec.parameters], remappings=spec.remappings,
                 ros_arguments=["--log-level", spec.log_level], output="screen", emulate_tty=True)
 
