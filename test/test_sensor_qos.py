@@ -87,3 +87,45 @@ def test_forced_reliability_stays(graph):
     wait_for(lambda: pub.get_subscription_count() >= 1, 15, "the subscription to match")
     assert sub.check() is False and sub.qos == ("best_effort", "volatile") and sub.changes == 0
     sub.destroy()
+
+
+def test_qos_changes_do_not_stop_a_multithreaded_executor():
+    """The in-process graph spins every node on one MultiThreadedExecutor: replacing a
+    subscription while other threads build the wait set must not kill the executor."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    context = Context()
+    rclpy.init(context=context)
+    node, peer = Node("qos_mt_subscriber", context=context), Node("qos_mt_publisher", context=context)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor.add_node(node)
+    executor.add_node(peer)
+    failures = []
+
+    def spin():
+        try:
+            executor.spin()
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            failures.append(repr(e))
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        topic = f"/qos_mt_{id(node)}"
+        subs = [SensorSubscription(node, String, topic, lambda m: None, "auto", depth=5, check_period_s=0.01)
+                for _ in range(24)]
+        timer = peer.create_timer(0.005, lambda: None)      # keeps the wait set busy
+        for round_ in range(10):
+            reliable = peer.create_publisher(String, topic, qos_profile("reliable", 5))
+            wait_for(lambda: all(s.qos[0] == "reliable" for s in subs) or failures, 20, "the switch to reliable")
+            best_effort = peer.create_publisher(String, topic, qos_profile("best_effort", 5))
+            wait_for(lambda: all(s.qos[0] == "best_effort" for s in subs) or failures, 20, "the switch back")
+            peer.destroy_publisher(reliable)
+            peer.destroy_publisher(best_effort)
+        assert not failures and thread.is_alive(), failures
+        peer.destroy_timer(timer)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        peer.destroy_node()
+        rclpy.try_shutdown(context=context)

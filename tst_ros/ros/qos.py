@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
@@ -115,8 +116,15 @@ class SensorSubscription:
 
     def _create(self):
         profile = qos_profile(self.qos[0], self.depth, self.qos[1])
-        callback = self._deliver if self.mode == "auto" else self.callback
-        return self.node.create_subscription(self.msg_type, self._requested_topic, callback, profile, raw=self.raw)
+        if self.mode != "auto":
+            return self.node.create_subscription(self.msg_type, self._requested_topic, self.callback, profile,
+                                                 raw=self.raw)
+        # No QoS event handlers on a subscription that may be replaced: rclpy's executors add event
+        # handlers to the wait set without re-checking them, so destroying one while another thread
+        # builds the wait set kills that executor ("cannot use Destroyable").
+        return self.node.create_subscription(self.msg_type, self._requested_topic, self._deliver, profile,
+                                             raw=self.raw,
+                                             event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
 
     def _deliver(self, msg) -> None:
         if self._dedup_until:

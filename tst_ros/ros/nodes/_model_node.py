@@ -40,6 +40,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import LabelInfo, VisionClass, VisionInfo
 
+from tst_ros.config import PerceptionConfig
 from tst_ros.msg import ModelUpdate
 from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.threads import place_calling_thread
@@ -48,10 +49,22 @@ from tst_ros.ros.conversions import stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.node_diagnostics import perception_diagnostics
+from tst_ros.ros.parameters import declare_section, watch
 from tst_ros.ros.qos import SensorSubscription, qos_latched, sensor_reliability
 
 WARN_THROTTLE_S = 5.0
 ONNX_FILE = "model.onnx"        # what Predictor.load reads from a model directory
+
+
+# changed at runtime (`ros2 param set`): they take effect from the next frame
+RUNTIME_PARAMETERS = ("score_threshold", "nms_iou")
+
+
+def _unit_interval(value) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must lie in [0, 1], got {value}")
+    return value
 
 
 class ModelServingNode(Node):
@@ -62,17 +75,21 @@ class ModelServingNode(Node):
     def __init__(self, node_name: str, parameter_overrides=None, **kwargs):
         super().__init__(node_name, parameter_overrides=parameter_overrides or [], **kwargs)
         p = self.declare_parameter
-        self.model_path = p("model_path", "").value
-        self.providers = list(p("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"]).value)
-        self.score_threshold = float(p("score_threshold", 0.3).value)
-        self.nms_iou = float(p("nms_iou", 0.5).value)
-        self.best_effort = bool(p("best_effort", True).value)
-        self.qos_depth = int(p("qos_depth", 2).value)
-        self.sync_slop_s = float(p("sync_slop_s", 0.05).value)
-        self.sync_queue = int(p("sync_queue", 10).value)
-        self.threads = int(p("threads", 0).value)
-        self.pin_threads = bool(p("pin_threads", True).value)
-        self.backend = str(p("backend", "auto").value)
+        # one source of defaults and descriptions: the `perception` config section
+        self.settings = declare_section(self, PerceptionConfig(), "perception", dynamic=RUNTIME_PARAMETERS)
+        self.model_path = self.settings["model_path"]
+        self.providers = list(self.settings["providers"])
+        self.score_threshold = _unit_interval(self.settings["score_threshold"])
+        self.nms_iou = _unit_interval(self.settings["nms_iou"])
+        self.best_effort = bool(self.settings["best_effort"])
+        self.qos_depth = int(self.settings["qos_depth"])
+        self.sync_slop_s = float(self.settings["sync_slop_s"])
+        self.sync_queue = int(self.settings["sync_queue"])
+        self.threads = int(self.settings["threads"])
+        self.pin_threads = bool(self.settings["pin_threads"])
+        self.backend = str(self.settings["backend"])
+        watch(self, {"score_threshold": lambda v: setattr(self, "score_threshold", _unit_interval(v)),
+                     "nms_iou": lambda v: setattr(self, "nms_iou", _unit_interval(v))})
         self.fetcher = ModelFetcher.from_parameters(self)   # model_cache_dir, model_fetch_*
 
         self._cv = threading.Condition()

@@ -37,7 +37,7 @@ class DetectionNode(ModelServingNode):
         return self.score_threshold
 
     def setup_outputs(self) -> None:
-        self.max_detections = int(self.declare_parameter("max_detections", 100).value)
+        self.max_detections = int(self.settings["max_detections"])
         # typed vision_msgs/Detection2DArray; publish_outputs hands it serialized bytes of that type
         self.det_pub = self.create_publisher(Detection2DArray, "tst/detections", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "tst/detections/markers", 10)

@@ -28,7 +28,7 @@ class SegmentationNode(ModelServingNode):
         return "tst/segmentation/label_info"
 
     def setup_outputs(self) -> None:
-        self.publish_overlay = bool(self.declare_parameter("publish_overlay", True).value)
+        self.publish_overlay = bool(self.settings["publish_overlay"])
         self.mask_pub = self.create_publisher(Image, "tst/segmentation/mask", 10)
         self.overlay_pub = self.create_publisher(Image, "tst/segmentation/overlay", 10)
         self.colours = palette(0)
