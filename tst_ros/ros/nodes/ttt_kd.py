@@ -28,16 +28,20 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from tst_ros.ros.nodes import run_node
 from tst_ros.msg import ModelUpdate
+from tst_ros.config import TTTKDConfig
 from tst_ros.poses import PoseBuffer
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.qos import SensorSubscription, qos_latched
+from tst_ros.ros.parameters import declare_section
 from tst_ros.ros.poses import PoseSubscriber
 from tst_ros.ros.node_diagnostics import tttkd_diagnostics
 from tst_ros.ros.timing import steady_timer
 
+# Node-only parameters; the method's (teacher, steps, lr, optimizer, mode, stride, point_budget,
+# voxel_size, sync_window_s, device, ...) are the `ttt_kd` config section's (declare_section).
 PARAMETERS = {
     "points_topic": "points",
     "image_topic": "camera/color/image_raw",
@@ -51,19 +55,9 @@ PARAMETERS = {
     "model_topic": "tst/model",
     "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
     "checkpoint": "",                             # alias of `model`
-    "teacher": "auto",                            # auto (the checkpoint's) | hed | tstmm:<run> | onnx:<file>
-    "steps": 3,                                   # k adaptation steps per adapted cloud
-    "lr": 1e-4,
-    "optimizer": "adam",                          # adam | sgd
-    "mode": "online",                             # episodic | online
-    "stride": 2,                                  # online: adapt every s-th cloud
-    "point_budget": 8000,
-    "voxel_size": 0.05,
-    "sync_window_s": 0.25,
     "pose_wait_s": 0.3,                           # wait this long for odometry to reach the cloud stamp
     "threads": 0,                                 # torch CPU threads for the worker (0: torch default)
     "max_views": 2,
-    "device": "cpu",
     "sensor_qos_reliability": "auto",             # auto (follow the publishers) | reliable | best_effort
     "sensor_qos_depth": 5,
     "stats_period_s": 10.0,                       # log the cloud accounting this often (0: only at shutdown)
@@ -74,9 +68,9 @@ CLOUD_COUNTERS = ("received", "labelled", "skipped_stale", "skipped_no_model", "
 class TTTKDNode(Node):
     def __init__(self, parameter_overrides: list[Parameter] | None = None, node_name: str = "ttt_kd", **kwargs):
         super().__init__(node_name, parameter_overrides=parameter_overrides or [], **kwargs)
+        p = declare_section(self, TTTKDConfig(), "ttt_kd")
         for name, default in PARAMETERS.items():
-            self.declare_parameter(name, default)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+            p[name] = self.declare_parameter(name, default).value
         self.params = p
         self.fetcher = ModelFetcher.from_parameters(self)   # model_cache_dir, model_fetch_*
         self.pose_subscriber = PoseSubscriber(self, PoseBuffer(capacity=4000, tolerance_ns=int(0.05e9)),
