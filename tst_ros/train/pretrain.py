@@ -196,7 +196,7 @@ def _train(s: Session, stop_at: int | None) -> dict:
     """Steps `s.start` -> `cfg.steps` (or until a stop signal / `stop_at`), checkpointing on the way."""
     cfg = s.cfg
     losses: list[float] = []
-    stopped = False
+    stopped = signalled = False
     last_stats: dict[str, float] = {}
     stall = 0.0
     done = s.start
@@ -208,21 +208,24 @@ def _train(s: Session, stop_at: int | None) -> dict:
             step_stats, waited = _step(s, step, batches, stop)
             stall += waited
             if step_stats is None:
-                stopped = True
+                stopped = signalled = True
                 break
             losses.append(step_stats["loss"])
             last_stats = step_stats
             s.reporter.step(step + 1, step_stats, cfg.batch)
             done = step + 1
-            if s.dist.any(stop.requested) or (stop_at is not None and done >= stop_at):
+            signalled = s.dist.any(stop.requested)
+            if signalled or (stop_at is not None and done >= stop_at):
                 stopped = True
                 break
             if cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 _save(s, done, last_stats)
     elapsed = time.perf_counter() - t_loop
-    summary = _save(s, done, last_stats)
-    if stopped:
-        s.reporter.message(f"stopped by signal at step {done}; checkpoint saved", done)
+    # a stop signal must end the run within the caller's grace period: checkpoint only
+    summary = _save(s, done, last_stats, evaluate_held_out=not signalled)
+    if signalled:
+        s.reporter.message(f"stopped by signal at step {done}; checkpoint saved (held-out evaluation skipped)",
+                           done)
     s.reporter.close()
     s.dist.close()
     return {**summary, "losses": losses, "stopped": stopped, "start_step": s.start,
@@ -263,13 +266,15 @@ def _step(s: Session, step: int, batches, stop: engine.StopSignal) -> tuple[dict
     return stats, stall
 
 
-def _save(s: Session, step: int, last_stats: dict[str, float]) -> dict:
-    """Checkpoint + encoder file + held-out loss + picture (main process), then a model event."""
+def _save(s: Session, step: int, last_stats: dict[str, float], evaluate_held_out: bool = True) -> dict:
+    """Checkpoint + encoder file + held-out loss + picture (main process), then a model event;
+    without `evaluate_held_out` only the checkpoint and the encoder file."""
     out, cfg = s.out, s.cfg
     summary = {"step": step, "checkpoint": str(out / CHECKPOINT_FILE), "encoder": str(out / ENCODER_FILE),
                "eval_split": s.eval_split}
     if s.dist.main:
-        metrics = evaluate(s.model, s.eval_dataset, cfg.batch, cfg.val_batches, s.device, prefix=s.eval_prefix)
+        metrics = evaluate(s.model, s.eval_dataset, cfg.batch, cfg.val_batches, s.device, prefix=s.eval_prefix) \
+            if evaluate_held_out else {}
         meta = {"step": step, "method": cfg.method,
                 "config": config_mod.to_dict(s.full_config or Config(pretrain=cfg)),
                 "train_loss": last_stats.get("loss"), "metrics": metrics, "eval_split": s.eval_split,
@@ -277,8 +282,9 @@ def _save(s: Session, step: int, last_stats: dict[str, float]) -> dict:
         save_checkpoint(out / CHECKPOINT_FILE, s.model, s.optimizer, meta)
         save_encoder(s.model.encoder, out / ENCODER_FILE, method=cfg.method, step=step, metrics=metrics,
                      eval_split=s.eval_split)
-        save_grid(s.model, s.eval_dataset, out, step, s.device)
-        _log_eval(out, step, s.eval_split, metrics)
+        if evaluate_held_out:
+            save_grid(s.model, s.eval_dataset, out, step, s.device)
+            _log_eval(out, step, s.eval_split, metrics)
         s.reporter.model_event(out / ENCODER_FILE, ["encoder"], list(s.model.encoder.modalities),
                                {**metrics, "step": step, **({"train_loss": last_stats["loss"]} if last_stats else {})})
         summary.update(metrics)
