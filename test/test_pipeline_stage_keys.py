@@ -80,3 +80,17 @@ def test_an_unfinished_pretraining_with_the_same_inputs_resumes_its_checkpoint(t
     assert not (run_dir / "pretrain.stale-1").exists()
     log = [json.loads(line) for line in (run_dir / "pretrain" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2], "resumed at its last step, no step trained twice"
+
+
+def test_a_run_directory_without_pretraining_artifacts_is_not_set_aside(tmp_path):
+    from tst_ros.config import Config
+    from tst_ros.graph.pipeline import Pipeline
+
+    run = tmp_path / "run"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "trainer.log").write_text("the trainer node's own log\n")
+    Pipeline(Config(), run, tmp_path / "store")._set_aside("pretrain")
+    assert (run / "pretrain" / "trainer.log").is_file() and not list(run.glob("pretrain.stale-*"))
+    (run / "pretrain" / "encoder.safetensors").write_bytes(b"not from these inputs")
+    Pipeline(Config(), run, tmp_path / "store")._set_aside("pretrain")
+    assert (run / "pretrain.stale-1" / "encoder.safetensors").is_file()

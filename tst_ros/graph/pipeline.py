@@ -153,9 +153,13 @@ class Pipeline:
         return json.loads(json.dumps(inputs, default=str))
 
     def _set_aside(self, name: str) -> None:
-        """Move a run directory whose checkpoint was made from other inputs out of the way."""
+        """Move a run directory whose checkpoint was made from other inputs out of the way (a
+        directory holding no pre-training artifacts, e.g. only the trainer node's log, stays)."""
+        from tst_ros.models import ENCODER_FILE
+        from tst_ros.train.checkpoint import CHECKPOINT_FILE
+
         path = self.run / name
-        if not path.is_dir() or not any(path.iterdir()):
+        if not any((path / f).exists() for f in (CHECKPOINT_FILE, ENCODER_FILE)):
             return
         n = 1
         while (self.run / f"{name}.stale-{n}").exists():
