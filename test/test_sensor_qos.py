@@ -129,3 +129,18 @@ def test_qos_changes_do_not_stop_a_multithreaded_executor():
         node.destroy_node()
         peer.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_a_raw_sample_is_identified_by_its_header_stamp_and_size():
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from tst_ros.ros.qos import sample_key
+
+    a = Image(height=2, width=2, encoding="mono8", step=2, data=bytes(4))
+    a.header.stamp.sec, a.header.stamp.nanosec = 5, 7
+    b = Image(height=2, width=2, encoding="mono8", step=2, data=bytes(4))
+    b.header.stamp.sec = 6
+    raw_a, raw_b = serialize_message(a), serialize_message(b)
+    assert sample_key(raw_a) == sample_key(bytes(raw_a)) == (5_000_000_007, len(raw_a))
+    assert sample_key(raw_b) != sample_key(raw_a)

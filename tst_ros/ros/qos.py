@@ -73,11 +73,17 @@ def offered_qos(publishers) -> tuple[str, str] | None:
 
 
 def sample_key(msg):
-    """What identifies a sample that may arrive twice: the serialized bytes as received (raw
-    subscriptions), else the header (stamp, frame_id) - re-serializing is not byte-stable (CDR
-    padding) - or, without a header, the serialized message."""
+    """What identifies a sample that may arrive twice: the header stamp and size of a raw CDR
+    message (read in place: sensor messages are megabytes), else the header (stamp, frame_id) -
+    re-serializing is not byte-stable (CDR padding) - or, without a header, the serialized
+    message."""
     if isinstance(msg, (bytes, bytearray, memoryview)):
-        return hash(bytes(msg))
+        from tst_ros.data.bagio import cdr_header_stamp_ns   # only after a QoS switch: keep start-up light
+
+        try:
+            return cdr_header_stamp_ns(msg), len(msg)
+        except ValueError:                      # no std_msgs/Header first
+            return hash(bytes(msg))
     header = getattr(msg, "header", None)
     if header is not None:
         return (header.stamp.sec, header.stamp.nanosec, header.frame_id)
