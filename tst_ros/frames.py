@@ -112,10 +112,6 @@ class FramePoses:
     def T_odom_camera(self, stamp_ns: int) -> np.ndarray:
         return self.tree.lookup(self.odom_frame, self.camera_frame, stamp_ns)
 
-    def T_odom_frame(self, frame: str, stamp_ns: int) -> np.ndarray:
-        """Pose of any frame (e.g. a cloud's frame_id) in odom at the stamp."""
-        return self.tree.lookup(self.odom_frame, frame, stamp_ns)
-
     def can_lookup(self, stamp_ns: int) -> bool:
         return self.tree.can_lookup(self.odom_frame, self.camera_frame, stamp_ns)
 

@@ -49,7 +49,6 @@ class DepthAlignment:
         self.ignore_distortion = ignore_distortion
         self.depth_info: Intrinsics | None = None
         self.depth_distortion: np.ndarray | None = None
-        self.registered = 0
 
     def set_depth_info(self, intrinsics: Intrinsics, distortion=()) -> None:
         self.depth_info = intrinsics
@@ -73,7 +72,6 @@ class DepthAlignment:
                 f"colour's ({_describe(color_intr)}); set the parameter `depth_extrinsic` [x, y, z, qw, qx, qy, qz] "
                 "(the depth camera's pose in the colour optical frame) to register it, or record a depth topic "
                 "aligned to colour")
-        self.registered += 1
         return register_depth(depth_m, self.depth_info, color_intr, self.T_color_depth)
 
     def _check_distortion(self) -> None:

@@ -28,15 +28,12 @@ def field_descriptions(section_cls: type) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in map(_FIELD_LINE.match, source.splitlines()) if m}
 
 
-def declare_section(node, section: Any, section_name: str, dynamic: tuple[str, ...] = (),
-                    skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def declare_section(node, section: Any, section_name: str, dynamic: tuple[str, ...] = ()) -> dict[str, Any]:
     """Declare every field of the dataclass instance `section` as a parameter of `node` (its value
     the default, overridable as usual) and return the values the node got."""
     notes = field_descriptions(type(section))
     values = {}
     for f in dataclasses.fields(section):
-        if f.name in skip:
-            continue
         default = getattr(section, f.name)
         if isinstance(default, list) and not default:
             continue                                  # ROS cannot type an empty list

@@ -126,7 +126,7 @@ class CloudLabeler:
         camera_frame = getattr(self.poses, "camera_frame", "")
         if not frame_id or not camera_frame or frame_id.lstrip("/") == camera_frame:
             return xyz
-        if not hasattr(self.poses, "T_odom_frame"):
+        if not hasattr(self.poses, "tree"):            # odometry only: a PoseBuffer
             raise LookupError(f"the cloud is in frame {frame_id!r}, but without TF only the camera frame "
                               f"{camera_frame!r} is known (publish TF, or the cloud in the camera frame)")
         T_camera_cloud = self.poses.tree.lookup(camera_frame, frame_id, stamp_ns)
