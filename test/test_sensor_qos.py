@@ -47,7 +47,7 @@ def test_auto_follows_the_publishers_offer(graph):
     topic = f"/qos_follow_{id(node)}"
     received = []
     sub = SensorSubscription(node, String, topic, lambda m: received.append(m.data), "auto", depth=5)
-    assert sub.qos == ("best_effort", "volatile")
+    assert sub.qos == ("reliable", "volatile")
     latched = peer.create_publisher(String, topic, qos_profile("reliable", 1, "transient_local"))
     latched.publish(String(data="before"))
     wait_for(lambda: sub.qos == ("reliable", "transient_local"), 15, "a reliable transient-local subscription")
@@ -64,7 +64,7 @@ def test_a_stream_continues_through_the_qos_change_without_gap_or_duplicate(grap
     topic = f"/qos_stream_{id(node)}"
     received = []
     sub = SensorSubscription(node, String, topic, lambda m: received.append(int(m.data)), "auto", depth=50)
-    pub = peer.create_publisher(String, topic, qos_profile("reliable", 50))
+    pub = peer.create_publisher(String, topic, qos_profile("reliable", 50, "transient_local"))
     wait_for(lambda: pub.get_subscription_count() >= 1, 15, "the subscription to match")
     sent = 0
     deadline = time.monotonic() + 20
@@ -73,7 +73,7 @@ def test_a_stream_continues_through_the_qos_change_without_gap_or_duplicate(grap
         sent += 1
         time.sleep(0.01)
     wait_for(lambda: received and received[-1] == sent - 1, 15, "the last sample")
-    assert sub.qos == ("reliable", "volatile") and sub.changes == 1 and not sub._retiring
+    assert sub.qos == ("reliable", "transient_local") and sub.changes == 1 and not sub._retiring
     first = received[0]
     assert received == list(range(first, sent)), (first, sent, len(received))
     sub.destroy()

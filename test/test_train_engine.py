@@ -1,6 +1,7 @@
 """Training engine: reproducibility, exact resume, DDP equivalence, checkpoints, schedule."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,34 @@ def test_two_process_ddp_matches_single_process_on_the_same_global_batch(tmp_pat
         torch.testing.assert_close(va, vb, rtol=1e-3, atol=1e-4, msg=ka)
     _, meta = read_checkpoint(tmp_path / "ddp" / CHECKPOINT_FILE)
     assert meta["world"] == 2
+
+
+class _SignalsAtRead(torch.utils.data.Dataset):
+    """Sends this process SIGINT when sample read number `at` starts (i.e. inside a step)."""
+
+    def __init__(self, base, at: int):
+        self.base, self.at, self.reads = base, at, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.base[i]
+
+
+def test_a_signal_inside_a_step_drops_that_step_and_resume_matches_an_uninterrupted_run(tmp_path):
+    train, val = datasets()
+    full = pretrain(small_cfg(), "", tmp_path / "full", dataset=train, val_dataset=val)
+    # 3 steps of 8 samples, then SIGINT while the 4th step reads its batch
+    first = pretrain(small_cfg(), "", tmp_path / "split", dataset=_SignalsAtRead(train, 3 * 8 + 2), val_dataset=val)
+    assert first["stopped"] and first["step"] == 3 and len(first["losses"]) == 3
+    _, meta = read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)
+    assert meta["step"] == 3 and meta["metrics"] == {}, "a signalled stop saves without the held-out evaluation"
+    second = pretrain(small_cfg(), "", tmp_path / "split", resume=True, dataset=train, val_dataset=val)
+    np.testing.assert_allclose(first["losses"] + second["losses"], full["losses"], rtol=1e-4, atol=1e-5)
 
 
 def test_lr_schedule_warms_up_then_decays_and_follows_the_batch_scaling_rule():

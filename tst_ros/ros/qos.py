@@ -4,9 +4,11 @@ subscriptions that follow their publishers' offered QoS.
 Sensor subscriptions (`SensorSubscription`, used by every node for camera, depth, IMU, cloud
 and odometry topics) match the publishers as rosbag2 does: reliable when every current
 publisher offers reliable, best effort otherwise; transient-local when every publisher offers
-it. They start best effort and volatile (compatible with any publisher) and re-check the graph
-periodically, recreating the subscription when the publishers' offer changes (a driver that
-starts later, a second publisher). A parameter may force either reliability instead.
+it. They start reliable and volatile - a reliable publisher, the common case, is then matched from
+its first sample with no switch (a switch under load can lose what sat in the old subscription's
+queue); a best-effort publisher is matched at the next check, CHECK_PERIOD_S later - and re-check
+the graph periodically, recreating the subscription when the publishers' offer changes (a driver
+that starts later, a second publisher). A parameter may force either reliability instead.
 Model and label-map topics are transient-local so that late joiners get the last value.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
+from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.ros.timing import steady_timer
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -78,7 +81,7 @@ def sample_key(msg):
     re-serializing is not byte-stable (CDR padding) - or, without a header, the serialized
     message."""
     if isinstance(msg, (bytes, bytearray, memoryview)):
-        from tst_ros.data.bagio import cdr_header_stamp_ns   # only after a QoS switch: keep start-up light
+
 
         try:
             return cdr_header_stamp_ns(msg), len(msg)
@@ -105,7 +108,7 @@ class SensorSubscription:
                  raw: bool = False, check_period_s: float = CHECK_PERIOD_S):
         self.node, self.msg_type, self.callback, self.depth, self.raw = node, msg_type, callback, int(depth), raw
         self.mode = sensor_reliability(reliability)
-        self.qos = ("best_effort" if self.mode == "auto" else self.mode), "volatile"
+        self.qos = ("reliable" if self.mode == "auto" else self.mode), "volatile"
         self.changes = 0
         self._requested_topic = topic
         self._seen: set = set()
@@ -133,19 +136,17 @@ class SensorSubscription:
                                              event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
 
     def _deliver(self, msg) -> None:
-        if self._dedup_until:
-            if time.monotonic() > self._dedup_until:
-                self._dedup_until = 0.0
-                self._seen.clear()
-                self._seen_order.clear()
-            else:
-                key = sample_key(msg)
-                if key in self._seen:
-                    return
-                self._seen.add(key)
-                self._seen_order.append(key)
-                if len(self._seen_order) > DEDUP_WINDOW:
-                    self._seen.discard(self._seen_order.popleft())
+        # Keys of the last DEDUP_WINDOW samples are kept at all times: a new transient-local
+        # subscription is handed the publisher's history again, samples from before the change.
+        key = sample_key(msg)
+        if self._dedup_until and time.monotonic() > self._dedup_until:
+            self._dedup_until = 0.0
+        if self._dedup_until and key in self._seen:
+            return
+        self._seen.add(key)
+        self._seen_order.append(key)
+        if len(self._seen_order) > DEDUP_WINDOW:
+            self._seen.discard(self._seen_order.popleft())
         self.callback(msg)
 
     def check(self) -> bool:

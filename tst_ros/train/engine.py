@@ -8,6 +8,7 @@ a run split over processes sees the samples and masks of a single-process run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -177,13 +178,20 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 # ---------------------------------------------------------------- stopping
 
+class StepAbandoned(Exception):
+    """A stop signal arrived inside `StopSignal.abandonable()`: the step in progress is dropped."""
+
+
 class StopSignal:
-    """SIGINT/SIGTERM set a flag the loop checks after each step (then it saves and exits)."""
+    """SIGINT/SIGTERM set a flag the loop checks after each step (then it saves and exits).
+    Inside `abandonable()` the signal instead raises StepAbandoned at once, so a slow step on a
+    busy machine does not outlast the caller's grace period (the last finished step is saved)."""
 
     def __init__(self):
         self.requested = False
         self.signum: int | None = None
         self._previous = {}
+        self._abandonable = False
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -196,6 +204,21 @@ class StopSignal:
     def _handle(self, signum, frame):
         self.requested = True
         self.signum = signum
+        if self._abandonable:
+            self._abandonable = False
+            raise StepAbandoned(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def abandonable(self, enabled: bool = True):
+        """Work that may be dropped when a stop signal arrives (no side effect is left half done:
+        only forward/backward, never the optimizer step)."""
+        if self.requested and enabled:
+            raise StepAbandoned("stop requested")
+        self._abandonable = enabled
+        try:
+            yield
+        finally:
+            self._abandonable = False
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

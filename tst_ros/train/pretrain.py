@@ -234,29 +234,34 @@ def _train(s: Session, stop_at: int | None) -> dict:
 
 def _step(s: Session, step: int, batches, stop: engine.StopSignal) -> tuple[dict[str, float] | None, float]:
     """One optimizer step over `accum` micro-batches: (its stats, seconds spent waiting for data).
-    Stats are None when a stop signal ended the loader mid-step; the incomplete step is dropped."""
+    Stats are None when a stop signal arrived mid-step; the incomplete step is dropped."""
     cfg, dist = s.cfg, s.dist
     engine.set_lr(s.optimizer, engine.lr_at(step, cfg.steps, cfg.warmup_steps, s.peak_lr))
     stats: dict[str, float] = {}
     stall = 0.0
-    for micro in range(cfg.accum):
-        t_wait = time.perf_counter()
-        try:
-            batch = prepare_batch(next(batches), s.device)
-        except RuntimeError:
-            if stop.requested:      # a terminal Ctrl+C also ends the loader's workers
-                s.optimizer.zero_grad(set_to_none=True)
-                return None, stall
-            raise
-        stall += time.perf_counter() - t_wait
-        positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
-        seeds = engine.mask_seeds(cfg.seed, step, positions)
-        sync = s.net.no_sync() if (dist.world > 1 and micro < cfg.accum - 1) else contextlib.nullcontext()
-        with sync, _autocast(s.device, cfg.bf16):
-            loss, micro_stats = s.net(batch, seeds)
-            (loss / cfg.accum).backward()
-        for k, v in micro_stats.items():
-            stats[k] = stats.get(k, 0.0) + v / cfg.accum
+    try:
+        # one process: a signal drops the unfinished step (ranks of a group finish it together)
+        with stop.abandonable(enabled=dist.world == 1):
+            for micro in range(cfg.accum):
+                t_wait = time.perf_counter()
+                try:
+                    batch = prepare_batch(next(batches), s.device)
+                except RuntimeError:
+                    if stop.requested:      # a terminal Ctrl+C also ends the loader's workers
+                        raise engine.StepAbandoned("data loader stopped") from None
+                    raise
+                stall += time.perf_counter() - t_wait
+                positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
+                seeds = engine.mask_seeds(cfg.seed, step, positions)
+                sync = s.net.no_sync() if (dist.world > 1 and micro < cfg.accum - 1) else contextlib.nullcontext()
+                with sync, _autocast(s.device, cfg.bf16):
+                    loss, micro_stats = s.net(batch, seeds)
+                    (loss / cfg.accum).backward()
+                for k, v in micro_stats.items():
+                    stats[k] = stats.get(k, 0.0) + v / cfg.accum
+    except engine.StepAbandoned:
+        s.optimizer.zero_grad(set_to_none=True)
+        return None, stall
     if cfg.clip_grad > 0:
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.clip_grad))
     s.optimizer.step()
