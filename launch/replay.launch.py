@@ -2,8 +2,8 @@
 [namespace:=robot_a] [use_sim_time:=false] [log_level:=info] [enable_<node>:=true]
 
 The specialise graph fed by a recorded rosbag2 instead of the simulator. The bag's topics are
-published under `namespace` like every node's (absolute recorded names made relative; /tf,
-/tf_static, /clock stay global); with use_sim_time the replay publishes the recorded /clock.
+published under `namespace` like every node's (absolute recorded names made relative; /clock
+stays global, /tf and /tf_static are remapped into the namespace); with use_sim_time the replay publishes the recorded /clock.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable

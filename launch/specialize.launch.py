@@ -3,7 +3,8 @@
 
 Starts sim (when use_sim and enable_sim), recorder, trainer, segmentation, detection and ttt_kd
 (each unless enable_<node>:=false) with parameters from config/specialize.yaml, in `namespace`
-(every default topic is relative; /tf, /clock, /diagnostics stay global), at `log_level`, and
+(every default topic is relative, /tf and /tf_static are remapped into it; /clock,
+/diagnostics stay global), at `log_level`, and
 with use_sim_time (the simulator then publishes /clock). The node set comes from
 tst_ros.graph.description, the same description `tst-ros specialize` runs in one process.
 """

@@ -118,6 +118,7 @@ def test_graph_arguments_reach_launch_and_specialize_alike(tmp_path, monkeypatch
         # relative in the launch file, so that an enclosing PushRosNamespace still applies
         assert node["namespace"] == "robot_a" and spec.namespace == "/robot_a"
         assert node["ros_arguments"] == ["--log-level", "debug"]
+        assert node["remappings"] == spec.remappings and ("/tf", "tf") in spec.remappings
         assert node["parameters"] == [spec.parameters]
         # every node on /clock, which the simulator (then not real-time) publishes
         assert spec.parameters.get("use_sim_time") is (None if spec.name == "sim" else True)
@@ -125,6 +126,8 @@ def test_graph_arguments_reach_launch_and_specialize_alike(tmp_path, monkeypatch
     # in one process: each node in the namespace, one log level
     in_process = ros_arguments(specs)
     assert "sim:__ns:=/robot_a" in in_process and in_process[-2:] == ["--log-level", "debug"]
+    # each robot's TF in its namespace, in one process too
+    assert "ttt_kd:/tf:=tf" in in_process and "sim:/tf_static:=tf_static" in in_process
     # --nodes picks the same set
     args = build_parser().parse_args(["specialize", "--data-dir", str(tmp_path / "run"),
                                       "--nodes", "sim,recorder,segmentation,ttt_kd"])

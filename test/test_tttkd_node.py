@@ -192,3 +192,60 @@ def test_a_cloud_in_a_lidar_frame_is_labelled_like_the_same_points_in_the_camera
     refused = CloudLabeler(str(checkpoint), buffer, steps=2, mode="episodic").label(frame.stamp_ns, xyz_lidar, rgb,
                                                                                    frame_id="lidar")
     assert (refused.labels == 255).all() and "without TF" in refused.info["messages"][0]
+
+
+def test_a_lidar_cloud_posed_by_tf_from_another_process_is_labelled_like_the_camera_frame_cloud(checkpoint):
+    """TF from a driver-like peer process; the node moves the LiDAR cloud into the camera frame."""
+    import tf_chain_peer
+    from polling import stop_processes
+
+    sim = Simulator(SimConfig(seed=0, style="home"))
+    frame = sim.frame(5)
+    finite = np.isfinite(frame.cloud_xyz).all(axis=1)
+    xyz_cam, rgb = frame.cloud_xyz[finite], frame.cloud_rgb[finite]
+    T_lidar_cam = np.linalg.inv(tf_chain_peer.LIDAR_EXTRINSIC) @ sim.T_base_camera
+    xyz_lidar = (xyz_cam @ T_lidar_cam[:3, :3].T + T_lidar_cam[:3, 3]).astype(np.float32)
+    peer_process = tf_chain_peer.spawn(0, 5)
+    context = Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    try:
+        params = [Parameter("model", value=str(checkpoint)), Parameter("steps", value=2),
+                  Parameter("mode", value="episodic"), Parameter("point_budget", value=3000),
+                  Parameter("threads", value=1)]                  # camera_extrinsic stays identity: TF has it
+        node = TTTKDNode(parameter_overrides=params, context=context)
+        peer = Node("tttkd_lidar_peer", context=context)
+        received: dict[str, PointCloud2] = {}
+        peer.create_subscription(PointCloud2, "/tst/points_labeled",
+                                 lambda m: received.setdefault(m.header.frame_id, m), 10)
+        qos = qos_sensor(best_effort=False)
+        pubs = {"cloud": peer.create_publisher(PointCloud2, "/points", qos),
+                "image": peer.create_publisher(Image, "/camera/color/image_raw", qos),
+                "depth": peer.create_publisher(Image, "/camera/depth/image_raw", qos),
+                "info": peer.create_publisher(CameraInfo, "/camera/color/camera_info", qos)}
+        executor.add_node(node)
+        executor.add_node(peer)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        header = make_header(frame.stamp_ns, "camera_color_optical_frame")
+
+        def images_in():
+            pubs["info"].publish(intrinsics_to_camera_info(sim.intrinsics, header))
+            pubs["image"].publish(array_to_image(frame.rgb, "rgb8", header))
+            pubs["depth"].publish(array_to_image(frame.depth_mm, "16UC1", header))
+            return node.labeler is not None and node.labeler._images and node.poses.can_lookup(frame.stamp_ns)
+
+        wait_for(images_in, 60, "images, intrinsics and the peer's TF at the cloud's stamp")
+        for frame_id, xyz in (("lidar", xyz_lidar), ("camera_color_optical_frame", xyz_cam)):
+            torch.manual_seed(0)
+            pubs["cloud"].publish(make_xyz_rgb_cloud(xyz, rgb, make_header(frame.stamp_ns, frame_id)))
+            wait_for(lambda: frame_id in received, 60, f"the labelled cloud in {frame_id}")
+        labels = {k: cloud_field(m, "label") for k, m in received.items()}
+        assert (labels["lidar"] < len(CLASSES)).all(), "every LiDAR point was projected and labelled"
+        agree = np.mean(labels["lidar"] == labels["camera_color_optical_frame"])
+        assert agree >= 0.95, agree
+    finally:
+        executor.shutdown()
+        for n in executor.get_nodes():
+            n.destroy_node()
+        rclpy.try_shutdown(context=context)
+        stop_processes([peer_process])

@@ -102,23 +102,35 @@ class TransformTree:
 
 
 class FramePoses:
-    """The PoseBuffer interface (T_odom_camera, can_lookup, T_base_camera) answered by a tree."""
+    """The PoseBuffer interface (T_odom_camera, can_lookup, T_base_camera) answered by a tree,
+    and where the tree does not connect odom and the camera at a stamp (no /tf publisher, or
+    only part of the chain on /tf), by `fallback` (a PoseBuffer: /odom plus the extrinsic)."""
 
     def __init__(self, tree: TransformTree, odom_frame: str = "odom", base_frame: str = "base_link",
-                 camera_frame: str = "camera_color_optical_frame"):
-        self.tree = tree
+                 camera_frame: str = "camera_color_optical_frame", fallback: PoseBuffer | None = None):
+        self.tree, self.fallback = tree, fallback
         self.odom_frame, self.base_frame, self.camera_frame = odom_frame, base_frame, camera_frame
 
     def T_odom_camera(self, stamp_ns: int) -> np.ndarray:
-        return self.tree.lookup(self.odom_frame, self.camera_frame, stamp_ns)
+        try:
+            return self.tree.lookup(self.odom_frame, self.camera_frame, stamp_ns)
+        except LookupError as tree_error:
+            if self.fallback is None:
+                raise
+            try:
+                return self.fallback.T_odom_camera(stamp_ns)
+            except LookupError as odometry_error:
+                raise LookupError(f"TF: {tree_error}; odometry: {odometry_error}") from None
 
     def can_lookup(self, stamp_ns: int) -> bool:
-        return self.tree.can_lookup(self.odom_frame, self.camera_frame, stamp_ns)
+        return (self.tree.can_lookup(self.odom_frame, self.camera_frame, stamp_ns)
+                or (self.fallback is not None and self.fallback.can_lookup(stamp_ns)))
 
     @property
     def T_base_camera(self) -> np.ndarray | None:
-        """base -> camera where that part of the chain is static (None while unknown)."""
+        """base -> camera where that part of the chain is static in the tree, else the
+        fallback's extrinsic (None while unknown)."""
         try:
             return self.tree.lookup(self.base_frame, self.camera_frame, 0)
         except LookupError:
-            return None
+            return self.fallback.T_base_camera if self.fallback is not None else None

@@ -40,9 +40,13 @@ def normalize_namespace(namespace: str) -> str:
     return f"/{namespace}" if namespace else ""
 
 
+NAMESPACED_TF = (("/tf", "tf"), ("/tf_static", "tf_static"))
+
+
 def apply_graph_options(specs: list[NodeSpec], *, namespace: str = "", use_sim_time: bool = False,
                         log_level: str = "info") -> list[NodeSpec]:
-    """Namespace, log level and use_sim_time for every node. With use_sim_time the nodes take
+    """Namespace, log level and use_sim_time for every node; in a namespace /tf and /tf_static
+    are remapped into it (two robots publish the same frame names). With use_sim_time the nodes take
     time from /clock, which the clock source publishes: the simulator (then not real-time) or
     replay (publish_clock); the clock source itself runs on the machine's clock."""
     if log_level.lower() not in LOG_LEVELS:
@@ -50,6 +54,8 @@ def apply_graph_options(specs: list[NodeSpec], *, namespace: str = "", use_sim_t
     for spec in specs:
         spec.namespace = normalize_namespace(namespace)
         spec.log_level = log_level.lower()
+        if spec.namespace:      # as multi-robot stacks do: each robot's TF stays in its namespace
+            spec.remappings += [(src, dst) for src, dst in NAMESPACED_TF if (src, dst) not in spec.remappings]
         if not use_sim_time:
             continue
         if spec.name == "sim":
@@ -156,7 +162,7 @@ def replay_spec(bag: str, rate: float = 1.0, loop: bool = False, *, namespace: s
 
 LAUNCH_ARGUMENTS = {
     "use_sim": ("true", "start the simulated building (false: real sensors or a bag)"),
-    "namespace": ("", "namespace of every node and topic (e.g. robot_a); /tf, /clock, /diagnostics stay global"),
+    "namespace": ("", "namespace of every node and topic (e.g. robot_a), /tf and /tf_static included; /clock, /diagnostics stay global"),
     "use_sim_time": ("false", "nodes take time from /clock (the simulator then publishes it, not in real time)"),
     "log_level": ("info", "log level of every node: debug | info | warn | error | fatal"),
     **{f"enable_{name}": ("true", f"start the {name} node" + (" (with use_sim)" if name == "sim" else ""))

@@ -1,11 +1,13 @@
 """Node edge of pose handling: fill a tst_ros.poses.PoseBuffer from the graph.
 
-Where tf2_ros is importable, every edge of /tf and /tf_static goes into a
+Every edge of /tf and /tf_static (tf2_msgs/TFMessage: the real package, or the wire-identical
+one built from `interfaces/` where ROS is not installed) goes into a
 tst_ros.frames.TransformTree, so chains such as odom->base_link->camera_link->
-camera_color_optical_frame (and clouds in any frame of the tree) resolve at message stamps;
-otherwise odom->base_link comes from nav_msgs/Odometry on /odom and the camera extrinsic from
-the node parameter `camera_extrinsic` [x, y, z, qw, qx, qy, qz] (identity by default).
-`PoseSubscriber.poses` answers the same questions either way (T_odom_camera at a stamp).
+camera_color_optical_frame (and clouds in any frame of the tree) resolve at message stamps.
+Where the tree does not connect odom and the camera, odom->base_link comes from
+nav_msgs/Odometry on `odom` and the camera extrinsic from the node parameter
+`camera_extrinsic` [x, y, z, qw, qx, qy, qz] (identity by default). `PoseSubscriber.poses`
+answers T_odom_camera at a stamp from whichever source has it (tst_ros.frames.FramePoses).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tst_ros.poses import PoseBuffer, extrinsic_to_matrix, matrix_to_extrinsic
 from tst_ros.ros.conversions import odometry_to_matrix, stamp_to_ns, transform_to_matrix
 from tst_ros.ros.qos import qos_latched, qos_profile
 
-TF_AVAILABLE = importlib.util.find_spec("tf2_ros") is not None
+TF_AVAILABLE = importlib.util.find_spec("tf2_msgs") is not None
 
 
 class PoseSubscriber:
@@ -40,15 +42,15 @@ class PoseSubscriber:
         self.use_tf = TF_AVAILABLE if use_tf is None else bool(use_tf)
         qos = qos if qos is not None else qos_profile("reliable", 100)
         self.tree = TransformTree(capacity=buffer.capacity, tolerance_ns=buffer.tolerance_ns)
-        # what the node asks for poses: the TF tree, or the odometry buffer plus the extrinsic
+        # what the node asks for poses: the TF tree, falling back to odometry plus the extrinsic
         buffer.camera_frame = camera_frame
-        self.poses = FramePoses(self.tree, odom_frame, base_frame, camera_frame) if self.use_tf else buffer
+        self.poses = FramePoses(self.tree, odom_frame, base_frame, camera_frame, fallback=buffer) \
+            if self.use_tf else buffer
+        self._subs = [node.create_subscription(Odometry, odom_topic, self._on_odometry, qos)]
         if self.use_tf:
             from tf2_msgs.msg import TFMessage
-            self._subs = [node.create_subscription(TFMessage, "/tf", self._on_tf, qos),
-                          node.create_subscription(TFMessage, "/tf_static", self._on_tf_static, qos_latched(100))]
-        else:
-            self._subs = [node.create_subscription(Odometry, odom_topic, self._on_odometry, qos)]
+            self._subs += [node.create_subscription(TFMessage, "/tf", self._on_tf, qos),
+                           node.create_subscription(TFMessage, "/tf_static", self._on_tf_static, qos_latched(100))]
 
     def _apply_extrinsic_parameter(self) -> None:
         if not self.node.has_parameter("camera_extrinsic"):

@@ -3,8 +3,8 @@
 Publishes /camera/color/image_raw (rgb8), /camera/color/camera_info, /camera/depth/image_raw
 (16UC1 mm, aligned to colour) with /camera/depth/camera_info (equal to colour's), /imu/data
 (every IMU sample, stamped on the IMU clock, sent with the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
-cloud_rate_hz) and /odom (odom -> base_link); TF (odom -> base_link, static base_link ->
-camera) only where tf2_ros is importable. Paced to wall time (`realtime: true`, stamps from
+cloud_rate_hz), /odom (odom -> base_link) and TF: /tf (odom -> base_link) and /tf_static
+(base_link -> camera, latched). Paced to wall time (`realtime: true`, stamps from
 the node clock) or as fast as possible with /clock (`realtime: false`, stamps from the
 simulator's epoch). Rendering happens in the timer callback; all simulation is tst_ros.sim.
 """
@@ -16,8 +16,10 @@ import time
 import rclpy
 from rclpy.node import Node
 from nav_msgs.msg import Odometry
+from geometry_msgs.msg import TransformStamped
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
+from tf2_msgs.msg import TFMessage
 
 from tst_ros.ros.nodes import run_node
 from tst_ros.config import SimConfig
@@ -27,14 +29,9 @@ from tst_ros.ros.conversions import (array_to_imu, intrinsics_to_camera_info, ma
                                      matrix_to_transform, ns_to_stamp)
 from tst_ros.ros.images import array_to_image
 from tst_ros.ros.node_diagnostics import sim_diagnostics
-from tst_ros.ros.qos import qos_profile
+from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.sim.export import body_twist
 
-try:  # tf2_ros has no PyPI wheel: /odom is always published
-    import tf2_ros
-    from geometry_msgs.msg import TransformStamped
-except ImportError:
-    tf2_ros = None
 
 TOPICS = {"rgb": "camera/color/image_raw", "camera_info": "camera/color/camera_info",
           "depth": "camera/depth/image_raw", "depth_camera_info": "camera/depth/camera_info", "imu": "imu/data",
@@ -92,11 +89,11 @@ class SimNode(Node):
         }
         self.clock_pub = None if self.realtime else self.create_publisher(Clock, "/clock", 10)
         self.camera_extrinsic = matrix_to_extrinsic(self.sim.T_base_camera)
-        self.tf_broadcaster = None
-        if tf2_ros is not None:
-            self.tf_broadcaster = tf2_ros.TransformBroadcaster(self)
-            static = tf2_ros.StaticTransformBroadcaster(self)
-            static.sendTransform(self._transform(self.sim.T_base_camera, self.sim.start_ns, "base", "camera"))
+        # what tf2_ros's broadcasters do, without tf2_ros (no wheel): /tf depth 100, /tf_static latched
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", qos_profile("reliable", 100))
+        self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", qos_latched(1))
+        self.tf_static_pub.publish(TFMessage(transforms=[
+            self._transform(self.sim.T_base_camera, self.sim.start_ns, "base", "camera")]))
         self.published = 0
         self.render_s = 0.0
         self.done = False
@@ -162,8 +159,7 @@ class SimNode(Node):
         twist = body_twist(self.sim, frame.stamp_ns)
         self.pubs["odom"].publish(matrix_to_odometry(
             frame.T_odom_base, make_header(stamp, self.frame_ids["odom"]), self.frame_ids["base"], twist))
-        if self.tf_broadcaster is not None:
-            self.tf_broadcaster.sendTransform(self._transform(frame.T_odom_base, stamp, "odom", "base"))
+        self.tf_pub.publish(TFMessage(transforms=[self._transform(frame.T_odom_base, stamp, "odom", "base")]))
         header = make_header(stamp, self.frame_ids["camera"])
         self.pubs["camera_info"].publish(intrinsics_to_camera_info(self.sim.intrinsics, header))
         # the simulated depth is registered to colour, so its CameraInfo is colour's (as aligned-depth drivers do)
