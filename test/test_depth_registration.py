@@ -96,3 +96,82 @@ def test_the_recorder_pipeline_refuses_depth_whose_camera_info_differs_from_colo
 def test_the_recorder_pipeline_keeps_depth_whose_camera_info_is_colours(tmp_path):
     entries, counts = _record_one_building(tmp_path, lambda c: c)
     assert entries and all(e["present"]["depth"] for e in entries) and "unregistered_depth" not in counts
+
+
+def test_a_segmentation_node_registers_depth_with_the_extrinsic_and_refuses_it_without(tmp_path):
+    """Over DDS between processes: two RGB-D segmentation nodes get colour (with its CameraInfo)
+    and depth from another camera (its own CameraInfo); the one given `depth_extrinsic` serves
+    masks, the other refuses every frame with an error naming the parameter."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from polling import stop_processes, wait_for
+    from test_seg_det_nodes import export
+    from tst_ros.poses import matrix_to_extrinsic
+    from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header
+    from tst_ros.ros.images import array_to_image
+    from tst_ros.ros.qos import qos_sensor
+
+    model = export(tmp_path, "rgbd", constant_class=3, inputs=("rgb", "depth"))
+    extrinsic = ",".join(f"{v:.9f}" for v in matrix_to_extrinsic(T_COLOR_DEPTH))
+    nodes = {"registered": [f"depth_extrinsic:=[{extrinsic}]"], "refused": []}
+    procs, logs = {}, {}
+    for name, extra in nodes.items():
+        logs[name] = tmp_path / f"{name}.log"
+        cmd = [sys.executable, "-m", "tst_ros.ros.nodes.segmentation", "--ros-args", "-r", f"__node:=seg_{name}",
+               "-r", f"tst/segmentation/mask:=mask_{name}", "-p", f"model_path:={model}", "-p", "best_effort:=false",
+               "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1", "-p", "publish_overlay:=false"]
+        for value in extra:
+            cmd += ["-p", value]
+        procs[name] = subprocess.Popen(cmd, stdout=logs[name].open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("registration_test_peer", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    masks = {name: [] for name in nodes}
+    for name in nodes:
+        node.create_subscription(Image, f"/mask_{name}", masks[name].append, 10)
+    qos = qos_sensor(best_effort=False, depth=10)
+    pubs = {"rgb": node.create_publisher(Image, "/camera/color/image_raw", qos),
+            "color_info": node.create_publisher(CameraInfo, "/camera/color/camera_info", qos),
+            "depth": node.create_publisher(Image, "/camera/depth/image_raw", qos),
+            "depth_info": node.create_publisher(CameraInfo, "/camera/depth/camera_info", qos)}
+    depth, _ = depth_camera_view_of_a_wall_with_a_box()
+    rgb = np.random.default_rng(0).integers(0, 255, (COLOR.height, COLOR.width, 3), dtype=np.uint8)
+    sent = [0]
+
+    def feed_and_check(condition):
+        def step():
+            stamp = 1_000_000_000_000 + sent[0] * 100_000_000
+            sent[0] += 1
+            pubs["color_info"].publish(intrinsics_to_camera_info(COLOR, make_header(stamp, "camera_color_optical_frame")))
+            pubs["depth_info"].publish(intrinsics_to_camera_info(DEPTH, make_header(stamp, "camera_depth_optical_frame")))
+            pubs["depth"].publish(array_to_image(depth, "32FC1", make_header(stamp, "camera_depth_optical_frame")))
+            pubs["rgb"].publish(array_to_image(rgb, "rgb8", make_header(stamp, "camera_color_optical_frame")))
+            return condition()
+        return step
+
+    try:
+        wait_for(lambda: pubs["rgb"].get_subscription_count() >= 2 and pubs["depth_info"].get_subscription_count() >= 2,
+                 60, "both nodes to subscribe")
+        wait_for(feed_and_check(lambda: len(masks["registered"]) >= 3), 90, "masks from the node given depth_extrinsic")
+        wait_for(feed_and_check(lambda: "depth_extrinsic" in logs["refused"].read_text()), 60,
+                 "the refusing node's error naming depth_extrinsic")
+        assert masks["refused"] == [], "a node without the extrinsic paired unregistered depth with colour"
+        assert "depth is not registered to colour" in logs["refused"].read_text()
+        for name, proc in procs.items():
+            assert proc.poll() is None, logs[name].read_text()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        stop_processes(list(procs.values()))

@@ -136,6 +136,9 @@ def test_rates_follow_the_frames_flowing_through_segmentation(graph):
     assert flowing(), _logs(logs)
     seg = probe.values("/segmentation")
     assert float(seg["input_rate_hz"]) > 0
+    wait_for(lambda: "latency_ms_p50" in probe.values("/segmentation"), TIMEOUT_S, "segmentation latency")
+    seg = probe.values("/segmentation")
+    assert 0 < float(seg["latency_ms_p50"]) <= float(seg["latency_ms_max"])
     assert probe.get("/segmentation").message.startswith("serving model")
     wait_for(lambda: int(probe.values("/recorder").get("messages_received", 0)) > 0, TIMEOUT_S,
              "recorder diagnostics counting received messages")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tst_ros.geometry import Intrinsics, backproject, project, transform
+from tst_ros.poses import extrinsic_to_matrix
 
 
 class DepthNotRegistered(ValueError):
@@ -41,6 +42,11 @@ def same_camera(a: Intrinsics, b: Intrinsics, tolerance_px: float = 0.5) -> bool
         abs(x - y) <= tolerance_px for x, y in ((a.fx, b.fx), (a.fy, b.fy), (a.cx, b.cx), (a.cy, b.cy)))
 
 
+# `depth_extrinsic` parameter value meaning "not known" (the depth camera's pose in the colour
+# optical frame [x, y, z, qw, qx, qy, qz] is then taken from TF where a node has it)
+UNSET_EXTRINSIC = [0.0] * 7
+
+
 class DepthAlignment:
     """What to do with each depth image, given the latest depth CameraInfo (if any)."""
 
@@ -49,6 +55,13 @@ class DepthAlignment:
         self.ignore_distortion = ignore_distortion
         self.depth_info: Intrinsics | None = None
         self.depth_distortion: np.ndarray | None = None
+
+    @classmethod
+    def from_parameters(cls, depth_extrinsic, ignore_distortion: bool) -> "DepthAlignment":
+        """From the node parameters `depth_extrinsic` (UNSET_EXTRINSIC: not known) and
+        `ignore_depth_distortion`."""
+        values = list(depth_extrinsic)
+        return cls(extrinsic_to_matrix(values) if any(values) else None, ignore_distortion=bool(ignore_distortion))
 
     def set_depth_info(self, intrinsics: Intrinsics, distortion=()) -> None:
         self.depth_info = intrinsics

@@ -10,7 +10,8 @@ from __future__ import annotations
 from tst_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
 
 PERCEPTION_DROPS = ("frames_replaced", "frames_inactive", "frames_without_model", "frames_without_depth",
-                    "bad_inputs", "processing_errors", "model_load_failures")
+                    "depth_info_pending", "depth_not_registered", "bad_inputs", "processing_errors",
+                    "model_load_failures")
 TTTKD_DROPS = ("skipped_stale", "skipped_no_model", "failed")
 
 
@@ -38,6 +39,10 @@ def perception_diagnostics(node) -> NodeDiagnostics:
         state, values = _with_state(node, {
             "model_version": node.model_version, "frames_received": c["frames_received"],
             "frames_processed": c["frames_processed"], **{f"drops.{k}": c[k] for k in PERCEPTION_DROPS}})
+        recent = sorted(node.process_times)
+        if recent:          # worker time per frame: conversion, inference, publishing
+            values["latency_ms_p50"] = round(1000.0 * recent[len(recent) // 2], 2)
+            values["latency_ms_max"] = round(1000.0 * recent[-1], 2)
         if node.last_error:
             values["last_error"] = node.last_error
         if state not in (None, "active"):
@@ -46,6 +51,8 @@ def perception_diagnostics(node) -> NodeDiagnostics:
             return WARN, "no model loaded (set model_path or publish /tst/model)", values
         if node.last_error:
             return WARN, f"serving model v{node.model_version}; a model update was rejected", values
+        if c["depth_not_registered"]:
+            return WARN, "depth frames refused: not registered to colour (set depth_extrinsic)", values
         return OK, f"serving model v{node.model_version}", values
 
     return NodeDiagnostics(node, status, {"input_rate_hz": lambda: c["frames_received"],

@@ -21,6 +21,10 @@
   mask's unlabeled value) and the model version as vision_msgs/VisionInfo (`database_version`,
   `database_location` naming the LabelInfo topic) beside it, both transient-local, whenever the
   serving model changes.
+- Depth from a camera whose CameraInfo (`camera/depth/camera_info`) differs from colour's is
+  registered into the colour camera (`depth_extrinsic`, `ignore_depth_distortion`;
+  `tst_ros.ros.depth_registration`) or, when it cannot be, the frame is dropped with an error
+  naming the parameter to set (counter `depth_not_registered`).
 - Wrong-encoding and malformed inputs are reported with a throttled warning; the node keeps running.
 
 Managed variant (`tst_ros.ros.lifecycle`): configure loads the model (`configure_resources`),
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +51,7 @@ from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import stamp_to_ns
+from tst_ros.ros.depth_registration import DepthInfoPending, DepthNotRegistered, DepthRegistrar
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.node_diagnostics import perception_diagnostics
@@ -100,6 +106,7 @@ class ModelServingNode(Node):
         self.predictor: Predictor | None = None
         self.model_version = 0
         self.counters = collections.Counter()
+        self.process_times: collections.deque = collections.deque(maxlen=100)   # seconds, recent frames
         self.last_error = ""
         self._depth_sub = None
         self._loading = threading.Lock()
@@ -112,6 +119,7 @@ class ModelServingNode(Node):
         self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
         self.vision_info_pub = self.create_publisher(VisionInfo, self.vision_info_topic(), qos_latched())
         self._subscribe_image("camera/color/image_raw", self._on_image)
+        self.depth_registrar = DepthRegistrar(self, self._subscribe_sensor)    # depth_extrinsic, ...
         self.create_subscription(ModelUpdate, "tst/model", self._on_model_update, qos_latched())
         self.setup_outputs()
         self._worker = threading.Thread(target=self._work_loop, name=f"{node_name}-worker", daemon=True)
@@ -236,6 +244,7 @@ class ModelServingNode(Node):
                 self.get_logger().warning("no model loaded yet (set model_path or publish /tst/model); frame skipped",
                                           throttle_duration_sec=WARN_THROTTLE_S)
                 continue
+            t_start = time.perf_counter()
             try:
                 rgb = image_to_rgb(msg)
                 depth = None
@@ -243,7 +252,14 @@ class ModelServingNode(Node):
                     if depth_msg is None:
                         self.counters["frames_without_depth"] += 1
                         continue
-                    depth = depth_to_metres(depth_msg)
+                    depth = self.depth_registrar.align(depth_to_metres(depth_msg))
+            except DepthInfoPending:
+                self.counters["depth_info_pending"] += 1
+                continue
+            except DepthNotRegistered as e:
+                self.counters["depth_not_registered"] += 1
+                self.get_logger().error(f"frame skipped: {e}", throttle_duration_sec=WARN_THROTTLE_S)
+                continue
             except ValueError as e:
                 self.counters["bad_inputs"] += 1
                 self.get_logger().warning(f"input skipped: {e}", throttle_duration_sec=WARN_THROTTLE_S)
@@ -251,6 +267,7 @@ class ModelServingNode(Node):
             try:
                 self.publish_outputs(predictor, msg, rgb, depth)
                 self.counters["frames_processed"] += 1
+                self.process_times.append(time.perf_counter() - t_start)
             except Exception as e:  # keep serving: one bad frame must not stop the node
                 self.counters["processing_errors"] += 1
                 self.get_logger().error(f"processing failed: {e}", throttle_duration_sec=WARN_THROTTLE_S)

@@ -38,7 +38,7 @@ from tst_ros.ros.nodes import run_node
 from tst_ros.config import RecordConfig
 from tst_ros.data.bagio import cdr_header_stamp_ns
 from tst_ros.data.pipeline import DEFAULT_TOPICS, RecordingPipeline, open_store
-from tst_ros.data.registration import DepthAlignment
+from tst_ros.data.registration import UNSET_EXTRINSIC, DepthAlignment
 from tst_ros.poses import extrinsic_to_matrix
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
 from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
@@ -128,16 +128,6 @@ class RosDecoder:
 # base_link -> camera optical frame when nothing else is known: identity (a camera mounted at
 # base_link); set `camera_extrinsic` for a real rig (the graph sets the simulated rig's)
 IDENTITY_EXTRINSIC = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-# `depth_extrinsic` (the depth camera's pose in the colour optical frame) until it is set
-UNSET_EXTRINSIC = [0.0] * 7
-
-
-def depth_alignment(params: dict) -> DepthAlignment:
-    """Registration of depth to colour from the parameters `depth_extrinsic` (all zeros: not
-    known) and `ignore_depth_distortion`."""
-    values = list(params["depth_extrinsic"])
-    T = None if not any(values) else extrinsic_to_matrix(values)
-    return DepthAlignment(T, ignore_distortion=bool(params["ignore_depth_distortion"]))
 
 
 class RecorderNode(Node):
@@ -197,7 +187,8 @@ class RecorderNode(Node):
                                           T_base_camera=extrinsic_to_matrix(p["camera_extrinsic"]),
                                           warn=self._log.warning, commit_every=1 << 30,
                                           expected=tuple(s for s, t in self.topics.items() if t),
-                                          depth_alignment=depth_alignment(p))
+                                          depth_alignment=DepthAlignment.from_parameters(
+                                              p["depth_extrinsic"], p["ignore_depth_distortion"]))
         self.bag = None
         if self.cfg.bag:
             from tst_ros.data.bagio import BagWriter

@@ -1,7 +1,9 @@
 """`ttt_kd` node: test-time-adapted 3D point labels (TTT-KD) on the ROS graph.
 
-Subscribes the cloud (/points, camera optical frame), the colour image, camera_info, the
-aligned depth image (optional) and poses (PoseSubscriber: TF or /odom + camera_extrinsic);
+Subscribes the cloud (/points, in any frame TF connects to the camera's), the colour image,
+camera_info, the depth image (optional; registered into colour when the depth CameraInfo
+differs, else dropped with an error naming `depth_extrinsic`: tst_ros.ros.depth_registration)
+and poses (PoseSubscriber: TF, else /odom + camera_extrinsic);
 publishes /tst/points_labeled (x, y, z, rgb, label UINT32, confidence FLOAT32) with the input
 cloud's header and one point per input point. Callbacks only store messages; a worker thread
 labels the latest cloud with tst_ros.tttkd.pipeline; a cloud replaced by a newer one before the
@@ -32,6 +34,7 @@ from tst_ros.config import TTTKDConfig
 from tst_ros.poses import PoseBuffer
 from tst_ros.ros.clouds import cloud_rgb, cloud_xyz, make_xyz_rgb_cloud
 from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
+from tst_ros.ros.depth_registration import DepthInfoPending, DepthRegistrar
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.qos import SensorSubscription, qos_latched
@@ -47,6 +50,7 @@ PARAMETERS = {
     "image_topic": "camera/color/image_raw",
     "camera_info_topic": "camera/color/camera_info",
     "depth_topic": "camera/depth/image_raw",     # empty: no depth (occlusion test against the cloud itself)
+    "depth_camera_info_topic": "camera/depth/camera_info",  # differs from colour's: depth is registered
     "odom_topic": "odom",
     "odom_frame": "odom",                         # TF: the fixed frame clouds are accumulated in
     "base_frame": "base_link",
@@ -101,6 +105,10 @@ class TTTKDNode(Node):
         self.sensor_subscriptions = {
             key: SensorSubscription(self, cls, p[key], callback, p["sensor_qos_reliability"], p["sensor_qos_depth"])
             for cls, key, callback in inputs if p[key]}
+        self.depth_registrar = DepthRegistrar(
+            self, lambda cls, topic, callback: SensorSubscription(
+                self, cls, topic, callback, p["sensor_qos_reliability"], p["sensor_qos_depth"]),
+            p["camera_info_topic"], p["depth_camera_info_topic"], tree=self.pose_subscriber.tree)
         if float(p["stats_period_s"]) > 0:
             steady_timer(self, float(p["stats_period_s"]), self._log_stats)
         self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
@@ -159,12 +167,15 @@ class TTTKDNode(Node):
         self._buffer("image", msg, image_to_rgb, self._images)
 
     def _on_depth(self, msg: Image) -> None:
-        self._buffer("depth", msg, depth_to_metres, self._depths)
+        # registered into the colour camera, or dropped with what to set (DepthNotRegistered)
+        self._buffer("depth", msg, lambda m: self.depth_registrar.align(depth_to_metres(m)), self._depths)
 
     def _buffer(self, kind: str, msg: Image, convert, buffer: deque) -> None:
         """Keep a converted copy of a recent image or depth frame for the cloud that will need it."""
         try:
             array = convert(msg).copy()
+        except DepthInfoPending:
+            return
         except ValueError as e:
             self._warn_once(kind, f"{kind} dropped: {e}")
             return
