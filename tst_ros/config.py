@@ -17,6 +17,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from tst_ros.ros_params import from_ros_parameters, is_ros_parameters
+
 
 HEADER = """\
 # tst_ros: the one configuration of the specialise loop.
@@ -171,6 +173,9 @@ class SpecializeConfig:
     serve: bool = False
     # topic remappings per node, "node:/from:=/to", e.g. "segmentation:/camera/color/image_raw:=/cam/rgb"
     remappings: list[str] = field(default_factory=list)
+    # parameters passed to one node as is, {node: {name: value}} ("*": every node); a
+    # ros__parameters file puts its node-only values here (tst_ros.ros_params)
+    node_parameters: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -243,6 +248,9 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] | None = No
     if path:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
+        if is_ros_parameters(data):             # a standard ROS 2 parameters file
+            data = from_ros_parameters(data, {name: {f.name for f in dataclasses.fields(section)}
+                                              for name, section in get_type_hints(Config).items()})
         # accept a `tst_ros` root (ROS-style files) and the `config` root of a saved resolved config
         _merge(cfg, data.get("tst_ros", data.get("config", data)))
     for text in overrides or []:

@@ -49,6 +49,9 @@ def register(sub) -> None:
                                      "config/specialize.yaml)")
     config.add_config_arguments(d)
     d.add_argument("--out", help="write to this file instead of stdout")
+    d.add_argument("--format", choices=("tst_ros", "ros"), default="tst_ros",
+                   help="tst_ros: sections (config/specialize.yaml); ros: a ROS 2 ros__parameters file, each "
+                        "node's section under its name (also accepted by --config and --params-file)")
     d.set_defaults(func=run_config_dump)
 
     r = sub.add_parser("report", help="(re)write RUN/report/index.html from a run directory")
@@ -123,7 +126,17 @@ def run_pipeline(args) -> int:
 def run_config_dump(args) -> int:
     from tst_ros.util import atomic_write_text
 
-    text = config.to_yaml(config.from_args(args)) if args.config or args.overrides else config.default_yaml()
+    if args.format == "ros":
+        import yaml
+
+        from tst_ros.ros_params import to_ros_parameters
+
+        text = "# tst_ros: the loop's configuration as ROS 2 node parameters (tst-ros config dump --format ros)\n" \
+            + yaml.safe_dump(to_ros_parameters(config.from_args(args)), sort_keys=False)
+    elif args.config or args.overrides:
+        text = config.to_yaml(config.from_args(args))
+    else:
+        text = config.default_yaml()
     if args.out:
         atomic_write_text(args.out, text)
     else:

@@ -135,8 +135,10 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
     if unknown:
         raise ValueError(f"unknown node(s) {sorted(unknown)}; switchable: {', '.join(SWITCHABLE)}")
     specs = [spec for spec in specs if (enabled or {}).get(spec.name, True)]
+    given = cfg.specialize.node_parameters
     for spec in specs:
         spec.remappings = list(remappings.get(spec.name, []))
+        spec.parameters.update({**given.get("*", {}), **given.get(spec.name, {})})
     return apply_graph_options(specs, namespace=namespace, use_sim_time=use_sim_time, log_level=log_level)
 
 
