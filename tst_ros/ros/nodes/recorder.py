@@ -44,6 +44,7 @@ from tst_ros.ros.clouds import cloud_rgb, cloud_xyz
 from tst_ros.ros.conversions import camera_info_to_intrinsics, imu_to_array, make_header, odometry_to_matrix
 from tst_ros.ros.images import compressed_to_rgb, image_to_array, image_to_rgb
 from tst_ros.ros.node_diagnostics import recorder_diagnostics
+from tst_ros.ros.parameters import declare_section
 from tst_ros.ros.qos import SensorSubscription, sensor_reliability
 from tst_ros.ros.timing import steady_timer
 
@@ -211,14 +212,14 @@ class RecorderNode(Node):
         self.close()
 
     def _declare(self, base: RecordConfig) -> dict:
-        params = {k: getattr(base, k) for k in base.__dataclass_fields__}
-        params.update({f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()})
+        declared = declare_section(self, base, "record")      # defaults and descriptions: RecordConfig
+        params = {f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()}
         # sensor_qos_reliability: auto | reliable | best_effort; empty: from `reliable` (true: auto)
         params.update(rgb_compressed=False, qos_depth=50, sensor_qos_reliability="",
                       status_topic="tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
                       camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
                       ignore_depth_distortion=False)
-        return {k: self.declare_parameter(k, v).value for k, v in params.items()}
+        return {**declared, **{k: self.declare_parameter(k, v).value for k, v in params.items()}}
 
     # ------------------------------------------------------------------ subscription side
     def _callback(self, stream: str, topic: str, msgtype: str):

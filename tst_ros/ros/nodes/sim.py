@@ -29,6 +29,7 @@ from tst_ros.ros.conversions import (array_to_imu, intrinsics_to_camera_info, ma
                                      matrix_to_transform, ns_to_stamp)
 from tst_ros.ros.images import array_to_image
 from tst_ros.ros.node_diagnostics import sim_diagnostics
+from tst_ros.ros.parameters import declare_section
 from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.sim.export import body_twist
 
@@ -42,10 +43,8 @@ class SimNode(Node):
     def __init__(self, parameter_overrides=None, sim_cfg: SimConfig | None = None, name: str = "sim"):
         super().__init__(name, parameter_overrides=parameter_overrides or [])
         cfg = sim_cfg or SimConfig()
+        self.sim_cfg = SimConfig(**declare_section(self, cfg, "sim"))   # defaults and descriptions: SimConfig
         p = {
-            "seed": cfg.seed, "style": cfg.style, "width": cfg.width, "height": cfg.height, "fov_deg": cfg.fov_deg,
-            "camera_rate_hz": cfg.camera_rate_hz, "imu_rate_hz": cfg.imu_rate_hz, "cloud_rate_hz": cfg.cloud_rate_hz,
-            "cloud_stride": cfg.cloud_stride, "rooms": cfg.rooms, "realtime": cfg.realtime, "frames": cfg.frames,
             "start_frame": 0, "shutdown_when_done": False,
             "odom_frame": "odom", "base_frame": "base_link", "camera_frame": "camera_color_optical_frame",
             "imu_frame": "imu_link", "qos_reliability": "reliable", "qos_depth": 10,
@@ -54,11 +53,6 @@ class SimNode(Node):
         for key, value in p.items():
             self.declare_parameter(key, value)
         get = lambda k: self.get_parameter(k).value  # noqa: E731
-        self.sim_cfg = SimConfig(seed=int(get("seed")), style=str(get("style")), width=int(get("width")),
-                                 height=int(get("height")), fov_deg=float(get("fov_deg")),
-                                 camera_rate_hz=float(get("camera_rate_hz")), imu_rate_hz=float(get("imu_rate_hz")),
-                                 cloud_rate_hz=float(get("cloud_rate_hz")), cloud_stride=int(get("cloud_stride")),
-                                 rooms=int(get("rooms")), realtime=bool(get("realtime")), frames=int(get("frames")))
         self.realtime = self.sim_cfg.realtime
         self.frames_total = self.sim_cfg.frames
         self.shutdown_when_done = bool(get("shutdown_when_done"))
