@@ -33,7 +33,7 @@ def _run_and_kill(dataset: Path, start: int, delay: float) -> list[int]:
 
     reader = threading.Thread(target=read_stdout, daemon=True)
     reader.start()
-    assert opened.wait(30), proc.stderr.read() if proc.poll() is not None else "peer did not open the store"
+    assert opened.wait(180), proc.stderr.read() if proc.poll() is not None else "peer did not open the store"
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)

@@ -48,10 +48,10 @@ def live(tmp_path_factory):
         sim = subprocess.Popen([PY, str(ROOT / "test" / "recorder_sim_peer.py"), str(FRAMES),
                                 "cloud_rate_hz:=2.0"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300        # generous: process start-up on a busy 2-core machine
         while sim.poll() is None and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.1)
-        sim_out = sim.communicate(timeout=10)[0]
+        sim_out = sim.communicate(timeout=60)[0]
         assert sim.returncode == 0, sim_out
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
@@ -60,7 +60,7 @@ def live(tmp_path_factory):
         rclpy.try_shutdown()
     finally:
         rec.send_signal(signal.SIGINT)
-        rec_out = rec.communicate(timeout=30)[0]
+        rec_out = rec.communicate(timeout=120)[0]
     return {"dataset": dataset, "bag": bag, "statuses": statuses, "log": rec_out, "sim_log": sim_out, "tmp": tmp}
 
 
