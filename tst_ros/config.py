@@ -114,6 +114,7 @@ class TransferConfig:
     layer_decay: float = 0.75
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])
     seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda[:N]; bf16 autocast on CUDA
 
 
 ORT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")

@@ -20,6 +20,7 @@ import numpy as np
 
 from tst_ros import modalities as registry
 from tst_ros.perception.runtime import Predictor, normalisation, prepare_inputs
+from tst_ros.util import resolve_device
 
 FINETUNE_MODES = ("frozen", "partial", "full")
 
@@ -204,6 +205,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
 
     from tst_ros.config import TransferConfig
     from tst_ros.perception.heads import box_loss, focal_heatmap_loss, save_model
+    from tst_ros.train.engine import autocast
 
     cfg = cfg or TransferConfig()
     torch.manual_seed(cfg.seed)
@@ -214,11 +216,16 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         items = items[:cfg.labeled_images]
     encoder, enc_meta = resolve_encoder(encoder_source, preset, image_size, patch)
     model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities)
+    device = torch.device(resolve_device(cfg.device))
+    model.to(device)
     data = TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
     groups = param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     frozen = cfg.finetune == "frozen"
-    cache = _frozen_features(model, data) if frozen else None
+    cache = _frozen_features(model, data, device) if frozen else None
+
+    def on_device(array: np.ndarray):
+        return torch.from_numpy(array).to(device, non_blocking=True)
     warmup = max(1, cfg.steps // 10)
     history = []
     bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
@@ -232,16 +239,18 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         idx = rng.integers(0, len(data), size=min(cfg.batch, len(data)))
         flips = rng.random(len(idx)) < 0.5
         b = data.batch(idx, flips)
-        if frozen:
-            feats = torch.from_numpy(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]))
-        else:
-            feats = model.encoder({n: torch.from_numpy(v) for n, v in b["inputs"].items()})
-        fused = model.pyramid(feats)
-        seg = model.seg_head(fused, data.size)
-        heat, box = model.det_head(fused)
-        loss_seg = F.cross_entropy(seg, torch.from_numpy(b["semantic"]), ignore_index=255)
-        loss_hm = focal_heatmap_loss(heat, torch.from_numpy(b["heatmap"]))
-        loss_box = box_loss(box, torch.from_numpy(b["box"]), torch.from_numpy(b["box_weight"]))
+        with autocast(device):
+            if frozen:
+                feats = on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]))
+            else:
+                feats = model.encoder({n: on_device(v) for n, v in b["inputs"].items()})
+            fused = model.pyramid(feats)
+            seg = model.seg_head(fused, data.size)
+            heat, box = model.det_head(fused)
+        # losses in float32
+        loss_seg = F.cross_entropy(seg.float(), on_device(b["semantic"]), ignore_index=255)
+        loss_hm = focal_heatmap_loss(heat.float(), on_device(b["heatmap"]))
+        loss_box = box_loss(box.float(), on_device(b["box"]), on_device(b["box_weight"]))
         loss = loss_seg + loss_hm + 0.5 * loss_box
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -258,7 +267,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                           eta_s=elapsed / (step + 1) * (cfg.steps - step - 1),
                           message=f"seg {rec['seg']:.3f} heatmap {rec['heatmap']:.3f} box {rec['box']:.3f}")
     model.eval()
-    meta["transfer"] = {**asdict(cfg), "labeled_set": str(Path(labeled_dir).resolve()), "labeled_images": len(items),
+    model.to("cpu")                      # saved and exported from the CPU
+    meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()), "labeled_images": len(items),
                         "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
     meta["history"] = history
     save_model(model, meta, out_dir)
@@ -269,17 +279,18 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             "final_loss": history[-1] if history else None}
 
 
-def _frozen_features(model, data: TransferData, chunk: int = 32):
-    """Encoder features of every image and of its mirror image (frozen encoder: computed once)."""
+def _frozen_features(model, data: TransferData, device, chunk: int = 32):
+    """Encoder features of every image and of its mirror image (frozen encoder: computed once,
+    kept in host memory)."""
     import torch
 
     plain, flipped = [], []
     with torch.no_grad():
         for start in range(0, len(data), chunk):
             sl = slice(start, start + chunk)
-            x = {n: torch.from_numpy(v[sl]) for n, v in data.inputs.items()}
-            plain.append(model.encoder(x).numpy())
-            flipped.append(model.encoder({n: t.flip(-1) for n, t in x.items()}).numpy())
+            x = {n: torch.from_numpy(v[sl]).to(device) for n, v in data.inputs.items()}
+            plain.append(model.encoder(x).float().cpu().numpy())
+            flipped.append(model.encoder({n: t.flip(-1) for n, t in x.items()}).float().cpu().numpy())
     return np.concatenate(plain), np.concatenate(flipped)
 
 

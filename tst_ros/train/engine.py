@@ -176,6 +176,13 @@ class MicroBatchSampler(torch.utils.data.Sampler):
                 yield indices[micro_positions(self.batch, self.world, self.accum, self.rank, micro)].tolist()
 
 
+def autocast(device, bf16: bool = True):
+    """bf16 autocast on CUDA when asked; nothing on the CPU (CPU figures are float32)."""
+    if str(device).startswith("cuda") and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 # ---------------------------------------------------------------- stopping
 
 class StepAbandoned(Exception):

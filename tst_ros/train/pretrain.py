@@ -95,12 +95,6 @@ def save_grid(model: TSTMM, dataset, out: Path, step: int, device: str) -> Path 
     return engine.save_reconstruction_grid(pictures, out / "grids" / f"step_{step:06d}.png")
 
 
-def _autocast(device: str, bf16: bool):
-    if device.startswith("cuda") and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @dataclass
 class Session:
     """What one `pretrain` call trains and where it reports, as set up by `_setup`."""
@@ -254,7 +248,7 @@ def _step(s: Session, step: int, batches, stop: engine.StopSignal) -> tuple[dict
                 positions = engine.micro_positions(cfg.batch, dist.world, cfg.accum, dist.rank, micro)
                 seeds = engine.mask_seeds(cfg.seed, step, positions)
                 sync = s.net.no_sync() if (dist.world > 1 and micro < cfg.accum - 1) else contextlib.nullcontext()
-                with sync, _autocast(s.device, cfg.bf16):
+                with sync, engine.autocast(s.device, cfg.bf16):
                     loss, micro_stats = s.net(batch, seeds)
                     (loss / cfg.accum).backward()
                 for k, v in micro_stats.items():
