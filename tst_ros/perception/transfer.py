@@ -200,11 +200,10 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
              progress_stream=None, show_bar: bool = True) -> dict:
     """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary."""
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from tst_ros.config import TransferConfig
-    from tst_ros.perception.heads import box_loss, focal_heatmap_loss, save_model
+    from tst_ros.perception.heads import save_model
     from tst_ros.train.engine import autocast
 
     cfg = cfg or TransferConfig()
@@ -244,14 +243,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                 feats = on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]))
             else:
                 feats = model.encoder({n: on_device(v) for n, v in b["inputs"].items()})
-            fused = model.pyramid(feats)
-            seg = model.seg_head(fused, data.size)
-            heat, box = model.det_head(fused)
-        # losses in float32
-        loss_seg = F.cross_entropy(seg.float(), on_device(b["semantic"]), ignore_index=255)
-        loss_hm = focal_heatmap_loss(heat.float(), on_device(b["heatmap"]))
-        loss_box = box_loss(box.float(), on_device(b["box"]), on_device(b["box_weight"]))
-        loss = loss_seg + loss_hm + 0.5 * loss_box
+        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, data.size, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -277,6 +269,28 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     return {"model_dir": str(out_dir), "method": enc_meta["method"], "finetune": cfg.finetune, "steps": cfg.steps,
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
             "final_loss": history[-1] if history else None}
+
+
+def _task_losses(model, feats, batch: dict, size, device):
+    """(total, segmentation, heatmap, box) losses of the heads on encoder features; the heads
+    run under the caller's autocast, the losses in float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from tst_ros.perception.heads import box_loss, focal_heatmap_loss
+    from tst_ros.train.engine import autocast
+
+    def on_device(array: np.ndarray):
+        return torch.from_numpy(array).to(device, non_blocking=True)
+
+    with autocast(device):
+        fused = model.pyramid(feats)
+        seg = model.seg_head(fused, size)
+        heat, box = model.det_head(fused)
+    loss_seg = F.cross_entropy(seg.float(), on_device(batch["semantic"]), ignore_index=255)
+    loss_hm = focal_heatmap_loss(heat.float(), on_device(batch["heatmap"]))
+    loss_box = box_loss(box.float(), on_device(batch["box"]), on_device(batch["box_weight"]))
+    return loss_seg + loss_hm + 0.5 * loss_box, loss_seg, loss_hm, loss_box
 
 
 def _frozen_features(model, data: TransferData, device, chunk: int = 32):
