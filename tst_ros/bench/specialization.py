@@ -13,8 +13,11 @@ Protocol (same data, steps and seeds for every row):
      the stretch of the trajectory lap after the recorded frames (never seen in pre-training).
 Rows: scratch, TST-MAE, TST-MM, TST-MM fed RGB only (separates learned features from the depth
 input) and the oracle: TST-MM transferred on labels of the test building's recorded stretch
-(an upper bound for the table, never used by the product). Gap closed = (row - scratch) /
-(oracle - scratch) on seg mIoU means. A PNG shows sample predictions of the first seed.
+(an upper bound for the table, never used by the product); and the generalist baselines: the
+ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
+frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
+Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
+predictions of the first seed. `rows` runs some rows only (same data and seeds).
 """
 from __future__ import annotations
 
@@ -39,9 +42,14 @@ METRICS = ("seg_miou", "things_miou", "stuff_miou", "det_map", "det_map50")
 # One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
 # cores (measured 10x slower per step under load); results are recorded with the count used.
 TORCH_THREADS = 1
-# (row, pre-training method, transfer inputs (None: the encoder's), labeled set used for transfer)
-ROWS = [("scratch", "scratch", None, "other"), ("tst-mae", "tst-mae", None, "other"), ("tst-mm", "tst-mm", None, "other"),
-        ("tst-mm (rgb input)", "tst-mm", ["rgb"], "other"), ("oracle", "tst-mm", None, "oracle")]
+# (row, pre-training method, transfer inputs (None: the encoder's), labeled set used for
+# transfer, encoder fine-tuning (None: the budget's)); "generalist" rows take the ImageNet
+# EfficientNet-Lite0 (tst_ros.models.generalist) instead of a pre-trained encoder
+ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None, "other", None),
+        ("tst-mm", "tst-mm", None, "other", None), ("tst-mm (rgb input)", "tst-mm", ["rgb"], "other", None),
+        ("oracle", "tst-mm", None, "oracle", None), ("generalist", "generalist", None, "other", None),
+        ("generalist-finetuned", "generalist", None, "other", "full")]
+PRETRAINED = ("scratch", "tst-mae", "tst-mm")
 
 
 def _log(msg: str) -> None:
@@ -130,20 +138,24 @@ def _metrics(result: dict) -> dict:
             "per_class_iou": {r["name"]: None if r["iou"] is None else 100 * r["iou"] for r in result["per_class_iou"]}}
 
 
-def _one_seed(seed: int, paths: dict, tmp: Path, budget: dict, figure: Path | None) -> dict[str, dict]:
-    """Pre-train, transfer and evaluate every row with one seed."""
+def _one_seed(seed: int, paths: dict, tmp: Path, budget: dict, figure: Path | None,
+              rows_wanted: list[str]) -> dict[str, dict]:
+    """Pre-train, transfer and evaluate the wanted rows with one seed."""
     from tst_ros.config import TransferConfig
-    from tst_ros.perception.transfer import evaluate, transfer
+    from tst_ros.perception.transfer import GENERALIST, evaluate, transfer
 
-    encoders = {}
-    for method in ("scratch", "tst-mae", "tst-mm"):
-        _log(f"seed {seed}: pre-training {method}")
-        encoders[method] = _pretrain(method, paths["store"], tmp / f"pretrain-{method}-{seed}", budget, seed)
+    rows_run = [r for r in ROWS if r[0] in rows_wanted]
+    encoders = {GENERALIST: GENERALIST}
+    for method in PRETRAINED:
+        if any(r[1] == method for r in rows_run):
+            _log(f"seed {seed}: pre-training {method}")
+            encoders[method] = _pretrain(method, paths["store"], tmp / f"pretrain-{method}-{seed}", budget, seed)
     rows, model_dirs = {}, {}
-    for name, method, inputs, labels in ROWS:
+    for name, method, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
         cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"],
-                             finetune=budget["finetune"], seed=seed, labeled_images=budget["labeled_images"])
+                             finetune=finetune or budget["finetune"], seed=seed,
+                             labeled_images=budget["labeled_images"])
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
         summary = transfer(encoders[method], str(paths[labels]), str(model_dir), cfg, input_modalities=inputs,
                            show_bar=False)
@@ -170,10 +182,13 @@ def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> dict:
                                 round(float(np.mean([r[name]["per_class_iou"][c] for r in per_seed])), 1)
                                 for c in classes}
         out[name] = row
-    scratch, oracle = out["scratch"]["seg_miou"]["mean"], out["oracle"]["seg_miou"]["mean"]
+    if "scratch" in out and "oracle" in out:
+        scratch, oracle = out["scratch"]["seg_miou"]["mean"], out["oracle"]["seg_miou"]["mean"]
+    else:
+        scratch = oracle = None                  # a run of some rows only
     for name, row in out.items():
         row["gap_closed"] = round((row["seg_miou"]["mean"] - scratch) / (oracle - scratch), 3) + 0.0 \
-            if oracle != scratch else None
+            if oracle is not None and oracle != scratch else None
     return out
 
 
@@ -185,9 +200,14 @@ def table_markdown(rows: dict) -> str:
                              for n, r in rows.items()])
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, rows: list[str] | None = None) -> dict:
+    """Every row (or those named in `rows`) at the quick or the full budget."""
     import torch
 
+    unknown = set(rows or []) - {r[0] for r in ROWS}
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
+    rows_wanted = list(rows or [r[0] for r in ROWS])
     budget = BUDGETS["quick" if quick else "full"]
     seeds = list(budget["seeds"])
     torch.set_num_threads(TORCH_THREADS)
@@ -197,15 +217,19 @@ def run(quick: bool = False) -> dict:
         paths = _data(tmp, budget)
         OUT_DIR.mkdir(exist_ok=True)
         figure = OUT_DIR / ("specialization_samples_quick.png" if quick else "specialization_samples.png")
-        per_seed = [_one_seed(seed, paths, tmp, budget, figure if i == 0 else None) for i, seed in enumerate(seeds)]
+        figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
+        per_seed = [_one_seed(seed, paths, tmp, budget, figure_rows if i == 0 else None, rows_wanted)
+                    for i, seed in enumerate(seeds)]
     rows = summarise(per_seed, seeds)
-    inputs = {name: ",".join(i or (["rgb", "depth"] if m == "tst-mm" else ["rgb"])) for name, m, i, _ in ROWS}
+    inputs = {name: ",".join(i or (["rgb", "depth"] if m == "tst-mm" else ["rgb"]))
+              for name, m, i, _, _ in ROWS if name in rows_wanted}
+    finetune = {name: f or budget["finetune"] for name, _, _, _, f in ROWS if name in rows_wanted}
     return {"test_building": "seed 0, style home", "seeds": seeds,
             "budget": {k: v for k, v in budget.items() if k != "seeds"},
             "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + EVAL_GAP,
                             "recorded_frames": [0, budget["record_frames"] - 1]},
             "encoder": "tiny preset, 128 px, patch 16", "torch_threads": torch.get_num_threads(),
-            "inputs": inputs, "methods": rows,
+            "inputs": inputs, "finetune": finetune, "methods": rows,
             "gap_closed": {name: row["gap_closed"] for name, row in rows.items()},
-            "figure": str(figure), "table_markdown": table_markdown(rows),
+            "figure": str(figure_rows), "table_markdown": table_markdown(rows),
             "total_seconds": round(time.perf_counter() - t_all, 1)}

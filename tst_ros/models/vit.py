@@ -242,7 +242,12 @@ class Encoder(nn.Module):
 
 def build_encoder(preset: str = "tiny", modalities: list[str] | tuple[str, ...] = (registry.PRIMARY_IMAGE,),
                   image_size: int = 128, patch: int = 16) -> Encoder:
-    """A randomly initialised encoder (the `scratch` baseline when used as is)."""
+    """A randomly initialised encoder (the `scratch` baseline when used as is); the generalist
+    preset (`efficientnet-lite0`) builds that architecture, without its ImageNet weights."""
+    from tst_ros.models import generalist
+
+    if preset == generalist.PRESET:
+        return generalist.EfficientNetLite0Encoder(int(image_size), pretrained=False)
     return Encoder(preset, list(modalities), int(image_size), int(patch))
 
 

@@ -11,7 +11,8 @@ from tst_ros import config
 def register(sub) -> None:
     p = sub.add_parser("transfer", help="fine-tune segmentation + detection heads on a COCO-style labeled set")
     config.add_config_arguments(p)
-    p.add_argument("--encoder", required=True, help="pre-training run dir / encoder .safetensors, or 'scratch'")
+    p.add_argument("--encoder", required=True, help="pre-training run dir / encoder .safetensors, 'scratch', or "
+                   "'generalist' (ImageNet EfficientNet-Lite0, the baseline)")
     p.add_argument("--labeled", help="COCO-style labeled set from OTHER buildings (default: transfer.labeled_set)")
     p.add_argument("--out", required=True, help="model directory to write (model.safetensors + model.json)")
     p.add_argument("--finetune", choices=["frozen", "partial", "full"], help="encoder fine-tuning mode")
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--images", type=int, help="use at most this many labeled images (0: all)")
     p.add_argument("--inputs", help="comma-separated input modalities (default: rgb, plus depth when the encoder accepts it)")
     p.add_argument("--preset", default="tiny", help="encoder preset for --encoder scratch")
-    p.add_argument("--image-size", type=int, default=128, help="input size for --encoder scratch")
+    p.add_argument("--image-size", type=int, default=128, help="input size for --encoder scratch or generalist")
     p.add_argument("--patch", type=int, default=16, help="patch size for --encoder scratch")
     p.add_argument("--progress-jsonl", action="store_true", help="print progress as JSON lines on stdout")
     p.add_argument("--debug", action="store_true")

@@ -115,14 +115,23 @@ class TransferData:
 
 # ----------------------------------------------------------------------------- model
 
+GENERALIST = "generalist"       # encoder source naming the ImageNet baseline
+
+
 def resolve_encoder(source: str, preset: str = "tiny", image_size: int = 128, patch: int = 16,
                     scratch_modalities: tuple[str, ...] = (registry.PRIMARY_IMAGE,)):
-    """`scratch` -> random encoder; otherwise a run directory / encoder file -> (encoder, meta)."""
+    """`scratch` -> random encoder; `generalist` -> the ImageNet EfficientNet-Lite0
+    (tst_ros.models.generalist); otherwise a run directory / encoder file -> (encoder, meta)."""
     from tst_ros.models import build_encoder, load_encoder
 
     if source == "scratch":
         enc = build_encoder(preset, list(scratch_modalities), image_size, patch)
         return enc, {**enc.describe(), "method": "scratch", "source": "scratch"}
+    if source == GENERALIST:
+        from tst_ros.models.generalist import EfficientNetLite0Encoder
+
+        enc = EfficientNetLite0Encoder(image_size, pretrained=True)
+        return enc, {**enc.describe(), "method": GENERALIST, "source": enc.describe()["backbone"]}
     enc, meta = load_encoder(source)
     return enc, {**enc.describe(), "method": meta.get("method", "unknown"), "source": str(Path(source).resolve()),
                  "pretrain_steps": meta.get("steps", meta.get("step"))}
@@ -298,6 +307,7 @@ def _frozen_features(model, data: TransferData, device, chunk: int = 32):
     import torch
 
     plain, flipped = [], []
+    model.encoder.eval()                 # a frozen encoder's normalisation statistics stay as they are
     with torch.no_grad():
         for start in range(0, len(data), chunk):
             sl = slice(start, start + chunk)
