@@ -121,8 +121,9 @@ def test_export_cli_writes_model_and_manifest(tmp_path, capsys):
 
 
 def test_serving_preprocessing_equals_the_registry_normalisation():
+    import cv2
+
     from tst_ros import modalities
-    from tst_ros.data.derive import fit_frame
     from tst_ros.perception.heads import preprocessing_meta
     from tst_ros.perception.runtime import normalisation, prepare_inputs
 
@@ -132,8 +133,8 @@ def test_serving_preprocessing_equals_the_registry_normalisation():
     depth[0, :7] = np.nan
     depth[1, :5] = 0.0
     out = prepare_inputs(rgb, depth, ["rgb", "depth"], normalisation(preprocessing_meta(["rgb", "depth"], 32)), (32, 32))
-    resized = fit_frame(rgb, 32)
+    resized = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(out["rgb"], modalities.get("rgb").normalise(resized), atol=1e-5)
-    d = fit_frame(depth, 32, nearest=True)
+    d = cv2.resize(depth, (32, 32), interpolation=cv2.INTER_NEAREST)
     mm = np.where(np.isfinite(d), np.round(d * 1000), 0).astype(np.uint16)
     np.testing.assert_allclose(out["depth"], modalities.get("depth").normalise(mm), atol=1e-3)

@@ -1,8 +1,7 @@
 """Derived modalities and training-resolution geometry (ROS-free, vectorised).
 
-- `fit_frame`: the whole frame resized (stretched) to the network resolution - the one
-  geometry of store, transfer, evaluation and serving - with the matching `Intrinsics`
-  (`fit_intrinsics`).
+- `square_crop_box` / `fit_square`: centre-crop to a square and resize to the training
+  resolution, with the matching `Intrinsics` (`fit_intrinsics`).
 - `normals_from_depth`: camera-frame surface normals from a depth image and intrinsics,
   oriented towards the camera, stored as int8 (x127), 0 where undefined.
 - `canny_edges`: Canny edges of an RGB image (uint8 0/255) via OpenCV.
@@ -22,27 +21,31 @@ CANNY_HIGH = 150
 NORMAL_MAX_REL_STEP = 0.1
 
 
-def fit_frame(image: np.ndarray, size, nearest: bool = False) -> np.ndarray:
-    """(H, W[, C]) -> (h, w[, C]) for `size` = (h, w) or an int (a square): the whole frame is
-    resized, stretched and never cropped. This is the one geometry of every stage - the store
-    (hence pre-training), transfer, evaluation and serving (`perception.runtime.prepare_inputs`)
-    - so the heads see what the encoder learned on and masks cover the whole image. Area
-    averaging when shrinking, bilinear when enlarging; `nearest` for depth and labels."""
-    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    if image.shape[:2] == (h, w):
-        return np.ascontiguousarray(image)
+def square_crop_box(width: int, height: int) -> tuple[int, int, int]:
+    """(x0, y0, side) of the centred square crop."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def fit_square(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Centre-crop (H, W[, C]) to a square and resize to (size, size[, C])."""
+    h, w = image.shape[:2]
+    x0, y0, side = square_crop_box(w, h)
+    crop = image[y0:y0 + side, x0:x0 + side]
+    if side == size:
+        return np.ascontiguousarray(crop)
     if nearest:
         interp = cv2.INTER_NEAREST_EXACT
     else:
-        interp = cv2.INTER_AREA if image.shape[0] > h and image.shape[1] > w else cv2.INTER_LINEAR
-    out = cv2.resize(image, (w, h), interpolation=interp)
-    return out.reshape((h, w) + image.shape[2:])
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    out = cv2.resize(crop, (size, size), interpolation=interp)
+    return out.reshape((size, size) + image.shape[2:])
 
 
-def fit_intrinsics(intr: Intrinsics, size) -> Intrinsics:
-    """Intrinsics of `fit_frame` applied to an image with intrinsics `intr`."""
-    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    return intr.scaled(w, h)
+def fit_intrinsics(intr: Intrinsics, size: int) -> Intrinsics:
+    """Intrinsics of `fit_square` applied to an image with intrinsics `intr`."""
+    x0, y0, side = square_crop_box(intr.width, intr.height)
+    return intr.cropped(x0, y0, side, side).scaled(size, size)
 
 
 def depth_to_mm(depth_m: np.ndarray) -> tuple[np.ndarray, int]:

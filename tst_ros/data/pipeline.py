@@ -221,8 +221,8 @@ class RecordingPipeline:
         """The camera images at training resolution and every derived registry modality whose
         source streams this frame has; absent ones are recorded in `missing`."""
         size = self.size
-        small_depth = None if depth_mm is None else derive.fit_frame(depth_mm, size, nearest=True)
-        sources = {modalities.PRIMARY_IMAGE: derive.fit_frame(rgb, size), modalities.DEPTH_IMAGE: small_depth,
+        small_depth = None if depth_mm is None else derive.fit_square(depth_mm, size, nearest=True)
+        sources = {modalities.PRIMARY_IMAGE: derive.fit_square(rgb, size), modalities.DEPTH_IMAGE: small_depth,
                    "camera_info": None if intr is None else derive.fit_intrinsics(intr, size)}
         arrays = {name: sources[name] for name in (modalities.PRIMARY_IMAGE, modalities.DEPTH_IMAGE)
                   if sources[name] is not None}
@@ -311,7 +311,7 @@ class RecordingPipeline:
             turned = np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1.0, 1.0)))
             return moved < cfg.min_motion_m and turned < cfg.min_rotation_deg
         if cfg.min_image_change > 0:
-            return derive.image_change(derive.fit_frame(rgb, self.size), last["rgb"]) < cfg.min_image_change
+            return derive.image_change(derive.fit_square(rgb, self.size), last["rgb"]) < cfg.min_image_change
         return False
 
     def _imu(self, frame: SyncedFrame, arrays: dict, missing: dict) -> int | None:
@@ -362,7 +362,7 @@ class RecordingPipeline:
         names = []
         for name in ("semantic", "instance"):
             if gt.get(name) is not None:
-                arrays[name] = derive.fit_frame(np.asarray(gt[name]), self.size, nearest=True)
+                arrays[name] = derive.fit_square(np.asarray(gt[name]), self.size, nearest=True)
                 names.append(name)
         if names and self.store.meta.get("ground_truth") != names:
             self.store.update_meta(ground_truth=names)

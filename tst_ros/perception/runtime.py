@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from tst_ros import modalities as registry
-from tst_ros.data.derive import fit_frame
 from tst_ros.perception.threads import thread_layout
 
 IGNORE_LABEL = 255
@@ -198,23 +197,22 @@ def _rgb_blob_params(scale: float, mean: tuple[float, ...], std: tuple[float, ..
 
 def _colour_input(rgb: np.ndarray, depth_m: np.ndarray | None, norm: tuple[float, np.ndarray, np.ndarray],
                   size: tuple[int, int]) -> np.ndarray:
-    """The colour image: `fit_frame` (as the store does), then normalisation and HWC -> CHW in
-    one OpenCV call."""
+    """The colour image: bilinear resize, normalisation and HWC -> CHW in one OpenCV call (0.1 ms at 128 px)."""
     scale, mean, std = norm
     params = _rgb_blob_params(float(scale), tuple(mean.tolist()), tuple(std.tolist()), (size[1], size[0]))
-    return cv2.dnn.blobFromImageWithParams(fit_frame(rgb, size), params)[0]
+    return cv2.dnn.blobFromImageWithParams(rgb, params)[0]
 
 
 def _depth_input(rgb: np.ndarray, depth_m: np.ndarray | None, norm: tuple[float, np.ndarray, np.ndarray],
                  size: tuple[int, int]) -> np.ndarray:
-    """The depth image, given in metres (the registry's scale already applied): `fit_frame`
-    (nearest, as the store does), (d - mean) / std, invalid (NaN, 0) -> 0."""
+    """The depth image, given in metres (the registry's scale already applied): nearest resize,
+    (d - mean) / std, invalid (NaN, 0) -> 0."""
     _, mean, std = norm
     if depth_m is None:
         raise ValueError("this model needs a depth image")
     if depth_m.shape[:2] != rgb.shape[:2]:
         raise ValueError(f"depth {depth_m.shape[:2]} and colour {rgb.shape[:2]} sizes differ (depth must be aligned)")
-    d = fit_frame(np.asarray(depth_m, np.float32), size, nearest=True)
+    d = cv2.resize(np.asarray(depth_m, np.float32), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     valid = np.isfinite(d) & (d > 0)
     return np.where(valid, (d - mean[0]) / std[0], 0.0).astype(np.float32)[None]
 
@@ -225,8 +223,7 @@ _FRAME_INPUTS = {registry.PRIMARY_IMAGE: _colour_input, registry.DEPTH_IMAGE: _d
 
 def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities: list[str],
                    norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """The one preprocessing path (transfer, evaluation, deployment; the store uses the same
-    `fit_frame` and the registry's normalisation): the whole frame resized to `size`,
+    """The one preprocessing path (training, evaluation, deployment): stretch-resize to `size`,
     normalise per modality -> {name: (C, h, w) float32}. Depth is metres with NaN or 0 invalid
     (invalid -> 0 after normalisation, as in the modality registry)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

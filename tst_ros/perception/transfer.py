@@ -57,7 +57,8 @@ class TransferData:
 
     def __init__(self, items: list[dict], input_modalities: list[str], preprocessing: dict,
                  thing_class_ids: list[int], stride: int = 4):
-        from tst_ros.data.derive import fit_frame
+        import cv2
+
         from tst_ros.perception.heads import detection_targets
 
         size = tuple(preprocessing["size"])
@@ -72,7 +73,7 @@ class TransferData:
             for n in input_modalities:
                 self.inputs[n].append(x[n])
             h, w = it["rgb"].shape[:2]
-            self.semantic.append(fit_frame(it["semantic"], size, nearest=True))
+            self.semantic.append(cv2.resize(it["semantic"], (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
             boxes = np.asarray(it["boxes"], np.float32).reshape(-1, 4) * np.array(
                 [size[1] / w, size[0] / h] * 2, np.float32)
             labels = np.asarray(it["labels"], np.int64).reshape(-1)
