@@ -90,9 +90,12 @@ def test_forced_reliability_stays(graph):
 
 
 def test_qos_changes_do_not_stop_a_multithreaded_executor():
-    """The in-process graph spins every node on one MultiThreadedExecutor: replacing a
-    subscription while other threads build the wait set must not kill the executor."""
+    """The in-process graph spins every node on one MultiThreadedExecutor (its spin loop,
+    `spin_until_stopped`): replacing a subscription while other threads build the wait set
+    must not stop it."""
     from rclpy.executors import MultiThreadedExecutor
+
+    from tst_ros.ros.graph_runner import spin_until_stopped
 
     context = Context()
     rclpy.init(context=context)
@@ -101,10 +104,11 @@ def test_qos_changes_do_not_stop_a_multithreaded_executor():
     executor.add_node(node)
     executor.add_node(peer)
     failures = []
+    stopping = threading.Event()
 
     def spin():
         try:
-            executor.spin()
+            spin_until_stopped(executor, stopping)
         except Exception as e:  # noqa: BLE001 - recorded for the assertion
             failures.append(repr(e))
 
@@ -125,6 +129,8 @@ def test_qos_changes_do_not_stop_a_multithreaded_executor():
         assert not failures and thread.is_alive(), failures
         peer.destroy_timer(timer)
     finally:
+        stopping.set()
+        thread.join(timeout=30)
         executor.shutdown()
         node.destroy_node()
         peer.destroy_node()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -162,6 +163,21 @@ class Supervisor(Node):
                 self.seen.samples["point_labels"] = np.array(cloud_field(msg, "label"))
 
 
+def spin_until_stopped(executor, stopping: threading.Event) -> None:
+    """Spin a multi-threaded executor until `stopping` is set or rclpy shuts down. A sensor
+    subscription replaced after a QoS change (`ros/qos.py`) can be destroyed by one executor
+    thread while another builds its wait set from the entity list it read just before; rclpy
+    then raises InvalidHandle in the spinning thread. The next wait set no longer holds the
+    destroyed entity, so spinning goes on."""
+    while not stopping.is_set() and executor.context.ok():
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except InvalidHandle:
+            continue
+        except (ExternalShutdownException, rclpy.executors.ShutdownException):
+            return
+
+
 class DrainingExecutor(MultiThreadedExecutor):
     """A MultiThreadedExecutor whose shutdown lets the callbacks already handed to its thread
     pool finish before the base class destroys the executor's guard condition. rclpy does it
@@ -202,11 +218,7 @@ class Graph:
         return self
 
     def _spin(self):
-        try:
-            while not self._stopping.is_set() and rclpy.ok():
-                self.executor.spin_once(timeout_sec=0.1)
-        except (ExternalShutdownException, rclpy.executors.ShutdownException):
-            pass
+        spin_until_stopped(self.executor, self._stopping)
 
     def stop(self, timeout_s: float = 8.0) -> None:
         """Stop every node (the trainer stops its child gracefully) and shut rclpy down."""

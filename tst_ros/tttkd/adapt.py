@@ -82,6 +82,10 @@ class Prediction:
     info: dict = field(default_factory=dict)
 
 
+class AdaptationStopped(Exception):
+    """`stop_requested` turned true during adaptation: the cloud in progress is dropped."""
+
+
 class TestTimeAdapter:
     """Wraps a trained model: `process(xyz, rgb, T_odom_ref, views)` -> Prediction for every input point."""
     __test__ = False  # not a pytest class
@@ -102,6 +106,7 @@ class TestTimeAdapter:
         self.point_budget, self.voxel_size = int(point_budget), float(voxel_size)
         self.occlusion_tol, self.min_valid_points = float(occlusion_tol), int(min_valid_points)
         self.device = device
+        self.stop_requested = lambda: False     # a node sets its shutdown flag here
         self.optimizer_name = optimizer
         for head in model.projectors():
             head.requires_grad_(False)
@@ -148,6 +153,9 @@ class TestTimeAdapter:
         losses = []
         self.model.train()
         for _ in range(steps):
+            if self.stop_requested():
+                self.model.eval()
+                raise AdaptationStopped("stopped between two adaptation steps")
             _, feats = self.model(batch)
             loss = distillation_loss(feats, targets, valid)
             self.optimizer.zero_grad(set_to_none=True)

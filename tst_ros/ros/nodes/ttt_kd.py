@@ -131,6 +131,7 @@ class TTTKDNode(Node):
         except (OSError, ValueError, KeyError) as e:
             self.get_logger().error(f"cannot load TTT-KD model {path}: {e}")
             return False
+        labeler.adapter.stop_requested = self._stop.is_set      # shutdown ends adaptation between steps
         with self._labeler_lock:
             old = self.labeler
             for stamp, rgb in self._images:
@@ -242,6 +243,8 @@ class TTTKDNode(Node):
             time.sleep(0.01)
 
     def _work(self) -> None:
+        from tst_ros.tttkd.adapt import AdaptationStopped      # torch: in the worker, not at start-up
+
         if int(self.params["threads"]) > 0:
             import torch
             torch.set_num_threads(int(self.params["threads"]))
@@ -261,6 +264,8 @@ class TTTKDNode(Node):
                 continue
             try:
                 self._label_and_publish(labeler, msg)
+            except AdaptationStopped:
+                return
             except Exception as e:  # a bad cloud must never kill the worker
                 self._count("failed")
                 self.get_logger().error(f"cloud at {stamp_to_ns(msg.header.stamp)} ns not labelled: {e}")
@@ -292,8 +297,8 @@ class TTTKDNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        if self._worker.is_alive():     # it stops between two steps; a step is seconds at most
+            self._worker.join(timeout=60.0)
         super().destroy_node()
 
 
