@@ -102,9 +102,6 @@ def test_a_segmentation_node_registers_depth_with_the_extrinsic_and_refuses_it_w
     """Over DDS between processes: two RGB-D segmentation nodes get colour (with its CameraInfo)
     and depth from another camera (its own CameraInfo); the one given `depth_extrinsic` serves
     masks, the other refuses every frame with an error naming the parameter."""
-    import os
-    import subprocess
-    import sys
     import threading
 
     import rclpy
@@ -112,7 +109,7 @@ def test_a_segmentation_node_registers_depth_with_the_extrinsic_and_refuses_it_w
     from sensor_msgs.msg import CameraInfo, Image
 
     from polling import stop_processes, wait_for
-    from test_seg_det_nodes import export
+    from test_seg_det_nodes import export, start_node
     from tst_ros.poses import matrix_to_extrinsic
     from tst_ros.ros.conversions import intrinsics_to_camera_info, make_header
     from tst_ros.ros.images import array_to_image
@@ -124,12 +121,9 @@ def test_a_segmentation_node_registers_depth_with_the_extrinsic_and_refuses_it_w
     procs, logs = {}, {}
     for name, extra in nodes.items():
         logs[name] = tmp_path / f"{name}.log"
-        cmd = [sys.executable, "-m", "tst_ros.ros.nodes.segmentation", "--ros-args", "-r", f"__node:=seg_{name}",
-               "-r", f"tst/segmentation/mask:=mask_{name}", "-p", f"model_path:={model}", "-p", "best_effort:=false",
-               "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1", "-p", "publish_overlay:=false"]
-        for value in extra:
-            cmd += ["-p", value]
-        procs[name] = subprocess.Popen(cmd, stdout=logs[name].open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
+        procs[name] = start_node("segmentation", model, logs[name],
+                                 ["-r", f"__node:=seg_{name}", "-r", f"tst/segmentation/mask:=mask_{name}",
+                                  "-p", "publish_overlay:=false", *[a for value in extra for a in ("-p", value)]])
 
     context = rclpy.Context()
     rclpy.init(context=context)

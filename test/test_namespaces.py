@@ -9,9 +9,7 @@ that namespace's model's class.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -22,16 +20,13 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from polling import wait_for  # noqa: E402
-from test_seg_det_nodes import export, sim_frames  # noqa: E402
+from test_seg_det_nodes import export, sim_frames, start_node  # noqa: E402
 
 NAMESPACES = {"robot_a": 2, "robot_b": 4}     # namespace -> the constant class its model predicts
 
 
 def start_segmentation(namespace: str, model, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tst_ros.ros.nodes.segmentation", "--ros-args", "-r", f"__ns:=/{namespace}",
-           "-p", f"model_path:={model}", "-p", "best_effort:=false", "-p", "qos_depth:=10",
-           "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1", "-p", "publish_overlay:=false"]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    return start_node("segmentation", model, log, ["-r", f"__ns:=/{namespace}", "-p", "publish_overlay:=false"])
 
 
 class Peer:

@@ -52,10 +52,11 @@ def export(tmp: Path, name: str, constant_class: int, inputs=("rgb",)) -> Path:
     return Path(export_model(model_dir, tmp / f"{name}.onnx", frames=frames)["path"])
 
 
-def start_node(kind: str, model: Path, log: Path) -> subprocess.Popen:
+def start_node(kind: str, model: Path, log: Path, ros_args=()) -> subprocess.Popen:
+    """A perception node process (reliable, CPU, one thread), `ros_args` appended to --ros-args."""
     cmd = [sys.executable, "-m", f"tst_ros.ros.nodes.{kind}", "--ros-args", "-p", f"model_path:={model}",
            "-p", "best_effort:=false", "-p", "qos_depth:=10", "-p", "score_threshold:=0.3",
-           "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1"]
+           "-p", "providers:=['CPUExecutionProvider']", "-p", "threads:=1", *ros_args]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 

@@ -9,7 +9,7 @@ A `ros__parameters` YAML names nodes (`segmentation:`, `/robot_a/segmentation:`,
     /**:
       ros__parameters:
         pretrain: {steps: 300}   # a section by name, for the stages no node declares
-        use_sim_time: true       # a plain parameter under /** -> every node
+        sensor_qos_reliability: reliable   # a plain parameter under /** -> every node
 
 `from_ros_parameters` turns it into the nested dict `tst_ros.config.load` merges, with the
 node-only values in `specialize.node_parameters` ({node: {name: value}}, `*` for every node),

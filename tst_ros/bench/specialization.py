@@ -231,5 +231,5 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
             "encoder": "tiny preset, 128 px, patch 16", "torch_threads": torch.get_num_threads(),
             "inputs": inputs, "finetune": finetune, "methods": rows,
             "gap_closed": {name: row["gap_closed"] for name, row in rows.items()},
-            "figure": str(figure_rows), "table_markdown": table_markdown(rows),
+            "figure": str(figure_rows) if figure_rows else None, "table_markdown": table_markdown(rows),
             "total_seconds": round(time.perf_counter() - t_all, 1)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tst_ros.config import Config
+from tst_ros.ros_params import NODE_SECTIONS
 
 
 @dataclass
@@ -105,7 +106,10 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
     if not dataset.is_absolute():
         dataset = run_dir / dataset.name
     remappings = remappings if remappings is not None else parse_remappings(cfg.specialize.remappings)
-    record = {**_ros_parameters(cfg.record), "dataset": str(dataset), "max_samples": cfg.specialize.record_frames}
+    def section(node: str) -> dict:         # the config section the node declares its parameters from
+        return _ros_parameters(getattr(cfg, NODE_SECTIONS[node]))
+
+    record = {**section("recorder"), "dataset": str(dataset), "max_samples": cfg.specialize.record_frames}
     trainer = {
         "min_samples": cfg.specialize.record_frames,
         "run_dir": str(run_dir / "pretrain"),
@@ -113,15 +117,14 @@ def describe(cfg: Config, *, use_sim: bool = True, config_path: str | Path = "",
         "dataset": str(dataset),
         "stop_timeout_s": 6.0,  # SIGINT must stop the whole graph within 10 s
     }
-    ttt = {**_ros_parameters(cfg.ttt_kd), "checkpoint": str(run_dir / "tttkd")}
+    ttt = {**section("ttt_kd"), "checkpoint": str(run_dir / "tttkd")}
     specs = [
-        NodeSpec("sim", "sim", "tst_ros.ros.nodes.sim:SimNode", _ros_parameters(cfg.sim)),
+        NodeSpec("sim", "sim", "tst_ros.ros.nodes.sim:SimNode", section("sim")),
         NodeSpec("recorder", "recorder", "tst_ros.ros.nodes.recorder:RecorderNode", record),
         NodeSpec("trainer", "trainer", "tst_ros.ros.nodes.trainer:TrainerNode", trainer),
         NodeSpec("segmentation", "segmentation", "tst_ros.ros.nodes.segmentation:SegmentationNode",
-                 _ros_parameters(cfg.perception)),
-        NodeSpec("detection", "detection", "tst_ros.ros.nodes.detection:DetectionNode",
-                 _ros_parameters(cfg.perception)),
+                 section("segmentation")),
+        NodeSpec("detection", "detection", "tst_ros.ros.nodes.detection:DetectionNode", section("detection")),
         NodeSpec("ttt_kd", "ttt_kd", "tst_ros.ros.nodes.ttt_kd:TTTKDNode", ttt),
     ]
     if use_sim:  # without TF, nodes that need camera poses take the simulated rig's extrinsic

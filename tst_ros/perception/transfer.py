@@ -231,9 +231,6 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     frozen = cfg.finetune == "frozen"
     cache = _frozen_features(model, data, device) if frozen else None
-
-    def on_device(array: np.ndarray):
-        return torch.from_numpy(array).to(device, non_blocking=True)
     warmup = max(1, cfg.steps // 10)
     history = []
     bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
@@ -249,9 +246,9 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         b = data.batch(idx, flips)
         with autocast(device):
             if frozen:
-                feats = on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]))
+                feats = _on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]), device)
             else:
-                feats = model.encoder({n: on_device(v) for n, v in b["inputs"].items()})
+                feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
         loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, data.size, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,8 +266,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                           message=f"seg {rec['seg']:.3f} heatmap {rec['heatmap']:.3f} box {rec['box']:.3f}")
     model.eval()
     model.to("cpu")                      # saved and exported from the CPU
-    meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()), "labeled_images": len(items),
-                        "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
+    meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()),
+                        "labeled_images": len(items), "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
     meta["history"] = history
     save_model(model, meta, out_dir)
     emit_progress(progress_stream, event="model", path=str(Path(out_dir).resolve()), tasks=meta["tasks"],
@@ -280,25 +277,27 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             "final_loss": history[-1] if history else None}
 
 
+def _on_device(array: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(array).to(device, non_blocking=True)
+
+
 def _task_losses(model, feats, batch: dict, size, device):
     """(total, segmentation, heatmap, box) losses of the heads on encoder features; the heads
-    run under the caller's autocast, the losses in float32."""
-    import torch
+    run under autocast (bf16 on CUDA), the losses in float32."""
     import torch.nn.functional as F
 
     from tst_ros.perception.heads import box_loss, focal_heatmap_loss
     from tst_ros.train.engine import autocast
 
-    def on_device(array: np.ndarray):
-        return torch.from_numpy(array).to(device, non_blocking=True)
-
     with autocast(device):
         fused = model.pyramid(feats)
         seg = model.seg_head(fused, size)
         heat, box = model.det_head(fused)
-    loss_seg = F.cross_entropy(seg.float(), on_device(batch["semantic"]), ignore_index=255)
-    loss_hm = focal_heatmap_loss(heat.float(), on_device(batch["heatmap"]))
-    loss_box = box_loss(box.float(), on_device(batch["box"]), on_device(batch["box_weight"]))
+    loss_seg = F.cross_entropy(seg.float(), _on_device(batch["semantic"], device), ignore_index=255)
+    loss_hm = focal_heatmap_loss(heat.float(), _on_device(batch["heatmap"], device))
+    loss_box = box_loss(box.float(), _on_device(batch["box"], device), _on_device(batch["box_weight"], device))
     return loss_seg + loss_hm + 0.5 * loss_box, loss_seg, loss_hm, loss_box
 
 

@@ -25,54 +25,52 @@ class DepthInfoPending(DepthNotRegistered):
 
 
 class DepthRegistrar:
-    """Declares `depth_extrinsic` and `ignore_depth_distortion` (unless the node has them) and
-    subscribes the two CameraInfo topics through `subscribe(msg_type, topic, callback)`.
-    `tree` (a tst_ros.frames.TransformTree) supplies the transform when the parameter is unset."""
+    """Declares `depth_extrinsic` and `ignore_depth_distortion` (unless the node has them).
+    The node hands it the colour camera (`set_color_info`, from the CameraInfo subscription the
+    node has anyway) and lets it subscribe the depth CameraInfo once depth is needed
+    (`subscribe_depth_info`). `tree` (a tst_ros.frames.TransformTree) supplies the depth ->
+    colour transform when the parameter is unset; a transform found there is kept."""
 
-    def __init__(self, node, subscribe, color_info_topic: str = "camera/color/camera_info",
-                 depth_info_topic: str = "camera/depth/camera_info", tree=None):
+    def __init__(self, node, tree=None):
         for name, default in (("depth_extrinsic", UNSET_EXTRINSIC), ("ignore_depth_distortion", False)):
             if not node.has_parameter(name):
                 node.declare_parameter(name, default)
         self.alignment = DepthAlignment.from_parameters(node.get_parameter("depth_extrinsic").value,
                                                         node.get_parameter("ignore_depth_distortion").value)
-        self._from_parameter = self.alignment.T_color_depth is not None
         self.node, self.tree = node, tree
         self.color_info = None
         self.color_frame = self.depth_frame = ""
-        self.subscriptions = [subscribe(CameraInfo, color_info_topic, self._on_color_info),
-                              subscribe(CameraInfo, depth_info_topic, self._on_depth_info)]
+        self.depth_info_subscription = None
 
-    def _depth_info_publishers(self) -> int:
-        sub = self.subscriptions[1]
-        return getattr(sub, "subscription", sub).get_publisher_count()     # SensorSubscription or rclpy's
+    def subscribe_depth_info(self, subscribe, topic: str = "camera/depth/camera_info") -> None:
+        """Subscribe the depth CameraInfo through `subscribe(msg_type, topic, callback)` (once)."""
+        if self.depth_info_subscription is None:
+            self.depth_info_subscription = subscribe(CameraInfo, topic, self._on_depth_info)
 
-    def _on_color_info(self, msg: CameraInfo) -> None:
-        intrinsics = self._read(msg, "colour")
-        if intrinsics is not None:
-            self.color_info, self.color_frame = intrinsics, msg.header.frame_id
+    def set_color_info(self, intrinsics, frame_id: str) -> None:
+        self.color_info, self.color_frame = intrinsics, frame_id
 
     def _on_depth_info(self, msg: CameraInfo) -> None:
-        intrinsics = self._read(msg, "depth")
-        if intrinsics is not None:
-            self.alignment.set_depth_info(intrinsics, list(msg.d))
-            self.depth_frame = msg.header.frame_id
-
-    def _read(self, msg: CameraInfo, which: str):
         try:
-            return camera_info_to_intrinsics(msg)
+            intrinsics = camera_info_to_intrinsics(msg)
         except ValueError as e:
-            self.node.get_logger().warning(f"{which} CameraInfo ignored: {e}", throttle_duration_sec=10.0)
-            return None
+            self.node.get_logger().warning(f"depth CameraInfo ignored: {e}", throttle_duration_sec=10.0)
+            return
+        self.alignment.set_depth_info(intrinsics, list(msg.d))
+        self.depth_frame = msg.header.frame_id
+
+    def _depth_info_published(self) -> bool:
+        sub = self.depth_info_subscription
+        return sub is not None and sub.subscription is not None and sub.subscription.get_publisher_count() > 0
 
     def align(self, depth_m: np.ndarray) -> np.ndarray:
         """Depth aligned to colour (the input itself when it already is); DepthNotRegistered
         with what to set when it cannot be."""
-        if self.alignment.depth_info is None and self._depth_info_publishers() > 0:
+        if self.alignment.depth_info is None and self._depth_info_published():
             raise DepthInfoPending("the depth CameraInfo is published but has not arrived yet")
-        if not self._from_parameter and self.tree is not None and self.color_frame and self.depth_frame:
+        if self.alignment.T_color_depth is None and self.tree is not None and self.color_frame and self.depth_frame:
             try:
                 self.alignment.T_color_depth = self.tree.lookup(self.color_frame, self.depth_frame, 0)
             except LookupError:
-                pass
+                pass                    # not (yet) in TF: align() says what to set
         return self.alignment.align(depth_m, self.color_info)

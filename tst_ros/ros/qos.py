@@ -81,8 +81,6 @@ def sample_key(msg):
     re-serializing is not byte-stable (CDR padding) - or, without a header, the serialized
     message."""
     if isinstance(msg, (bytes, bytearray, memoryview)):
-
-
         try:
             return cdr_header_stamp_ns(msg), len(msg)
         except ValueError:                      # no std_msgs/Header first

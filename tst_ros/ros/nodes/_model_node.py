@@ -21,10 +21,8 @@
   mask's unlabeled value) and the model version as vision_msgs/VisionInfo (`database_version`,
   `database_location` naming the LabelInfo topic) beside it, both transient-local, whenever the
   serving model changes.
-- Depth from a camera whose CameraInfo (`camera/depth/camera_info`) differs from colour's is
-  registered into the colour camera (`depth_extrinsic`, `ignore_depth_distortion`;
-  `tst_ros.ros.depth_registration`) or, when it cannot be, the frame is dropped with an error
-  naming the parameter to set (counter `depth_not_registered`).
+- Depth whose CameraInfo differs from colour's is registered (`tst_ros.ros.depth_registration`)
+  or the frame is dropped with an error naming `depth_extrinsic` (`depth_not_registered`).
 - Wrong-encoding and malformed inputs are reported with a throttled warning; the node keeps running.
 
 Managed variant (`tst_ros.ros.lifecycle`): configure loads the model (`configure_resources`),
@@ -42,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import LabelInfo, VisionClass, VisionInfo
 
 from tst_ros.config import PerceptionConfig
@@ -50,7 +48,7 @@ from tst_ros.msg import ModelUpdate
 from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
-from tst_ros.ros.conversions import stamp_to_ns
+from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
 from tst_ros.ros.depth_registration import DepthInfoPending, DepthNotRegistered, DepthRegistrar
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
@@ -119,7 +117,8 @@ class ModelServingNode(Node):
         self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
         self.vision_info_pub = self.create_publisher(VisionInfo, self.vision_info_topic(), qos_latched())
         self._subscribe_image("camera/color/image_raw", self._on_image)
-        self.depth_registrar = DepthRegistrar(self, self._subscribe_sensor)    # depth_extrinsic, ...
+        self.depth_registrar = DepthRegistrar(self)                  # depth_extrinsic, ignore_depth_distortion
+        self.camera_info, self._camera_info_sub = None, None      # colour, once a task or depth needs it
         self.create_subscription(ModelUpdate, "tst/model", self._on_model_update, qos_latched())
         self.setup_outputs()
         self._worker = threading.Thread(target=self._work_loop, name=f"{node_name}-worker", daemon=True)
@@ -189,6 +188,21 @@ class ModelServingNode(Node):
     def _ensure_depth_subscription(self, needed: bool) -> None:
         if needed and self._depth_sub is None:
             self._depth_sub = self._subscribe_image("camera/depth/image_raw", self._on_depth)
+            self._ensure_camera_info_subscription()
+            self.depth_registrar.subscribe_depth_info(self._subscribe_sensor)
+
+    def _ensure_camera_info_subscription(self) -> None:
+        """The colour CameraInfo (kept in `camera_info`, handed to depth registration)."""
+        if self._camera_info_sub is None:
+            self._camera_info_sub = self._subscribe_sensor(CameraInfo, "camera/color/camera_info",
+                                                           self._on_camera_info)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_info = msg
+        try:
+            self.depth_registrar.set_color_info(camera_info_to_intrinsics(msg), msg.header.frame_id)
+        except ValueError as e:
+            self.get_logger().warning(f"colour CameraInfo ignored: {e}", throttle_duration_sec=WARN_THROTTLE_S)
 
     def _match_depth(self, image: CdrImage) -> tuple[str, CdrImage | None]:
         """('ok', depth) | ('wait', None) | ('none', None) for the newest image (call with the lock held)."""
@@ -383,12 +397,3 @@ class ModelServingNode(Node):
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=5.0)
         super().destroy_node()
-
-
-def parameters_from_config(cfg) -> list:
-    """PerceptionConfig -> rclpy Parameter list for `parameter_overrides` (in-process graphs)."""
-    import dataclasses
-
-    from rclpy.parameter import Parameter
-
-    return [Parameter(f.name, value=getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import Point
-from sensor_msgs.msg import CameraInfo
 from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -41,12 +40,8 @@ class DetectionNode(ModelServingNode):
         # typed vision_msgs/Detection2DArray; publish_outputs hands it serialized bytes of that type
         self.det_pub = self.create_publisher(Detection2DArray, "tst/detections", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "tst/detections/markers", 10)
-        self.camera_info: CameraInfo | None = None
-        self._subscribe_sensor(CameraInfo, "camera/color/camera_info", self._on_camera_info)
+        self._ensure_camera_info_subscription()           # markers are placed with the intrinsics
         self.colours = palette(0)
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self.camera_info = msg
 
     def on_model_changed(self, predictor: Predictor) -> None:
         self.colours = palette(len(predictor.classes))

@@ -105,10 +105,12 @@ class TTTKDNode(Node):
         self.sensor_subscriptions = {
             key: SensorSubscription(self, cls, p[key], callback, p["sensor_qos_reliability"], p["sensor_qos_depth"])
             for cls, key, callback in inputs if p[key]}
-        self.depth_registrar = DepthRegistrar(
-            self, lambda cls, topic, callback: SensorSubscription(
-                self, cls, topic, callback, p["sensor_qos_reliability"], p["sensor_qos_depth"]),
-            p["camera_info_topic"], p["depth_camera_info_topic"], tree=self.pose_subscriber.tree)
+        self.depth_registrar = DepthRegistrar(self, tree=self.pose_subscriber.tree)
+        if p["depth_topic"]:
+            self.depth_registrar.subscribe_depth_info(
+                lambda cls, topic, callback: SensorSubscription(self, cls, topic, callback, p["sensor_qos_reliability"],
+                                                                p["sensor_qos_depth"]),
+                p["depth_camera_info_topic"])
         if float(p["stats_period_s"]) > 0:
             steady_timer(self, float(p["stats_period_s"]), self._log_stats)
         self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
@@ -192,6 +194,7 @@ class TTTKDNode(Node):
         except ValueError as e:
             self._warn_once("camera_info", f"camera_info ignored: {e}")
             return
+        self.depth_registrar.set_color_info(self._intrinsics, msg.header.frame_id)
         labeler = self.labeler
         if labeler is not None:
             labeler.set_intrinsics(self._intrinsics)
