@@ -37,6 +37,9 @@ class Modality:
     spatial: bool = True                # transformed by spatial augmentations
     flip_negate_channels: tuple[int, ...] = ()  # channels that change sign under horizontal flip
     window: int = 0                     # samples per IMU window (imu kind only)
+    # "module:Class" or "onnx:PATH": a frozen network computes it (`tst_ros.teachers`), once
+    # per stored sample by `tst-ros dataset teach`, into the store's teachers/ sub-stores
+    teacher: str = ""
 
     def normalise_tensor(self, stored: torch.Tensor, channel_dim: int = -3) -> torch.Tensor:
         """Stored values (any dtype, channels along `channel_dim`) -> float32 network input.
@@ -117,6 +120,17 @@ register(Modality(
     "points", "point_cloud", 6, "float32", "point cloud x y z (m, sensor frame) r g b (0..1)",
     loss="none", pretrain=False, spatial=False))
 
+# Teacher modalities (`tst_ros.teachers`): not pre-trained on unless a config names them.
+register(Modality(
+    "imagenet", "feature_map", 16, "float16",
+    "ImageNet EfficientNet-Lite0 features (stride-16 and stride-32 stages) on a 16x16 grid, reduced to 16 "
+    "channels by a fixed orthogonal projection and standardised",
+    derived_from=("rgb",), teacher="tst_ros.teachers.imagenet:ImageNetFeatures", loss="mse", pretrain=False))
+register(Modality(
+    "hed", "image", 1, "uint8", "HED edge probability (VGG16, BSDS500 weights) x255",
+    scale=1 / 255, mean=(0.0,), std=(1.0,), derived_from=("rgb",), teacher="tst_ros.teachers.hed:HedEdges",
+    loss="bce", pretrain=False))
+
 # Ground-truth side channels written by the simulator and the labeled-set tools. They are
 # not registry modalities (never network inputs); listed here so the store knows their dtype.
 GROUND_TRUTH_DTYPES: dict[str, str] = {"semantic": "uint8", "instance": "uint16"}
@@ -137,5 +151,16 @@ DEPTH_IMAGE = "depth"
 
 
 def derived() -> list[Modality]:
-    """Entries computed from other streams (their `derived_from`), in registration order."""
-    return [m for m in REGISTRY.values() if m.derived_from]
+    """Entries computed from other streams at recording time (their `derived_from`), in
+    registration order; teacher modalities are computed later, by the teach stage."""
+    return [m for m in REGISTRY.values() if m.derived_from and not m.teacher]
+
+
+def teachers() -> list[Modality]:
+    """Teacher modalities (outputs of frozen networks), in registration order."""
+    return [m for m in REGISTRY.values() if m.teacher]
+
+
+def recorded() -> list[Modality]:
+    """What the recorder writes into a store's samples: everything but teacher modalities."""
+    return [m for m in REGISTRY.values() if not m.teacher]

@@ -10,6 +10,7 @@ BENCHMARKS = {
     "record": "tst_ros.bench.record",
     "pretrain": "tst_ros.bench.pretrain",
     "specialization": "tst_ros.bench.specialization",
+    "modalities": "tst_ros.bench.modalities",
     "perception": "tst_ros.bench.perception",
     "ttt-kd": "tst_ros.bench.ttt_kd",
 }

@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (default: also a table on stderr)")
     p.add_argument("--quick", action="store_true", help="a shortened run of the same measurement")
     p.add_argument("--out", help="also write the JSON to this file")
-    p.add_argument("--rows", help="specialization only: comma-separated rows to run (default: all)")
+    p.add_argument("--rows", help="specialization, modalities: comma-separated rows to run (default: all)")
     p.set_defaults(func=run)
 
 

@@ -13,7 +13,9 @@ Protocol (same data, steps and seeds for every row):
      the stretch of the trajectory lap after the recorded frames (never seen in pre-training).
 Rows: scratch, TST-MAE, TST-MM, TST-MM fed RGB only (separates learned features from the depth
 input) and the oracle: TST-MM transferred on labels of the test building's recorded stretch
-(an upper bound for the table, never used by the product); and the generalist baselines: the
+(an upper bound for the table, never used by the product); TST-MM pre-trained on the sensors
+plus every teacher modality (`tst-mm+teachers`, the store taught by `tst_ros.data.teach`;
+transfer and serving still take RGB-D only); and the generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
@@ -42,21 +44,46 @@ METRICS = ("seg_miou", "things_miou", "stuff_miou", "det_map", "det_map50")
 # One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
 # cores (measured 10x slower per step under load); results are recorded with the count used.
 TORCH_THREADS = 1
-# (row, pre-training method, transfer inputs (None: the encoder's), labeled set used for
-# transfer, encoder fine-tuning (None: the budget's)); "generalist" rows take the ImageNet
-# EfficientNet-Lite0 (tst_ros.models.generalist) instead of a pre-trained encoder
+# (row, pre-training (a PRETRAININGS key, or "generalist": the ImageNet EfficientNet-Lite0 of
+# tst_ros.models.generalist), transfer inputs (None: the encoder's camera images), labeled set
+# used for transfer, encoder fine-tuning (None: the budget's))
 ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None, "other", None),
         ("tst-mm", "tst-mm", None, "other", None), ("tst-mm (rgb input)", "tst-mm", ["rgb"], "other", None),
-        ("oracle", "tst-mm", None, "oracle", None), ("generalist", "generalist", None, "other", None),
+        ("oracle", "tst-mm", None, "oracle", None),
+        ("tst-mm+teachers", "tst-mm+teachers", None, "other", None),
+        ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
-PRETRAINED = ("scratch", "tst-mae", "tst-mm")
+
+
+def sensor_modalities() -> list[str]:
+    """What TST-MM pre-trains on by default: the loop's configured modalities."""
+    from tst_ros.config import PretrainConfig
+    return list(PretrainConfig().modalities)
+
+
+def teacher_modalities() -> list[str]:
+    from tst_ros import modalities as registry
+    return [m.name for m in registry.teachers()]
+
+
+# pre-training -> (method, modalities (None: the method's default))
+PRETRAININGS = {"scratch": ("scratch", None), "tst-mae": ("tst-mae", None), "tst-mm": ("tst-mm", None),
+                "tst-mm+teachers": ("tst-mm", "sensors+teachers")}
+
+
+def pretraining_modalities(spec) -> list[str] | None:
+    if spec == "sensors+teachers":
+        return sensor_modalities() + teacher_modalities()
+    return spec
 
 
 def _log(msg: str) -> None:
     logging.getLogger("tst_ros.bench.specialization").info(msg)
 
 
-def _pretrain(method: str, store: Path, out: Path, budget: dict, seed: int) -> str:
+def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
+                     modalities: list[str] | None = None) -> str:
+    """The encoder file of one pre-training at the benchmark budget."""
     from tst_ros.config import PretrainConfig
     from tst_ros.train.pretrain import pretrain
 
@@ -64,6 +91,8 @@ def _pretrain(method: str, store: Path, out: Path, budget: dict, seed: int) -> s
     cfg = PretrainConfig(preset="tiny", method=method, steps=steps, batch=budget["pretrain_batch"],
                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
+    if modalities:
+        cfg.modalities = list(modalities)
     return pretrain(cfg, str(store), out)["encoder"]
 
 
@@ -113,11 +142,12 @@ def sample_figure(model_dirs: dict[str, str], eval_dir: Path, path: Path, rows: 
     return path
 
 
-def _data(tmp: Path, budget: dict) -> dict[str, Path]:
-    """The unlabeled store, the transfer sets (other buildings; the oracle's test building) and
-    the held-out evaluation frames."""
+def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None) -> dict[str, Path]:
+    """The unlabeled store (with the outputs of `teachers`), the transfer sets (other
+    buildings; the oracle's test building) and the held-out evaluation frames."""
     from tst_ros.config import RecordConfig, SimConfig
     from tst_ros.data.from_sim import build_dataset
+    from tst_ros.data.teach import teach
     from tst_ros.sim import labeled_set
 
     record = budget["record_frames"]
@@ -128,6 +158,8 @@ def _data(tmp: Path, budget: dict) -> dict[str, Path]:
                       span_frames=record, progress=False)
     labeled_set.write(paths["held_out"], budget["eval_images"], styles=["home"], seed=0,
                       start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False)
+    if teachers:
+        teach(paths["store"], teachers, device="cpu", progress=False)
     return paths
 
 
@@ -138,26 +170,27 @@ def _metrics(result: dict) -> dict:
             "per_class_iou": {r["name"]: None if r["iou"] is None else 100 * r["iou"] for r in result["per_class_iou"]}}
 
 
-def _one_seed(seed: int, paths: dict, tmp: Path, budget: dict, figure: Path | None,
-              rows_wanted: list[str]) -> dict[str, dict]:
-    """Pre-train, transfer and evaluate the wanted rows with one seed."""
+def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tuple], pretrainings: dict,
+             figure: Path | None = None) -> dict[str, dict]:
+    """Pre-train, transfer and evaluate `rows_run` (ROWS-like tuples whose pre-training keys
+    are in `pretrainings`) with one seed."""
     from tst_ros.config import TransferConfig
     from tst_ros.perception.transfer import GENERALIST, evaluate, transfer
 
-    rows_run = [r for r in ROWS if r[0] in rows_wanted]
     encoders = {GENERALIST: GENERALIST}
-    for method in PRETRAINED:
-        if any(r[1] == method for r in rows_run):
-            _log(f"seed {seed}: pre-training {method}")
-            encoders[method] = _pretrain(method, paths["store"], tmp / f"pretrain-{method}-{seed}", budget, seed)
+    for key, (method, modalities) in pretrainings.items():
+        if any(r[1] == key for r in rows_run):
+            _log(f"seed {seed}: pre-training {key}")
+            encoders[key] = pretrain_encoder(method, paths["store"], tmp / f"pretrain-{key}-{seed}", budget, seed,
+                                             pretraining_modalities(modalities))
     rows, model_dirs = {}, {}
-    for name, method, inputs, labels, finetune in rows_run:
+    for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
         cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"],
                              finetune=finetune or budget["finetune"], seed=seed,
                              labeled_images=budget["labeled_images"])
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
-        summary = transfer(encoders[method], str(paths[labels]), str(model_dir), cfg, input_modalities=inputs,
+        summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, input_modalities=inputs,
                            show_bar=False)
         rows[name] = {**_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
                       "transfer_seconds": summary["seconds"]}
@@ -214,14 +247,16 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tst-bench-spec-") as tmp:
         tmp = Path(tmp)
-        paths = _data(tmp, budget)
+        rows_run = [r for r in ROWS if r[0] in rows_wanted]
+        needs_teachers = any(PRETRAININGS.get(r[1], (None, None))[1] == "sensors+teachers" for r in rows_run)
+        paths = build_data(tmp, budget, teacher_modalities() if needs_teachers else None)
         OUT_DIR.mkdir(exist_ok=True)
         figure = OUT_DIR / ("specialization_samples_quick.png" if quick else "specialization_samples.png")
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
-        per_seed = [_one_seed(seed, paths, tmp, budget, figure_rows if i == 0 else None, rows_wanted)
+        per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
                     for i, seed in enumerate(seeds)]
     rows = summarise(per_seed, seeds)
-    inputs = {name: ",".join(i or (["rgb", "depth"] if m == "tst-mm" else ["rgb"]))
+    inputs = {name: ",".join(i or (["rgb", "depth"] if m.startswith("tst-mm") else ["rgb"]))
               for name, m, i, _, _ in ROWS if name in rows_wanted}
     finetune = {name: f or budget["finetune"] for name, _, _, _, f in ROWS if name in rows_wanted}
     return {"test_building": "seed 0, style home", "seeds": seeds,

@@ -1,4 +1,4 @@
-"""CLI: `tst-ros ingest BAG --out DATASET`, `tst-ros replay BAG`, `tst-ros dataset info|from-sim`."""
+"""CLI: `tst-ros ingest BAG --out DATASET`, `tst-ros replay BAG`, `tst-ros dataset info|teach|from-sim`."""
 from __future__ import annotations
 
 import json
@@ -54,6 +54,16 @@ def register(sub) -> None:
     q.add_argument("path", help="dataset store directory")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=run_info)
+    q = dsub.add_parser("teach", help="compute teacher modalities (frozen networks' outputs) for every "
+                                      "sample not taught yet; resumable")
+    q.add_argument("path", help="dataset store directory")
+    q.add_argument("--teachers", nargs="+", metavar="MODALITY",
+                   help="teacher modalities to compute (default: every registered one)")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    q.add_argument("--redo", action="store_true", help="delete a teacher's stored outputs and teach it again")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=run_teach)
     q = dsub.add_parser("from-sim", help="write simulator frames into a store (no ROS needed)")
     q.add_argument("--out", required=True, help="dataset store directory (created, or appended to)")
     q.add_argument("--frames", type=int, default=200, help="simulator frames to store")
@@ -129,13 +139,34 @@ def run_replay(args) -> int:
 
 def run_info(args) -> int:
     from tst_ros.data.store import Store
+    from tst_ros.data.teach import taught_counts
 
     info = Store(args.path, "r").info()
+    info["teachers"] = taught_counts(args.path)
     if args.json:
         print(json.dumps(info, default=str))
     else:
         for k, v in info.items():
             print(f"{k:>16}: {v}")
+    return 0
+
+
+def run_teach(args) -> int:
+    from tst_ros.data.teach import teach
+    from tst_ros.teachers import TeacherUnavailable
+
+    try:
+        report = teach(args.path, args.teachers, device=args.device, progress=not args.no_progress,
+                       redo=args.redo)
+    except (TeacherUnavailable, FileNotFoundError, ValueError, KeyError) as e:
+        logging.getLogger("tst_ros.teach").error(str(e).strip("'\""))
+        return 2
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for r in report["teachers"]:
+            print(f"{r['modality']:>12}: {r['taught']} taught now, {r['already']} before, "
+                  f"{r['samples']} samples, {r['seconds']} s")
     return 0
 
 

@@ -5,6 +5,8 @@ Each item is a dict: for every requested modality a tensor, zeros when the sampl
 holds simulator ground truth. Image kinds are (C, S, S) in their compact storage dtype
 (uint8, int8, uint16): a float32 copy would be 3.5x the bytes that workers hand to the
 training process, which then normalises on the device (`tst_ros.train.data.prepare_batch`).
+Feature maps (teacher modalities, read from the store's teachers/ sub-stores written by
+`tst_ros.data.teach`) are resampled to the image grid and arrive normalised float32 (C, S, S).
 IMU windows (window, C) are already normalised float32, points (P, 6) are float32.
 Augmentations (random resized crop and horizontal flip, with the registry's
 `flip_negate_channels` negated, e.g. normals' x) are drawn once per item and applied
@@ -26,6 +28,7 @@ from torch.utils.data import Dataset
 
 from tst_ros import modalities
 from tst_ros.data.store import Store
+from tst_ros.data.teach import open_teacher_stores
 
 # the camera images and what is derived from them: what TST-MM reads by default
 DEFAULT_MODALITIES = tuple(m.name for m in modalities.of_kind("image") if m.pretrain)
@@ -66,15 +69,14 @@ class StoreDataset(Dataset):
         self.points = int(points)
         self.seed = seed
         self.ground_truth = [g for g in GROUND_TRUTH if g in self.meta.get("ground_truth", [])]
+        self.teacher_names = list(open_teacher_stores(self.path, [m.name for m in self.modalities]))
         self._store: Store | None = None
+        self._teacher_stores: dict[str, Store] | None = None
         self._rng: random.Random | None = None
 
     @staticmethod
     def _checked(name: str):
-        m = modalities.get(name)
-        if m.kind == "feature_map":
-            raise ValueError(f"modality {name!r} is a feature map; StoreDataset serves image, imu and point kinds")
-        return m
+        return modalities.get(name)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -82,6 +84,7 @@ class StoreDataset(Dataset):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_store"] = None
+        state["_teacher_stores"] = None
         state["_rng"] = None
         return state
 
@@ -91,6 +94,16 @@ class StoreDataset(Dataset):
             self._store = Store(self.path, "r")
             self._store.entries = self.entries
         return self._store
+
+    def _teacher_arrays(self, seq: int) -> dict[str, np.ndarray]:
+        """Outputs of the requested teacher modalities for dataset sample `seq` (those taught)."""
+        if self._teacher_stores is None:
+            self._teacher_stores = open_teacher_stores(self.path, self.teacher_names)
+        out = {}
+        for name, sub in self._teacher_stores.items():
+            if seq < len(sub) and sub.entries[seq]["present"].get(name, False):
+                out[name] = sub.read(seq, names=[name])[name]
+        return out
 
     def _random(self) -> random.Random:
         if self._rng is None:
@@ -131,6 +144,8 @@ class StoreDataset(Dataset):
         box = self._crop_box(side)
         names = [m.name for m in self.modalities] + self.ground_truth
         arrays = store.read(i, names=names)
+        if self.teacher_names:
+            arrays.update(self._teacher_arrays(entry["seq"]))
         item: dict = {}
         present: dict = {}
         for m in self.modalities:
@@ -138,6 +153,8 @@ class StoreDataset(Dataset):
             present[m.name] = _TRUE if arr is not None else _FALSE
             if m.kind == "image":
                 item[m.name] = self._image(m, arr, box)
+            elif m.kind == "feature_map":
+                item[m.name] = self._feature_map(m, arr, box, side)
             elif m.kind == "imu":
                 item[m.name] = self._imu(m, arr)
             else:
@@ -161,6 +178,15 @@ class StoreDataset(Dataset):
                 np.negative(x[..., c], out=x[..., c])
         hwc = x[..., None] if x.ndim == 2 else x
         return _tensor(hwc.transpose(2, 0, 1))
+
+    def _feature_map(self, m, arr, box, side: int) -> torch.Tensor:
+        """A stored (h, w, C) map on any grid -> float32 (C, S, S): resampled to the stored
+        image size, then cropped and flipped like the images."""
+        if arr is None:
+            return torch.zeros((m.channels, self.size, self.size), dtype=torch.float32)
+        full = cv2.resize(np.asarray(arr, np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+        x = self._spatial(full.reshape(side, side, -1), box, nearest=False)
+        return _tensor(m.normalise(x))
 
     def _imu(self, m, arr) -> torch.Tensor:
         if arr is None:

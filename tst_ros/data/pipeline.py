@@ -205,7 +205,7 @@ class RecordingPipeline:
             if depth_mm is not None:
                 arrays["depth_full"] = depth_mm
 
-        present = {m: m in arrays for m in modalities.REGISTRY}
+        present = {m.name: m.name in arrays for m in modalities.recorded()}
         extra = {"missing": {k: v for k, v in missing.items() if not present.get(k, False)},
                  "pose": None if pose is None else [float(x) for x in pose.reshape(-1)],
                  "intrinsics": None if intr is None else derive.fit_intrinsics(intr, self.size).to_dict(),

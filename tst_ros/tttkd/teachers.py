@@ -61,7 +61,8 @@ def hed_weights_path() -> Path:
 
 
 def read_hed_weights(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """HDF5 (Keras layout) -> {"block3.1.weight": (O, I, 3, 3), ...} in PyTorch layout."""
+    """HDF5 (Keras layout) -> {"block3.1.weight": (O, I, 3, 3), ..., "dsn1.weight": (1, 64, 1, 1),
+    ..., "fuse.weight": (1, 5, 1, 1), ...} in PyTorch layout."""
     import h5py
     out: dict[str, np.ndarray] = {}
     with h5py.File(path or hed_weights_path(), "r") as f:
@@ -70,6 +71,10 @@ def read_hed_weights(path: str | os.PathLike | None = None) -> dict[str, np.ndar
                 group = f[f"{block}/layers/conv2d{'' if i == 0 else f'_{i}'}/vars"]
                 out[f"{block}.{i}.weight"] = np.ascontiguousarray(group["0"][()].transpose(3, 2, 0, 1))
                 out[f"{block}.{i}.bias"] = group["1"][()]
+        # side outputs (1x1 convs, one per block) and their fusion: the edge map
+        for name in [f"dsn{i}" for i in range(1, len(HED_BLOCKS) + 1)] + ["fuse"]:
+            out[f"{name}.weight"] = np.ascontiguousarray(f[f"{name}/vars/0"][()].transpose(3, 2, 0, 1))
+            out[f"{name}.bias"] = f[f"{name}/vars/1"][()]
     return out
 
 
