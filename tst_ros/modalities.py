@@ -130,6 +130,12 @@ register(Modality(
     "hed", "image", 1, "uint8", "HED edge probability (VGG16, BSDS500 weights) x255",
     scale=1 / 255, mean=(0.0,), std=(1.0,), derived_from=("rgb",), teacher="tst_ros.teachers.hed:HedEdges",
     loss="bce", pretrain=False))
+register(Modality(
+    "coco_objects", "image", 4, "uint8",
+    "SSD-MobileNetV2 (COCO) detections rasterised per class group: per pixel the highest score x255 of the "
+    "boxes covering it; channels: seating/beds, tables, fixtures/appliances, other COCO classes",
+    scale=1 / 255, mean=(0.0,) * 4, std=(1.0,) * 4, derived_from=("rgb",),
+    teacher="tst_ros.teachers.coco:CocoObjects", loss="bce", pretrain=False))
 
 # Ground-truth side channels written by the simulator and the labeled-set tools. They are
 # not registry modalities (never network inputs); listed here so the store knows their dtype.

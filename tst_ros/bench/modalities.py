@@ -61,7 +61,10 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
     # one pre-training per distinct modality set
     keys = {n: "+".join(m) for n, m in sets.items()}
     pretrainings = {k: ("tst-mm", m) for n, m in sets.items() for k in [keys[n]]}
-    rows_run = [(n, keys[n], None, "other", None) for n in sets]
+    first_of = {}                                   # modality set -> first row name that has it
+    for n in sets:
+        first_of.setdefault(keys[n], n)
+    rows_run = [(n, k, None, "other", None) for k, n in first_of.items()]
     budget = spec.BUDGETS["quick" if quick else "full"]
     seeds = list(budget["seeds"])
     torch.set_num_threads(spec.TORCH_THREADS)
@@ -73,9 +76,11 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
         for seed in seeds:
             logging.getLogger("tst_ros.bench.modalities").info(f"seed {seed}: {len(pretrainings)} pre-trainings")
             per_seed.append(spec.run_seed(seed, paths, tmp, budget, rows_run, pretrainings))
-    summary = spec.summarise(per_seed, seeds)
+    measured = spec.summarise(per_seed, seeds)
+    summary = {n: {**measured[first_of[keys[n]]], "same_run_as": None if first_of[keys[n]] == n else first_of[keys[n]]}
+               for n in sets}
     spec.OUT_DIR.mkdir(exist_ok=True)
-    figure = scaling_figure(summary, sets, spec.OUT_DIR / (("quick_" if quick else "") + FIGURE))
+    figure = scaling_figure(summary, sets, spec.OUT_DIR / (FIGURE.replace(".png", "_quick.png") if quick else FIGURE))
     return {"test_building": "seed 0, style home", "seeds": seeds,
             "budget": {k: v for k, v in budget.items() if k != "seeds"},
             "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + spec.EVAL_GAP},
