@@ -98,6 +98,7 @@ class PretrainConfig:
     compile: bool = False
     bf16: bool = True                   # used only on CUDA
     image_size: int = 128               # training resolution (the store's images are resized to it)
+    init: str = ""                      # start from this encoder (run dir or .safetensors) instead of random
     augment: bool = False               # loader augmentations (off: exactly reproducible data order)
     val_batches: int = 4                # held-out batches for the reconstruction error
     tensorboard: bool = True
@@ -141,7 +142,7 @@ class PerceptionConfig:
 class TTTKDConfig:
     backbone: str = "pointnet"          # pointnet | voxel
     width: int = 64                     # backbone channels
-    teacher: str = "auto"               # auto (tstmm when `run` is set, else hed) | hed | tstmm[:<run>] | onnx:<path>
+    teacher: str = "auto"               # auto (tstmm when `run` is set, else hed) | hed | imagenet | tstmm[:<run>] | onnx:<path>
     run: str = ""                       # TST-MM pre-training run (encoder) used as teacher
     feature_dim: int = 64               # teacher features reduced (PCA on source buildings) to this many dims
     hed_input_scale: float = 1.0        # HED teacher input resize factor

@@ -1,4 +1,4 @@
-"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B]`."""
+"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T]`."""
 from __future__ import annotations
 
 import importlib
@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a shortened run of the same measurement")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--rows", help="specialization, modalities: comma-separated rows to run (default: all)")
+    p.add_argument("--teacher", help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>)")
     p.set_defaults(func=run)
 
 
@@ -27,8 +28,11 @@ def run(args) -> int:
     module = importlib.import_module(BENCHMARKS[args.name])
     t0 = time.perf_counter()
     options = {"rows": [r.strip() for r in args.rows.split(",") if r.strip()]} if args.rows else {}
-    if options and "rows" not in inspect.signature(module.run).parameters:
-        raise SystemExit(f"bench {args.name} has no --rows")
+    if args.teacher:
+        options["teacher"] = args.teacher
+    for option in options:
+        if option not in inspect.signature(module.run).parameters:
+            raise SystemExit(f"bench {args.name} has no --{option}")
     figures = module.run(quick=args.quick, **options)
     result = {"benchmark": args.name, "quick": args.quick, "host": platform.node(),
               "python": platform.python_version(), "wall_s": round(time.perf_counter() - t0, 2), **figures}

@@ -20,6 +20,10 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, help=default_help("pretrain.workers", "data-loader worker processes"))
     p.add_argument("--device", help=default_help("pretrain.device", "auto | cpu | cuda"))
     p.add_argument("--seed", type=int, help=default_help("pretrain.seed"))
+    p.add_argument("--init", metavar="RUN|FILE",
+                   help=default_help("pretrain.init", "start from this encoder (a run directory or encoder "
+                                     ".safetensors, e.g. TST-MM pre-trained on other buildings) instead of random "
+                                     "weights"))
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.safetensors if present")
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--progress-jsonl", action="store_true", help="print progress as JSON lines on stdout")
@@ -42,7 +46,7 @@ def register(sub) -> None:
 
 
 FLAG_FIELDS = {"preset": "preset", "method": "method", "steps": "steps", "batch": "batch", "image_size": "image_size",
-               "patch": "patch", "lr": "lr", "workers": "workers", "device": "device", "seed": "seed"}
+               "patch": "patch", "lr": "lr", "workers": "workers", "device": "device", "seed": "seed", "init": "init"}
 
 
 def run_pretrain(args) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -144,6 +145,45 @@ def pretrain(cfg: PretrainConfig, data: str, out: str | Path, resume: bool = Fal
     return _train(session, stop_at)
 
 
+def init_encoder(encoder, source: str) -> dict:
+    """Copy the weights of the encoder file `source` into `encoder` (continued pre-training):
+    every tensor of the same name and shape; input adapters of modalities `source` lacks keep
+    their random initialisation. A source of another size or patch is refused."""
+    from safetensors import safe_open
+
+    from tst_ros.models.io import encoder_path, read_metadata
+
+    file = encoder_path(source)
+    meta = read_metadata(file)
+    own = encoder.state_dict()
+    with safe_open(str(file), framework="pt", device="cpu") as f:
+        theirs = {k: f.get_tensor(k) for k in f.keys()}
+    mismatched = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
+    shared = [k for k in own if k in theirs and k not in mismatched]
+    if mismatched or not any(k.startswith("blocks.") for k in shared):
+        raise ValueError(f"--init {source}: encoder {meta.get('preset')!r} (patch {meta.get('patch')}, "
+                         f"{meta.get('image_size')} px) does not fit this run's encoder "
+                         f"{encoder.describe().get('preset')!r}: mismatched {mismatched[:4]}")
+    encoder.load_state_dict({k: theirs[k] for k in shared}, strict=False)
+    fresh = sorted({k.split(".")[1] for k in own if k not in theirs and k.startswith("adapters.")})
+    logging.getLogger("tst_ros.pretrain").info(
+        f"initialised {len(shared)} of {len(own)} encoder tensors from {file}"
+        + (f"; new modalities start random: {fresh}" if fresh else ""))
+    return {"source": str(file), "tensors": len(shared), "new_modalities": fresh}
+
+
+def _teach_missing(data: str, names: list[str], device: str, dist: engine.Distributed) -> None:
+    """Teacher modalities among `names` computed for the samples not taught yet (the teach
+    stage runs before pre-training; rank 0 teaches, the others wait for it)."""
+    from tst_ros.data.teach import teach
+
+    teachers = [n for n in names if registry.get(n).teacher]
+    if teachers and Path(data).is_dir():
+        if dist.main:
+            teach(data, teachers, device=device, progress=False)
+        dist.barrier()
+
+
 def _eval_dataset(cfg: PretrainConfig, data: str, names: list[str], val_dataset) -> tuple[object, str]:
     """The held-out set and its split: the store's validation split, else its training samples."""
     if val_dataset is not None:
@@ -158,6 +198,8 @@ def _setup(cfg: PretrainConfig, data: str, out: Path, device: str, dist: engine.
            resume: bool, progress_jsonl: bool, full_config: Config | None, dataset, val_dataset) -> Session:
     """Data, optimizer (restored from the checkpoint when resuming), loader and reporter."""
     names = method_modalities(cfg)
+    if dataset is None:
+        _teach_missing(data, names, device, dist)
     dataset = dataset if dataset is not None else open_dataset(data, "train", names, cfg.image_size, cfg.augment)
     eval_dataset, eval_split = _eval_dataset(cfg, data, names, val_dataset)
     peak = engine.peak_lr(cfg.lr, cfg.base_lr, cfg.batch)
@@ -166,6 +208,8 @@ def _setup(cfg: PretrainConfig, data: str, out: Path, device: str, dist: engine.
     ckpt = out / CHECKPOINT_FILE
     if resume and ckpt.exists():
         start = int(load_checkpoint(ckpt, model, optimizer)["step"])
+    elif cfg.init:
+        init_encoder(model.encoder, cfg.init)
     if cfg.compile and device.startswith("cuda"):
         for block in model.encoder.blocks:
             block.compile(dynamic=True)

