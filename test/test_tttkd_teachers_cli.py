@@ -47,6 +47,18 @@ def test_tstmm_teacher_covers_the_whole_image_with_encoder_features(tmp_path):
     torch.testing.assert_close(feats[:, :, 0], left[:, :, 0], rtol=1e-4, atol=1e-4)
 
 
+def test_imagenet_teacher_is_rebuilt_from_its_description_with_identical_features():
+    from tst_ros.tttkd.teachers import ImageNetTeacher, teacher_from_description
+
+    rgb, _ = _frame()
+    teacher = make_teacher("imagenet")
+    assert isinstance(teacher, ImageNetTeacher) and teacher.dim == 432
+    feats = teacher.features(rgb)
+    assert feats.shape == (432, 16, 16) and torch.isfinite(feats).all() and float(feats.abs().sum()) > 0
+    again = teacher_from_description(json.loads(json.dumps(teacher.describe()))).features(rgb)
+    torch.testing.assert_close(again, feats)
+
+
 def test_onnx_teacher_returns_the_models_dense_output(tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1))
     path = tmp_path / "feat.onnx"
