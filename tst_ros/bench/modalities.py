@@ -60,7 +60,7 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
     sets = {n: m for n, m in sets.items() if not rows or n in rows}
     # one pre-training per distinct modality set
     keys = {n: "+".join(m) for n, m in sets.items()}
-    pretrainings = {k: ("tst-mm", m) for n, m in sets.items() for k in [keys[n]]}
+    pretrainings = {keys[n]: spec.Pretraining("tst-mm", m) for n, m in sets.items()}
     first_of = {}                                   # modality set -> first row name that has it
     for n in sets:
         first_of.setdefault(keys[n], n)

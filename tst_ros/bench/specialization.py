@@ -15,7 +15,10 @@ Rows: scratch, TST-MAE, TST-MM, TST-MM fed RGB only (separates learned features 
 input) and the oracle: TST-MM transferred on labels of the test building's recorded stretch
 (an upper bound for the table, never used by the product); TST-MM pre-trained on the sensors
 plus every teacher modality (`tst-mm+teachers`, the store taught by `tst_ros.data.teach`;
-transfer and serving still take RGB-D only); and the generalist baselines: the
+transfer and serving still take RGB-D only); TST-MM pre-trained on SOURCE_BUILDINGS other
+buildings only (twice the steps; the analogue of a broad-data generalist, never the test style)
+and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`); and
+the generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm", "tst-mm", None, "other", None), ("tst-mm (rgb input)", "tst-mm", ["rgb"], "other", None),
         ("oracle", "tst-mm", None, "oracle", None),
         ("tst-mm+teachers", "tst-mm+teachers", None, "other", None),
+        ("tst-mm (other buildings)", "tst-mm-other-buildings", None, "other", None),
+        ("tst-mm-adapted", "tst-mm-adapted", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
 
@@ -66,9 +72,24 @@ def teacher_modalities() -> list[str]:
     return [m.name for m in registry.teachers()]
 
 
-# pre-training -> (method, modalities (None: the method's default))
-PRETRAININGS = {"scratch": ("scratch", None), "tst-mae": ("tst-mae", None), "tst-mm": ("tst-mm", None),
-                "tst-mm+teachers": ("tst-mm", "sensors+teachers")}
+@dataclass(frozen=True)
+class Pretraining:
+    """One pre-training of the table: `modalities` None = the method's default,
+    "sensors+teachers" = the default plus every teacher modality; `data` "store" = the test
+    building's unlabeled store, "source_store" = other buildings' (never the test style);
+    `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted)."""
+    method: str
+    modalities: str | None = None
+    data: str = "store"
+    init: str | None = None
+    steps_factor: int = 1
+
+
+PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-mae"), "tst-mm": Pretraining("tst-mm"),
+                "tst-mm+teachers": Pretraining("tst-mm", "sensors+teachers"),
+                "tst-mm-other-buildings": Pretraining("tst-mm", data="source_store", steps_factor=2),
+                "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings")}
+SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 
 
 def pretraining_modalities(spec) -> list[str] | None:
@@ -82,17 +103,18 @@ def _log(msg: str) -> None:
 
 
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
-                     modalities: list[str] | None = None) -> str:
+                     modalities: list[str] | None = None, init: str = "", steps_factor: int = 1) -> str:
     """The encoder file of one pre-training at the benchmark budget."""
     from tst_ros.config import PretrainConfig
     from tst_ros.train.pretrain import pretrain
 
-    steps = budget["pretrain_steps"]
+    steps = budget["pretrain_steps"] * steps_factor
     cfg = PretrainConfig(preset="tiny", method=method, steps=steps, batch=budget["pretrain_batch"],
                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
     if modalities:
         cfg.modalities = list(modalities)
+    cfg.init = init
     return pretrain(cfg, str(store), out)["encoder"]
 
 
@@ -142,13 +164,15 @@ def sample_figure(model_dirs: dict[str, str], eval_dir: Path, path: Path, rows: 
     return path
 
 
-def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None) -> dict[str, Path]:
+def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
+               source_store: bool = False) -> dict[str, Path]:
     """The unlabeled store (with the outputs of `teachers`), the transfer sets (other
-    buildings; the oracle's test building) and the held-out evaluation frames."""
+    buildings; the oracle's test building), the held-out evaluation frames and, with
+    `source_store`, an unlabeled store of SOURCE_BUILDINGS other buildings."""
     from tst_ros.config import RecordConfig, SimConfig
     from tst_ros.data.from_sim import build_dataset
     from tst_ros.data.teach import teach
-    from tst_ros.sim import labeled_set
+    from tst_ros.sim import SOURCE_STYLES, labeled_set
 
     record = budget["record_frames"]
     paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
@@ -160,6 +184,12 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None) -> di
                       start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False)
     if teachers:
         teach(paths["store"], teachers, device="cpu", progress=False)
+    if source_store:
+        paths["source_store"] = tmp / "source_store"
+        for i in range(SOURCE_BUILDINGS):
+            sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
+            build_dataset(sim, RecordConfig(dataset=str(paths["source_store"]), image_size=128), record,
+                          paths["source_store"])
     return paths
 
 
@@ -170,6 +200,21 @@ def _metrics(result: dict) -> dict:
             "per_class_iou": {r["name"]: None if r["iou"] is None else 100 * r["iou"] for r in result["per_class_iou"]}}
 
 
+def _needed(pretrainings: dict, keys: set[str]) -> list[str]:
+    """The pre-trainings that `keys` need, each after the one it starts from."""
+    order: list[str] = []
+
+    def add(key: str) -> None:
+        if key in pretrainings and key not in order:
+            if pretrainings[key].init:
+                add(pretrainings[key].init)
+            order.append(key)
+    for key in pretrainings:
+        if key in keys:
+            add(key)
+    return order
+
+
 def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tuple], pretrainings: dict,
              figure: Path | None = None) -> dict[str, dict]:
     """Pre-train, transfer and evaluate `rows_run` (ROWS-like tuples whose pre-training keys
@@ -178,11 +223,12 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
     from tst_ros.perception.transfer import GENERALIST, evaluate, transfer
 
     encoders = {GENERALIST: GENERALIST}
-    for key, (method, modalities) in pretrainings.items():
-        if any(r[1] == key for r in rows_run):
-            _log(f"seed {seed}: pre-training {key}")
-            encoders[key] = pretrain_encoder(method, paths["store"], tmp / f"pretrain-{key}-{seed}", budget, seed,
-                                             pretraining_modalities(modalities))
+    for key in _needed(pretrainings, {r[1] for r in rows_run}):
+        p = pretrainings[key]
+        _log(f"seed {seed}: pre-training {key}")
+        encoders[key] = pretrain_encoder(p.method, paths[p.data], tmp / f"pretrain-{key}-{seed}", budget, seed,
+                                         pretraining_modalities(p.modalities), encoders.get(p.init, ""),
+                                         p.steps_factor)
     rows, model_dirs = {}, {}
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
@@ -248,8 +294,9 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="tst-bench-spec-") as tmp:
         tmp = Path(tmp)
         rows_run = [r for r in ROWS if r[0] in rows_wanted]
-        needs_teachers = any(PRETRAININGS.get(r[1], (None, None))[1] == "sensors+teachers" for r in rows_run)
-        paths = build_data(tmp, budget, teacher_modalities() if needs_teachers else None)
+        needed = [PRETRAININGS[k] for k in _needed(PRETRAININGS, {r[1] for r in rows_run})]
+        paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
+                           source_store=any(p.data == "source_store" for p in needed))
         OUT_DIR.mkdir(exist_ok=True)
         figure = OUT_DIR / ("specialization_samples_quick.png" if quick else "specialization_samples.png")
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
