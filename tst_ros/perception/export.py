@@ -141,9 +141,11 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
     """Export MODEL_DIR to ONNX at `out` (file or directory); returns the manifest written beside it."""
     import torch
 
+    from tst_ros.models.lora import merge_lora
     from tst_ros.perception.heads import ServingModel, load_model
 
     model, meta = load_model(model_dir)
+    merge_lora(model)                   # adapters (if any) are folded into their layers before tracing
     meta = export_meta(meta)
     onnx_path, manifest_path = output_paths(out)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
