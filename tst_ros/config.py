@@ -166,6 +166,30 @@ class TTTKDConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """`tst-ros adapt-modality`: PSST, a modality LoRA on a frozen encoder (tst_ros/train/psst.py)."""
+    rank: int = 32
+    alpha: float = 32.0
+    targets: list[str] = field(default_factory=lambda: ["attention"])   # attention | mlp
+    lr: float = 3e-4
+    warmup_steps: int = 100             # phase 1: MAE only
+    joint_steps: int = 100              # phase 2: MAE + DINO on the complex subset
+    batch: int = 16
+    mask_ratio: float = 0.75
+    mae_weight: float = 1.0             # lambda in lambda * L_MAE + L_DINO
+    error_alpha: float = 1.0            # patch weights w_i ~ exp(alpha * e_i)
+    complex_fraction: float = 0.5       # share of frames (highest MAE error variance) in phase 2
+    dino_dim: int = 256
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
+    teacher_momentum: float = 0.996
+    center_momentum: float = 0.9
+    checkpoint_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
 class SpecializeConfig:
     output: str = "runs/specialize"
     record_frames: int = 400
@@ -188,6 +212,7 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     ttt_kd: TTTKDConfig = field(default_factory=TTTKDConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     specialize: SpecializeConfig = field(default_factory=SpecializeConfig)
 
 

@@ -1,4 +1,4 @@
-"""`tst-ros pretrain` and `tst-ros probe`."""
+"""`tst-ros pretrain`, `tst-ros adapt-modality` and `tst-ros probe`."""
 from __future__ import annotations
 
 
@@ -29,6 +29,22 @@ def register(sub) -> None:
     p.add_argument("--progress-jsonl", action="store_true", help="print progress as JSON lines on stdout")
     add_config_arguments(p)
     p.set_defaults(func=run_pretrain, resume=False)
+
+    a = sub.add_parser("adapt-modality", help="PSST: learn a modality adapter (LoRA) on a frozen encoder from "
+                                              "unlabeled frames (MAE warm-up, then MAE + error-weighted DINO)")
+    a.add_argument("--modality", required=True, help="registry modality to adapt to (e.g. depth)")
+    a.add_argument("--base", required=True, help="frozen base encoder: run directory or encoder .safetensors")
+    a.add_argument("--data", required=True, help="dataset store with the modality (or synthetic:N)")
+    a.add_argument("--out", required=True, help="adapter file to write (.safetensors); its checkpoint sits beside")
+    a.add_argument("--rank", type=int, help=default_help("adapt.rank", "LoRA rank"))
+    a.add_argument("--warmup-steps", type=int, help=default_help("adapt.warmup_steps", "MAE warm-up steps"))
+    a.add_argument("--joint-steps", type=int, help=default_help("adapt.joint_steps", "MAE + DINO steps"))
+    a.add_argument("--batch", type=int, help=default_help("adapt.batch"))
+    a.add_argument("--device", help=default_help("adapt.device", "auto | cpu | cuda"))
+    a.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
+    a.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_config_arguments(a)
+    a.set_defaults(func=run_adapt_modality, resume=True)
 
     q = sub.add_parser("probe", help="per-patch linear probe of semantic class on frozen encoder features")
     q.add_argument("--encoder", required=True, nargs="+",
@@ -68,6 +84,22 @@ def run_pretrain(args) -> int:
         brief = {k: v for k, v in summary.items() if k != "losses"}
         brief["final_loss"] = summary["losses"][-1] if summary["losses"] else None
         print(json.dumps(brief))
+    return 0
+
+
+def run_adapt_modality(args) -> int:
+    import json
+
+    from tst_ros.config import from_args
+    from tst_ros.train.psst import adapt_modality
+
+    cfg = from_args(args)
+    for arg in ("rank", "warmup_steps", "joint_steps", "batch", "device"):
+        if getattr(args, arg) is not None:
+            setattr(cfg.adapt, arg, getattr(args, arg))
+    summary = adapt_modality(cfg.adapt, args.data, args.base, args.modality, args.out, resume=args.resume)
+    print(json.dumps(summary) if args.json else
+          f"{args.modality} adapter: {summary['parameters']} parameters, {summary['bytes']} bytes -> {summary['adapter']}")
     return 0
 
 
