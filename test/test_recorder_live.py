@@ -68,7 +68,7 @@ def test_recorder_writes_every_synchronised_frame_with_all_modalities(live):
     store = Store(live["dataset"])
     assert len(store) == FRAMES, live["log"]
     info = store.info()
-    for m in ("rgb", "depth", "normals", "edges", "imu"):
+    for m in ("rgb", "depth", "thermal", "normals", "edges", "imu"):
         assert info["present_counts"][m] == FRAMES, (m, info)
     # clouds at 2 Hz with a 10 Hz camera: every 5th frame, absence recorded for the others
     assert info["present_counts"]["points"] == len(range(0, FRAMES, 5))
@@ -109,6 +109,7 @@ def test_recorder_raw_mcap_bag_holds_every_sensor_message(live):
         topics[m.topic] = topics.get(m.topic, 0) + 1
     assert topics["/camera/color/image_raw"] == FRAMES
     assert topics["/camera/depth/image_raw"] == FRAMES
+    assert topics["/camera/thermal/image_raw"] == FRAMES
     assert topics["/imu/data"] == FRAMES * 20
 
 

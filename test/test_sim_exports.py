@@ -20,7 +20,8 @@ def test_exported_bag_is_readable_by_rosbags_and_mcap_with_expected_topics_and_c
                     "--set", "sim.cloud_rate_hz=5"]) == 0
     imu_per_frame = int(SimConfig().imu_rate_hz / SimConfig().camera_rate_hz)
     expected = {"/camera/color/image_raw": FRAMES, "/camera/color/camera_info": FRAMES,
-                "/camera/depth/image_raw": FRAMES, "/odom": FRAMES, "/points": FRAMES // 2,
+                "/camera/depth/image_raw": FRAMES, "/camera/thermal/image_raw": FRAMES, "/odom": FRAMES,
+                "/points": FRAMES // 2,
                 "/imu/data": FRAMES * imu_per_frame}
 
     from rosbags.highlevel import AnyReader
@@ -36,9 +37,13 @@ def test_exported_bag_is_readable_by_rosbags_and_mcap_with_expected_topics_and_c
             if conn.topic == "/camera/depth/image_raw" and counts[conn.topic] == 3:
                 depth = msg.data.view(np.uint16).reshape(msg.height, msg.width)
                 assert msg.encoding == "16UC1" and msg.header.frame_id == "camera_color_optical_frame"
+            if conn.topic == "/camera/thermal/image_raw" and counts[conn.topic] == 3:
+                thermal = msg.data.view(np.uint16).reshape(msg.height, msg.width)
+                assert msg.encoding == "16UC1" and msg.header.frame_id == "camera_color_optical_frame"
     assert dict(counts) == expected
     sim = Simulator(SimConfig(width=64, height=48, cloud_rate_hz=5))
     np.testing.assert_array_equal(depth, sim.frame(2).depth_mm)
+    np.testing.assert_array_equal(thermal, sim.frame(2).thermal_ck)
     assert stamps["/camera/color/image_raw"] == [sim.stamp_ns(i) for i in range(FRAMES)]
 
     from mcap.reader import make_reader

@@ -106,6 +106,9 @@ register(Modality(
     scale=1 / 1000, mean=(2.5,), std=(1.5,), invalid_value=0,
     loss="standardized_l1", min_tokens=2))
 register(Modality(
+    "thermal", "image", 1, "uint16", "thermal image in centi-kelvin, registered to colour, 0 = invalid",
+    scale=1 / 100, mean=(295.0,), std=(5.0,), invalid_value=0, loss="standardized_l1", pretrain=False))
+register(Modality(
     "normals", "image", 3, "int8", "surface normals in the camera frame, x right y down z forward, scaled by 127; 0 = invalid",
     scale=1 / 127, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), derived_from=("depth", "camera_info"),
     loss="l1", flip_negate_channels=(0,)))

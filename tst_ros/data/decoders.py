@@ -28,6 +28,12 @@ class ArrayDecoder:
             raise ValueError(f"depth array must be (H, W) uint16 mm or float metres, got {d.shape} {d.dtype}")
         return d
 
+    def thermal(self, p):
+        t = np.asarray(p)
+        if t.ndim != 2 or t.dtype not in (np.uint16, np.float32, np.float64):
+            raise ValueError(f"thermal array must be (H, W) uint16 centi-kelvin or float kelvin, got {t.shape} {t.dtype}")
+        return t
+
     def camera_info(self, p):
         if not isinstance(p, Intrinsics):
             raise ValueError(f"camera_info payload must be Intrinsics, got {type(p).__name__}")

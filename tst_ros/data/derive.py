@@ -4,6 +4,7 @@
   resolution, with the matching `Intrinsics` (`fit_intrinsics`).
 - `normals_from_depth`: camera-frame surface normals from a depth image and intrinsics,
   oriented towards the camera, stored as int8 (x127), 0 where undefined.
+- `kelvin_to_ck`: a float kelvin thermal image to the stored uint16 centi-kelvin.
 - `canny_edges`: Canny edges of an RGB image (uint8 0/255) via OpenCV.
 - `derive_modality`: any derived registry modality from its source streams (`DERIVATIONS`).
 - `resample_imu`: a raw IMU window resampled to a fixed number of rows for the network.
@@ -55,6 +56,13 @@ def depth_to_mm(depth_m: np.ndarray) -> tuple[np.ndarray, int]:
     mm = np.where(finite, depth_m, 0.0) * 1000.0
     mm = np.clip(np.rint(mm), 0, 65535).astype(np.uint16)
     return mm, nonfinite
+
+
+def kelvin_to_ck(kelvin: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float kelvin (NaN/inf/<=0 invalid) -> (uint16 centi-kelvin with 0 invalid, count of invalid pixels)."""
+    valid = np.isfinite(kelvin) & (kelvin > 0)
+    ck = np.clip(np.rint(np.where(valid, kelvin, 0.0) * 100.0), 0, 65535).astype(np.uint16)
+    return ck, int(kelvin.size - np.count_nonzero(valid))
 
 
 def normals_from_depth(depth_mm: np.ndarray, intr: Intrinsics) -> np.ndarray:

@@ -23,6 +23,8 @@ def push_frame(pipeline: RecordingPipeline, frame, intrinsics, ground_truth: boo
         pipeline.push("imu", int(stamp), sample)
     pipeline.push("odom", t, frame.T_odom_base)
     pipeline.push("depth", t, frame.depth_mm)
+    if frame.thermal_ck is not None:
+        pipeline.push("thermal", t, frame.thermal_ck)
     if frame.cloud_xyz is not None:
         pipeline.push("cloud", t, (frame.cloud_xyz, frame.cloud_rgb))
     gt = {k: frame.gt.get(k) for k in ("semantic", "instance")} if ground_truth else None
@@ -42,7 +44,7 @@ def build_dataset(sim_cfg: SimConfig | None, record_cfg: RecordConfig | None, fr
     source = {"kind": "sim", "seed": sim_cfg.seed, "style": sim_cfg.style, "frames": [start, start + frames]}
     store = open_store(out, record_cfg, source)
     pipeline = RecordingPipeline(store, record_cfg, ArrayDecoder(), T_base_camera=sim.T_base_camera,
-                                 commit_every=32, expected=("depth", "imu", "odom", "cloud"))
+                                 commit_every=32, expected=("depth", "thermal", "imu", "odom", "cloud"))
     try:
         for frame in tqdm(sim.frames(frames, start=start), total=frames, disable=not progress,
                           desc="sim -> store", unit="frame"):

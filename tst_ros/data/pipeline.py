@@ -5,6 +5,7 @@ into a `RecordingPipeline`; only the *decoder* differs (ROS messages / raw CDR b
 simulator arrays). A decoder turns a payload into arrays:
 
     rgb(p) -> (H, W, 3) uint8          depth(p) -> (H, W) uint16 mm or float32 metres (NaN invalid)
+    thermal(p) -> (H, W) uint16 centi-kelvin or float32 kelvin
     camera_info(p) -> Intrinsics       imu(p) -> (6,) [ax ay az gx gy gz]
     odom(p) -> 4x4 T_odom_base         cloud(p) -> (xyz (N, 3) float32, rgb (N, 3) uint8 | None)
     depth_camera_info(p) -> (Intrinsics, distortion coefficients)
@@ -22,6 +23,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 
 from tst_ros import modalities
@@ -37,6 +39,7 @@ from tst_ros.poses import PoseBuffer
 # Relative, so that a node namespace moves them; a bag records resolved names (`/camera/...`), which
 # ingest matches too (`data/ingest.py:find_topic`).
 DEFAULT_TOPICS = {"rgb": "camera/color/image_raw", "depth": "camera/depth/image_raw",
+                  "thermal": "camera/thermal/image_raw",
                   "camera_info": "camera/color/camera_info", "depth_camera_info": "camera/depth/camera_info",
                   "imu": "imu/data", "cloud": "points",
                   "odom": "odom"}
@@ -196,6 +199,7 @@ class RecordingPipeline:
             return 0
 
         arrays = self._images(rgb, depth_mm, intr, missing)
+        self._thermal(frame, (h, w), arrays, missing)
         small_rgb = arrays[modalities.PRIMARY_IMAGE]
         window_start = self._imu(frame, arrays, missing)
         self._cloud(frame, arrays, missing)
@@ -270,6 +274,25 @@ class RecordingPipeline:
             self.counts["nonfinite_depth_pixels"] += bad
             self.warner("nonfinite_depth", f"depth has {bad} inf/negative pixels; stored as invalid (0)")
         return mm
+
+    def _thermal(self, frame: SyncedFrame, shape: tuple[int, int], arrays: dict, missing: dict) -> None:
+        """The thermal image, taken as registered to colour (same field of view): resampled to
+        the colour size when its resolution differs, stored in centi-kelvin (0 invalid)."""
+        payload = frame.matched.get("thermal")
+        if payload is None:
+            return
+        try:
+            image = self.decoder.thermal(payload)
+        except (ValueError, TypeError, KeyError) as e:
+            self.counts["bad_encoding:thermal"] += 1
+            self.warner("bad_encoding:thermal", f"cannot decode thermal image: {e}; thermal dropped, frame kept")
+            missing["thermal"] = "bad_encoding"
+            return
+        ck = image if image.dtype == np.uint16 else derive.kelvin_to_ck(image)[0]
+        if ck.shape != shape:
+            self.counts["resampled:thermal"] += 1
+            ck = cv2.resize(ck, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+        arrays["thermal"] = derive.fit_square(ck, self.size, nearest=True)
 
     def _camera(self, frame: SyncedFrame, shape: tuple[int, int], missing: dict) -> Intrinsics | None:
         intr = frame.camera_info

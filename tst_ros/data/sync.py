@@ -3,7 +3,7 @@
 The RGB stream is the pivot: every RGB message becomes at most one frame. The other
 streams are optional:
 
-- *matched* streams (depth, cloud): the message nearest in time to the RGB stamp within
+- *matched* streams (depth, thermal, cloud): the message nearest in time to the RGB stamp within
   `slop`; each message is used at most once; absence is recorded per frame.
 - *windowed* stream (imu): every sample with stamp in (previous frame, this frame] is
   attached to the frame, so consecutive frames' windows neither overlap nor leave gaps.
@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MATCHED = ("depth", "cloud")
+MATCHED = ("depth", "thermal", "cloud")
 WINDOWED = ("imu",)
 WATCHED = ("odom",)
 LATEST = ("camera_info",)

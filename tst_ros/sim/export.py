@@ -2,7 +2,8 @@
 ROS install needed) plus its ground truth alongside in `<bag>_gt.npz`.
 
 Topics, types and frame ids match the `sim` node (README, "The graph"): /camera/color/image_raw
-(rgb8), /camera/color/camera_info, /camera/depth/image_raw (16UC1 mm), /imu/data (every
+(rgb8), /camera/color/camera_info, /camera/depth/image_raw (16UC1 mm), /camera/thermal/image_raw
+(16UC1 centi-kelvin), /imu/data (every
 sample), /points (x, y, z, rgb), /odom. Log time = header stamp.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ TOPIC_TYPES = {
     "/camera/color/image_raw": "sensor_msgs/msg/Image",
     "/camera/color/camera_info": "sensor_msgs/msg/CameraInfo",
     "/camera/depth/image_raw": "sensor_msgs/msg/Image",
+    "/camera/thermal/image_raw": "sensor_msgs/msg/Image",
     "/imu/data": "sensor_msgs/msg/Imu",
     "/points": "sensor_msgs/msg/PointCloud2",
     "/odom": "nav_msgs/msg/Odometry",
@@ -147,6 +149,8 @@ def export_bag(sim, out: str | os.PathLike, frames: int, start: int = 0, overwri
             write("/camera/color/camera_info", M.camera_info(sim.intrinsics, h), s)
             write("/camera/color/image_raw", M.image(frame.rgb, "rgb8", h), s)
             write("/camera/depth/image_raw", M.image(frame.depth_mm, "16UC1", h), s)
+            if frame.thermal_ck is not None:
+                write("/camera/thermal/image_raw", M.image(frame.thermal_ck, "16UC1", h), s)
             if frame.cloud_xyz is not None:
                 write("/points", M.cloud(frame.cloud_xyz, frame.cloud_rgb, h), s)
                 gt["cloud_labels"].append(frame.gt["cloud_labels"])

@@ -58,3 +58,45 @@ def backproject_pixels(depth_mm: np.ndarray, rays_cam: np.ndarray, stride: int) 
     idx = idx[z > 0]
     zm = depth_mm.reshape(-1)[idx].astype(np.float32) * np.float32(0.001)
     return rays_cam[idx] * zm[:, None], idx
+
+
+# Surface temperature (K) per class for the thermal camera: rooms at ~295 K, windows cold (the
+# outside), lamps and screens warm, plants cooler (evaporation), sinks and toilets cool (water).
+CLASS_TEMPERATURE_K = {"wall": 294.5, "floor": 293.5, "ceiling": 296.0, "door": 294.0, "window": 284.0,
+                       "bed": 296.0, "chair": 295.0, "table": 294.5, "sofa": 296.5, "cabinet": 294.5,
+                       "shelf": 294.5, "desk": 294.5, "lamp": 318.0, "tv": 307.0, "plant": 291.5,
+                       "picture": 294.8, "toilet": 292.0, "sink": 291.0}
+UNLABELED_TEMPERATURE_K = 294.0
+THERMAL_NETD_K = 0.05              # temporal noise (noise-equivalent temperature difference)
+THERMAL_INSTANCE_SPREAD_K = 1.5    # per-object offset, fixed per instance
+THERMAL_BLUR_FRACTION = 1 / 200    # optics blur sigma as a fraction of the image width
+THERMAL_LAPSE_K_PER_M = 0.8        # warm air rises: surfaces are warmer higher up the room
+
+
+def _temperature_lut() -> np.ndarray:
+    from tst_ros.sim.classes import CLASSES
+    lut = np.full(256, UNLABELED_TEMPERATURE_K, np.float32)
+    for i, name in enumerate(CLASSES):
+        lut[i] = CLASS_TEMPERATURE_K[name]
+    return lut
+
+
+_TEMPERATURE = _temperature_lut()
+
+
+def thermal_sensor(semantic: np.ndarray, instance: np.ndarray, height_m: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Ground-truth classes, instances and surface heights above the floor (H, W) -> 16UC1
+    thermal image in centi-kelvin: the class temperature, a fixed offset per object instance
+    and a vertical air gradient, blurred by the optics, with temporal noise."""
+    import cv2
+
+    height = np.nan_to_num(height_m, nan=1.2, posinf=1.2, neginf=1.2).astype(np.float32)
+    t = _TEMPERATURE[semantic] + np.float32(THERMAL_LAPSE_K_PER_M) * (height - np.float32(1.2))
+    # a fixed, instance-specific offset (Knuth's multiplicative hash of the id, in [-0.5, 0.5))
+    offset = ((instance.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1000)).astype(np.float32) / 1000 - 0.5
+    t = t + np.where(instance > 0, offset * np.float32(THERMAL_INSTANCE_SPREAD_K), 0).astype(np.float32)
+    sigma = max(0.5, semantic.shape[1] * THERMAL_BLUR_FRACTION)
+    t = cv2.GaussianBlur(t, (0, 0), sigma)
+    t += rng.standard_normal(t.shape, dtype=np.float32) * np.float32(THERMAL_NETD_K)
+    return np.clip(np.rint(t * 100), 1, 65535).astype(np.uint16)

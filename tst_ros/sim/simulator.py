@@ -1,5 +1,5 @@
 """The simulator: a building, a trajectory and the sensor rig, producing complete frames
-(RGB, depth, IMU since the previous frame, point cloud, pose, ground truth) by index.
+(RGB, depth, thermal, IMU since the previous frame, point cloud, pose, ground truth) by index.
 
 Every random draw of frame i comes from a generator seeded with (seed, style, i), so any
 frame can be produced on its own (`frames(n, start=k)`) and is identical every time.
@@ -37,6 +37,7 @@ class Frame:
     cloud_rgb: np.ndarray | None    # (N, 3) uint8
     T_odom_base: np.ndarray         # (4, 4) float64
     gt: dict = field(default_factory=dict)  # semantic, instance, boxes, cloud_labels, normals, depth_m, T_odom_camera
+    thermal_ck: np.ndarray | None = None    # (H, W) uint16 centi-kelvin, registered to rgb
 
 
 class Simulator:
@@ -115,7 +116,10 @@ class Simulator:
             gt["cloud_pixels"] = idx
         else:
             gt["cloud_labels"] = None
-        return Frame(index, stamp, rgb, depth_mm, imu_stamps, imu, cloud_xyz, cloud_rgb, T_odom_base, gt)
+        height = (self.renderer.rays_cam * out.depth_m.reshape(-1, 1)) @ T_cam[2, :3] + T_cam[2, 3]
+        thermal = rig.thermal_sensor(out.semantic, out.instance, height.reshape(out.depth_m.shape),
+                                     np.random.default_rng([self.cfg.seed, self.style.key, index, 17]))
+        return Frame(index, stamp, rgb, depth_mm, imu_stamps, imu, cloud_xyz, cloud_rgb, T_odom_base, gt, thermal)
 
     def frames(self, n: int | None = None, start: int = 0) -> Iterator[Frame]:
         """Frames start, start+1, ... (n of them; endless when n is None)."""

@@ -1,6 +1,7 @@
 """`recorder` node: time-locked multimodal capture into the dataset store (+ optional raw MCAP).
 
-Subscribes to RGB (`Image` or `CompressedImage`), depth (16UC1 mm / 32FC1 m), `CameraInfo`,
+Subscribes to RGB (`Image` or `CompressedImage`), depth (16UC1 mm / 32FC1 m), thermal (16UC1
+centi-kelvin / 32FC1 kelvin, registered to colour), `CameraInfo`,
 `Imu`, `PointCloud2` and `Odometry` with raw (serialized) subscriptions whose QoS follows the
 publishers as rosbag2's does (`sensor_qos_reliability: auto`, the default: reliable - no frame
 lost - when every publisher offers reliable, best effort so that a best-effort driver still
@@ -48,11 +49,12 @@ from tst_ros.ros.parameters import declare_section
 from tst_ros.ros.qos import SensorSubscription, sensor_reliability
 from tst_ros.ros.timing import steady_timer
 
-STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image",
+STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image", "thermal": "sensor_msgs/msg/Image",
                 "camera_info": "sensor_msgs/msg/CameraInfo", "depth_camera_info": "sensor_msgs/msg/CameraInfo",
                 "imu": "sensor_msgs/msg/Imu",
                 "cloud": "sensor_msgs/msg/PointCloud2", "odom": "nav_msgs/msg/Odometry"}
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+THERMAL_ENCODINGS = ("16UC1", "mono16", "32FC1")   # centi-kelvin, or kelvin as float
 
 
 def message_class(msgtype: str):
@@ -101,6 +103,14 @@ class RosDecoder:
             raise ValueError(f"unsupported depth encoding {msg.encoding!r}; expected one of {DEPTH_ENCODINGS}")
         arr = image_to_array(msg)
         # 16-bit stays in mm (0 invalid); 32FC1 metres keep inf/NaN so the pipeline can count them
+        return arr if arr.dtype == np.uint16 else arr.astype(np.float32)
+
+    def thermal(self, payload) -> np.ndarray:
+        msg = self.message(payload)
+        if not isinstance(msg, Image) or msg.encoding not in THERMAL_ENCODINGS:
+            raise ValueError(f"thermal stream carries {type(msg).__name__} "
+                             f"{getattr(msg, 'encoding', '')!r}; expected an Image in one of {THERMAL_ENCODINGS}")
+        arr = image_to_array(msg)
         return arr if arr.dtype == np.uint16 else arr.astype(np.float32)
 
     def camera_info(self, payload):

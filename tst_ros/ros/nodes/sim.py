@@ -1,7 +1,8 @@
 """`sim` node: the simulated building's sensor rig on a real ROS graph.
 
 Publishes /camera/color/image_raw (rgb8), /camera/color/camera_info, /camera/depth/image_raw
-(16UC1 mm, aligned to colour) with /camera/depth/camera_info (equal to colour's), /imu/data
+(16UC1 mm, aligned to colour) with /camera/depth/camera_info (equal to colour's),
+/camera/thermal/image_raw (16UC1 centi-kelvin, aligned to colour) with /camera/thermal/camera_info, /imu/data
 (every IMU sample, stamped on the IMU clock, sent with the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
 cloud_rate_hz), /odom (odom -> base_link) and TF: /tf (odom -> base_link) and /tf_static
 (base_link -> camera, latched). Paced to wall time (`realtime: true`, stamps from
@@ -35,7 +36,8 @@ from tst_ros.sim.export import body_twist
 
 
 TOPICS = {"rgb": "camera/color/image_raw", "camera_info": "camera/color/camera_info",
-          "depth": "camera/depth/image_raw", "depth_camera_info": "camera/depth/camera_info", "imu": "imu/data",
+          "depth": "camera/depth/image_raw", "depth_camera_info": "camera/depth/camera_info",
+          "thermal": "camera/thermal/image_raw", "thermal_camera_info": "camera/thermal/camera_info", "imu": "imu/data",
           "cloud": "points", "odom": "odom"}  # relative: a namespace moves them
 
 
@@ -77,6 +79,8 @@ class SimNode(Node):
             "camera_info": self.create_publisher(CameraInfo, get("topic_camera_info"), qos),
             "depth": self.create_publisher(Image, get("topic_depth"), qos),
             "depth_camera_info": self.create_publisher(CameraInfo, get("topic_depth_camera_info"), qos),
+            "thermal": self.create_publisher(Image, get("topic_thermal"), qos),
+            "thermal_camera_info": self.create_publisher(CameraInfo, get("topic_thermal_camera_info"), qos),
             "imu": self.create_publisher(Imu, get("topic_imu"), qos_profile(str(get("qos_reliability")), 200)),
             "cloud": self.create_publisher(PointCloud2, get("topic_cloud"), qos),
             "odom": self.create_publisher(Odometry, get("topic_odom"), qos),
@@ -160,6 +164,9 @@ class SimNode(Node):
         self.pubs["depth_camera_info"].publish(intrinsics_to_camera_info(self.sim.intrinsics, header))
         self.pubs["rgb"].publish(array_to_image(frame.rgb, "rgb8", header))
         self.pubs["depth"].publish(array_to_image(frame.depth_mm, "16UC1", header))
+        if frame.thermal_ck is not None:       # registered to colour too: colour's CameraInfo
+            self.pubs["thermal_camera_info"].publish(intrinsics_to_camera_info(self.sim.intrinsics, header))
+            self.pubs["thermal"].publish(array_to_image(frame.thermal_ck, "16UC1", header))
         if frame.cloud_xyz is not None:
             self.pubs["cloud"].publish(make_xyz_rgb_cloud(frame.cloud_xyz, frame.cloud_rgb, header))
 
