@@ -104,7 +104,7 @@ def test_4mb_clouds_at_5hz_reach_ttt_kd_and_each_is_labelled_or_skipped(reliabil
         def settled():
             s = node.stats()
             return s["received"] >= expected and s["pending"] == 0
-        wait_for(settled, 60, f"{expected} of {published} clouds to arrive and be handled ({node.stats()})")
+        wait_for(settled, 180, f"{expected} of {published} clouds to arrive and be handled ({node.stats()})")
         stats = node.stats()
         print(f"{reliability} publisher: {published} published, node stats {stats}")
     finally:
@@ -161,7 +161,7 @@ def test_a_default_transport_peer_and_a_large_data_node_exchange_messages():
 def test_a_best_effort_30hz_camera_is_recorded_with_at_most_1_percent_loss(tmp_path):
     prefix = f"/cam_{os.getpid()}"
     topics = {"rgb_topic": f"{prefix}/camera/color/image_raw", "depth_topic": f"{prefix}/camera/depth/image_raw",
-              "camera_info_topic": f"{prefix}/camera/color/camera_info", "depth_camera_info_topic": "",
+              "camera_info_topic": f"{prefix}/camera/color/camera_info", "depth_camera_info_topic": "", "thermal_topic": "",
               "imu_topic": "", "cloud_topic": "", "odom_topic": ""}
     params = [Parameter("dataset", value=str(tmp_path / "store")), Parameter("image_size", value=32),
               *(Parameter(k, value=v) for k, v in topics.items())]
