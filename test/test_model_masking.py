@@ -137,3 +137,23 @@ def test_batch_without_any_valid_modality_is_rejected_with_a_message(model):
     batch["present"] = {n: torch.tensor([False, False]) for n in NAMES}
     with pytest.raises(ValueError, match="no sample"):
         model(batch, range(2))
+
+
+def test_target_only_modalities_are_never_visible_but_always_reconstructed():
+    from tst_ros.models.multimae import TSTMM
+    from tst_ros.models.vit import build_encoder
+
+    torch.manual_seed(0)
+    model = TSTMM(build_encoder("tiny", NAMES, 32, 8), visible_fraction=1 / 4, target_only=("normals", "edges"))
+    plain = build_tstmm("tiny", NAMES, image_size=32, patch=8, visible_fraction=1 / 4)
+    out, ref = model.run(make_batch(), range(4)), plain.run(make_batch(), range(4))
+    budgets = out["mask"].budgets
+    for i, name in enumerate(model.names):
+        if name in ("normals", "edges"):
+            assert int(budgets[:, i].sum()) == 0 and bool(out["masked"][name].all()), name
+    # the visible budget counts only the modalities that may be visible
+    assert (budgets.sum(1) < ref["mask"].budgets.sum(1)).all()
+    loss, stats = model.losses(out)
+    assert torch.isfinite(loss) and {"normals", "edges"} <= {k.split("/")[-1] for k in stats}
+    with pytest.raises(ValueError, match="not among"):
+        TSTMM(build_encoder("tiny", ["rgb"], 32, 8), target_only=("depth",))

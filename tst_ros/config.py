@@ -99,6 +99,7 @@ class PretrainConfig:
     bf16: bool = True                   # used only on CUDA
     image_size: int = 128               # training resolution (the store's images are resized to it)
     init: str = ""                      # start from this encoder (run dir or .safetensors) instead of random
+    target_only: list[str] = field(default_factory=list)  # modalities reconstructed, never visible inputs
     augment: bool = False               # loader augmentations (off: exactly reproducible data order)
     val_batches: int = 4                # held-out batches for the reconstruction error
     tensorboard: bool = True

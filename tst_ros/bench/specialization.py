@@ -15,7 +15,8 @@ Rows: scratch, TST-MAE, TST-MM, TST-MM fed RGB only (separates learned features 
 input) and the oracle: TST-MM transferred on labels of the test building's recorded stretch
 (an upper bound for the table, never used by the product); TST-MM pre-trained on the sensors
 plus every teacher modality (`tst-mm+teachers`, the store taught by `tst_ros.data.teach`;
-transfer and serving still take RGB-D only); TST-MM pre-trained on SOURCE_BUILDINGS other
+transfer and serving still take RGB-D only), or with the teachers as reconstruction targets
+only, never visible to the encoder (`tst-mm+teachers (targets only)`); TST-MM pre-trained on SOURCE_BUILDINGS other
 buildings only (twice the steps; the analogue of a broad-data generalist, never the test style)
 and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`); and
 the generalist baselines: the
@@ -55,6 +56,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm", "tst-mm", None, "other", None), ("tst-mm (rgb input)", "tst-mm", ["rgb"], "other", None),
         ("oracle", "tst-mm", None, "oracle", None),
         ("tst-mm+teachers", "tst-mm+teachers", None, "other", None),
+        ("tst-mm+teachers (targets only)", "tst-mm+teacher-targets", None, "other", None),
         ("tst-mm (other buildings)", "tst-mm-other-buildings", None, "other", None),
         ("tst-mm-adapted", "tst-mm-adapted", None, "other", None),
         ("generalist", "generalist", None, "other", None),
@@ -83,10 +85,12 @@ class Pretraining:
     data: str = "store"
     init: str | None = None
     steps_factor: int = 1
+    teachers_target_only: bool = False
 
 
 PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-mae"), "tst-mm": Pretraining("tst-mm"),
                 "tst-mm+teachers": Pretraining("tst-mm", "sensors+teachers"),
+                "tst-mm+teacher-targets": Pretraining("tst-mm", "sensors+teachers", teachers_target_only=True),
                 "tst-mm-other-buildings": Pretraining("tst-mm", data="source_store", steps_factor=2),
                 "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings")}
 SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
@@ -103,7 +107,8 @@ def _log(msg: str) -> None:
 
 
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
-                     modalities: list[str] | None = None, init: str = "", steps_factor: int = 1) -> str:
+                     modalities: list[str] | None = None, init: str = "", steps_factor: int = 1,
+                     target_only: list[str] | None = None) -> str:
     """The encoder file of one pre-training at the benchmark budget."""
     from tst_ros.config import PretrainConfig
     from tst_ros.train.pretrain import pretrain
@@ -115,6 +120,7 @@ def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: in
     if modalities:
         cfg.modalities = list(modalities)
     cfg.init = init
+    cfg.target_only = list(target_only or [])
     return pretrain(cfg, str(store), out)["encoder"]
 
 
@@ -228,7 +234,7 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         _log(f"seed {seed}: pre-training {key}")
         encoders[key] = pretrain_encoder(p.method, paths[p.data], tmp / f"pretrain-{key}-{seed}", budget, seed,
                                          pretraining_modalities(p.modalities), encoders.get(p.init, ""),
-                                         p.steps_factor)
+                                         p.steps_factor, teacher_modalities() if p.teachers_target_only else None)
     rows, model_dirs = {}, {}
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")

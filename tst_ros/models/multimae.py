@@ -4,7 +4,8 @@ Owns the per-sample visible-token budgets (Dirichlet split across the modalities
 in a sample, clamped by the registry's min/max tokens, summing exactly to the budget), the
 random masking with its shuffle / un-shuffle indices, the per-modality shallow decoders
 (cross-attention into the encoded visible tokens + 2 blocks) and the per-modality losses
-chosen by the registry's `loss` field, evaluated on masked tokens only.
+chosen by the registry's `loss` field (`tst_ros.models.losses`), evaluated on masked tokens only;
+modalities named `target_only` are reconstructed but never visible (distillation targets).
 
 Masking randomness comes from one integer seed per sample, so the masks of a sample do not
 depend on how the global batch is split across processes or accumulation steps.
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tst_ros import modalities as registry
+from tst_ros.models.losses import LOSSES, masked_mean, patchify, prediction_to_input_space, unpatchify
 from tst_ros.models.vit import SPATIAL_KINDS, Attention, Block, Encoder, Mlp, build_encoder, sincos_1d, sincos_2d
 
 DECODER_DIM = 256
@@ -29,10 +30,14 @@ DECODER_DEPTH = 2
 
 # ---------------------------------------------------------------- token budgets and masks
 
-def token_limits(names: list[str], n_tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def token_limits(names: list[str], n_tokens: list[int], target_only=()) -> tuple[np.ndarray, np.ndarray]:
     """Per-modality (lo, hi) visible-token limits from the registry; at least one token of
-    every modality stays masked so that it always has a reconstruction target."""
-    hi = np.array([min(registry.get(n).max_tokens, t - 1) for n, t in zip(names, n_tokens)], np.int64)
+    every modality stays masked so that it always has a reconstruction target; `target_only`
+    modalities are never visible."""
+    if set(target_only) - set(names):
+        raise ValueError(f"target-only modalities {sorted(set(target_only) - set(names))} are not among {names}")
+    hi = np.array([0 if n in target_only else min(registry.get(n).max_tokens, t - 1)
+                   for n, t in zip(names, n_tokens)], np.int64)
     hi = np.maximum(hi, 0)
     lo = np.minimum(np.array([registry.get(n).min_tokens for n in names], np.int64), hi)
     return lo, hi
@@ -71,8 +76,8 @@ def split_budget(weights: np.ndarray, budget: np.ndarray, lo: np.ndarray, hi: np
 def draw_budgets(present: np.ndarray, n_tokens: list[int], lo: np.ndarray, hi: np.ndarray,
                  visible_fraction: float, alpha: float, rngs: list[np.random.Generator]) -> np.ndarray:
     """Per-sample Dirichlet(alpha) split of round(visible_fraction * tokens of the present
-    modalities) across the present modalities. present (B,M) bool -> (B,M) int64."""
-    present = np.asarray(present, bool)
+    modalities that may be visible, hi > 0) across those modalities. present (B,M) bool -> (B,M) int64."""
+    present = np.asarray(present, bool) & (np.asarray(hi) > 0)
     n = np.asarray(n_tokens, np.int64)
     weights = np.zeros(present.shape)
     for i, rng in enumerate(rngs):
@@ -118,78 +123,6 @@ def build_mask(noise: torch.Tensor, budgets: torch.Tensor, n_tokens: list[int]) 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x (B,N,D), ids (B,K) -> (B,K,D)."""
     return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
-
-
-# ---------------------------------------------------------------- targets and losses
-
-def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B,C,H,W) -> (B, (H/p)*(W/p), p*p*C), row-major patches, channel-last inside a patch."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
-
-
-def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
-    b, n, _ = x.shape
-    g = int(round(n ** 0.5))
-    x = x.reshape(b, g, g, patch, patch, channels)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, g * patch, g * patch)
-
-
-def _masked_mean(values: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean over `dim` of the entries where `valid`; what invalid entries hold (even inf/NaN) never leaks."""
-    total = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim)
-    return total / valid.to(values.dtype).sum(dim).clamp_min(1.0)
-
-
-def loss_patch_norm_mse(pred, target, valid):
-    mean = _masked_mean(target, valid, -1)[..., None]
-    var = _masked_mean((target - mean) ** 2, valid, -1)[..., None]
-    target = (target - mean) / (var + 1e-6).sqrt()
-    return _masked_mean((pred - target) ** 2, valid, -1)
-
-
-def standardize_per_sample(target, valid):
-    """Per-sample standardisation over the valid entries of (B,N,P)."""
-    flat_t, flat_v = target.flatten(1), valid.flatten(1)
-    mean = _masked_mean(flat_t, flat_v, 1)[:, None, None]
-    var = _masked_mean((target - mean).flatten(1) ** 2, flat_v, 1)[:, None, None]
-    return (target - mean) / (var + 1e-6).sqrt(), mean, var
-
-
-def loss_standardized_l1(pred, target, valid):
-    target, _, _ = standardize_per_sample(target, valid)
-    return _masked_mean((pred - target).abs(), valid, -1)
-
-
-def loss_l1(pred, target, valid):
-    return _masked_mean((pred - target).abs(), valid, -1)
-
-
-def loss_bce(pred, target, valid):
-    return _masked_mean(F.binary_cross_entropy_with_logits(pred, target.clamp(0, 1), reduction="none"), valid, -1)
-
-
-def loss_mse(pred, target, valid):
-    return _masked_mean((pred - target) ** 2, valid, -1)
-
-
-LOSSES = {"patch_norm_mse": loss_patch_norm_mse, "standardized_l1": loss_standardized_l1, "l1": loss_l1,
-          "bce": loss_bce, "mse": loss_mse}
-
-
-def prediction_to_input_space(loss: str, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
-    """Map a decoder output (B,N,P) back to the normalised input space, for pictures."""
-    if loss == "patch_norm_mse":
-        mean = _masked_mean(target, valid, -1)[..., None]
-        std = (_masked_mean((target - mean) ** 2, valid, -1)[..., None] + 1e-6).sqrt()
-        return pred * std + mean
-    if loss == "standardized_l1":
-        _, mean, var = standardize_per_sample(target, valid)
-        return pred * (var + 1e-6).sqrt() + mean
-    if loss == "bce":
-        return pred.sigmoid()
-    return pred
 
 
 # ---------------------------------------------------------------- decoders
@@ -241,7 +174,8 @@ class TSTMM(nn.Module):
     """
 
     def __init__(self, encoder: Encoder, visible_fraction: float = 1 / 6, dirichlet_alpha: float = 1.0,
-                 decoder_dim: int = DECODER_DIM, decoder_depth: int = DECODER_DEPTH):
+                 decoder_dim: int = DECODER_DIM, decoder_depth: int = DECODER_DEPTH,
+                 target_only: tuple[str, ...] = ()):
         super().__init__()
         if not 0 < visible_fraction < 1:
             raise ValueError(f"visible_fraction must be in (0, 1), got {visible_fraction}")
@@ -250,7 +184,8 @@ class TSTMM(nn.Module):
         self.alpha = float(dirichlet_alpha)
         self.names = list(encoder.modalities)
         self.n_tokens = [encoder.num_tokens(n) for n in self.names]
-        self.lo, self.hi = token_limits(self.names, self.n_tokens)
+        self.target_only = tuple(target_only)   # reconstructed, never shown to the encoder (distillation)
+        self.lo, self.hi = token_limits(self.names, self.n_tokens, self.target_only)
         self.decoders = nn.ModuleDict()
         for name in self.names:
             mod = registry.get(name)
@@ -352,11 +287,11 @@ class TSTMM(nn.Module):
             pred, target, valid = out["pred"][name], out["target"][name], out["valid"][name]
             per_token = LOSSES[registry.get(name).loss](pred, target, valid)
             token_ok = out["masked"][name] & valid.any(-1)
-            per_sample = _masked_mean(per_token, token_ok, 1)
+            per_sample = masked_mean(per_token, token_ok, 1)
             has = token_ok.any(1)
             keep_graph.append(pred.sum() * 0.0)
             if bool(has.any()):
-                value = _masked_mean(per_sample, has, 0)
+                value = masked_mean(per_sample, has, 0)
                 terms.append(value)
                 stats[f"loss/{name}"] = float(value.detach())
         if not terms:

@@ -47,7 +47,8 @@ def method_modalities(cfg: PretrainConfig) -> list[str]:
 def build_model(cfg: PretrainConfig) -> TSTMM:
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.preset, method_modalities(cfg), cfg.image_size, cfg.patch)
-    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim, cfg.decoder_depth)
+    target_only = tuple(n for n in cfg.target_only if n in method_modalities(cfg))
+    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim, cfg.decoder_depth, target_only)
 
 
 def collate(items: list[dict]) -> dict:
