@@ -11,6 +11,7 @@ BENCHMARKS = {
     "pretrain": "tst_ros.bench.pretrain",
     "specialization": "tst_ros.bench.specialization",
     "modalities": "tst_ros.bench.modalities",
+    "adapters": "tst_ros.bench.adapters",
     "perception": "tst_ros.bench.perception",
     "ttt-kd": "tst_ros.bench.ttt_kd",
 }

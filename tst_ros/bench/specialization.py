@@ -199,7 +199,7 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
     return paths
 
 
-def _metrics(result: dict) -> dict:
+def row_metrics(result: dict) -> dict:
     return {"seg_miou": 100 * result["miou"], "things_miou": 100 * result["things_miou"],
             "stuff_miou": 100 * result["stuff_miou"], "det_map": 100 * result["map"],
             "det_map50": 100 * result["map50"],
@@ -244,7 +244,7 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
         summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, input_modalities=inputs,
                            show_bar=False)
-        rows[name] = {**_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
+        rows[name] = {**row_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
                       "transfer_seconds": summary["seconds"]}
         model_dirs[name] = str(model_dir)
     if figure is not None:
