@@ -26,6 +26,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tst_ros import modalities as registry
 from tst_ros.bench import specialization as spec
 
 PSST_STEPS = {"quick": 4, "full": 120}
@@ -50,12 +51,13 @@ def adapted_encoder_file(base: str, store: Path, out: Path, row: dict | None, st
 
     cfg = AdaptConfig(rank=8, alpha=16.0, batch=batch, seed=seed, device="cpu", checkpoint_every=0)
     if row is None:
-        encoder, _ = adapted_encoder(encoder_path(base), "depth", cfg.rank, cfg.alpha, tuple(cfg.targets))
+        encoder, _ = adapted_encoder(encoder_path(base), registry.DEPTH_IMAGE, cfg.rank, cfg.alpha, tuple(cfg.targets))
     else:
         warmup = int(round(steps * row["warmup_share"]))
         cfg = replace(cfg, warmup_steps=warmup, joint_steps=steps - warmup, error_alpha=row["error_alpha"],
                       complex_fraction=row["complex_fraction"])
-        adapter = adapt_modality(cfg, str(store), base, "depth", out / "depth.safetensors", progress=False)
+        adapter = adapt_modality(cfg, str(store), base, registry.DEPTH_IMAGE, out / "adapter.safetensors",
+                                 progress=False)
         encoder, _ = apply_adapter(adapter["adapter"], base)
     return str(save_encoder(merge_lora(encoder), out / "encoder.safetensors"))
 
@@ -75,7 +77,7 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, steps: int) -> dic
         cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"], finetune=finetune,
                              seed=seed, labeled_images=budget["labeled_images"])
         model_dir = tmp / f"model-{name}-{seed}".replace(" ", "_")
-        summary = transfer(encoder, str(paths["other"]), str(model_dir), cfg, input_modalities=["rgb", "depth"],
+        summary = transfer(encoder, str(paths["other"]), str(model_dir), cfg, input_modalities=[registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE],
                            show_bar=False)
         rows[name] = {**spec.row_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
                       "transfer_seconds": summary["seconds"]}

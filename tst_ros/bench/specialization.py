@@ -81,7 +81,7 @@ class Pretraining:
     building's unlabeled store, "source_store" = other buildings' (never the test style);
     `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted)."""
     method: str
-    modalities: str | None = None
+    modalities: str | list[str] | None = None
     data: str = "store"
     init: str | None = None
     steps_factor: int = 1

@@ -39,17 +39,21 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return json.loads(raw)
 
 
+def read_encoder(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """A run directory or encoder file -> (its tensors on the CPU, its metadata)."""
+    file = encoder_path(path)
+    meta = read_metadata(file)
+    with safe_open(str(file), framework="pt", device="cpu") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}, meta
+
+
 def load_encoder(path: str | os.PathLike, device: str = "cpu"):
     """-> (encoder in eval mode on `device`, metadata dict)."""
     from tst_ros.models.vit import build_encoder
 
     file = encoder_path(path)
-    meta = read_metadata(file)
+    state, meta = read_encoder(file)
     encoder = build_encoder(meta["preset"], meta["modalities"], meta["image_size"], meta["patch"])
-    state = {}
-    with safe_open(str(file), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            state[key] = f.get_tensor(key)
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{file}: weights do not match the described encoder "

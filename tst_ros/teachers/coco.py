@@ -143,11 +143,8 @@ def _read_net(graph: Path, text_graph: Path):
 
 
 def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def rasterise(detections: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:

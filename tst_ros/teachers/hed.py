@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tst_ros.teachers import Teacher
-from tst_ros.tttkd.teachers import HED_BLOCKS, HED_BGR_MEAN, HEDBackbone, read_hed_weights
+from tst_ros.tttkd.teachers import HED_BLOCKS, HEDBackbone, hed_preprocess, read_hed_weights
 
 # 128-px frames are upsampled twice before HED: its filters were trained on ~400-px photos
 INPUT_SCALE = 2
@@ -34,8 +34,7 @@ class HedEdges(Teacher):
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray, depth_mm: np.ndarray | None = None) -> np.ndarray:
-        bgr = torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1])).to(self.device).float()
-        x = (bgr - torch.tensor(HED_BGR_MEAN, device=self.device)).permute(0, 3, 1, 2)
+        x = hed_preprocess(rgb).to(self.device)
         h, w = x.shape[-2:]
         x = F.interpolate(x, scale_factor=INPUT_SCALE, mode="bilinear", align_corners=False)
         outs = self.net(x)

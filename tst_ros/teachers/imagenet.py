@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tst_ros import modalities as registry
 from tst_ros.teachers import Teacher
 
 INPUT_SIZE = 256
@@ -22,9 +21,8 @@ class ImageNetFeatures(Teacher):
 
     def __init__(self, modality, device: str = "cpu"):
         super().__init__(modality, device)
-        from tst_ros.models.generalist import EfficientNetLite0Encoder
-        self.net = EfficientNetLite0Encoder(image_size=INPUT_SIZE, pretrained=True).eval().requires_grad_(False)
-        self.net.to(device)
+        from tst_ros.tttkd.teachers import ImageNetTeacher
+        self.net = ImageNetTeacher(input_size=INPUT_SIZE, device=device)   # the same network as TTT-KD's
         self.mean = self.projection = None
 
     def describe(self) -> dict:
@@ -36,13 +34,9 @@ class ImageNetFeatures(Teacher):
                            "checkpoint (Apache-2.0), the weights package names no license",
                 "input_size": INPUT_SIZE, "reduction": "PCA of the dataset, whitened"}
 
-    @torch.no_grad()
     def _features(self, rgb: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 -> (B, 16, 16, 432) L2-normalised features."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(0, 3, 1, 2)
-        x = registry.primary_image().normalise_tensor(x)
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        return F.normalize(self.net({registry.PRIMARY_IMAGE: x}), dim=1).permute(0, 2, 3, 1)
+        return F.normalize(self.net.batch_features(rgb), dim=1).permute(0, 2, 3, 1)
 
     def fit(self, rgb: np.ndarray, depth_mm: np.ndarray | None = None) -> None:
         feats = torch.cat([self._features(rgb[i:i + self.batch]) for i in range(0, len(rgb), self.batch)])

@@ -5,7 +5,6 @@ frame and cast to the storage dtype (the model must output values in that dtype'
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from tst_ros.teachers import Teacher

@@ -150,15 +150,11 @@ def init_encoder(encoder, source: str) -> dict:
     """Copy the weights of the encoder file `source` into `encoder` (continued pre-training):
     every tensor of the same name and shape; input adapters of modalities `source` lacks keep
     their random initialisation. A source of another size or patch is refused."""
-    from safetensors import safe_open
-
-    from tst_ros.models.io import encoder_path, read_metadata
+    from tst_ros.models.io import encoder_path, read_encoder
 
     file = encoder_path(source)
-    meta = read_metadata(file)
+    theirs, meta = read_encoder(file)
     own = encoder.state_dict()
-    with safe_open(str(file), framework="pt", device="cpu") as f:
-        theirs = {k: f.get_tensor(k) for k in f.keys()}
     mismatched = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
     shared = [k for k in own if k in theirs and k not in mismatched]
     if mismatched or not any(k.startswith("blocks.") for k in shared):

@@ -38,6 +38,7 @@ from torch import nn
 
 from tst_ros import modalities as registry
 from tst_ros.models.lora import inject_lora, load_lora_state_dict, lora_state_dict
+from tst_ros.models.losses import patchify
 from tst_ros.models.vit import Block, build_encoder, sincos_2d
 
 ADAPTER_FORMAT = "tst_ros.modality_adapter/1"
@@ -51,15 +52,11 @@ def _log(msg: str) -> None:
 def adapted_encoder(base_file: Path, modality: str, rank: int, alpha: float, targets: tuple[str, ...]):
     """The base encoder rebuilt to take `modality` (new input adapter when the base lacks it),
     frozen, with LoRA injected; -> (encoder, trainable input parameter names)."""
-    from safetensors import safe_open
+    from tst_ros.models.io import read_encoder
 
-    from tst_ros.models.io import read_metadata
-
-    meta = read_metadata(base_file)
+    state, meta = read_encoder(base_file)
     names = list(dict.fromkeys(meta["modalities"] + [modality]))
     encoder = build_encoder(meta["preset"], names, meta["image_size"], meta["patch"])
-    with safe_open(str(base_file), framework="pt", device="cpu") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
     if modality not in meta["modalities"]:
         rgb = state[f"adapters.{registry.PRIMARY_IMAGE}.proj.weight"].mean(dim=1, keepdim=True)
         channels = registry.get(modality).channels
@@ -103,11 +100,6 @@ class PSSTModel(nn.Module):
         self.register_buffer("center_patch", torch.zeros(cfg.dino_dim))
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def patches(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.encoder.patch_size
-        b, c, h, w = x.shape
-        return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
-
     def mae(self, x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (loss over masked patches, per-patch error (B, N), 0 on visible patches)."""
         tokens = self.encoder.tokenize(self.modality, x)
@@ -117,7 +109,7 @@ class PSSTModel(nn.Module):
         full = self.mask_token.expand(b, n, d).clone()
         full.scatter_(1, keep[..., None].expand(-1, -1, d), encoded)
         pred = self.to_patch(self.decoder(full + self.pos))
-        err = (pred - self.patches(x)).pow(2).mean(dim=-1)
+        err = (pred - patchify(x, self.encoder.patch_size)).pow(2).mean(dim=-1)
         masked = torch.ones(b, n, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
         loss = (err * masked).sum() / masked.sum().clamp_min(1)
         return loss, (err * masked).detach()
@@ -194,8 +186,9 @@ def complex_subset(model: PSSTModel, dataset, batch: int, fraction: float, gen: 
 
 
 def _stack(items: list[dict], modality: str) -> torch.Tensor:
-    x = torch.stack([it[modality] for it in items])
-    return registry.get(modality).normalise_tensor(x) if not x.is_floating_point() else x.float()
+    """Loader items -> the normalised batch of one modality (`train.data.prepare_batch`)."""
+    from tst_ros.train.data import prepare_batch
+    return prepare_batch({modality: torch.stack([it[modality] for it in items])})[modality].float()
 
 
 def adapter_tensors(model: PSSTModel) -> dict[str, torch.Tensor]:

@@ -108,9 +108,13 @@ class HEDBackbone(nn.Module):
 
 
 def hed_preprocess(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 Caffe-style BGR minus the BSDS mean."""
-    bgr = _check_rgb(rgb)[:, :, ::-1].astype(np.float32) - np.asarray(HED_BGR_MEAN, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None]
+    """(H, W, 3) or (B, H, W, 3) uint8 RGB -> (1 or B, 3, H, W) float32 Caffe-style BGR minus
+    the BSDS mean."""
+    batch = np.asarray(rgb)[None] if np.ndim(rgb) == 3 else np.asarray(rgb)
+    if len(batch):
+        _check_rgb(batch[0])    # one dtype and shape for the whole array
+    bgr = batch[..., ::-1].astype(np.float32) - np.asarray(HED_BGR_MEAN, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(0, 3, 1, 2)))
 
 
 class HEDTeacher(Teacher):
@@ -307,11 +311,15 @@ class ImageNetTeacher(Teacher):
         return {"teacher": "imagenet", "dim": self.dim, "input_size": self.input_size}
 
     @torch.no_grad()
-    def features(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(_check_rgb(rgb))).permute(2, 0, 1)[None].to(self.device)
+    def batch_features(self, rgb: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 RGB -> (B, dim, input_size/16, input_size/16) on the teacher's device."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).to(self.device)
         x = modalities.primary_image().normalise_tensor(x)
         x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.net({modalities.PRIMARY_IMAGE: x})[0].float().cpu()
+        return self.net({modalities.PRIMARY_IMAGE: x})
+
+    def features(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> torch.Tensor:
+        return self.batch_features(_check_rgb(rgb)[None])[0].float().cpu()
 
 
 def make_teacher(spec: str, run: str | None = None, device: str = "cpu", intrinsics=None,
