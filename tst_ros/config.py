@@ -112,9 +112,14 @@ class TransferConfig:
     steps: int = 300
     batch: int = 16
     lr: float = 1e-3
-    finetune: str = "frozen"            # frozen | partial | full
+    finetune: str = "frozen"            # frozen | partial | full | tp-mome (stage 2 on modality adapters)
     layer_decay: float = 0.75
-    tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
+    adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
+    prompts: int = 8                    # tp-mome: task prompt tokens per block
+    mome_layers: list[int] = field(default_factory=lambda: [-3, -1])   # tp-mome: blocks followed by experts
+    expert_hidden: int = 64             # tp-mome: expert bottleneck width
+    modality_drop: float = 0.3          # tp-mome: share of samples that lose one input modality in training
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda[:N]; bf16 autocast on CUDA
 

@@ -211,7 +211,8 @@ class Encoder(nn.Module):
             tokens = block(tokens, key_mask)
         return self.norm(tokens)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """-> (the given modalities in encoder order, the spatial ones among them); clear errors."""
         names = [n for n in self.modalities if n in inputs]
         unknown = sorted(set(inputs) - set(self.modalities))
         if unknown:
@@ -224,8 +225,11 @@ class Encoder(nn.Module):
             if shape != (self.image_size, self.image_size):
                 raise ValueError(f"input {n!r} has spatial size {shape}, the encoder expects "
                                  f"({self.image_size}, {self.image_size})")
-        tokens = [self.tokenize(n, inputs[n]) for n in names]
-        out = self.encode(torch.cat(tokens, dim=1))
+        return names, spatial
+
+    def dense_map(self, out: torch.Tensor, names: list[str], tokens: list[torch.Tensor],
+                  spatial: list[str]) -> torch.Tensor:
+        """Encoded tokens -> (B, D, H/p, W/p), averaged over the spatial modalities."""
         maps, start = [], 0
         for n, t in zip(names, tokens):
             if n in spatial:
@@ -234,6 +238,11 @@ class Encoder(nn.Module):
         dense = torch.stack(maps, dim=0).mean(dim=0) if len(maps) > 1 else maps[0]
         b = dense.shape[0]
         return dense.transpose(1, 2).reshape(b, self.embed_dim, self.grid, self.grid)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        names, spatial = self.check_inputs(inputs)
+        tokens = [self.tokenize(n, inputs[n]) for n in names]
+        return self.dense_map(self.encode(torch.cat(tokens, dim=1)), names, tokens, spatial)
 
     def describe(self) -> dict:
         return {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,

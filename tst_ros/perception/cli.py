@@ -15,7 +15,12 @@ def register(sub) -> None:
                    "'generalist' (ImageNet EfficientNet-Lite0, the baseline)")
     p.add_argument("--labeled", help="COCO-style labeled set from OTHER buildings (default: transfer.labeled_set)")
     p.add_argument("--out", required=True, help="model directory to write (model.safetensors + model.json)")
-    p.add_argument("--finetune", choices=["frozen", "partial", "full"], help="encoder fine-tuning mode")
+    p.add_argument("--finetune", choices=["frozen", "partial", "full", "tp-mome"],
+                   help="encoder fine-tuning mode; tp-mome: stage 2 of modality adapters (task prompts + modality "
+                        "experts + heads on the frozen encoder and its frozen --adapter LoRAs)")
+    p.add_argument("--adapter", action="append", dest="adapters",
+                   help="modality adapter file from `tst-ros adapt-modality` (repeatable; with --finetune tp-mome)")
+    p.add_argument("--tasks", help="comma-separated tasks to train: segmentation,detection (default: both)")
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay over encoder blocks (e.g. 0.75)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int)
@@ -61,6 +66,10 @@ def run_transfer(args) -> int:
         value = getattr(args, flag)
         if value is not None:
             setattr(t, field, value)
+    if args.adapters:
+        t.adapters = list(args.adapters)
+    if args.tasks:
+        t.tasks = [s for s in args.tasks.split(",") if s]
     labeled = args.labeled or t.labeled_set
     if not labeled:
         raise ValueError("no labeled set: pass --labeled DIR (make one with `tst-ros sim labeled-set`)")
@@ -69,6 +78,10 @@ def run_transfer(args) -> int:
                        patch=args.patch, input_modalities=inputs,
                        progress_stream=sys.stdout if args.progress_jsonl else None)
     config.save_resolved(cfg, args.out)
+    if summary.get("account"):
+        from tst_ros.train.stage2 import format_account
+
+        print(format_account(summary["account"]), file=sys.stderr)
     if not args.progress_jsonl:
         print(json.dumps(summary))
     return 0

@@ -238,10 +238,9 @@ def save_model(model: PerceptionModel, meta: dict, out_dir) -> None:
 
 
 def build_model(meta: dict) -> PerceptionModel:
-    from tst_ros.models import build_encoder
+    from tst_ros.models.tpmome import encoder_from_description
 
-    enc = meta["encoder"]
-    encoder = build_encoder(enc["preset"], enc["modalities"], enc["image_size"], enc["patch"])
+    encoder = encoder_from_description(meta["encoder"])
     return PerceptionModel(encoder, len(meta["classes"]), len(meta["thing_class_ids"]),
                            meta["input_modalities"], meta.get("pyramid_dim", 64))
 

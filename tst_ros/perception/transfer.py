@@ -22,7 +22,9 @@ from tst_ros import modalities as registry
 from tst_ros.perception.runtime import Predictor, normalisation, prepare_inputs
 from tst_ros.util import resolve_device
 
-FINETUNE_MODES = ("frozen", "partial", "full")
+STAGE2 = "tp-mome"              # task prompts + modality experts on frozen modality adapters
+FINETUNE_MODES = ("frozen", "partial", "full", STAGE2)
+TASKS = ("segmentation", "detection")
 
 
 # ----------------------------------------------------------------------------- data
@@ -173,6 +175,15 @@ def param_groups(model, mode: str, lr: float, layer_decay: float, weight_decay: 
     if mode not in FINETUNE_MODES:
         raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {mode!r}")
     enc = model.encoder
+    if mode == STAGE2:
+        from tst_ros.models.tpmome import STAGE2_PREFIXES
+
+        for name, p in enc.named_parameters():
+            p.requires_grad_(name.startswith(STAGE2_PREFIXES))
+        return [{"params": model.head_parameters(), "lr": lr, "lr_scale": 1.0, "weight_decay": weight_decay,
+                 "name": "heads"},
+                {"params": [p for p in enc.parameters() if p.requires_grad], "lr": lr, "lr_scale": 1.0,
+                 "weight_decay": weight_decay, "name": "encoder.stage2"}]
     depth = len(enc.blocks)
     first_trainable = {"frozen": depth + 2, "partial": depth // 2 + 1, "full": 0}[mode]
     groups: dict[int, list] = {}
@@ -222,8 +233,15 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     items, classes, categories = load_labeled(labeled_dir)
     if cfg.labeled_images and len(items) > cfg.labeled_images:
         items = items[:cfg.labeled_images]
-    encoder, enc_meta = resolve_encoder(encoder_source, preset, image_size, patch)
+    tasks = _checked_tasks(cfg.tasks)
+    if cfg.finetune == STAGE2:
+        from tst_ros.train.stage2 import stage2_encoder
+
+        encoder, enc_meta = stage2_encoder(encoder_source, cfg)
+    else:
+        encoder, enc_meta = resolve_encoder(encoder_source, preset, image_size, patch)
     model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities)
+    meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
     data = TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
@@ -249,7 +267,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                 feats = _on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]), device)
             else:
                 feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
-        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, data.size, device)
+        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, data.size, device, tasks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -269,12 +287,23 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()),
                         "labeled_images": len(items), "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
     meta["history"] = history
+    if cfg.finetune == STAGE2:
+        from tst_ros.train.stage2 import parameter_account
+
+        meta["account"] = parameter_account(model, meta, out_dir)
     save_model(model, meta, out_dir)
     emit_progress(progress_stream, event="model", path=str(Path(out_dir).resolve()), tasks=meta["tasks"],
                   modalities=meta["input_modalities"], metrics={"final_loss": history[-1]["loss"] if history else 0.0})
     return {"model_dir": str(out_dir), "method": enc_meta["method"], "finetune": cfg.finetune, "steps": cfg.steps,
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
-            "final_loss": history[-1] if history else None}
+            "final_loss": history[-1] if history else None, "account": meta.get("account")}
+
+
+def _checked_tasks(tasks) -> list[str]:
+    tasks = list(dict.fromkeys(tasks))
+    if not tasks or set(tasks) - set(TASKS):
+        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
+    return tasks
 
 
 def _on_device(array: np.ndarray, device):
@@ -283,9 +312,9 @@ def _on_device(array: np.ndarray, device):
     return torch.from_numpy(array).to(device, non_blocking=True)
 
 
-def _task_losses(model, feats, batch: dict, size, device):
-    """(total, segmentation, heatmap, box) losses of the heads on encoder features; the heads
-    run under autocast (bf16 on CUDA), the losses in float32."""
+def _task_losses(model, feats, batch: dict, size, device, tasks=TASKS):
+    """(total, segmentation, heatmap, box) losses of the heads on encoder features; the total
+    sums the losses of `tasks`; the heads run under autocast (bf16 on CUDA), the losses in float32."""
     import torch.nn.functional as F
 
     from tst_ros.perception.heads import box_loss, focal_heatmap_loss
@@ -298,7 +327,9 @@ def _task_losses(model, feats, batch: dict, size, device):
     loss_seg = F.cross_entropy(seg.float(), _on_device(batch["semantic"], device), ignore_index=255)
     loss_hm = focal_heatmap_loss(heat.float(), _on_device(batch["heatmap"], device))
     loss_box = box_loss(box.float(), _on_device(batch["box"], device), _on_device(batch["box_weight"], device))
-    return loss_seg + loss_hm + 0.5 * loss_box, loss_seg, loss_hm, loss_box
+    total = (loss_seg if "segmentation" in tasks else 0.0) + \
+        ((loss_hm + 0.5 * loss_box) if "detection" in tasks else 0.0)
+    return total, loss_seg, loss_hm, loss_box
 
 
 def _frozen_features(model, data: TransferData, device, chunk: int = 32):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tst_ros import modalities as registry
-from tst_ros.models.lora import inject_lora, load_lora_state_dict, lora_state_dict
+from tst_ros.models.lora import inject_lora, lora_state_dict
 from tst_ros.models.losses import patchify
 from tst_ros.models.vit import Block, build_encoder, sincos_2d
 
@@ -203,21 +203,10 @@ def adapter_tensors(model: PSSTModel) -> dict[str, torch.Tensor]:
 def apply_adapter(adapter_file: str | Path, base: str | Path):
     """A base encoder (run dir or file) with the adapter's modality input and LoRA applied;
     -> (encoder in eval mode, adapter metadata). A base of another checksum is refused."""
-    from safetensors import safe_open
+    from tst_ros.train.stage2 import apply_adapters
 
-    from tst_ros.models.io import encoder_path
-
-    with safe_open(str(adapter_file), framework="pt", device="cpu") as f:
-        meta = json.loads((f.metadata() or {}).get("tst_ros", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{adapter_file} is not a tst_ros modality adapter ({ADAPTER_FORMAT})")
-    base_file = encoder_path(base)
-    check_base(base_file, meta["base_sha256"], adapter_file)
-    encoder, _ = adapted_encoder(base_file, meta["modality"], meta["rank"], meta["alpha"], tuple(meta["targets"]))
-    load_lora_state_dict(encoder, {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")})
-    encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("input/")}, strict=False)
-    return encoder.eval(), meta
+    encoder, metas = apply_adapters([adapter_file], base)
+    return encoder, metas[0]
 
 
 def check_base(base_file: Path, expected_sha256: str, what) -> None:
