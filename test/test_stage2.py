@@ -116,3 +116,22 @@ def test_modality_dropout_is_random_in_training_and_absent_in_evaluation():
     enc.train()
     torch.manual_seed(1)
     assert not torch.allclose(enc(x), enc.eval()(x))
+
+
+def test_rgb_thermal_stage2_trains_and_evaluates_on_a_labeled_set_with_thermal(setup, tmp_path):
+    from tst_ros.perception.transfer import evaluate
+
+    tmp, base, _ = setup
+    labeled_set.write(tmp_path / "thermal", 4, seed=1000, width=96, height=72, progress=False, thermal=True)
+    cfg = AdaptConfig(rank=2, alpha=4.0, warmup_steps=0, joint_steps=0, batch=4, checkpoint_every=0, device="cpu")
+    adapter = adapt_modality(cfg, "synthetic:12", str(base), "thermal", tmp_path / "t.safetensors",
+                             progress=False)["adapter"]
+    tcfg = TransferConfig(steps=2, batch=2, finetune="tp-mome", tasks=["segmentation"], adapters=[adapter],
+                          prompts=2, mome_layers=[-1], expert_hidden=8, device="cpu")
+    transfer(str(base), str(tmp_path / "thermal"), str(tmp_path / "m"), tcfg, input_modalities=["rgb", "thermal"],
+             show_bar=False)
+    result = evaluate(str(tmp_path / "m"), str(tmp_path / "thermal"))
+    assert result["images"] == 4 and 0 <= result["miou"] <= 1
+    with pytest.raises(ValueError, match="thermal"):
+        transfer(str(base), str(tmp / "train"), str(tmp_path / "n"), tcfg, input_modalities=["rgb", "thermal"],
+                 show_bar=False)

@@ -173,3 +173,8 @@ def teachers() -> list[Modality]:
 def recorded() -> list[Modality]:
     """What the recorder writes into a store's samples: everything but teacher modalities."""
     return [m for m in REGISTRY.values() if not m.teacher]
+
+
+def sensor_images() -> list[Modality]:
+    """Camera images a rig delivers (colour, depth, thermal): recorded, not derived, not taught."""
+    return [m for m in REGISTRY.values() if m.kind == "image" and not m.derived_from and not m.teacher]

@@ -128,11 +128,19 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str = "cpu") -> "Predictor":
-        import torch
-
-        from tst_ros.perception.heads import ServingModel, load_model
+        from tst_ros.perception.heads import load_model
 
         model, meta = load_model(model_dir, device)
+        return cls.from_torch_model(model, meta, str(model_dir), device)
+
+    @classmethod
+    def from_torch_model(cls, model, meta: dict, source: str, device: str = "cpu") -> "Predictor":
+        """Serve a PerceptionModel in memory (PyTorch backend); it is read, never copied, so
+        weights changed in place (the adapter bank's entry swaps) serve from the next call."""
+        import torch
+
+        from tst_ros.perception.heads import ServingModel
+
         serving = ServingModel(model).eval()
 
         @torch.no_grad()
@@ -141,7 +149,7 @@ class Predictor:
             result = dict(zip(OUTPUT_NAMES, serving(*tensors)))
             return {n: result[n].cpu().numpy() for n in outputs}
 
-        pred = cls(meta, infer, "torch", str(model_dir), [device])
+        pred = cls(meta, infer, "torch", source, [device])
         pred.model = model
         return pred
 
@@ -150,20 +158,28 @@ class Predictor:
     def uses_depth(self) -> bool:
         return registry.DEPTH_IMAGE in self.input_modalities
 
-    def preprocess(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """RGB (H,W,3) uint8 and depth (H,W) metres (NaN/0 invalid) -> {name: (1,C,h,w) float32}."""
-        return {n: x[None] for n, x in prepare_inputs(rgb, depth_m, self.input_modalities, self.norm, self.size).items()}
+    def preprocess(self, rgb: np.ndarray, depth_m: np.ndarray | None = None,
+                   images: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """RGB (H,W,3) uint8, depth (H,W) metres (NaN/0 invalid) and other registered camera
+        images in physical units (`images`, e.g. thermal kelvin) -> {name: (1,C,h,w) float32}."""
+        return {n: x[None] for n, x in
+                prepare_inputs(rgb, depth_m, self.input_modalities, self.norm, self.size, images).items()}
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
         """Bare model inference: preprocessed inputs -> {output name: array} for `outputs`."""
         return self._infer(inputs, tuple(outputs))
 
+    def warm_up(self) -> None:
+        """One prediction on a blank frame (first-call allocations happen before serving)."""
+        h, w = self.size
+        self.predict(np.zeros((h, w, 3), np.uint8), np.ones((h, w), np.float32) if self.uses_depth else None)
+
     def predict(self, rgb: np.ndarray, depth_m: np.ndarray | None = None, score_threshold: float = 0.3,
                 nms_iou: float = 0.5, max_detections: int = 100, need_mask: bool = True,
-                need_boxes: bool = True) -> Prediction:
+                need_boxes: bool = True, images: dict[str, np.ndarray] | None = None) -> Prediction:
         h, w = rgb.shape[:2]
         wanted = (TASK_OUTPUTS["segmentation"] if need_mask else ()) + (TASK_OUTPUTS["detection"] if need_boxes else ())
-        out = self.infer(self.preprocess(rgb, depth_m), wanted)
+        out = self.infer(self.preprocess(rgb, depth_m, images), wanted)
         mask = resize_labels(out["seg_labels"][0], (h, w)) if need_mask else np.zeros((0, 0), np.uint8)
         if need_boxes:
             boxes, scores, channels = decode_detections(out["det_peaks"][0], out["det_box"][0], self.det_stride,
@@ -195,45 +211,45 @@ def _rgb_blob_params(scale: float, mean: tuple[float, ...], std: tuple[float, ..
     return params
 
 
-def _colour_input(rgb: np.ndarray, depth_m: np.ndarray | None, norm: tuple[float, np.ndarray, np.ndarray],
-                  size: tuple[int, int]) -> np.ndarray:
+def _colour_input(rgb: np.ndarray, norm: tuple[float, np.ndarray, np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """The colour image: bilinear resize, normalisation and HWC -> CHW in one OpenCV call (0.1 ms at 128 px)."""
     scale, mean, std = norm
     params = _rgb_blob_params(float(scale), tuple(mean.tolist()), tuple(std.tolist()), (size[1], size[0]))
     return cv2.dnn.blobFromImageWithParams(rgb, params)[0]
 
 
-def _depth_input(rgb: np.ndarray, depth_m: np.ndarray | None, norm: tuple[float, np.ndarray, np.ndarray],
-                 size: tuple[int, int]) -> np.ndarray:
-    """The depth image, given in metres (the registry's scale already applied): nearest resize,
-    (d - mean) / std, invalid (NaN, 0) -> 0."""
+def _single_channel_input(name: str, image: np.ndarray | None, rgb: np.ndarray,
+                          norm: tuple[float, np.ndarray, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """A registered one-channel image in physical units (depth in metres, thermal in kelvin: the
+    registry's scale already applied): nearest resize, (x - mean) / std, invalid (NaN, 0) -> 0."""
     _, mean, std = norm
-    if depth_m is None:
-        raise ValueError("this model needs a depth image")
-    if depth_m.shape[:2] != rgb.shape[:2]:
-        raise ValueError(f"depth {depth_m.shape[:2]} and colour {rgb.shape[:2]} sizes differ (depth must be aligned)")
-    d = cv2.resize(np.asarray(depth_m, np.float32), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    valid = np.isfinite(d) & (d > 0)
-    return np.where(valid, (d - mean[0]) / std[0], 0.0).astype(np.float32)[None]
-
-
-# How each camera image of a frame becomes a network input; other modalities cannot be built here.
-_FRAME_INPUTS = {registry.PRIMARY_IMAGE: _colour_input, registry.DEPTH_IMAGE: _depth_input}
+    if image is None:
+        raise ValueError(f"this model needs a {name} image")
+    if image.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"{name} {image.shape[:2]} and colour {rgb.shape[:2]} sizes differ ({name} must be aligned)")
+    x = cv2.resize(np.asarray(image, np.float32), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    valid = np.isfinite(x) & (x > 0)
+    return np.where(valid, (x - mean[0]) / std[0], 0.0).astype(np.float32)[None]
 
 
 def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities: list[str],
-                   norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int]) -> dict[str, np.ndarray]:
+                   norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int],
+                   images: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The one preprocessing path (training, evaluation, deployment): stretch-resize to `size`,
     normalise per modality -> {name: (C, h, w) float32}. Depth is metres with NaN or 0 invalid
-    (invalid -> 0 after normalisation, as in the modality registry)."""
+    (invalid -> 0 after normalisation, as in the modality registry); other registered
+    one-channel cameras (thermal, kelvin) come in `images` in the registry's physical units."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    images = {**(images or {}), registry.DEPTH_IMAGE: depth_m}
     out: dict[str, np.ndarray] = {}
     for name in input_modalities:
-        build = _FRAME_INPUTS.get(name)
-        if build is None:
+        if name == registry.PRIMARY_IMAGE:
+            out[name] = _colour_input(rgb, norm[name], size)
+        elif name in {m.name for m in registry.sensor_images() if m.channels == 1}:
+            out[name] = _single_channel_input(name, images.get(name), rgb, norm[name], size)
+        else:
             raise ValueError(f"the runtime cannot produce input modality {name!r} from sensor images")
-        out[name] = build(rgb, depth_m, norm[name], size)
     return out
 
 

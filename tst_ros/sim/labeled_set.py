@@ -62,7 +62,8 @@ def plan(images: int, styles: list[str], seed: int, buildings: int = 0, start_fr
 
 def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, seed: int = 1000,
           buildings: int = 0, start_frame: int = 0, width: int = 256, height: int = 192, depth: bool = True,
-          sim_overrides: dict | None = None, progress: bool = True, span_frames: int = 0) -> dict:
+          sim_overrides: dict | None = None, progress: bool = True, span_frames: int = 0,
+          thermal: bool = False) -> dict:
     """Write `images` frames per the building plan; in each building they are spread evenly over
     `span_frames` frames from `start_frame` (0: one lap of the trajectory)."""
     from tqdm import tqdm
@@ -76,7 +77,7 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
     for s in styles:
         get_style(s)
     out = Path(out)
-    for sub in ("images", "depth", "semantic") if depth else ("images", "semantic"):
+    for sub in ("images", "semantic") + (("depth",) if depth else ()) + (("thermal",) if thermal else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     coco = {"images": [], "annotations": [], "categories": [{"id": c, "name": CLASSES[c]} for c in THING_CLASSES],
             "info": {"description": "tst_ros simulated labeled set", "styles": styles, "seed": seed}}
@@ -98,6 +99,9 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
             if depth:
                 atomic_write_bytes(out / "depth" / f"{name}.png", _png_bytes(frame.depth_mm))
                 entry["depth_file"] = f"depth/{name}.png"
+            if thermal:
+                atomic_write_bytes(out / "thermal" / f"{name}.png", _png_bytes(frame.thermal_ck))
+                entry["thermal_file"] = f"thermal/{name}.png"
             coco["images"].append(entry)
             for x0, y0, x1, y1, cls, iid in frame.gt["boxes"]:
                 mask = frame.gt["instance"] == int(iid)
@@ -116,9 +120,23 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
             "buildings": len({(i["seed"], i["style"]) for i in coco["images"]})}
 
 
+def _extra_images(path: Path, img: dict) -> dict[str, np.ndarray]:
+    """Registered camera images beyond colour and depth, as stored (thermal: uint16 centi-kelvin)."""
+    import cv2
+
+    out = {}
+    if img.get("thermal_file"):
+        thermal = cv2.imread(str(path / img["thermal_file"]), cv2.IMREAD_UNCHANGED)
+        if thermal is None:
+            raise FileNotFoundError(f"thermal image {img['thermal_file']} listed in {path} is missing")
+        out["thermal"] = thermal
+    return out
+
+
 def load(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """Read a labeled set: ([{rgb, depth_mm|None, semantic, boxes (K,4) xyxy float32, labels (K,) int64,
-    masks (K,H,W) bool, image_id, file_name}], class names)."""
+    masks (K,H,W) bool, image_id, file_name, images: {modality: raw stored array} (thermal, when
+    the set has it)}], class names)."""
     import cv2
     from pycocotools import mask as mask_util
 
@@ -149,5 +167,5 @@ def load(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
                  .astype(bool) if anns else np.zeros((0, img["height"], img["width"]), bool))
         items.append({"rgb": cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "depth_mm": depth, "semantic": semantic,
                       "boxes": boxes, "labels": np.array([a["category_id"] for a in anns], np.int64), "masks": masks,
-                      "image_id": img["id"], "file_name": img["file_name"]})
+                      "image_id": img["id"], "file_name": img["file_name"], "images": _extra_images(path, img)})
     return items, classes

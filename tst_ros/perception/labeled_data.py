@@ -1,0 +1,112 @@
+"""Labeled sets as transfer and evaluation read them: COCO categories, items, the registered
+camera images of an item in physical units, and `TransferData` (items preprocessed once through
+the runtime's one preprocessing path, with detection targets for the plain and mirrored image).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tst_ros import modalities as registry
+from tst_ros.perception.runtime import normalisation, prepare_inputs
+
+
+def read_categories(labeled_dir: str | Path) -> dict[int, str]:
+    """Detection categories {id: name} of a COCO-style labeled set (ids = semantic class ids)."""
+    path = Path(labeled_dir) / "instances.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{labeled_dir} is not a labeled set (no instances.json)")
+    cats = json.loads(path.read_text()).get("categories", [])
+    if not cats:
+        raise ValueError(f"{path} lists no categories")
+    return {int(c["id"]): str(c["name"]) for c in sorted(cats, key=lambda c: int(c["id"]))}
+
+
+def load_labeled(labeled_dir: str | Path) -> tuple[list[dict], list[str], dict[int, str]]:
+    from tst_ros.sim.labeled_set import load
+
+    items, classes = load(str(labeled_dir))
+    if not items:
+        raise ValueError(f"labeled set {labeled_dir} has no images")
+    return items, list(classes), read_categories(labeled_dir)
+
+
+def depth_metres(item: dict) -> np.ndarray | None:
+    d = item.get("depth_mm")
+    return None if d is None else d.astype(np.float32) / 1000.0
+
+
+def extra_images(item: dict, input_modalities: list[str]) -> dict[str, np.ndarray]:
+    """A labeled item's other camera images among `input_modalities`, in physical units
+    (stored value * the registry's scale: thermal centi-kelvin -> kelvin)."""
+    stored = item.get("images", {})
+    missing = [n for n in input_modalities if n not in (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE)
+               and n not in stored]
+    if missing:
+        raise ValueError(f"the model takes {missing} but the labeled set has no such images")
+    return {n: a.astype(np.float32) * registry.get(n).scale for n, a in stored.items() if n in input_modalities}
+
+
+class TransferData:
+    """Labeled items preprocessed once to network resolution (arrays kept in memory)."""
+
+    def __init__(self, items: list[dict], input_modalities: list[str], preprocessing: dict,
+                 thing_class_ids: list[int], stride: int = 4):
+        import cv2
+
+        from tst_ros.perception.heads import detection_targets
+
+        size = tuple(preprocessing["size"])
+        norm = normalisation(preprocessing)
+        channel_of = {cid: i for i, cid in enumerate(thing_class_ids)}
+        self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
+        self.semantic, self.boxes, self.labels = [], [], []
+        for it in items:
+            if registry.DEPTH_IMAGE in input_modalities and it.get("depth_mm") is None:
+                raise ValueError("the model takes depth but the labeled set has no depth images")
+            x = prepare_inputs(it["rgb"], depth_metres(it), input_modalities, norm, size,
+                               extra_images(it, input_modalities))
+            for n in input_modalities:
+                self.inputs[n].append(x[n])
+            h, w = it["rgb"].shape[:2]
+            self.semantic.append(cv2.resize(it["semantic"], (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
+            boxes = np.asarray(it["boxes"], np.float32).reshape(-1, 4) * np.array(
+                [size[1] / w, size[0] / h] * 2, np.float32)
+            labels = np.asarray(it["labels"], np.int64).reshape(-1)
+            keep = np.array([int(c) in channel_of for c in labels], bool)
+            self.boxes.append(boxes[keep])
+            self.labels.append(np.array([channel_of[int(c)] for c in labels[keep]], np.int64))
+        self.inputs = {n: np.stack(v) for n, v in self.inputs.items()}
+        self.semantic = np.stack(self.semantic).astype(np.int64)
+        self.size = size
+        self.num_things = len(thing_class_ids)
+        self.stride = stride
+        # detection targets for the plain and the horizontally flipped image
+        self.targets = {}
+        for flip in (False, True):
+            hm, bt, bw = [], [], []
+            for boxes, labels in zip(self.boxes, self.labels):
+                b = boxes.copy()
+                if flip:
+                    b[:, [0, 2]] = size[1] - boxes[:, [2, 0]]
+                t = detection_targets(b, labels, size[0], self.num_things, self.stride)
+                hm.append(t[0]); bt.append(t[1]); bw.append(t[2])
+            self.targets[flip] = (np.stack(hm), np.stack(bt), np.stack(bw))
+
+    def __len__(self) -> int:
+        return len(self.semantic)
+
+    def batch(self, idx: np.ndarray, flips: np.ndarray) -> dict:
+        """Arrays for items `idx`, flipped horizontally where `flips` is True."""
+        def pick(arr):
+            out = arr[idx].copy()
+            out[flips] = out[flips][..., ::-1]
+            return out
+        inputs = {n: pick(v) for n, v in self.inputs.items()}
+        semantic = pick(self.semantic)
+        hm = np.where(flips[:, None, None, None], self.targets[True][0][idx], self.targets[False][0][idx])
+        bt = np.where(flips[:, None, None, None], self.targets[True][1][idx], self.targets[False][1][idx])
+        bw = np.where(flips[:, None, None], self.targets[True][2][idx], self.targets[False][2][idx])
+        return {"inputs": inputs, "semantic": semantic, "heatmap": hm, "box": bt, "box_weight": bw}
