@@ -51,6 +51,8 @@ class SimConfig:
     rooms: int = 3
     realtime: bool = True               # pace to wall time; false: as fast as possible with /clock
     frames: int = 0                     # 0: endless (node) / default count (exports)
+    tour: list[str] = field(default_factory=list)  # buildings "style:seed" driven through in turn; empty: seed/style
+    tour_seconds: float = 30.0          # time in each building of the tour
 
 
 @dataclass
@@ -117,8 +119,8 @@ class TransferConfig:
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
     prompts: int = 8                    # tp-mome: task prompt tokens per block
-    mome_layers: list[int] = field(default_factory=lambda: [-3, -1])   # tp-mome: blocks followed by experts
-    expert_hidden: int = 64             # tp-mome: expert bottleneck width
+    mome_layers: list[int] = field(default_factory=lambda: [-1])   # tp-mome: blocks followed by experts (-1: last)
+    expert_hidden: int = 32             # tp-mome: expert bottleneck width
     modality_drop: float = 0.3          # tp-mome: share of samples that lose one input modality in training
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda[:N]; bf16 autocast on CUDA
@@ -142,6 +144,12 @@ class PerceptionConfig:
     backend: str = "auto"               # auto | onnx | torch (model directory)
     publish_overlay: bool = True        # also publish the colour overlay of the mask
     max_detections: int = 100           # at most this many detections per frame
+    bank_dir: str = ""                  # per-building adapter bank (tst-ros bank); empty: serve model_path
+    bank_entry: str = ""                # bank entry served first; empty: the bank's active entry
+    recognition: bool = False           # recognise the building from the bank's fingerprints and switch entries
+    recognition_every: int = 5          # embed every n-th processed frame for recognition
+    recognition_window: int = 5         # recognition decisions averaged per entry score
+    switch_after: int = 3               # switch when another entry scored best this many decisions in a row
 
 
 @dataclass

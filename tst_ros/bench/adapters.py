@@ -1,103 +1,197 @@
-"""Modality adapters (PSST) ablation: RGB-D segmentation in the test building from a frozen
-RGB base encoder, `tst_ros.bench.specialization`'s data, transfer budget, held-out frames and
-seeds.
+"""Modality adapters benchmark: the PSST + TP-MoME ablation on RGB-D and RGB-thermal
+segmentation in the test building, from a frozen RGB base, with `tst_ros.bench.specialization`'s
+data, held-out frames and seeds; plus the adapter bank's swap latency and building recognition
+(`tst_ros.bench.bank`).
 
-The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store. Depth
-reaches it through a new input adapter (initialised from the RGB patch projection) and a
-depth LoRA learned without labels by `tst_ros.train.psst` on the same store; the adapter is
-merged into the encoder (`merge_lora`) and the segmentation/detection heads are trained on
-the other buildings' labels with the encoder frozen, RGB + depth in. Rows (the same PSST step
-budget where PSST runs):
+The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store. The second
+modality (depth or thermal, which the base never saw) gets an input adapter (initialised from
+the RGB patch projection) and a LoRA learned without labels on the same store by
+`tst_ros.train.psst` (the same PSST step budget in every row that runs it). Stage 2
+(`transfer --finetune tp-mome`: task prompts, modality experts, decoder; base and LoRA frozen)
+is then trained with the segmentation loss on the other buildings' labels, RGB + the modality
+in. Rows:
 
-- `no modality tuning`: the depth input adapter as initialised, no LoRA;
-- `+mae`: the MAE phase only;
-- `+mae+dino`: MAE then MAE + DINO, uniform patch weights, on every frame;
-- `full (error-weighted)`: MAE then MAE + DINO with error-weighted patches on the complex subset;
-- `full fine-tuning`: no PSST, the whole encoder fine-tuned with the heads (the baseline).
+- `stage 2 only`: the modality's input adapter as initialised, no LoRA training;
+- `+mae`: PSST's MAE phase only;
+- `+mae+dino`: MAE, then MAE + DINO self-distillation with uniform patch weights on every frame;
+- `full (error-weighted)`: MAE, then MAE + DINO with error-weighted patches on the complex subset;
+- `full fine-tuning`: no PSST, the whole model (encoder, new input, heads) fine-tuned: the baseline.
 
-The merged LoRA applies to the RGB tokens as well; per-modality routing (and the task prompts
-and modality experts of stage 2) are not part of this benchmark.
+Stage 2 and full fine-tuning get the same transfer steps. The storage account (per task and
+modality) comes from the seed-0 RGB-D `full` adapter with a segmentation and a detection stage 2.
 """
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from tst_ros import modalities as registry
 from tst_ros.bench import specialization as spec
 
+MODALITIES = (registry.DEPTH_IMAGE, "thermal")
 PSST_STEPS = {"quick": 4, "full": 120}
-ROWS = {"no modality tuning": None,
+# Transfer steps per row: stage 2 runs the whole encoder every step (prompts sit in every block),
+# so the adapter benchmark uses its own step count, the same for every row.
+TRANSFER_STEPS = {"quick": 6, "full": 150}
+LORA = {"rank": 8, "alpha": 16.0}          # reference: rank 32 at ViT-B width (768); ours is 192 wide
+FULL_FINETUNING = "full fine-tuning"
+ROWS = {"stage 2 only": {"warmup_share": 0.0, "error_alpha": 0.0, "complex_fraction": 1.0, "steps": 0},
         "+mae": {"warmup_share": 1.0, "error_alpha": 0.0, "complex_fraction": 1.0},
         "+mae+dino": {"warmup_share": 0.5, "error_alpha": 0.0, "complex_fraction": 1.0},
         "full (error-weighted)": {"warmup_share": 0.5, "error_alpha": 1.0, "complex_fraction": 0.5},
-        "full fine-tuning": None}
+        FULL_FINETUNING: None}
+SEG_METRICS = ("seg_miou", "things_miou", "stuff_miou")
 
 
 def _log(msg: str) -> None:
     logging.getLogger("tst_ros.bench.adapters").info(msg)
 
 
-def adapted_encoder_file(base: str, store: Path, out: Path, row: dict | None, steps: int, seed: int,
-                         batch: int) -> str:
-    """The base with the depth adapter of `row` (None: untrained) merged, saved as an encoder file."""
+def modality_adapter(base: str, store: Path, out: Path, modality: str, row: dict, steps: int, seed: int,
+                     batch: int) -> str:
+    """A PSST adapter of `modality` on `base` trained as `row` says -> its file."""
     from tst_ros.config import AdaptConfig
-    from tst_ros.models.io import encoder_path, save_encoder
-    from tst_ros.models.lora import merge_lora
-    from tst_ros.train.psst import adapt_modality, adapted_encoder, apply_adapter
+    from tst_ros.train.psst import adapt_modality
 
-    cfg = AdaptConfig(rank=8, alpha=16.0, batch=batch, seed=seed, device="cpu", checkpoint_every=0)
-    if row is None:
-        encoder, _ = adapted_encoder(encoder_path(base), registry.DEPTH_IMAGE, cfg.rank, cfg.alpha, tuple(cfg.targets))
-    else:
-        warmup = int(round(steps * row["warmup_share"]))
-        cfg = replace(cfg, warmup_steps=warmup, joint_steps=steps - warmup, error_alpha=row["error_alpha"],
+    steps = row.get("steps", steps)
+    warmup = int(round(steps * row["warmup_share"]))
+    cfg = AdaptConfig(**LORA, batch=batch, seed=seed, device="cpu", checkpoint_every=0, warmup_steps=warmup,
+                      joint_steps=steps - warmup, error_alpha=row["error_alpha"],
                       complex_fraction=row["complex_fraction"])
-        adapter = adapt_modality(cfg, str(store), base, registry.DEPTH_IMAGE, out / "adapter.safetensors",
-                                 progress=False)
-        encoder, _ = apply_adapter(adapter["adapter"], base)
-    return str(save_encoder(merge_lora(encoder), out / "encoder.safetensors"))
+    return adapt_modality(cfg, str(store), base, modality, out / "adapter.safetensors", progress=False)["adapter"]
 
 
-def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, steps: int) -> dict[str, dict]:
+def _transfer_row(encoder: str, adapter: str, modality: str, paths: dict, model_dir: Path, budget: dict,
+                  steps: int, seed: int, finetune: str, tasks=("segmentation",)) -> dict:
     from tst_ros.config import TransferConfig
-    from tst_ros.perception.transfer import evaluate, transfer
+    from tst_ros.perception.transfer import transfer
 
-    _log(f"seed {seed}: RGB base (TST-MAE)")
-    base = spec.pretrain_encoder("tst-mae", paths["store"], tmp / f"base-{seed}", budget, seed)
-    rows = {}
+    cfg = TransferConfig(steps=steps, batch=budget["transfer_batch"], finetune=finetune, seed=seed,
+                         labeled_images=budget["labeled_images"], tasks=list(tasks),
+                         adapters=[adapter] if finetune == "tp-mome" else [])
+    return transfer(encoder, str(paths["other"]), str(model_dir), cfg,
+                    input_modalities=[registry.PRIMARY_IMAGE, modality], show_bar=False)
+
+
+def merged_encoder_file(base: str, adapter: str, out: Path) -> str:
+    """The base with `adapter` (its modality input) applied and merged: what full fine-tuning starts from."""
+    from tst_ros.models.io import save_encoder
+    from tst_ros.models.lora import merge_lora
+    from tst_ros.train.stage2 import apply_adapters
+
+    encoder, _ = apply_adapters([adapter], base)
+    return str(save_encoder(merge_lora(encoder), out / "encoder.safetensors", method="tst-mae+input"))
+
+
+def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, budget: dict, steps: dict) -> dict:
+    from tst_ros.perception.transfer import evaluate
+
+    rows, adapters = {}, {}
     for name, row in ROWS.items():
-        _log(f"seed {seed}: {name}")
-        encoder = adapted_encoder_file(base, paths["store"], tmp / f"adapter-{name}-{seed}".replace(" ", "_"), row,
-                                       steps, seed, budget["pretrain_batch"])
-        finetune = "full" if name == "full fine-tuning" else budget["finetune"]
-        cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"], finetune=finetune,
-                             seed=seed, labeled_images=budget["labeled_images"])
-        model_dir = tmp / f"model-{name}-{seed}".replace(" ", "_")
-        summary = transfer(encoder, str(paths["other"]), str(model_dir), cfg, input_modalities=[registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE],
-                           show_bar=False)
-        rows[name] = {**spec.row_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
-                      "transfer_seconds": summary["seconds"]}
+        work = tmp / f"{modality}-{name}-{seed}".replace(" ", "_").replace("+", "p")
+        _log(f"seed {seed}, {modality}: {name}")
+        if row is None:
+            encoder = merged_encoder_file(base, adapters["stage 2 only"], work)
+            summary = _transfer_row(encoder, "", modality, paths, work / "model", budget, steps["transfer"], seed,
+                                    "full")
+            fraction = 1.0
+        else:
+            adapters[name] = modality_adapter(base, paths["store"], work, modality, row, steps["psst"], seed,
+                                              budget["pretrain_batch"])
+            summary = _transfer_row(base, adapters[name], modality, paths, work / "model", budget,
+                                    steps["transfer"], seed, "tp-mome")
+            fraction = summary["account"]["trainable_fraction"]
+        metrics = spec.row_metrics(evaluate(str(work / "model"), str(paths["held_out"])))
+        rows[name] = {**metrics, "transfer_seconds": summary["seconds"], "trainable_fraction": fraction}
+    rows["_adapters"] = adapters
     return rows
 
 
-def run(quick: bool = False) -> dict:
+def storage_account(base: str, adapter: str, paths: dict, tmp: Path, budget: dict, steps: int) -> dict:
+    """Segmentation and detection stage 2 on one modality adapter: per-task and per-modality account."""
+    out = {}
+    for task in ("segmentation", "detection"):
+        summary = _transfer_row(base, adapter, registry.DEPTH_IMAGE, paths, tmp / f"account-{task}", budget, steps, 0,
+                                "tp-mome", tasks=(task,))
+        out[task] = summary["account"]
+    return out
+
+
+def summarise(per_seed: list[dict], seeds: list[int]) -> dict:
+    out = {}
+    for name in ROWS:
+        row = {}
+        for metric in SEG_METRICS:
+            values = [round(r[name][metric], 2) for r in per_seed]
+            row[metric] = {"mean": round(float(np.mean(values)), 2), "std": round(float(np.std(values)), 2),
+                           "seeds": dict(zip(map(str, seeds), values))}
+        row["trainable_fraction"] = per_seed[0][name]["trainable_fraction"]
+        out[name] = row
+    return out
+
+
+def targets(rows: dict) -> dict:
+    full, s2, ft = (rows[n]["seg_miou"]["mean"] for n in ("full (error-weighted)", "stage 2 only", FULL_FINETUNING))
+    return {"full_minus_stage2_only": round(full - s2, 2), "full >= stage 2 only + 2": full >= s2 + 2,
+            "full_minus_full_finetuning": round(full - ft, 2), "full >= full fine-tuning - 1": full >= ft - 1,
+            "full trains <= 10 %": rows["full (error-weighted)"]["trainable_fraction"] <= 0.10}
+
+
+def table_markdown(by_modality: dict) -> str:
+    lines = ["| row | " + " | ".join(f"RGB-{m} seg mIoU" for m in by_modality) + " | trained share |",
+             "|---|" + "---|" * (len(by_modality) + 1)]
+    for name in ROWS:
+        cells = [f"{r[name]['seg_miou']['mean']:.1f} ± {r[name]['seg_miou']['std']:.1f}" for r in by_modality.values()]
+        share = next(iter(by_modality.values()))[name]["trainable_fraction"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * share:.1f} % |")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[str, ...] = MODALITIES) -> dict:
     import torch
 
-    budget = spec.BUDGETS["quick" if quick else "full"]
-    steps = PSST_STEPS["quick" if quick else "full"]
-    seeds = list(budget["seeds"])
+    key = "quick" if quick else "full"
+    budget = spec.BUDGETS[key]
+    steps = {"psst": PSST_STEPS[key], "transfer": TRANSFER_STEPS[key]}
+    seeds = list(seeds if seeds is not None else budget["seeds"])
     torch.set_num_threads(spec.TORCH_THREADS)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tst-bench-adapters-") as tmp:
         tmp = Path(tmp)
-        paths = spec.build_data(tmp, budget)
-        per_seed = [run_seed(seed, paths, tmp, budget, steps) for seed in seeds]
-    summary = spec.summarise(per_seed, seeds)
-    return {"test_building": "seed 0, style home", "seeds": seeds, "task": "RGB-D segmentation and detection",
-            "base": "TST-MAE (RGB) pre-trained on the test building, frozen", "psst_steps": steps,
-            "budget": {k: v for k, v in budget.items() if k != "seeds"}, "methods": summary,
-            "table_markdown": spec.table_markdown(summary), "total_seconds": round(time.perf_counter() - t_all, 1)}
+        paths = spec.build_data(tmp, budget, thermal="thermal" in modalities)
+        per_modality: dict[str, list] = {m: [] for m in modalities}
+        account = None
+        for seed in seeds:
+            _log(f"seed {seed}: RGB base (TST-MAE)")
+            base = spec.pretrain_encoder("tst-mae", paths["store"], tmp / f"base-{seed}", budget, seed)
+            for m in modalities:
+                per_modality[m].append(run_modality(seed, m, base, paths, tmp, budget, steps))
+            if account is None and registry.DEPTH_IMAGE in modalities:
+                adapter = per_modality[registry.DEPTH_IMAGE][-1]["_adapters"]["full (error-weighted)"]
+                account = storage_account(base, adapter, paths, tmp, budget, steps["transfer"])
+    by_modality = {m: summarise(rows, seeds) for m, rows in per_modality.items()}
+    seg_account = (account or {}).get("segmentation", {})
+    result = {"test_building": "seed 0, style home", "seeds": seeds, "task": "segmentation (RGB + modality)",
+              "base": "TST-MAE (RGB) pre-trained on the test building, frozen", "psst_steps": steps["psst"],
+              "transfer_steps": steps["transfer"], "lora": LORA,
+              "budget": {k: v for k, v in budget.items() if k not in ("seeds", "transfer_steps")},
+              "methods": by_modality, "targets": {m: targets(r) for m, r in by_modality.items()},
+              "lora_params_fraction": seg_account.get("lora_fraction"),
+              "stage2_trainable_fraction": seg_account.get("trainable_fraction"), "storage_account": account,
+              "table_markdown": table_markdown(by_modality)}
+    result.update(_bank_figures(quick))
+    result["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    return result
+
+
+def _bank_figures(quick: bool) -> dict:
+    """Swap latency and recognition accuracy of the adapter bank (`tst_ros.bench.bank`)."""
+    from tst_ros.bench import bank
+
+    figures = bank.run(quick)
+    return {"swap_ms": figures["swap_ms"], "recognition_accuracy": figures["recognition_accuracy"],
+            "bank": figures}

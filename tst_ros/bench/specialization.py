@@ -171,10 +171,10 @@ def sample_figure(model_dirs: dict[str, str], eval_dir: Path, path: Path, rows: 
 
 
 def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
-               source_store: bool = False) -> dict[str, Path]:
+               source_store: bool = False, thermal: bool = False) -> dict[str, Path]:
     """The unlabeled store (with the outputs of `teachers`), the transfer sets (other
-    buildings; the oracle's test building), the held-out evaluation frames and, with
-    `source_store`, an unlabeled store of SOURCE_BUILDINGS other buildings."""
+    buildings; the oracle's test building), the held-out evaluation frames (with thermal images
+    when `thermal`) and, with `source_store`, an unlabeled store of SOURCE_BUILDINGS other buildings."""
     from tst_ros.config import RecordConfig, SimConfig
     from tst_ros.data.from_sim import build_dataset
     from tst_ros.data.teach import teach
@@ -183,11 +183,12 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
     record = budget["record_frames"]
     paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
     build_dataset(SimConfig(), RecordConfig(dataset=str(paths["store"]), image_size=128), record, paths["store"])
-    labeled_set.write(paths["other"], budget["labeled_images"], seed=1000, progress=False)
+    labeled_set.write(paths["other"], budget["labeled_images"], seed=1000, progress=False, thermal=thermal)
     labeled_set.write(paths["oracle"], min(budget["labeled_images"], record), styles=["home"], seed=0,
                       span_frames=record, progress=False)
     labeled_set.write(paths["held_out"], budget["eval_images"], styles=["home"], seed=0,
-                      start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False)
+                      start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False,
+                      thermal=thermal)
     if teachers:
         teach(paths["store"], teachers, device="cpu", progress=False)
     if source_store:
