@@ -1,4 +1,4 @@
-"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N]`."""
+"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]`."""
 from __future__ import annotations
 
 import importlib
@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--rows", help="specialization, modalities: comma-separated rows to run (default: all)")
     p.add_argument("--teacher", help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>)")
+    p.add_argument("--scaling", action="store_true",
+                   help="specialization only: seg mIoU against pre-training minutes (TST-MM, TST-MAE) and its plot")
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
     p.set_defaults(func=run)
 
@@ -31,6 +33,8 @@ def run(args) -> int:
     options = {"rows": [r.strip() for r in args.rows.split(",") if r.strip()]} if args.rows else {}
     if args.teacher:
         options["teacher"] = args.teacher
+    if args.scaling:
+        options["scaling"] = True
     if args.modalities:
         options["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     for option in options:

@@ -286,10 +286,15 @@ def table_markdown(rows: dict) -> str:
                              for n, r in rows.items()])
 
 
-def run(quick: bool = False, rows: list[str] | None = None) -> dict:
-    """Every row (or those named in `rows`) at the quick or the full budget."""
+def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False) -> dict:
+    """Every row (or those named in `rows`) at the quick or the full budget; with `scaling`,
+    the compute-scaling curve instead (`tst_ros.bench.scaling`)."""
     import torch
 
+    if scaling:
+        from tst_ros.bench import scaling as compute_scaling
+
+        return compute_scaling.run(quick)
     unknown = set(rows or []) - {r[0] for r in ROWS}
     if unknown:
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
