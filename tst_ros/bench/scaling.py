@@ -2,7 +2,7 @@
 mIoU (all classes and things) against pre-training minutes on this CPU, for TST-MM and TST-MAE,
 with `tst_ros.bench.specialization`'s data, transfer and evaluation.
 
-Each method is pre-trained once for the longest budget; the points are snapshots of that run
+Each method is pre-trained once for the longest budget (the two methods in parallel processes); the points are snapshots of that run
 (`pretrain(stop_at=...)` checkpoints and resumes, keeping the schedule of the whole run), each
 transferred with a frozen encoder and evaluated on the held-out frames. A snapshot early in a
 long cosine schedule has not been annealed, so the early points understate what a run of
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,15 @@ def evaluate_point(encoder: str, paths: dict, out: Path, budget: dict, seed: int
     return {k: round(metrics[k], 2) for k in ("seg_miou", "things_miou", "stuff_miou", "det_map50")}
 
 
+def method_curve(method: str, paths: dict, tmp: Path, budget: dict, points: list[int], seed: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(spec.TORCH_THREADS)
+    snaps = snapshots(method, paths["store"], tmp / method, budget, points, seed)
+    return [{"steps": s["steps"], "minutes": s["minutes"],
+             **evaluate_point(s["encoder"], paths, tmp / f"{method}-{s['steps']}", budget, seed)} for s in snaps]
+
+
 def reached_at(minutes: list[float], values: list[float], target: float) -> float | None:
     """Minutes at which the least-squares line of value on log(minutes) crosses `target`."""
     if len(minutes) < 2:
@@ -113,12 +124,10 @@ def run(quick: bool = False, seed: int = 0) -> dict:
         tmp = Path(tmp)
         paths = spec.build_data(tmp, budget)
         scratch = evaluate_point("scratch", paths, tmp / "scratch", budget, seed)
-        curves = {}
-        for method in METHODS:
-            snaps = snapshots(method, paths["store"], tmp / method, budget, points, seed)
-            curves[method] = [{"steps": s["steps"], "minutes": s["minutes"],
-                               **evaluate_point(s["encoder"], paths, tmp / f"{method}-{s['steps']}", budget, seed)}
-                              for s in snaps]
+        # one process per method: the two curves are measured side by side, one core each
+        with ProcessPoolExecutor(len(METHODS), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {m: pool.submit(method_curve, m, paths, tmp, budget, points, seed) for m in METHODS}
+            curves = {m: job.result() for m, job in jobs.items()}
     spec.OUT_DIR.mkdir(exist_ok=True)
     figure = plot(curves, scratch, spec.OUT_DIR / (PLOT.replace(".png", "_quick.png") if quick else PLOT))
     reached = {m: {metric: reached_at([p["minutes"] for p in c], [p[metric] for p in c], target)
