@@ -47,3 +47,26 @@ def spinning(num_threads: int = 3):
             node.destroy_node()
         rclpy.try_shutdown()
         thread.join(5)
+
+
+class Spinning:
+    """A node in its own context (its own DDS participant), spun by a background executor."""
+
+    def __init__(self, make_node):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = make_node(self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)

@@ -6,15 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -28,7 +24,7 @@ from tst_ros.tttkd.backbones import TTTKDModel, build_backbone
 from tst_ros.tttkd.checkpoint import FeatureReducer, save_checkpoint
 from tst_ros.tttkd.teachers import HED_CHANNELS
 
-from polling import wait_for
+from polling import Spinning, wait_for
 
 PEER = Path(__file__).with_name("sensor_publisher_peer.py")
 SECONDS = 10.0
@@ -56,24 +52,6 @@ def finish_peer(peer) -> int:
     out = peer.communicate(timeout=90)[0]
     assert peer.returncode == 0, out
     return int(out.strip().splitlines()[-1].split()[-1])
-
-
-class Spinning:
-    """A node in its own context, spun by a background executor."""
-
-    def __init__(self, make_node):
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = make_node(self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
 
 
 def test_large_data_transports_are_selected_unless_the_user_chose():

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "tst_ros.data.cli",         # ingest, replay, dataset
     "tst_ros.train.cli",        # pretrain, probe
     "tst_ros.perception.cli",   # transfer, eval, export
+    "tst_ros.perception.bank_cli",  # bank init | add | list | remove | activate
     "tst_ros.tttkd.cli",        # ttt-kd train | eval
     "tst_ros.graph.cli",        # specialize, node
     "tst_ros.bench.cli",        # bench <name>

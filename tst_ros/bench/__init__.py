@@ -12,6 +12,7 @@ BENCHMARKS = {
     "specialization": "tst_ros.bench.specialization",
     "modalities": "tst_ros.bench.modalities",
     "adapters": "tst_ros.bench.adapters",
+    "bank": "tst_ros.bench.bank",
     "perception": "tst_ros.bench.perception",
     "ttt-kd": "tst_ros.bench.ttt_kd",
 }

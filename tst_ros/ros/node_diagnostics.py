@@ -2,7 +2,8 @@
 
 One function per node type builds its `NodeDiagnostics` from the counters the node keeps
 anyway: input and output rates, latency where the node measures it, drops by reason
-(`drops.<reason>`), and per node the model version (perception, ttt_kd), the store's samples
+(`drops.<reason>`), and per node the model version (perception, ttt_kd; perception serving an
+adapter bank adds `bank_entry` and `bank_swap_ms`), the store's samples
 (recorder) or the training stage (trainer). Managed (lifecycle) nodes add `lifecycle_state`.
 """
 from __future__ import annotations
@@ -45,15 +46,20 @@ def perception_diagnostics(node) -> NodeDiagnostics:
             values["latency_ms_max"] = round(1000.0 * recent[-1], 2)
         if node.last_error:
             values["last_error"] = node.last_error
+        serving = f"model v{node.model_version}"
+        if getattr(node, "bank", None) is not None:          # an adapter bank (tst_ros.ros.bank_switch)
+            values["bank_entry"] = node.bank.active or ""
+            values["bank_swap_ms"] = round(node.bank.last_swap_ms or 0.0, 2)
+            serving = f"bank entry {node.bank.active} (v{node.model_version})"
         if state not in (None, "active"):
             return OK, state, values
         if node.predictor is None:
             return WARN, "no model loaded (set model_path or publish /tst/model)", values
         if node.last_error:
-            return WARN, f"serving model v{node.model_version}; a model update was rejected", values
+            return WARN, f"serving {serving}; a model update was rejected", values
         if c["depth_not_registered"]:
             return WARN, "depth frames refused: not registered to colour (set depth_extrinsic)", values
-        return OK, f"serving model v{node.model_version}", values
+        return OK, f"serving {serving}", values
 
     return NodeDiagnostics(node, status, {"input_rate_hz": lambda: c["frames_received"],
                                           "output_rate_hz": lambda: c["frames_processed"]})

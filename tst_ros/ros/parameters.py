@@ -43,6 +43,18 @@ def declare_section(node, section: Any, section_name: str, dynamic: tuple[str, .
     return values
 
 
+def declare_string_list(node, section_cls: type, section_name: str, name: str) -> list[str]:
+    """A list[str] field of a config section whose default is empty, which `declare_section`
+    leaves out (ROS cannot type an empty list): declared as a string array without a value,
+    read-only; unset -> []."""
+    from rclpy.parameter import Parameter
+
+    text = f"{field_descriptions(section_cls).get(name, name)} (config {section_name}.{name})"
+    value = node.declare_parameter(name, Parameter.Type.STRING_ARRAY,
+                                   ParameterDescriptor(description=text, read_only=True)).value
+    return list(value or [])
+
+
 def watch(node, handlers: dict[str, Callable[[Any], None]]) -> None:
     """Apply a set of dynamic parameters at runtime: each handler gets the new value; a value a
     handler rejects (ValueError) fails the whole set with its message."""

@@ -21,6 +21,8 @@
   mask's unlabeled value) and the model version as vision_msgs/VisionInfo (`database_version`,
   `database_location` naming the LabelInfo topic) beside it, both transient-local, whenever the
   serving model changes.
+- With `bank_dir` the node serves a per-building adapter bank instead (`tst_ros.ros.bank_switch`):
+  entries swap between two frames on a `tst/building` request or by building recognition.
 - Depth whose CameraInfo differs from colour's is registered (`tst_ros.ros.depth_registration`)
   or the frame is dropped with an error naming `depth_extrinsic` (`depth_not_registered`).
 - Wrong-encoding and malformed inputs are reported with a throttled warning; the node keeps running.
@@ -41,20 +43,22 @@ from pathlib import Path
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
-from vision_msgs.msg import LabelInfo, VisionClass, VisionInfo
+from vision_msgs.msg import LabelInfo, VisionInfo
 
 from tst_ros.config import PerceptionConfig
 from tst_ros.msg import ModelUpdate
 from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.threads import place_calling_thread
+from tst_ros.ros.bank_switch import BankSwitch
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
-from tst_ros.ros.depth_registration import DepthInfoPending, DepthNotRegistered, DepthRegistrar
+from tst_ros.ros.depth_registration import DepthInfoPending, DepthNotRegistered, DepthRegistrar, pair_depth
 from tst_ros.ros.images import depth_to_metres, image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.node_diagnostics import perception_diagnostics
 from tst_ros.ros.parameters import declare_section, watch
 from tst_ros.ros.qos import SensorSubscription, qos_latched, sensor_reliability
+from tst_ros.ros.vision_info import model_info_messages
 
 WARN_THROTTLE_S = 5.0
 ONNX_FILE = "model.onnx"        # what Predictor.load reads from a model directory
@@ -121,6 +125,7 @@ class ModelServingNode(Node):
         self.camera_info, self._camera_info_sub = None, None      # colour, once a task or depth needs it
         self.create_subscription(ModelUpdate, "tst/model", self._on_model_update, qos_latched())
         self.setup_outputs()
+        self.bank = BankSwitch.for_node(self)      # None unless bank_dir is set
         self._worker = threading.Thread(target=self._work_loop, name=f"{node_name}-worker", daemon=True)
         self._worker.start()
         self.diagnostics = perception_diagnostics(self)
@@ -204,21 +209,6 @@ class ModelServingNode(Node):
         except ValueError as e:
             self.get_logger().warning(f"colour CameraInfo ignored: {e}", throttle_duration_sec=WARN_THROTTLE_S)
 
-    def _match_depth(self, image: CdrImage) -> tuple[str, CdrImage | None]:
-        """('ok', depth) | ('wait', None) | ('none', None) for the newest image (call with the lock held)."""
-        t = stamp_to_ns(image.header.stamp)
-        best, best_dt = None, None
-        for d in self._depths:
-            dt = abs(stamp_to_ns(d.header.stamp) - t)
-            if best_dt is None or dt < best_dt:
-                best, best_dt = d, dt
-        slop = int(self.sync_slop_s * 1e9)
-        if best is not None and best_dt <= slop:
-            return "ok", best
-        if any(stamp_to_ns(d.header.stamp) > t + slop for d in self._depths):
-            return "none", None
-        return "wait", None
-
     # ---------------------------------------------------------------- worker
     def _next_frame(self) -> tuple[CdrImage, CdrImage | None] | str | None:
         """Newest frame (+ matched depth), "swap" when a loaded model waits, None on shutdown."""
@@ -230,7 +220,7 @@ class ModelServingNode(Node):
                     if self.predictor is None or not self.predictor.uses_depth:
                         msg, self._latest = self._latest, None
                         return msg, None
-                    state, depth = self._match_depth(self._latest)
+                    state, depth = pair_depth(self._latest, self._depths, int(self.sync_slop_s * 1e9))
                     if state == "ok":
                         msg, self._latest = self._latest, None
                         return msg, depth
@@ -282,13 +272,15 @@ class ModelServingNode(Node):
                 self.publish_outputs(predictor, msg, rgb, depth)
                 self.counters["frames_processed"] += 1
                 self.process_times.append(time.perf_counter() - t_start)
+                if self.bank is not None:
+                    self.bank.after_frame(stamp_to_ns(msg.header.stamp), rgb)
             except Exception as e:  # keep serving: one bad frame must not stop the node
                 self.counters["processing_errors"] += 1
                 self.get_logger().error(f"processing failed: {e}", throttle_duration_sec=WARN_THROTTLE_S)
 
     # ---------------------------------------------------------------- models
     def _on_model_update(self, msg: ModelUpdate) -> None:
-        if msg.tasks and self.TASK not in msg.tasks:
+        if (msg.tasks and self.TASK not in msg.tasks) or (self.bank is not None and self.bank.ignore_update(msg)):
             return
         self._last_update = msg
         if not self.configured:
@@ -306,31 +298,35 @@ class ModelServingNode(Node):
                     if checksum is not None:     # verified where it is, else fetched from `source`
                         path = self.fetcher.resolve(source, str(path), version, checksum, required=(ONNX_FILE,))
                     predictor = Predictor.load(path, self.providers, self.backend, self.threads, self.pin_threads)
-                    if self.TASK not in predictor.tasks:
-                        raise ValueError(f"model {path} has tasks {predictor.tasks}, not {self.TASK!r}")
-                    self._warm_up(predictor)
+                    self.check_task(predictor)
+                    predictor.warm_up()
                 except Exception as e:
-                    self.counters["model_load_failures"] += 1
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    self.get_logger().error(f"model update v{version} from {path} rejected, keeping the current model "
-                                            f"(v{self.model_version}): {self.last_error}")
+                    self.reject_model(version, path, e)
                     return
-                with self._cv:
-                    if not self.configured:
-                        return
-                    self._pending = (predictor, version, str(path))
-                    self._cv.notify()
+                self.offer_model(predictor, version, str(path))
 
         if background:
             threading.Thread(target=work, name=f"{self.get_name()}-loader", daemon=True).start()
         else:
             work()
 
-    @staticmethod
-    def _warm_up(predictor: Predictor) -> None:
-        h, w = predictor.size
-        depth = np.ones((h, w), np.float32) if predictor.uses_depth else None
-        predictor.predict(np.zeros((h, w, 3), np.uint8), depth)
+    def check_task(self, predictor: Predictor) -> None:
+        if self.TASK not in predictor.tasks:
+            raise ValueError(f"model {predictor.source} has tasks {predictor.tasks}, not {self.TASK!r}")
+
+    def reject_model(self, version: int, path, error: Exception) -> None:
+        self.counters["model_load_failures"] += 1
+        self.last_error = f"{type(error).__name__}: {error}"
+        self.get_logger().error(f"model update v{version} from {path} rejected, keeping the current model "
+                                f"(v{self.model_version}): {self.last_error}")
+
+    def offer_model(self, model, version: int, path: str) -> None:
+        """Swap `model` in before the next frame: a loaded Predictor, or a function the worker
+        calls there to make one (an adapter-bank entry copies its tensors in)."""
+        with self._cv:
+            if self.configured:
+                self._pending = (model, version, path)
+                self._cv.notify()
 
     def _swap_if_pending(self) -> None:
         with self._cv:
@@ -338,6 +334,12 @@ class ModelServingNode(Node):
         if pending is None:
             return
         predictor, version, path = pending
+        if callable(predictor):
+            try:
+                predictor = predictor()
+            except Exception as e:
+                self.reject_model(version, path, e)
+                return
         place_calling_thread(predictor.caller_cpus)     # the worker calls run(): the core ORT's pool leaves free
         self.predictor, self.model_version = predictor, version
         self._ensure_depth_subscription(predictor.uses_depth)
@@ -354,15 +356,11 @@ class ModelServingNode(Node):
         return list(range(len(predictor.classes)))
 
     def publish_label_info(self, predictor: Predictor) -> None:
-        stamp = self.get_clock().now().to_msg()
-        class_map = [VisionClass(class_id=int(i), class_name=predictor.classes[i]) for i in self.class_ids(predictor)]
-        if self.UNLABELED_CLASS_ID is not None:
-            class_map.append(VisionClass(class_id=self.UNLABELED_CLASS_ID, class_name="unlabeled"))
-        label = LabelInfo(class_map=class_map, threshold=float(self.label_threshold()))
-        label.header.stamp = stamp
-        info = VisionInfo(method=f"tst_ros {self.TASK}", database_location=self.label_pub.topic_name,
-                          database_version=int(self.model_version))
-        info.header.stamp = stamp
+        """LabelInfo + VisionInfo (`tst_ros.ros.vision_info`), naming the bank entry when serving one."""
+        label, info = model_info_messages(predictor.classes, self.class_ids(predictor), self.UNLABELED_CLASS_ID,
+                                          self.label_threshold(), f"tst_ros {self.TASK}", self.label_pub.topic_name,
+                                          self.model_version, self.get_clock().now().to_msg(),
+                                          self.bank.active if self.bank is not None else None)
         self.label_pub.publish(label)
         self.vision_info_pub.publish(info)
 
@@ -371,7 +369,9 @@ class ModelServingNode(Node):
         """Load `model_path` when set (now), then the last model update received (in the
         background). The managed variant fails to configure when `model_path` does not load."""
         self.configured = True
-        if self.model_path:
+        if self.bank is not None:
+            self.bank.start()        # raises when the bank or its first entry does not load
+        elif self.model_path:
             self._load(Path(self.model_path), version=0, checksum=None, background=False)
             with self._cv:
                 loaded = self._pending is not None or self.predictor is not None

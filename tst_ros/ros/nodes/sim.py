@@ -5,7 +5,10 @@ Publishes /camera/color/image_raw (rgb8), /camera/color/camera_info, /camera/dep
 /camera/thermal/image_raw (16UC1 centi-kelvin, aligned to colour) with /camera/thermal/camera_info, /imu/data
 (every IMU sample, stamped on the IMU clock, sent with the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
 cloud_rate_hz), /odom (odom -> base_link) and TF: /tf (odom -> base_link) and /tf_static
-(base_link -> camera, latched). Paced to wall time (`realtime: true`, stamps from
+(base_link -> camera, latched). With `tour` (buildings "style:seed") the rig is driven from
+one building into the next every `tour_seconds` (`tst_ros.sim.tour`), and the ground-truth
+building's label is published on sim/building (std_msgs/String, latched) at every change.
+Paced to wall time (`realtime: true`, stamps from
 the node clock) or as fast as possible with /clock (`realtime: false`, stamps from the
 simulator's epoch). Rendering happens in the timer callback; all simulation is tst_ros.sim.
 """
@@ -20,6 +23,7 @@ from nav_msgs.msg import Odometry
 from geometry_msgs.msg import TransformStamped
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
+from std_msgs.msg import String
 from tf2_msgs.msg import TFMessage
 
 from tst_ros.ros.nodes import run_node
@@ -30,7 +34,7 @@ from tst_ros.ros.conversions import (array_to_imu, intrinsics_to_camera_info, ma
                                      matrix_to_transform, ns_to_stamp)
 from tst_ros.ros.images import array_to_image
 from tst_ros.ros.node_diagnostics import sim_diagnostics
-from tst_ros.ros.parameters import declare_section
+from tst_ros.ros.parameters import declare_section, declare_string_list
 from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.sim.export import body_twist
 
@@ -38,14 +42,16 @@ from tst_ros.sim.export import body_twist
 TOPICS = {"rgb": "camera/color/image_raw", "camera_info": "camera/color/camera_info",
           "depth": "camera/depth/image_raw", "depth_camera_info": "camera/depth/camera_info",
           "thermal": "camera/thermal/image_raw", "thermal_camera_info": "camera/thermal/camera_info", "imu": "imu/data",
-          "cloud": "points", "odom": "odom"}  # relative: a namespace moves them
+          "cloud": "points", "odom": "odom", "building": "sim/building"}  # relative: a namespace moves them
 
 
 class SimNode(Node):
-    def __init__(self, parameter_overrides=None, sim_cfg: SimConfig | None = None, name: str = "sim"):
-        super().__init__(name, parameter_overrides=parameter_overrides or [])
+    def __init__(self, parameter_overrides=None, sim_cfg: SimConfig | None = None, name: str = "sim", **kwargs):
+        super().__init__(name, parameter_overrides=parameter_overrides or [], **kwargs)
         cfg = sim_cfg or SimConfig()
         self.sim_cfg = SimConfig(**declare_section(self, cfg, "sim"))   # defaults and descriptions: SimConfig
+        if not self.sim_cfg.tour:                 # an empty default is not declared by declare_section
+            self.sim_cfg.tour = declare_string_list(self, SimConfig, "sim", "tour")
         p = {
             "start_frame": 0, "shutdown_when_done": False,
             "odom_frame": "odom", "base_frame": "base_link", "camera_frame": "camera_color_optical_frame",
@@ -63,8 +69,12 @@ class SimNode(Node):
         from tst_ros.sim import Simulator
         from tst_ros.sim.simulator import SIM_EPOCH_NS
 
+        from tst_ros.sim.tour import Tour
+
         start_ns = self.get_clock().now().nanoseconds if self.realtime else SIM_EPOCH_NS
-        self.sim = Simulator(self.sim_cfg, start_ns=start_ns)
+        self.tour = Tour(self.sim_cfg, self.sim_cfg.tour, start_ns=start_ns) if self.sim_cfg.tour else None
+        self.sim = self.tour or Simulator(self.sim_cfg, start_ns=start_ns)
+        self.building = ""
         # realtime: frame k is due at start + k / rate on the node clock; the first frame index
         # is `start_frame` but stamps start now
         self.start_frame = int(get("start_frame"))
@@ -84,6 +94,7 @@ class SimNode(Node):
             "imu": self.create_publisher(Imu, get("topic_imu"), qos_profile(str(get("qos_reliability")), 200)),
             "cloud": self.create_publisher(PointCloud2, get("topic_cloud"), qos),
             "odom": self.create_publisher(Odometry, get("topic_odom"), qos),
+            "building": self.create_publisher(String, get("topic_building"), qos_latched()),
         }
         self.clock_pub = None if self.realtime else self.create_publisher(Clock, "/clock", 10)
         self.camera_extrinsic = matrix_to_extrinsic(self.sim.T_base_camera)
@@ -99,8 +110,10 @@ class SimNode(Node):
         period = 1.0 / self.sim_cfg.camera_rate_hz if self.realtime else 0.0
         self.timer = self.create_timer(period, self._tick)
         self.diagnostics = sim_diagnostics(self)
+        where = f"tour {self.sim_cfg.tour} ({self.sim_cfg.tour_seconds} s each)" if self.tour else \
+            f"seed={self.sim_cfg.seed} style={self.sim_cfg.style}"
         self.get_logger().info(
-            f"sim seed={self.sim_cfg.seed} style={self.sim_cfg.style} {self.sim_cfg.width}x{self.sim_cfg.height} "
+            f"sim {where} {self.sim_cfg.width}x{self.sim_cfg.height} "
             f"camera {self.sim_cfg.camera_rate_hz} Hz, imu {self.sim_cfg.imu_rate_hz} Hz, cloud "
             f"{self.sim_cfg.cloud_rate_hz} Hz, {'realtime' if self.realtime else 'as fast as possible with /clock'}; "
             f"camera_extrinsic={[round(v, 4) for v in self.camera_extrinsic]}")
@@ -142,19 +155,24 @@ class SimNode(Node):
         t0 = time.perf_counter()
         frame = self.sim.frame(index, imu_since_ns=since)
         self.render_s += time.perf_counter() - t0
-        self.publish_frame(frame)
+        self.publish_frame(frame, self.tour.simulator(index) if self.tour else self.sim)
         self.published += 1
         self.next_index = index + 1
         self.last_stamp_ns = frame.stamp_ns
 
-    def publish_frame(self, frame) -> None:
+    def publish_frame(self, frame, sim) -> None:
         off = self.stamp_offset
         stamp = frame.stamp_ns + off
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=ns_to_stamp(stamp)))
+        building = frame.gt.get("building", "")
+        if building != self.building:
+            self.building = building
+            self.pubs["building"].publish(String(data=building))
+            self.get_logger().info(f"now in building {building}")
         for s, vec in zip(frame.imu_stamps_ns, frame.imu):
             self.pubs["imu"].publish(array_to_imu(vec, make_header(int(s) + off, self.frame_ids["imu"])))
-        twist = body_twist(self.sim, frame.stamp_ns)
+        twist = body_twist(sim, frame.stamp_ns)
         self.pubs["odom"].publish(matrix_to_odometry(
             frame.T_odom_base, make_header(stamp, self.frame_ids["odom"]), self.frame_ids["base"], twist))
         self.tf_pub.publish(TFMessage(transforms=[self._transform(frame.T_odom_base, stamp, "odom", "base")]))
