@@ -2,7 +2,9 @@
 mIoU (all classes and things) against pre-training minutes on this CPU, for TST-MM and TST-MAE,
 with `tst_ros.bench.specialization`'s data, transfer and evaluation.
 
-Each method is pre-trained once for the longest budget (the two methods in parallel processes); the points are snapshots of that run
+The step count of each point comes from a short timed run of the method (so both methods get
+the same minutes, whatever their step cost). Each method is pre-trained once for the longest
+budget (the two methods in parallel processes, one core each); the points are snapshots of that run
 (`pretrain(stop_at=...)` checkpoints and resumes, keeping the schedule of the whole run), each
 transferred with a frozen encoder and evaluated on the held-out frames. A snapshot early in a
 long cosine schedule has not been annealed, so the early points understate what a run of
@@ -27,7 +29,8 @@ import numpy as np
 from tst_ros.bench import specialization as spec
 
 METHODS = ("tst-mm", "tst-mae")
-POINTS = {"quick": [2, 4], "full": [120, 300, 900, 2400]}      # pre-training steps of the snapshots
+MINUTES = {"quick": [0.05, 0.1], "full": [2, 5, 15, 40]}       # pre-training minutes of the snapshots
+CALIBRATION_STEPS = {"quick": 2, "full": 12}
 TARGETS = {"seg_miou": 30.0, "things_miou": 20.0}
 PLOT = "specialization_scaling.png"
 
@@ -36,17 +39,32 @@ def _log(msg: str) -> None:
     logging.getLogger("tst_ros.bench.scaling").info(msg)
 
 
+def _config(method: str, steps: int, budget: dict, seed: int):
+    from tst_ros.config import PretrainConfig
+
+    return PretrainConfig(preset="tiny", method=method, steps=steps, batch=budget["pretrain_batch"],
+                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
+                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1,
+                          modalities=spec.sensor_modalities() if method == "tst-mm" else ["rgb"])
+
+
+def steps_for(method: str, store: Path, out: Path, budget: dict, minutes: list[float], calibration: int,
+              seed: int) -> list[int]:
+    """The step counts that take `minutes` on this machine, from a short timed run of `method`."""
+    from tst_ros.train.pretrain import pretrain
+
+    summary = pretrain(_config(method, calibration, budget, seed), str(store), out)
+    per_step = summary["elapsed_s"] / calibration
+    return sorted({max(1, int(round(m * 60 / per_step))) for m in minutes})
+
+
 def snapshots(method: str, store: Path, out: Path, budget: dict, points: list[int], seed: int) -> list[dict]:
     """Pre-train `method` to max(points) steps, keeping the encoder at every point -> [{steps, minutes, encoder}]."""
-    from tst_ros.config import PretrainConfig
     from tst_ros.models.io import ENCODER_FILE
     from tst_ros.train.pretrain import pretrain
 
     total = max(points)
-    cfg = PretrainConfig(preset="tiny", method=method, steps=total, batch=budget["pretrain_batch"],
-                         lr=budget["pretrain_lr"], warmup_steps=max(1, total // 10), image_size=128, patch=16,
-                         seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1,
-                         modalities=spec.sensor_modalities() if method == "tst-mm" else ["rgb"])
+    cfg = _config(method, total, budget, seed)
     seconds, out_points = 0.0, []
     for i, point in enumerate(sorted(points)):
         summary = pretrain(cfg, str(store), out / "run", resume=i > 0, stop_at=point if point < total else None)
@@ -69,10 +87,12 @@ def evaluate_point(encoder: str, paths: dict, out: Path, budget: dict, seed: int
     return {k: round(metrics[k], 2) for k in ("seg_miou", "things_miou", "stuff_miou", "det_map50")}
 
 
-def method_curve(method: str, paths: dict, tmp: Path, budget: dict, points: list[int], seed: int) -> list[dict]:
+def method_curve(method: str, paths: dict, tmp: Path, budget: dict, minutes: list[float], calibration: int,
+                 seed: int) -> list[dict]:
     import torch
 
     torch.set_num_threads(spec.TORCH_THREADS)
+    points = steps_for(method, paths["store"], tmp / f"{method}-calibration", budget, minutes, calibration, seed)
     snaps = snapshots(method, paths["store"], tmp / method, budget, points, seed)
     return [{"steps": s["steps"], "minutes": s["minutes"],
              **evaluate_point(s["encoder"], paths, tmp / f"{method}-{s['steps']}", budget, seed)} for s in snaps]
@@ -117,7 +137,7 @@ def run(quick: bool = False, seed: int = 0) -> dict:
     import torch
 
     key = "quick" if quick else "full"
-    budget, points = spec.BUDGETS[key], POINTS[key]
+    budget, minutes = spec.BUDGETS[key], MINUTES[key]
     torch.set_num_threads(spec.TORCH_THREADS)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tst-bench-scaling-") as tmp:
@@ -126,11 +146,12 @@ def run(quick: bool = False, seed: int = 0) -> dict:
         scratch = evaluate_point("scratch", paths, tmp / "scratch", budget, seed)
         # one process per method: the two curves are measured side by side, one core each
         with ProcessPoolExecutor(len(METHODS), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = {m: pool.submit(method_curve, m, paths, tmp, budget, points, seed) for m in METHODS}
+            jobs = {m: pool.submit(method_curve, m, paths, tmp, budget, minutes, CALIBRATION_STEPS[key], seed)
+                    for m in METHODS}
             curves = {m: job.result() for m, job in jobs.items()}
     spec.OUT_DIR.mkdir(exist_ok=True)
     figure = plot(curves, scratch, spec.OUT_DIR / (PLOT.replace(".png", "_quick.png") if quick else PLOT))
     reached = {m: {metric: reached_at([p["minutes"] for p in c], [p[metric] for p in c], target)
                    for metric, target in TARGETS.items()} for m, c in curves.items()}
-    return {"seed": seed, "points_steps": points, "scratch": scratch, "curves": curves, "targets": TARGETS,
+    return {"seed": seed, "minutes_planned": minutes, "scratch": scratch, "curves": curves, "targets": TARGETS,
             "reached_at_min": reached, "plot": str(figure), "total_seconds": round(time.perf_counter() - t_all, 1)}
