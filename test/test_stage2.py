@@ -20,7 +20,7 @@ from tst_ros.perception.heads import load_model
 from tst_ros.perception.transfer import transfer
 from tst_ros.sim import labeled_set
 from tst_ros.train.psst import adapt_modality
-from tst_ros.train.stage2 import TASK_PARTS_FILE, apply_adapters
+from tst_ros.train.stage2 import TASK_PARTS_FILE, apply_adapters, format_account
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,6 +80,9 @@ def test_stage2_trains_only_the_task_parts_and_leaves_base_and_lora_bit_identica
     assert account["tasks"]["segmentation"]["trainable"] == account["trainable_parameters"] > 0
     assert account["modalities"]["depth"]["bytes"] == Path(adapter).stat().st_size
     assert 0 < account["lora_fraction"] < 0.1 and 0 < account["trainable_fraction"] < 1
+    assert account["base_parameters"] == account["encoder_parameters"] - account["modalities"]["depth"]["parameters"]
+    printed = format_account(account)
+    assert "modality adapter depth" in printed and "task segmentation" in printed
     parts = load_file(str(tmp_path / "seg" / TASK_PARTS_FILE))
     assert parts and not any(k.startswith("det_head.") for k in parts) and any(k.startswith("seg_head.") for k in parts)
 

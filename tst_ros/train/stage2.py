@@ -140,6 +140,8 @@ def parameter_account(model, meta: dict, out_dir: str | Path) -> dict:
     for a in enc.get("adapters", []):
         size = Path(a["file"]).stat().st_size if Path(a["file"]).is_file() else None
         account["modalities"][a["modality"]] = {"parameters": a.get("parameters"), "bytes": size, "trainable": 0}
+    account["base_parameters"] = account["encoder_parameters"] - sum(
+        m["parameters"] or 0 for m in account["modalities"].values())
     parts_all = {}
     for task in meta["tasks"]:
         parts = task_parts(model, task)
@@ -157,7 +159,7 @@ def parameter_account(model, meta: dict, out_dir: str | Path) -> dict:
 
 def format_account(account: dict) -> str:
     lines = [f"{'part':<28}{'parameters':>12}{'trainable':>12}{'bytes':>12}",
-             f"{'base encoder (frozen)':<28}{account['encoder_parameters'] - account['lora_parameters']:>12,}{0:>12}{'':>12}"]
+             f"{'base encoder (frozen)':<28}{account['base_parameters']:>12,}{0:>12}{'':>12}"]
     for name, m in account["modalities"].items():
         lines.append(f"{'modality adapter ' + name:<28}{m['parameters'] or 0:>12,}{0:>12}{m['bytes'] or 0:>12,}")
     for name, t in account["tasks"].items():
