@@ -150,12 +150,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     if cfg.labeled_images and len(items) > cfg.labeled_images:
         items = items[:cfg.labeled_images]
     tasks = _checked_tasks(cfg.tasks)
-    if cfg.finetune == STAGE2:
-        from tst_ros.train.stage2 import stage2_encoder
-
-        encoder, enc_meta = stage2_encoder(encoder_source, cfg)
-    else:
-        encoder, enc_meta = resolve_encoder(encoder_source, preset, image_size, patch)
+    encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
     model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities)
     meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
@@ -213,6 +208,15 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     return {"model_dir": str(out_dir), "method": enc_meta["method"], "finetune": cfg.finetune, "steps": cfg.steps,
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
             "final_loss": history[-1] if history else None, "account": meta.get("account")}
+
+
+def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):
+    """The encoder to transfer: stage 2 on frozen adapters, or `resolve_encoder`'s."""
+    if cfg.finetune == STAGE2:
+        from tst_ros.train.stage2 import stage2_encoder
+
+        return stage2_encoder(source, cfg)
+    return resolve_encoder(source, preset, image_size, patch)
 
 
 def _checked_tasks(tasks) -> list[str]:
