@@ -33,6 +33,7 @@ MINUTES = {"quick": [0.05, 0.1], "full": [2, 5, 15, 40]}       # pre-training mi
 CALIBRATION_STEPS = {"quick": 2, "full": 12}
 TARGETS = {"seg_miou": 30.0, "things_miou": 20.0}
 PLOT = "specialization_scaling.png"
+TICKS_MIN = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 100]
 
 
 def _log(msg: str) -> None:
@@ -114,7 +115,9 @@ def plot(curves: dict, scratch: dict, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
+    spanned = [p["minutes"] for points in curves.values() for p in points]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, metric, title in zip(axes, ("seg_miou", "things_miou"), ("seg mIoU (all classes)", "things mIoU")):
         for method, points in curves.items():
@@ -122,6 +125,9 @@ def plot(curves: dict, scratch: dict, path: Path) -> Path:
         ax.axhline(scratch[metric], color="grey", linestyle=":", label="scratch (no pre-training)")
         ax.axhline(TARGETS[metric], color="red", linestyle="--", label=f"target {TARGETS[metric]:.0f}")
         ax.set_xscale("log")
+        ax.set_xticks([t for t in TICKS_MIN if min(spanned) / 2 <= t <= max(spanned) * 2])
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("pre-training minutes on this CPU (1 thread)")
         ax.set_ylabel("%")
         ax.set_title(title)
