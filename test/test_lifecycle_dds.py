@@ -150,9 +150,13 @@ def test_configure_activate_deactivate_cleanup_over_the_lifecycle_services(manag
         driver.transition(name, Transition.TRANSITION_CONFIGURE)
         assert driver.state(name) == "inactive"
     # configured but inactive: frames reach segmentation and are dropped, nothing is served
-    wait_for(lambda: int(driver.value("/segmentation", "drops.frames_inactive")) >= 3, TIMEOUT_S,
+    # (frames are counted as dropped while unconfigured too: count from the first diagnostics
+    # that report the inactive state, not from an earlier, periodic one)
+    wait_for(lambda: driver.value("/segmentation", "lifecycle_state", "") == "inactive", TIMEOUT_S,
+             "diagnostics reporting the segmentation node inactive")
+    dropped = int(driver.value("/segmentation", "drops.frames_inactive"))
+    wait_for(lambda: int(driver.value("/segmentation", "drops.frames_inactive")) >= dropped + 3, TIMEOUT_S,
              "frames reaching the inactive segmentation node")
-    assert driver.value("/segmentation", "lifecycle_state") == "inactive"
     assert driver.masks() == []
 
     for name in NODES:
