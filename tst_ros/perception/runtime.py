@@ -232,6 +232,12 @@ def _single_channel_input(name: str, image: np.ndarray | None, rgb: np.ndarray,
     return np.where(valid, (x - mean[0]) / std[0], 0.0).astype(np.float32)[None]
 
 
+@functools.lru_cache(maxsize=1)
+def _single_channel_cameras() -> frozenset[str]:
+    """Registered one-channel camera images (depth, thermal): computed once, not per frame."""
+    return frozenset(m.name for m in registry.sensor_images() if m.channels == 1)
+
+
 def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities: list[str],
                    norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int],
                    images: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -246,7 +252,7 @@ def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities
     for name in input_modalities:
         if name == registry.PRIMARY_IMAGE:
             out[name] = _colour_input(rgb, norm[name], size)
-        elif name in {m.name for m in registry.sensor_images() if m.channels == 1}:
+        elif name in _single_channel_cameras():
             out[name] = _single_channel_input(name, images.get(name), rgb, norm[name], size)
         else:
             raise ValueError(f"the runtime cannot produce input modality {name!r} from sensor images")

@@ -121,15 +121,20 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
 
 
 def _extra_images(path: Path, img: dict) -> dict[str, np.ndarray]:
-    """Registered camera images beyond colour and depth, as stored (thermal: uint16 centi-kelvin)."""
+    """The image's registered camera images beyond colour and depth that the set lists
+    (`<modality>_file`), as stored (thermal: uint16 centi-kelvin)."""
     import cv2
 
+    from tst_ros import modalities as registry
+
     out = {}
-    if img.get("thermal_file"):
-        thermal = cv2.imread(str(path / img["thermal_file"]), cv2.IMREAD_UNCHANGED)
-        if thermal is None:
-            raise FileNotFoundError(f"thermal image {img['thermal_file']} listed in {path} is missing")
-        out["thermal"] = thermal
+    for m in registry.sensor_images():
+        listed = img.get(f"{m.name}_file") if m.name not in (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE) else None
+        if listed:
+            image = cv2.imread(str(path / listed), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise FileNotFoundError(f"{m.name} image {listed} listed in {path} is missing")
+            out[m.name] = image
     return out
 
 
