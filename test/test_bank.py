@@ -236,3 +236,16 @@ def test_a_stage2_model_with_lora_stores_adapters_prompts_experts_and_heads_and_
     x = [torch.randn(1, 3, 32, 32), torch.randn(1, 1, 32, 32)]
     expected = _outputs(load_model(tmp_path / "stage2")[0], *x)
     assert all(torch.equal(a, b) for a, b in zip(_outputs(served.model, *x), expected))
+
+
+def test_stage2_entries_on_other_adapter_files_swap_by_copying_but_another_lora_rank_rebuilds():
+    from tst_ros.perception.bank_model import structure_of
+
+    def meta(adapter_file: str, rank: int) -> dict:
+        return {"input_modalities": ["rgb", "depth"], "pyramid_dim": 64,
+                "encoder": {"preset": "tiny", "modalities": ["rgb", "depth"], "image_size": 128, "patch": 16,
+                            "base_sha256": "ab" * 32, "lora": {"rank": rank, "alpha": 16.0, "targets": ["attention"]},
+                            "adapters": [{"file": adapter_file, "modality": "depth", "rank": rank}]}}
+
+    assert structure_of(meta("/a/depth.safetensors", 8)) == structure_of(meta("/b/depth.safetensors", 8))
+    assert structure_of(meta("/a/depth.safetensors", 8)) != structure_of(meta("/a/depth.safetensors", 4))
