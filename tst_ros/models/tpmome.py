@@ -16,7 +16,7 @@ base encoder file loads into it) plus the three parts stage 2 trains with the ta
 - The task decoder is the perception model's heads (`tst_ros.perception.heads`).
 
 At evaluation nothing is dropped and the graph has static shapes (ONNX-exportable).
-`stage2_parameter_names` says which tensors stage 2 trains; everything else stays frozen.
+`STAGE2_PREFIXES` names the tensors stage 2 trains; everything else stays frozen.
 """
 from __future__ import annotations
 
@@ -119,16 +119,6 @@ class PromptedEncoder(Encoder):
         return {**super().describe(), "stage2": self.stage2_config()}
 
 
-def stage2_parameter_names(model: nn.Module) -> list[str]:
-    """Names (in `model`) of the tensors stage 2 trains inside a PromptedEncoder."""
-    out = []
-    for name, _ in model.named_parameters():
-        leaf = name.split("encoder.", 1)[1] if name.startswith("encoder.") else name
-        if leaf.startswith(STAGE2_PREFIXES):
-            out.append(name)
-    return out
-
-
 def prompted_encoder(encoder: Encoder, prompts: int, mome_layers: tuple[int, ...], expert_hidden: int,
                      modality_drop: float, expert_modalities: list[str] | None = None) -> PromptedEncoder:
     """A PromptedEncoder holding `encoder`'s modules (LoRA included, shared, not copied), frozen;
@@ -137,10 +127,9 @@ def prompted_encoder(encoder: Encoder, prompts: int, mome_layers: tuple[int, ...
                           mome_layers, expert_hidden, modality_drop,
                           [m for m in (expert_modalities or encoder.spatial_modalities())
                            if registry.get(m).kind in SPATIAL_KINDS])
+    encoder.requires_grad_(False)
     out.adapters, out.modality_embed, out.blocks, out.norm = (encoder.adapters, encoder.modality_embed,
                                                               encoder.blocks, encoder.norm)
-    for name, p in out.named_parameters():
-        p.requires_grad_(name.startswith(STAGE2_PREFIXES))
     return out
 
 
