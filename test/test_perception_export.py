@@ -24,7 +24,7 @@ MASKING_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNorm
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    model_dir = make_model_dir(tmp / "model", image_size=64, inputs=("rgb", "depth"), seed=3)
+    model_dir = make_model_dir(tmp / "model", image_size=64, inputs=("rgb", "depth"), seed=3, input_stem=True)
     frames = real_frames(2)
     manifest = export_model(model_dir, tmp / "model.onnx", frames=frames)
     return model_dir, manifest, frames

@@ -14,7 +14,7 @@ from tst_ros.cli import main as cli_main
 from tst_ros.config import TransferConfig
 from tst_ros.models import build_encoder, save_encoder
 from tst_ros.perception.heads import load_model
-from tst_ros.perception.transfer import new_model, param_groups, read_categories, transfer
+from tst_ros.perception.transfer import load_labeled, new_model, param_groups, read_categories, transfer
 from tst_ros.sim import CLASSES, THING_CLASSES, labeled_set
 
 
@@ -103,3 +103,37 @@ def test_categories_come_from_the_labeled_set(sets):
     train, _ = sets
     cats = read_categories(train)
     assert list(cats) == THING_CLASSES and cats[THING_CLASSES[0]] == CLASSES[THING_CLASSES[0]]
+
+
+def test_class_weights_favour_rare_classes_and_keep_the_loss_scale(sets):
+    from tst_ros.perception.heads import preprocessing_meta
+    from tst_ros.perception.labeled_data import TransferData
+
+    items, classes, _ = load_labeled(sets[0])
+    data = TransferData(items, ["rgb"], preprocessing_meta(["rgb"], 32), THING_CLASSES)
+    counts = np.bincount(data.semantic[data.semantic != 255].ravel(), minlength=len(classes))
+    share = counts / counts.sum()
+    assert np.array_equal(data.class_weights(len(classes), 0.0), np.ones(len(classes), np.float32))
+    weights = data.class_weights(len(classes), 0.5, max_ratio=50.0)
+    present = np.flatnonzero(counts)
+    assert float((weights * share).sum()) == pytest.approx(1.0, rel=1e-5)     # pixel-weighted mean 1
+    rarest, commonest = present[share[present].argmin()], present[share[present].argmax()]
+    assert weights[rarest] > weights[commonest]
+    assert weights.max() / weights[present].min() <= 50.0 + 1e-3
+    assert np.all(weights[counts == 0] == weights.max())
+
+
+def test_input_stem_model_reloads_and_matches_its_saved_outputs(sets, tmp_path):
+    train, _ = sets
+    cfg = TransferConfig(steps=3, batch=2, seed=0, input_stem=True, class_balance=0.5)
+    transfer("scratch", str(train), str(tmp_path / "m"), cfg, image_size=32, patch=8, show_bar=False)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["input_stem"] is True and meta["transfer"]["class_balance"] == 0.5
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert any(k.startswith("input_stem.") for k in weights)
+    model, _ = load_model(tmp_path / "m")
+    x = torch.rand(1, 3, 32, 32)
+    seg, heat, box = model(x)
+    assert seg.shape == (1, len(CLASSES), 32, 32) and heat.shape[-1] == 8
+    detail_off = model.pyramid(model.encoder({"rgb": x}))                    # the stem contributes
+    assert not torch.allclose(detail_off, model.pyramid(model.encoder({"rgb": x}), model.input_stem([x])))

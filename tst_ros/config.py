@@ -116,6 +116,8 @@ class TransferConfig:
     lr: float = 1e-3
     finetune: str = "frozen"            # frozen | partial | full | tp-mome (stage 2 on modality adapters)
     layer_decay: float = 0.75
+    input_stem: bool = True             # stride-4 detail features from the input images beside the encoder's
+    class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
     prompts: int = 8                    # tp-mome: task prompt tokens per block

@@ -72,7 +72,8 @@ def _transfer_row(encoder: str, adapter: str, modality: str, paths: dict, model_
 
     cfg = TransferConfig(steps=steps, batch=budget["transfer_batch"], finetune=finetune, seed=seed,
                          labeled_images=budget["labeled_images"], tasks=list(tasks),
-                         adapters=[adapter] if finetune == "tp-mome" else [])
+                         adapters=[adapter] if finetune == "tp-mome" else [],
+                         input_stem=False)   # the protocol its published table was measured with
     return transfer(encoder, str(paths["other"]), str(model_dir), cfg,
                     input_modalities=[registry.PRIMARY_IMAGE, modality], show_bar=False)
 

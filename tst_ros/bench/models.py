@@ -9,7 +9,8 @@ from typing import Callable
 def untrained_model_dir(out_dir: str | Path, classes: list[str] | None = None,
                         thing_class_ids: list[int] | None = None, image_size: int = 32, patch: int = 16,
                         inputs: tuple[str, ...] = ("rgb",), preset: str = "tiny", seed: int = 0,
-                        adjust: Callable | None = None, encoder_file: str | Path | None = None) -> Path:
+                        adjust: Callable | None = None, encoder_file: str | Path | None = None,
+                        input_stem: bool = True) -> Path:
     """Write a segmentation + detection model directory (as `tst-ros transfer` does) with random
     weights; `adjust(model, thing_class_ids)` may edit the model before it is saved. With
     `encoder_file` the encoder is that file's (as a frozen-encoder transfer leaves it), and
@@ -29,7 +30,7 @@ def untrained_model_dir(out_dir: str | Path, classes: list[str] | None = None,
     categories = {cid: classes[cid] for cid in thing_class_ids}
     small = encoder.describe()["preset"] == "tiny" and encoder.image_size <= 64
     model, meta = new_model(encoder, {**encoder.describe(), "method": "untrained", "source": "untrained"}, classes,
-                            categories, list(inputs), pyramid_dim=32 if small else 64)
+                            categories, list(inputs), pyramid_dim=32 if small else 64, input_stem=input_stem)
     if adjust is not None:
         with torch.no_grad():
             adjust(model, thing_class_ids)

@@ -55,12 +55,28 @@ class SimpleFeaturePyramid(nn.Module):
         self.levels = nn.ModuleList([_resample(in_dim, dim, patch / s) for s in PYRAMID_STRIDES])
         self.smooth = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim), nn.GELU())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         feats = [level(x) for level in self.levels]          # strides 4, 8, 16
+        if detail is not None:                               # stride-4 features of the inputs themselves
+            feats[0] = feats[0] + detail
         fused = feats[-1]
         for f in reversed(feats[:-1]):
             fused = f + F.interpolate(fused, scale_factor=2.0, mode="nearest")
         return self.smooth(fused)
+
+
+class InputStem(nn.Module):
+    """Stride-4 detail features straight from the input images (two strided 3x3 convolutions):
+    the ViT's stride-16 tokens lose the edges of small objects, the stem keeps them."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, dim, 3, stride=2, padding=1), _norm(dim), nn.GELU(),
+                                 nn.Conv2d(dim, dim, 3, stride=2, padding=1), _norm(dim), nn.GELU(),
+                                 nn.Conv2d(dim, dim, 1))
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.net(torch.cat(inputs, dim=1))
 
 
 class SegmentationHead(nn.Module):
@@ -96,7 +112,7 @@ class PerceptionModel(nn.Module):
     """Encoder + feature pyramid + segmentation and detection heads."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, num_things: int, input_modalities: list[str],
-                 pyramid_dim: int = 64):
+                 pyramid_dim: int = 64, input_stem: bool = False):
         super().__init__()
         unknown = [m for m in input_modalities if m not in encoder.modalities]
         if unknown:
@@ -107,6 +123,12 @@ class PerceptionModel(nn.Module):
         self.input_modalities = list(input_modalities)
         self.image_size = int(encoder.image_size)
         self.pyramid = SimpleFeaturePyramid(encoder.embed_dim, pyramid_dim, encoder.patch_size)
+        self.input_stem = None
+        if input_stem:
+            from tst_ros import modalities as registry
+
+            channels = sum(registry.get(m).channels for m in self.input_modalities)
+            self.input_stem = InputStem(channels, pyramid_dim)
         self.seg_head = SegmentationHead(pyramid_dim, num_classes)
         self.det_head = CenterDetectionHead(pyramid_dim, num_things)
 
@@ -114,7 +136,12 @@ class PerceptionModel(nn.Module):
         if len(inputs) != len(self.input_modalities):
             raise ValueError(f"expected {len(self.input_modalities)} inputs ({self.input_modalities}), got {len(inputs)}")
         feats = self.encoder(dict(zip(self.input_modalities, inputs)))
-        fused = self.pyramid(feats)
+        return self.decode(feats, list(inputs))
+
+    def decode(self, feats: torch.Tensor, inputs: list[torch.Tensor]):
+        """Encoder features (+ the inputs, for the stem) -> (seg_logits, det_heatmap, det_box)."""
+        detail = self.input_stem(inputs) if self.input_stem is not None else None
+        fused = self.pyramid(feats, detail)
         seg = self.seg_head(fused, (self.image_size, self.image_size))
         heat, box = self.det_head(fused)
         return seg, heat, box
@@ -242,7 +269,7 @@ def build_model(meta: dict) -> PerceptionModel:
 
     encoder = encoder_from_description(meta["encoder"])
     return PerceptionModel(encoder, len(meta["classes"]), len(meta["thing_class_ids"]),
-                           meta["input_modalities"], meta.get("pyramid_dim", 64))
+                           meta["input_modalities"], meta.get("pyramid_dim", 64), meta.get("input_stem", False))
 
 
 def load_model(model_dir, device: str = "cpu") -> tuple[PerceptionModel, dict]:

@@ -98,6 +98,21 @@ class TransferData:
     def __len__(self) -> int:
         return len(self.semantic)
 
+    def class_weights(self, num_classes: int, power: float, max_ratio: float = 50.0) -> np.ndarray:
+        """Per-class loss weights ~ (1 / pixel share)^power over the labelled pixels, at most
+        `max_ratio` apart, with the pixel-weighted mean 1 (the loss keeps its scale); classes
+        absent from the set get the largest weight (they never occur as targets)."""
+        counts = np.bincount(self.semantic[self.semantic != 255].ravel(), minlength=num_classes)[:num_classes]
+        share = counts / max(1, counts.sum())
+        present = share > 0
+        weights = np.ones(num_classes)
+        if power > 0 and present.any():
+            weights[present] = share[present] ** -power
+            weights = np.minimum(weights, weights[present].min() * max_ratio)
+            weights[~present] = weights[present].max()
+            weights /= (weights * share).sum()
+        return weights.astype(np.float32)
+
     def batch(self, idx: np.ndarray, flips: np.ndarray) -> dict:
         """Arrays for items `idx`, flipped horizontally where `flips` is True."""
         def pick(arr):

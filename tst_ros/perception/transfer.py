@@ -62,18 +62,18 @@ def default_inputs(encoder) -> list[str]:
 
 
 def new_model(encoder, encoder_meta: dict, classes: list[str], categories: dict[int, str],
-              input_modalities: list[str] | None = None, pyramid_dim: int = 64):
+              input_modalities: list[str] | None = None, pyramid_dim: int = 64, input_stem: bool = True):
     from tst_ros.perception.heads import DET_STRIDE, PerceptionModel, preprocessing_meta
 
     inputs = list(input_modalities or default_inputs(encoder))
     thing_ids = [cid for cid in categories if 0 <= cid < len(classes)]
     if len(thing_ids) != len(categories):
         raise ValueError(f"category ids {sorted(categories)} must index the {len(classes)} semantic classes")
-    model = PerceptionModel(encoder, len(classes), len(thing_ids), inputs, pyramid_dim)
+    model = PerceptionModel(encoder, len(classes), len(thing_ids), inputs, pyramid_dim, input_stem)
     meta = {"format": "tst_ros.perception/1", "classes": classes, "thing_class_ids": thing_ids,
             "input_modalities": inputs, "image_size": model.image_size,
             "preprocessing": preprocessing_meta(inputs, model.image_size), "tasks": ["segmentation", "detection"],
-            "det_stride": DET_STRIDE, "pyramid_dim": pyramid_dim, "encoder": encoder_meta}
+            "det_stride": DET_STRIDE, "pyramid_dim": pyramid_dim, "input_stem": input_stem, "encoder": encoder_meta}
     return model, meta
 
 
@@ -151,7 +151,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         items = items[:cfg.labeled_images]
     tasks = _checked_tasks(cfg.tasks)
     encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
-    model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities)
+    model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem)
     meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
@@ -160,6 +160,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     frozen = cfg.finetune == "frozen"
     cache = _frozen_features(model, data, device) if frozen else None
+    seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
     warmup = max(1, cfg.steps // 10)
     history = []
     bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
@@ -178,7 +179,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                 feats = _on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]), device)
             else:
                 feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
-        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, data.size, device, tasks)
+        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, device, tasks, seg_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -232,19 +233,20 @@ def _on_device(array: np.ndarray, device):
     return torch.from_numpy(array).to(device, non_blocking=True)
 
 
-def _task_losses(model, feats, batch: dict, size, device, tasks=TASKS):
+def _task_losses(model, feats, batch: dict, device, tasks=TASKS, seg_weights=None):
     """(total, segmentation, heatmap, box) losses of the heads on encoder features; the total
-    sums the losses of `tasks`; the heads run under autocast (bf16 on CUDA), the losses in float32."""
+    sums the losses of `tasks`; the heads run under autocast (bf16 on CUDA), the losses in float32;
+    `seg_weights` weighs the segmentation loss per class (None: plain cross-entropy)."""
     import torch.nn.functional as F
 
     from tst_ros.perception.heads import box_loss, focal_heatmap_loss
     from tst_ros.train.engine import autocast
 
+    inputs = [_on_device(batch["inputs"][n], device) for n in model.input_modalities]
     with autocast(device):
-        fused = model.pyramid(feats)
-        seg = model.seg_head(fused, size)
-        heat, box = model.det_head(fused)
-    loss_seg = F.cross_entropy(seg.float(), _on_device(batch["semantic"], device), ignore_index=255)
+        seg, heat, box = model.decode(feats, inputs)
+    loss_seg = F.cross_entropy(seg.float(), _on_device(batch["semantic"], device), weight=seg_weights,
+                               ignore_index=255)
     loss_hm = focal_heatmap_loss(heat.float(), _on_device(batch["heatmap"], device))
     loss_box = box_loss(box.float(), _on_device(batch["box"], device), _on_device(batch["box_weight"], device))
     total = (loss_seg if "segmentation" in tasks else 0.0) + \

@@ -9,7 +9,7 @@ LoRAs (`tst_ros.train.psst` adapter files), plus task prompts, modality experts
 - `stage2_encoder(base, cfg)`: that encoder wrapped in a `PromptedEncoder`; only the prompts,
   experts and missing-modality token train.
 - `task_parts` / `parameter_account`: what one task adds on top of the base and the modality
-  adapters (prompts, experts, pyramid, that task's head), and the parameter / storage account
+  adapters (prompts, experts, input stem and pyramid, that task's head), and the parameter / storage account
   per task and per modality that `tst-ros transfer` prints.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def task_parts(model, task: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in model.state_dict().items():
         leaf = name[len("encoder."):] if name.startswith("encoder.") else None
-        if (leaf is not None and leaf.startswith(STAGE2_PREFIXES)) or name.startswith(("pyramid.",) + heads):
+        if (leaf is not None and leaf.startswith(STAGE2_PREFIXES)) or name.startswith(("pyramid.", "input_stem.") + heads):
             out[name] = t.detach().cpu().contiguous()
     return out
 
