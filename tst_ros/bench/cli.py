@@ -1,4 +1,5 @@
-"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]`."""
+"""`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]
+[--finetune MODE]`."""
 from __future__ import annotations
 
 import importlib
@@ -22,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--scaling", action="store_true",
                    help="specialization only: seg mIoU against pre-training minutes (TST-MM, TST-MAE) and its plot")
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
+    p.add_argument("--finetune", choices=("frozen", "partial", "full"),
+                   help="specialization only: how every row's transfer treats the encoder (default: frozen)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +38,8 @@ def run(args) -> int:
         options["teacher"] = args.teacher
     if args.scaling:
         options["scaling"] = True
+    if args.finetune:
+        options["finetune"] = args.finetune
     if args.modalities:
         options["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     for option in options:

@@ -286,9 +286,10 @@ def table_markdown(rows: dict) -> str:
                              for n, r in rows.items()])
 
 
-def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False) -> dict:
-    """Every row (or those named in `rows`) at the quick or the full budget; with `scaling`,
-    the compute-scaling curve instead (`tst_ros.bench.scaling`)."""
+def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False, finetune: str | None = None) -> dict:
+    """Every row (or those named in `rows`) at the quick or the full budget, the encoder
+    transferred as `finetune` says (default: the budget's) unless a row fixes it; with
+    `scaling`, the compute-scaling curve instead (`tst_ros.bench.scaling`)."""
     import torch
 
     if scaling:
@@ -299,7 +300,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     if unknown:
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
     rows_wanted = list(rows or [r[0] for r in ROWS])
-    budget = BUDGETS["quick" if quick else "full"]
+    budget = {**BUDGETS["quick" if quick else "full"], **({"finetune": finetune} if finetune else {})}
     seeds = list(budget["seeds"])
     torch.set_num_threads(TORCH_THREADS)
     t_all = time.perf_counter()
@@ -310,7 +311,8 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
                            source_store=any(p.data == "source_store" for p in needed))
         OUT_DIR.mkdir(exist_ok=True)
-        figure = OUT_DIR / ("specialization_samples_quick.png" if quick else "specialization_samples.png")
+        figure = OUT_DIR / ("specialization_samples_quick.png" if quick else
+                            f"specialization_samples{'' if budget['finetune'] == 'frozen' else '_' + budget['finetune']}.png")
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
         per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
                     for i, seed in enumerate(seeds)]
