@@ -1,5 +1,5 @@
 """Benchmark protocols: the modality ablation's rows and TTT-KD's choice of settings on
-source scenes only."""
+source scenes only; options reach only the benchmarks that take them."""
 from tst_ros import modalities
 from tst_ros.bench.modalities import variants
 from tst_ros.bench.ttt_kd import KS, select_on_source
@@ -30,3 +30,12 @@ def test_ttt_kd_settings_are_chosen_on_source_scenes_and_never_on_test_scenes():
     assert (chosen["selected.lr"], chosen["selected.k"]) == (5e-4, max(KS))
     assert round(chosen["selected.home_gain"], 4) == -0.02
     assert round(chosen["selected.home_shifted_gain"], 4) == 0.01
+
+
+def test_finetune_option_is_refused_by_benchmarks_without_it():
+    import pytest
+
+    from tst_ros.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match="bench sim has no --finetune"):
+        cli_main(["bench", "sim", "--quick", "--finetune", "full"])
