@@ -41,7 +41,7 @@ def test_export_passes_parity_on_random_and_real_frames(exported):
 def test_served_labels_and_peaks_match_the_raw_outputs(exported):
     _, manifest, frames = exported
     pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
-    rgb, depth = frames[0]
+    rgb, depth, _ = frames[0]
     out = pred.infer(pred.preprocess(rgb, depth))
     assert out["seg_labels"].dtype == np.uint8
     assert (out["seg_labels"][0] == out["seg_logits"][0].argmax(0)).mean() > 0.999
@@ -103,7 +103,7 @@ def test_onnx_runtime_and_pytorch_fallback_predict_the_same(exported):
     ort_pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
     torch_pred = Predictor.load(model_dir)
     assert (ort_pred.backend, torch_pred.backend) == ("onnxruntime", "torch")
-    rgb, depth = frames[0]
+    rgb, depth, _ = frames[0]
     a = ort_pred.predict(rgb, depth, score_threshold=0.05)
     b = torch_pred.predict(rgb, depth, score_threshold=0.05)
     assert a.mask.shape == rgb.shape[:2] and a.mask.dtype == np.uint8

@@ -1,9 +1,11 @@
 """The one modality registry.
 
 Every stream the system records, trains on or predicts is described here once: its kind,
-channels, storage dtype, how it is normalised for the network, how it is derived and how
-many tokens the masked autoencoder may spend on it. Model code iterates over registry
-entries and never names a specific modality; adding a modality is adding an entry.
+channels, storage dtype, how it is normalised for the network, how it is derived, how
+many tokens the masked autoencoder may spend on it and, for camera images, the ROS topic and
+encodings they arrive on (the perception nodes subscribe those a model takes). Model code
+iterates over registry entries and never names a specific modality; adding a modality is
+adding an entry.
 torch is imported only by the normalisation methods, so the torch-free deployment runtime
 can read the registry.
 """
@@ -40,6 +42,11 @@ class Modality:
     # "module:Class" or "onnx:PATH": a frozen network computes it (`tst_ros.teachers`), once
     # per stored sample by `tst-ros dataset teach`, into the store's teachers/ sub-stores
     teacher: str = ""
+    # sensor images as a ROS camera delivers them: the default (relative) topic and the accepted
+    # encodings; an integer encoding carries the stored value (physical = value * scale, the
+    # invalid value -> NaN), a float one the physical value (NaN or <= 0 invalid)
+    topic: str = ""
+    encodings: tuple[str, ...] = ()
 
     def normalise_tensor(self, stored: torch.Tensor, channel_dim: int = -3) -> torch.Tensor:
         """Stored values (any dtype, channels along `channel_dim`) -> float32 network input.
@@ -100,14 +107,16 @@ def snapshot(names: list[str] | None = None) -> dict:
 register(Modality(
     "rgb", "image", 3, "uint8", "colour image, RGB order",
     scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-    loss="patch_norm_mse", min_tokens=4))
+    loss="patch_norm_mse", min_tokens=4, topic="camera/color/image_raw",
+    encodings=("rgb8", "bgr8", "rgba8", "bgra8", "mono8")))
 register(Modality(
     "depth", "image", 1, "uint16", "depth in millimetres, 0 = invalid",
     scale=1 / 1000, mean=(2.5,), std=(1.5,), invalid_value=0,
-    loss="standardized_l1", min_tokens=2))
+    loss="standardized_l1", min_tokens=2, topic="camera/depth/image_raw", encodings=("16UC1", "mono16", "32FC1")))
 register(Modality(
     "thermal", "image", 1, "uint16", "thermal image in centi-kelvin, registered to colour, 0 = invalid",
-    scale=1 / 100, mean=(295.0,), std=(5.0,), invalid_value=0, loss="standardized_l1", pretrain=False))
+    scale=1 / 100, mean=(295.0,), std=(5.0,), invalid_value=0, loss="standardized_l1", pretrain=False,
+    topic="camera/thermal/image_raw", encodings=("16UC1", "mono16", "32FC1")))
 register(Modality(
     "normals", "image", 3, "int8", "surface normals in the camera frame, x right y down z forward, scaled by 127; 0 = invalid",
     scale=1 / 127, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), derived_from=("depth", "camera_info"),
@@ -178,3 +187,9 @@ def recorded() -> list[Modality]:
 def sensor_images() -> list[Modality]:
     """Camera images a rig delivers (colour, depth, thermal): recorded, not derived, not taught."""
     return [m for m in REGISTRY.values() if m.kind == "image" and not m.derived_from and not m.teacher]
+
+
+def one_channel_cameras() -> list[Modality]:
+    """The one-channel camera images (depth, thermal): model inputs in physical units that
+    serving pairs with the colour image by stamp."""
+    return [m for m in sensor_images() if m.channels == 1]

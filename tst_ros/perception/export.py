@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tst_ros import modalities as registry
 from tst_ros.perception.runtime import OUTPUT_NAMES, Predictor, metadata_to_props
 from tst_ros.util import atomic_write, atomic_write_json, sha256_file
 
@@ -69,16 +70,20 @@ def _write_metadata(path: str, meta: dict) -> None:
     onnx.save(proto, path)
 
 
-def real_frames(count: int, labeled_dir: str | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(rgb uint8, depth metres | None) pairs from a labeled set, else rendered by the simulator."""
+def real_frames(count: int, labeled_dir: str | None = None) -> list[tuple[np.ndarray, np.ndarray | None, dict]]:
+    """(rgb uint8, depth metres | None, {other camera image: physical units}) from a labeled set,
+    else rendered by the simulator (thermal in kelvin)."""
     if labeled_dir and Path(labeled_dir).is_dir():
+        from tst_ros.perception.labeled_data import depth_metres, extra_images
         from tst_ros.sim.labeled_set import load
         items, _ = load(labeled_dir)
-        return [(it["rgb"], None if it.get("depth_mm") is None else it["depth_mm"].astype(np.float32) / 1000.0)
-                for it in items[:count]]
+        return [(it["rgb"], depth_metres(it), extra_images(it, list(it.get("images", {})))) for it in items[:count]]
     from tst_ros.config import SimConfig
     from tst_ros.sim import Simulator
-    return [(f.rgb, f.depth_mm.astype(np.float32) / 1000.0) for f in Simulator(SimConfig()).frames(count)]
+    kelvin = registry.get("thermal").scale
+    return [(f.rgb, f.depth_mm.astype(np.float32) / 1000.0,
+             {} if f.thermal_ck is None else {"thermal": f.thermal_ck.astype(np.float32) * kelvin})
+            for f in Simulator(SimConfig()).frames(count)]
 
 
 DISCRETE_OUTPUTS = ("seg_labels", "det_peaks")
@@ -98,9 +103,9 @@ def _compare(name: str, ref: np.ndarray, got: np.ndarray) -> float:
 
 def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 2, seed: int = 0,
                  tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """PyTorch vs ORT over random and real inputs: max |difference| of the continuous outputs
-    (<= tolerance) and the disagreement fraction of the discrete ones (<= MAX_DISAGREEMENT);
-    RuntimeError otherwise."""
+    """PyTorch vs ORT over random and real inputs (`frames`: (rgb, depth metres | None[, {camera
+    image: physical units}])): max |difference| of the continuous outputs (<= tolerance) and the
+    disagreement fraction of the discrete ones (<= MAX_DISAGREEMENT); RuntimeError otherwise."""
     import torch
 
     from tst_ros.perception.heads import ServingModel
@@ -112,9 +117,12 @@ def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 
     for i in range(random_draws):
         cases.append((f"random{i}", {n: rng.standard_normal((1, predictor.norm[n][1].size, h, w)).astype(np.float32)
                                      for n in predictor.input_modalities}))
-    for i, (rgb, depth) in enumerate(frames):
-        depth = depth if depth is not None else np.full(rgb.shape[:2], np.nan, np.float32)
-        cases.append((f"frame{i}", predictor.preprocess(rgb, depth)))
+    for i, (rgb, depth, *extra) in enumerate(frames):
+        # a camera image the frame lacks is all invalid (NaN), as for depth
+        blank = np.full(rgb.shape[:2], np.nan, np.float32)
+        images = {m.name: (extra[0] if extra else {}).get(m.name, blank) for m in registry.one_channel_cameras()}
+        depth = depth if depth is not None else blank
+        cases.append((f"frame{i}", predictor.preprocess(rgb, depth, images)))
     worst: dict[str, float] = {n: 0.0 for n in OUTPUT_NAMES}
     per_case = {}
     with torch.no_grad():

@@ -172,7 +172,8 @@ class Predictor:
     def warm_up(self) -> None:
         """One prediction on a blank frame (first-call allocations happen before serving)."""
         h, w = self.size
-        self.predict(np.zeros((h, w, 3), np.uint8), np.ones((h, w), np.float32) if self.uses_depth else None)
+        ones = {n: np.ones((h, w), np.float32) for n in self.input_modalities if n in _single_channel_cameras()}
+        self.predict(np.zeros((h, w, 3), np.uint8), ones.pop(registry.DEPTH_IMAGE, None), images=ones)
 
     def predict(self, rgb: np.ndarray, depth_m: np.ndarray | None = None, score_threshold: float = 0.3,
                 nms_iou: float = 0.5, max_detections: int = 100, need_mask: bool = True,
@@ -235,7 +236,7 @@ def _single_channel_input(name: str, image: np.ndarray | None, rgb: np.ndarray,
 @functools.lru_cache(maxsize=1)
 def _single_channel_cameras() -> frozenset[str]:
     """Registered one-channel camera images (depth, thermal): computed once, not per frame."""
-    return frozenset(m.name for m in registry.sensor_images() if m.channels == 1)
+    return frozenset(m.name for m in registry.one_channel_cameras())
 
 
 def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities: list[str],

@@ -1,5 +1,5 @@
 """Node edge of depth registration for nodes that pair depth with colour as it arrives
-(segmentation, detection, ttt_kd): pairing by stamp (`pair_depth`), the colour and depth CameraInfos from the graph, the depth ->
+(segmentation, detection, ttt_kd): the colour and depth CameraInfos from the graph, the depth ->
 colour transform from the parameter `depth_extrinsic` or else from TF, and
 tst_ros.data.registration.DepthAlignment to align each depth image or refuse it.
 
@@ -14,25 +14,9 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo
 
 from tst_ros.data.registration import UNSET_EXTRINSIC, DepthAlignment, DepthNotRegistered
-from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
+from tst_ros.ros.conversions import camera_info_to_intrinsics
 
-__all__ = ["DepthRegistrar", "DepthNotRegistered", "DepthInfoPending", "pair_depth"]
-
-
-def pair_depth(image, depths, slop_ns: int) -> tuple[str, object | None]:
-    """The depth message nearest in stamp to colour `image` among `depths`: ('ok', depth) within
-    `slop_ns`, ('none', None) when a later depth shows none will come, else ('wait', None)."""
-    t = stamp_to_ns(image.header.stamp)
-    best, best_dt = None, None
-    for d in depths:
-        dt = abs(stamp_to_ns(d.header.stamp) - t)
-        if best_dt is None or dt < best_dt:
-            best, best_dt = d, dt
-    if best is not None and best_dt <= slop_ns:
-        return "ok", best
-    if any(stamp_to_ns(d.header.stamp) > t + slop_ns for d in depths):
-        return "none", None
-    return "wait", None
+__all__ = ["DepthRegistrar", "DepthNotRegistered", "DepthInfoPending"]
 
 
 class DepthInfoPending(DepthNotRegistered):

@@ -1,5 +1,5 @@
-"""sensor_msgs/Image and CompressedImage <-> numpy: encodings, colour and depth reading,
-and building messages from arrays (`cdr` shares `fit_image_array` for the serving path).
+"""sensor_msgs/Image and CompressedImage <-> numpy: encodings, reading colour and the
+one-channel camera images (depth, thermal) in the modality registry's physical units, and building messages from arrays (`cdr` shares `fit_image_array` for the serving path).
 
 `image_to_array` returns a view onto `msg.data` (rclpy stores uint8[] fields as array.array,
 a writable buffer), so writing into the result writes into the message; functions documented
@@ -16,6 +16,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from tst_ros import modalities as registry
 from tst_ros.ros.conversions import byte_buffer, to_msg_bytes
 
 try:
@@ -32,8 +33,7 @@ _NAMED_ENCODINGS = {
 }
 _CV_DEPTHS = {"8U": "u1", "8S": "i1", "16U": "u2", "16S": "i2", "32S": "i4", "32F": "f4", "64F": "f8"}
 _CV_TYPE = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)C([1-4])$")
-_RGB_SOURCES = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-_DEPTH_MM = ("16UC1", "mono16")
+_RGB_SOURCES = registry.primary_image().encodings
 
 
 def image_layout(encoding: str) -> tuple[np.dtype, int]:
@@ -87,19 +87,30 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(arr), code)
 
 
+def camera_image_to_physical(msg: Image, modality) -> np.ndarray:
+    """New (H, W) float32 one-channel camera image in the registry modality's physical units
+    (depth metres, thermal kelvin), NaN where invalid: an integer encoding carries the stored
+    value (times `modality.scale`, `invalid_value` invalid), a float one the physical value
+    (non-finite or <= 0 invalid). ValueError for an encoding the modality does not list."""
+    if msg.encoding not in modality.encodings:
+        raise ValueError(f"unsupported {modality.name} encoding {msg.encoding!r}; expected one of {modality.encodings}")
+    arr = image_to_array(msg)
+    if arr.ndim != 2:
+        raise ValueError(f"{modality.name} image must have one channel, got encoding {msg.encoding!r}")
+    if arr.dtype.kind in "ui":
+        out = arr.astype(np.float32)
+        out *= np.float32(modality.scale)
+        if modality.invalid_value is not None:
+            out[arr == modality.invalid_value] = np.nan
+        return out
+    out = np.array(arr, dtype=np.float32, copy=True)
+    out[~(out > 0) | ~np.isfinite(out)] = np.nan
+    return out
+
+
 def depth_to_metres(msg: Image) -> np.ndarray:
     """New (H, W) float32 depth in metres, NaN where invalid (16UC1/mono16 mm with 0 invalid, or 32FC1 m)."""
-    if msg.encoding in _DEPTH_MM:
-        mm = image_to_array(msg)
-        out = mm.astype(np.float32)
-        out *= np.float32(0.001)
-        out[mm == 0] = np.nan
-        return out
-    if msg.encoding == "32FC1":
-        out = np.array(image_to_array(msg), dtype=np.float32, copy=True)
-        out[~(out > 0) | ~np.isfinite(out)] = np.nan
-        return out
-    raise ValueError(f"unsupported depth encoding {msg.encoding!r}; expected 16UC1 or mono16 (mm) or 32FC1 (m)")
+    return camera_image_to_physical(msg, registry.get(registry.DEPTH_IMAGE))
 
 
 def fit_image_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:

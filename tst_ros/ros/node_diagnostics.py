@@ -8,9 +8,12 @@ adapter bank adds `bank_entry` and `bank_swap_ms`), the store's samples
 """
 from __future__ import annotations
 
+from tst_ros import modalities as registry
 from tst_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
 
-PERCEPTION_DROPS = ("frames_replaced", "frames_inactive", "frames_without_model", "frames_without_depth",
+# frames_without_<image>: no paired camera image (depth, thermal) within the sync slop
+PERCEPTION_DROPS = ("frames_replaced", "frames_inactive", "frames_without_model",
+                    *(f"frames_without_{m.name}" for m in registry.one_channel_cameras()),
                     "depth_info_pending", "depth_not_registered", "bad_inputs", "processing_errors",
                     "model_load_failures")
 TTTKD_DROPS = ("skipped_stale", "skipped_no_model", "failed")

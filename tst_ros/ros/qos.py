@@ -103,8 +103,9 @@ class SensorSubscription:
     `changes` counts the QoS changes."""
 
     def __init__(self, node, msg_type, topic: str, callback, reliability: str = "auto", depth: int = 5,
-                 raw: bool = False, check_period_s: float = CHECK_PERIOD_S):
+                 raw: bool = False, check_period_s: float = CHECK_PERIOD_S, removable: bool = False):
         self.node, self.msg_type, self.callback, self.depth, self.raw = node, msg_type, callback, int(depth), raw
+        self.removable = removable      # may be destroyed while the node spins (`destroy`)
         self.mode = sensor_reliability(reliability)
         self.qos = ("reliable" if self.mode == "auto" else self.mode), "volatile"
         self.changes = 0
@@ -123,15 +124,15 @@ class SensorSubscription:
 
     def _create(self):
         profile = qos_profile(self.qos[0], self.depth, self.qos[1])
+        # No QoS event handlers on a subscription that may be replaced or removed: rclpy's executors
+        # add event handlers to the wait set without re-checking them, so destroying one while
+        # another thread builds the wait set kills that executor ("cannot use Destroyable").
+        quiet = {"event_callbacks": SubscriptionEventCallbacks(use_default_callbacks=False)}
         if self.mode != "auto":
             return self.node.create_subscription(self.msg_type, self._requested_topic, self.callback, profile,
-                                                 raw=self.raw)
-        # No QoS event handlers on a subscription that may be replaced: rclpy's executors add event
-        # handlers to the wait set without re-checking them, so destroying one while another thread
-        # builds the wait set kills that executor ("cannot use Destroyable").
+                                                 raw=self.raw, **(quiet if self.removable else {}))
         return self.node.create_subscription(self.msg_type, self._requested_topic, self._deliver, profile,
-                                             raw=self.raw,
-                                             event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
+                                             raw=self.raw, **quiet)
 
     def _deliver(self, msg) -> None:
         # Keys of the last DEDUP_WINDOW samples are kept at all times: a new transient-local

@@ -1,13 +1,13 @@
 """Shared base of the perception nodes: model serving with latest-frame scheduling and hot reload.
 
-- Subscribes the colour image (and, when the loaded model takes depth, the aligned depth image,
-  paired by approximate time) with sensor QoS (`sensor_qos_reliability`: auto follows the
-  publishers, reliable, or best_effort - the default, from the older `best_effort`),
-  serialized, read by `tst_ros.ros.cdr` (the pixels stay a view of the received buffer);
-  only the newest frame is kept: a worker thread processes it and frames that arrive
-  meanwhile replace it (never a backlog). With
-  `pin_threads` the worker pins itself to the core ONNX Runtime's pool threads leave free
-  (`tst_ros.perception.threads`).
+- Subscribes the colour image and the other camera images the loaded model takes (depth,
+  thermal: `tst_ros.ros.paired_images`; paired by approximate time, a frame without a match
+  within `sync_slop_s` skipped and counted; thermal taken as registered to colour) with sensor
+  QoS (`sensor_qos_reliability`: auto follows the publishers, reliable, or best_effort - the
+  default, from the older `best_effort`), serialized, read by `tst_ros.ros.cdr` (the pixels stay
+  a view of the received buffer); only the newest frame is kept: a worker thread processes it
+  and frames that arrive meanwhile replace it (never a backlog). With `pin_threads` the worker
+  pins itself to the core ONNX Runtime's pool threads leave free (`tst_ros.perception.threads`).
 - Subscribes `/tst/model` (ModelUpdate, transient-local). An update is verified
   (`export.verify_model`: sha256 of the file, or of manifest.json for a directory, whose
   manifest must list model.onnx and match every file it lists), loaded and warmed up in a
@@ -31,7 +31,8 @@ Managed variant (`tst_ros.ros.lifecycle`): configure loads the model (`configure
 activate lets frames in (`accepting`), cleanup drops the model (`release_resources`).
 Diagnostics: `tst_ros.ros.node_diagnostics.perception_diagnostics`.
 
-Subclasses set TASK and implement `publish_outputs(predictor, image_msg, rgb, depth_m)`.
+Subclasses set TASK and implement `publish_outputs(predictor, image_msg, rgb, depth_m, images)`
+(`images`: the other paired camera images in physical units, for `Predictor.predict`).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import LabelInfo, VisionInfo
 
+from tst_ros import modalities as registry
 from tst_ros.config import PerceptionConfig
 from tst_ros.msg import ModelUpdate
 from tst_ros.perception.runtime import Predictor
@@ -52,10 +54,11 @@ from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.bank_switch import BankSwitch
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
 from tst_ros.ros.conversions import camera_info_to_intrinsics, stamp_to_ns
-from tst_ros.ros.depth_registration import DepthInfoPending, DepthNotRegistered, DepthRegistrar, pair_depth
-from tst_ros.ros.images import depth_to_metres, image_to_rgb
+from tst_ros.ros.depth_registration import DepthInfoPending, DepthNotRegistered, DepthRegistrar
+from tst_ros.ros.images import image_to_rgb
 from tst_ros.ros.model_fetch import ModelFetcher
 from tst_ros.ros.node_diagnostics import perception_diagnostics
+from tst_ros.ros.paired_images import PairedImages
 from tst_ros.ros.parameters import declare_section, watch
 from tst_ros.ros.qos import SensorSubscription, qos_latched, sensor_reliability
 from tst_ros.ros.vision_info import model_info_messages
@@ -102,7 +105,7 @@ class ModelServingNode(Node):
 
         self._cv = threading.Condition()
         self._latest: CdrImage | None = None
-        self._depths: collections.deque = collections.deque(maxlen=max(1, self.sync_queue))
+        self._waiting_for: str | None = None     # the paired image the latest frame waits on
         self._pending: tuple[Predictor, int, str] | None = None
         self._running = True
         self.predictor: Predictor | None = None
@@ -110,7 +113,6 @@ class ModelServingNode(Node):
         self.counters = collections.Counter()
         self.process_times: collections.deque = collections.deque(maxlen=100)   # seconds, recent frames
         self.last_error = ""
-        self._depth_sub = None
         self._loading = threading.Lock()
         self.configured = self.accepting = False     # model loaded / frames let in (lifecycle)
         self._last_update: ModelUpdate | None = None
@@ -120,7 +122,10 @@ class ModelServingNode(Node):
                                                      "best_effort" if self.best_effort else "reliable")
         self.label_pub = self.create_publisher(LabelInfo, self.label_info_topic(), qos_latched())
         self.vision_info_pub = self.create_publisher(VisionInfo, self.vision_info_topic(), qos_latched())
-        self._subscribe_image("camera/color/image_raw", self._on_image)
+        self._subscribe_image(registry.primary_image().topic, self._on_image)
+        self.paired = PairedImages(lambda topic, callback: self._subscribe_image(topic, callback, removable=True),
+                                   self._read_image, self._cv, lambda: self._latest is not None,
+                                   self.sync_slop_s, self.sync_queue)
         self.depth_registrar = DepthRegistrar(self)                  # depth_extrinsic, ignore_depth_distortion
         self.camera_info, self._camera_info_sub = None, None      # colour, once a task or depth needs it
         self.create_subscription(ModelUpdate, "tst/model", self._on_model_update, qos_latched())
@@ -147,7 +152,8 @@ class ModelServingNode(Node):
     def setup_outputs(self) -> None:
         raise NotImplementedError
 
-    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
+    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None,
+                        images: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- input callbacks
@@ -167,32 +173,26 @@ class ModelServingNode(Node):
         if msg is None:
             return
         with self._cv:
-            if self._latest is not None:
-                self.counters["frames_replaced"] += 1
-            self._latest = msg
+            if self._latest is not None:    # a frame still waiting on an image never got it
+                self.counters[f"frames_without_{self._waiting_for}" if self._waiting_for else "frames_replaced"] += 1
+            self._latest, self._waiting_for = msg, None
             self.counters["frames_received"] += 1
             self._cv.notify()
 
-    def _on_depth(self, data: bytes) -> None:
-        msg = self._read_image(data)
-        if msg is None:
-            return
-        with self._cv:
-            self._depths.append(msg)
-            if self._latest is not None:        # wake the worker only for an image waiting on its depth
-                self._cv.notify()
-
-    def _subscribe_image(self, topic: str, callback):
+    def _subscribe_image(self, topic: str, callback, removable: bool = False):
         # taken serialized and read by tst_ros.ros.cdr: ~0.2 ms sooner in the callback than an
         # rclpy-deserialized Image, and the pixels are not copied
-        return self._subscribe_sensor(Image, topic, callback, raw=True)
+        return self._subscribe_sensor(Image, topic, callback, raw=True, removable=removable)
 
-    def _subscribe_sensor(self, msg_type, topic: str, callback, raw: bool = False) -> SensorSubscription:
-        return SensorSubscription(self, msg_type, topic, callback, self.sensor_reliability, self.qos_depth, raw=raw)
+    def _subscribe_sensor(self, msg_type, topic: str, callback, raw: bool = False,
+                          removable: bool = False) -> SensorSubscription:
+        return SensorSubscription(self, msg_type, topic, callback, self.sensor_reliability, self.qos_depth, raw=raw,
+                                  removable=removable)
 
-    def _ensure_depth_subscription(self, needed: bool) -> None:
-        if needed and self._depth_sub is None:
-            self._depth_sub = self._subscribe_image("camera/depth/image_raw", self._on_depth)
+    def _subscribe_inputs(self, predictor: Predictor) -> None:
+        """Pair the camera images `predictor` takes beside colour; depth also needs both CameraInfos."""
+        self.paired.require(predictor.input_modalities)
+        if predictor.uses_depth:
             self._ensure_camera_info_subscription()
             self.depth_registrar.subscribe_depth_info(self._subscribe_sensor)
 
@@ -210,25 +210,26 @@ class ModelServingNode(Node):
             self.get_logger().warning(f"colour CameraInfo ignored: {e}", throttle_duration_sec=WARN_THROTTLE_S)
 
     # ---------------------------------------------------------------- worker
-    def _next_frame(self) -> tuple[CdrImage, CdrImage | None] | str | None:
-        """Newest frame (+ matched depth), "swap" when a loaded model waits, None on shutdown."""
+    def _next_frame(self) -> tuple[CdrImage, dict[str, CdrImage]] | str | None:
+        """Newest frame with its paired images ({modality: message}), "swap" when a loaded model
+        waits, None on shutdown."""
         with self._cv:
             while self._running:
                 if self._pending is not None:
                     return "swap"
                 if self._latest is not None:
-                    if self.predictor is None or not self.predictor.uses_depth:
-                        msg, self._latest = self._latest, None
-                        return msg, None
-                    state, depth = pair_depth(self._latest, self._depths, int(self.sync_slop_s * 1e9))
+                    names = self.paired.names if self.predictor is not None else ()
+                    state, found = self.paired.pair(self._latest, names)
                     if state == "ok":
                         msg, self._latest = self._latest, None
-                        return msg, depth
-                    if state == "none":
+                        return msg, found
+                    if state == "wait":
+                        self._waiting_for = found
+                    else:
                         self._latest = None
-                        self.counters["frames_without_depth"] += 1
-                        self.get_logger().warning("no depth image within sync_slop_s of the colour image; frame skipped",
-                                                  throttle_duration_sec=WARN_THROTTLE_S)
+                        self.counters[f"frames_without_{found}"] += 1
+                        self.get_logger().warning(f"no {found} image within sync_slop_s of the colour image; "
+                                                  "frame skipped", throttle_duration_sec=WARN_THROTTLE_S)
                         continue
                 self._cv.wait(timeout=0.5)
         return None
@@ -242,7 +243,7 @@ class ModelServingNode(Node):
                 self._swap_if_pending()
                 continue
             predictor = self.predictor
-            msg, depth_msg = item
+            msg, pairs = item
             if predictor is None:
                 self.counters["frames_without_model"] += 1
                 self.get_logger().warning("no model loaded yet (set model_path or publish /tst/model); frame skipped",
@@ -251,12 +252,10 @@ class ModelServingNode(Node):
             t_start = time.perf_counter()
             try:
                 rgb = image_to_rgb(msg)
-                depth = None
-                if predictor.uses_depth:
-                    if depth_msg is None:
-                        self.counters["frames_without_depth"] += 1
-                        continue
-                    depth = self.depth_registrar.align(depth_to_metres(depth_msg))
+                images = self.paired.to_physical(pairs, rgb.shape[:2])
+                depth = images.pop(registry.DEPTH_IMAGE, None)
+                if depth is not None:
+                    depth = self.depth_registrar.align(depth)
             except DepthInfoPending:
                 self.counters["depth_info_pending"] += 1
                 continue
@@ -269,7 +268,7 @@ class ModelServingNode(Node):
                 self.get_logger().warning(f"input skipped: {e}", throttle_duration_sec=WARN_THROTTLE_S)
                 continue
             try:
-                self.publish_outputs(predictor, msg, rgb, depth)
+                self.publish_outputs(predictor, msg, rgb, depth, images)
                 self.counters["frames_processed"] += 1
                 self.process_times.append(time.perf_counter() - t_start)
                 if self.bank is not None:
@@ -342,7 +341,7 @@ class ModelServingNode(Node):
                 return
         place_calling_thread(predictor.caller_cpus)     # the worker calls run(): the core ORT's pool leaves free
         self.predictor, self.model_version = predictor, version
-        self._ensure_depth_subscription(predictor.uses_depth)
+        self._subscribe_inputs(predictor)
         self.on_model_changed(predictor)
         self.publish_label_info(predictor)
         self.counters["model_swaps"] += 1

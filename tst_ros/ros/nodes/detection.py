@@ -1,7 +1,7 @@
-"""Detection node: colour (+ depth) image -> vision_msgs/Detection2DArray (class ids as strings
-indexing LabelInfo, scores, pixel boxes) and a MarkerArray for RViz (box outlines and labels
-drawn on the plane 1 m in front of the camera, via camera_info when available), all
-stamped with the input header. vision_msgs/LabelInfo (thing classes, score threshold) on
+"""Detection node: colour image (+ depth, thermal when the model takes them) ->
+vision_msgs/Detection2DArray (class ids as strings indexing LabelInfo, scores, pixel boxes) and
+a MarkerArray for RViz (box outlines and labels drawn on the plane 1 m in front of the camera,
+via camera_info when available), all stamped with the input header. vision_msgs/LabelInfo (thing classes, score threshold) on
 /tst/detections/label_info, the model version as vision_msgs/VisionInfo on
 /tst/detections/vision_info.
 
@@ -49,8 +49,10 @@ class DetectionNode(ModelServingNode):
     def class_ids(self, predictor: Predictor) -> list[int]:
         return [int(i) for i in predictor.thing_class_ids]
 
-    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
-        pred = predictor.predict(rgb, depth_m, self.score_threshold, self.nms_iou, self.max_detections, need_mask=False)
+    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None,
+                        images: dict[str, np.ndarray]) -> None:
+        pred = predictor.predict(rgb, depth_m, self.score_threshold, self.nms_iou, self.max_detections,
+                                 need_mask=False, images=images)
         # written as CDR directly: rclpy's field-by-field conversion of ten nested Detection2D
         # costs ~0.4 ms per frame on the serving path (tst_ros.ros.cdr)
         self.det_pub.publish(detections_cdr(stamp_to_ns(msg.header.stamp), msg.header.frame_id,

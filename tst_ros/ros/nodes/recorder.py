@@ -35,6 +35,7 @@ from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
+from tst_ros import modalities as registry
 from tst_ros.ros.nodes import run_node
 from tst_ros.config import RecordConfig
 from tst_ros.data.bagio import cdr_header_stamp_ns
@@ -53,8 +54,8 @@ STREAM_TYPES = {"rgb": "sensor_msgs/msg/Image", "depth": "sensor_msgs/msg/Image"
                 "camera_info": "sensor_msgs/msg/CameraInfo", "depth_camera_info": "sensor_msgs/msg/CameraInfo",
                 "imu": "sensor_msgs/msg/Imu",
                 "cloud": "sensor_msgs/msg/PointCloud2", "odom": "nav_msgs/msg/Odometry"}
-DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-THERMAL_ENCODINGS = ("16UC1", "mono16", "32FC1")   # centi-kelvin, or kelvin as float
+DEPTH_ENCODINGS = registry.get("depth").encodings         # mm, or metres as float
+THERMAL_ENCODINGS = registry.get("thermal").encodings     # centi-kelvin, or kelvin as float
 
 
 def message_class(msgtype: str):

@@ -1,7 +1,7 @@
-"""Segmentation node: colour (+ depth) image -> class mask (mono8, 255 = unlabeled) and an
-rgb8 overlay, both stamped with the input header; vision_msgs/LabelInfo (class ids and names,
-255 = "unlabeled") on /tst/segmentation/label_info, the model version as vision_msgs/VisionInfo
-on /tst/segmentation/vision_info.
+"""Segmentation node: colour image (+ depth, thermal when the model takes them) -> class mask
+(mono8, 255 = unlabeled) and an rgb8 overlay, both stamped with the input header;
+vision_msgs/LabelInfo (class ids and names, 255 = "unlabeled") on /tst/segmentation/label_info,
+the model version as vision_msgs/VisionInfo on /tst/segmentation/vision_info.
 
 Model serving, latest-frame scheduling and hot reload: `_model_node.ModelServingNode`.
 """
@@ -36,8 +36,9 @@ class SegmentationNode(ModelServingNode):
     def on_model_changed(self, predictor: Predictor) -> None:
         self.colours = palette(len(predictor.classes))
 
-    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
-        pred = predictor.predict(rgb, depth_m, need_boxes=False)
+    def publish_outputs(self, predictor: Predictor, msg: CdrImage, rgb: np.ndarray, depth_m: np.ndarray | None,
+                        images: dict[str, np.ndarray]) -> None:
+        pred = predictor.predict(rgb, depth_m, need_boxes=False, images=images)
         stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), msg.header.frame_id
         self.mask_pub.publish(image_cdr(stamp_ns, frame_id, "mono8", pred.mask))      # CDR written directly
         if self.publish_overlay and self.overlay_pub.get_subscription_count() > 0:
