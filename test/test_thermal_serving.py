@@ -201,6 +201,8 @@ def scenario(tmp_path_factory):
         rgb, ck = frames[0][0], frames[0][3]
         rec["bad_encoding"] = T0 + 10 * s
         h.publish(rec["bad_encoding"], rgb, np.dstack([ck.astype(np.uint8)] * 3), thermal_encoding="rgb8")
+        # handled before the next frame comes (a later frame would replace it unseen on a busy machine)
+        wait_for(lambda: h.count("drops.bad_inputs") >= 1, TIMEOUT_S, "the node to report the wrong encoding")
         unanswered = [(T0 + (11 + k) * s, True) for k in range(3)]      # thermal 0.5 s off: beyond the slop
         unanswered += [(T0 + (14 + k) * s, False) for k in range(3)]    # no thermal at all
         for stamp, with_thermal in unanswered:
