@@ -10,11 +10,11 @@ def untrained_model_dir(out_dir: str | Path, classes: list[str] | None = None,
                         thing_class_ids: list[int] | None = None, image_size: int = 32, patch: int = 16,
                         inputs: tuple[str, ...] = ("rgb",), preset: str = "tiny", seed: int = 0,
                         adjust: Callable | None = None, encoder_file: str | Path | None = None,
-                        input_stem: bool = True) -> Path:
+                        input_stem: bool | None = None) -> Path:
     """Write a segmentation + detection model directory (as `tst-ros transfer` does) with random
     weights; `adjust(model, thing_class_ids)` may edit the model before it is saved. With
     `encoder_file` the encoder is that file's (as a frozen-encoder transfer leaves it), and
-    `preset`, `image_size` and `patch` are the file's."""
+    `preset`, `image_size` and `patch` are the file's; `input_stem` None: the transfer default."""
     import torch
 
     from tst_ros.models import build_encoder, load_encoder

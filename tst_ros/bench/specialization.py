@@ -311,8 +311,8 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
                            source_store=any(p.data == "source_store" for p in needed))
         OUT_DIR.mkdir(exist_ok=True)
-        figure = OUT_DIR / ("specialization_samples_quick.png" if quick else
-                            f"specialization_samples{'' if budget['finetune'] == 'frozen' else '_' + budget['finetune']}.png")
+        suffix = "_quick" if quick else ("" if budget["finetune"] == "frozen" else f"_{budget['finetune']}")
+        figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
         per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
                     for i, seed in enumerate(seeds)]

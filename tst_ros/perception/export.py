@@ -118,9 +118,10 @@ def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 
         cases.append((f"random{i}", {n: rng.standard_normal((1, predictor.norm[n][1].size, h, w)).astype(np.float32)
                                      for n in predictor.input_modalities}))
     for i, (rgb, depth, *extra) in enumerate(frames):
+        given = extra[0] if extra else {}
         # a camera image the frame lacks is all invalid (NaN), as for depth
         blank = np.full(rgb.shape[:2], np.nan, np.float32)
-        images = {m.name: (extra[0] if extra else {}).get(m.name, blank) for m in registry.one_channel_cameras()}
+        images = {m.name: given.get(m.name, blank) for m in registry.one_channel_cameras()}
         depth = depth if depth is not None else blank
         cases.append((f"frame{i}", predictor.preprocess(rgb, depth, images)))
     worst: dict[str, float] = {n: 0.0 for n in OUTPUT_NAMES}

@@ -62,9 +62,11 @@ def default_inputs(encoder) -> list[str]:
 
 
 def new_model(encoder, encoder_meta: dict, classes: list[str], categories: dict[int, str],
-              input_modalities: list[str] | None = None, pyramid_dim: int = 64, input_stem: bool = True):
+              input_modalities: list[str] | None = None, pyramid_dim: int = 64, input_stem: bool | None = None):
+    from tst_ros.config import TransferConfig
     from tst_ros.perception.heads import DET_STRIDE, PerceptionModel, preprocessing_meta
 
+    input_stem = TransferConfig.input_stem if input_stem is None else bool(input_stem)
     inputs = list(input_modalities or default_inputs(encoder))
     thing_ids = [cid for cid in categories if 0 <= cid < len(classes)]
     if len(thing_ids) != len(categories):
@@ -242,7 +244,8 @@ def _task_losses(model, feats, batch: dict, device, tasks=TASKS, seg_weights=Non
     from tst_ros.perception.heads import box_loss, focal_heatmap_loss
     from tst_ros.train.engine import autocast
 
-    inputs = [_on_device(batch["inputs"][n], device) for n in model.input_modalities]
+    inputs = [_on_device(batch["inputs"][n], device) for n in model.input_modalities] \
+        if model.input_stem is not None else []
     with autocast(device):
         seg, heat, box = model.decode(feats, inputs)
     loss_seg = F.cross_entropy(seg.float(), _on_device(batch["semantic"], device), weight=seg_weights,

@@ -1,5 +1,6 @@
 """sensor_msgs/Image and CompressedImage <-> numpy: encodings, reading colour and the
-one-channel camera images (depth, thermal) in the modality registry's physical units, and building messages from arrays (`cdr` shares `fit_image_array` for the serving path).
+one-channel camera images (depth, thermal) in the modality registry's physical units, and
+building messages from arrays (`cdr` shares `fit_image_array` for the serving path).
 
 `image_to_array` returns a view onto `msg.data` (rclpy stores uint8[] fields as array.array,
 a writable buffer), so writing into the result writes into the message; functions documented
