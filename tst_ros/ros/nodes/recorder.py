@@ -179,8 +179,9 @@ class RecorderNode(Node):
                 continue
             msgtype = self._rgb_type if stream == "rgb" else STREAM_TYPES[stream]
             callback = self._callback(stream, topic, msgtype)
+            depth = int(p["imu_qos_depth"] if stream == "imu" else p["qos_depth"])
             self._subs.append(SensorSubscription(self, message_class(msgtype), topic, callback, reliability,
-                                                 int(p["qos_depth"]), raw=True))
+                                                 depth, raw=True))
         from tst_ros.msg import RecorderStatus
         self._status_cls = RecorderStatus
         self.status_pub = self.create_publisher(RecorderStatus, p["status_topic"], 10)
@@ -226,7 +227,8 @@ class RecorderNode(Node):
         declared = declare_section(self, base, "record")      # defaults and descriptions: RecordConfig
         params = {f"{s}_topic": t for s, t in DEFAULT_TOPICS.items()}
         # sensor_qos_reliability: auto | reliable | best_effort; empty: from `reliable` (true: auto)
-        params.update(rgb_compressed=False, qos_depth=50, sensor_qos_reliability="",
+        # IMU arrives 20x as often as frames: its queue must absorb the bursts a busy publisher sends
+        params.update(rgb_compressed=False, qos_depth=50, imu_qos_depth=1000, sensor_qos_reliability="",
                       status_topic="tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
                       camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
                       ignore_depth_distortion=False)
