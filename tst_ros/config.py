@@ -76,7 +76,7 @@ class RecordConfig:
 
 @dataclass
 class PretrainConfig:
-    preset: str = "tiny"                # tiny | s | b
+    preset: str = "tiny"                # tiny | s | b | tiny-imagenet (colour tokens from the frozen ImageNet backbone)
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
     steps: int = 500

@@ -18,8 +18,10 @@ plus every teacher modality (`tst-mm+teachers`, the store taught by `tst_ros.dat
 transfer and serving still take RGB-D only), or with the teachers as reconstruction targets
 only, never visible to the encoder (`tst-mm+teachers (targets only)`); TST-MM pre-trained on SOURCE_BUILDINGS other
 buildings only (twice the steps; the analogue of a broad-data generalist, never the test style)
-and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`); and
-the generalist baselines: the
+and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`);
+`tst-mm-imagenet`, TST-MM continued from the generalist (preset `tiny-imagenet`: colour tokens
+come from the frozen ImageNet backbone, whose features also reach the heads), fed RGB-D or RGB
+only; and the generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
@@ -59,6 +61,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm+teachers (targets only)", "tst-mm+teacher-targets", None, "other", None),
         ("tst-mm (other buildings)", "tst-mm-other-buildings", None, "other", None),
         ("tst-mm-adapted", "tst-mm-adapted", None, "other", None),
+        ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
 
@@ -79,20 +83,23 @@ class Pretraining:
     """One pre-training of the table: `modalities` None = the method's default,
     "sensors+teachers" = the default plus every teacher modality; `data` "store" = the test
     building's unlabeled store, "source_store" = other buildings' (never the test style);
-    `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted)."""
+    `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted); `preset`
+    the encoder's (`tiny-imagenet`: colour tokens from the frozen ImageNet backbone)."""
     method: str
     modalities: str | list[str] | None = None
     data: str = "store"
     init: str | None = None
     steps_factor: int = 1
     teachers_target_only: bool = False
+    preset: str = "tiny"
 
 
 PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-mae"), "tst-mm": Pretraining("tst-mm"),
                 "tst-mm+teachers": Pretraining("tst-mm", "sensors+teachers"),
                 "tst-mm+teacher-targets": Pretraining("tst-mm", "sensors+teachers", teachers_target_only=True),
                 "tst-mm-other-buildings": Pretraining("tst-mm", data="source_store", steps_factor=2),
-                "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings")}
+                "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings"),
+                "tst-mm-imagenet": Pretraining("tst-mm", preset="tiny-imagenet")}
 SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 
 
@@ -108,13 +115,13 @@ def _log(msg: str) -> None:
 
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
                      modalities: list[str] | None = None, init: str = "", steps_factor: int = 1,
-                     target_only: list[str] | None = None) -> str:
+                     target_only: list[str] | None = None, preset: str = "tiny") -> str:
     """The encoder file of one pre-training at the benchmark budget."""
     from tst_ros.config import PretrainConfig
     from tst_ros.train.pretrain import pretrain
 
     steps = budget["pretrain_steps"] * steps_factor
-    cfg = PretrainConfig(preset="tiny", method=method, steps=steps, batch=budget["pretrain_batch"],
+    cfg = PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
     if modalities:
@@ -235,7 +242,8 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         _log(f"seed {seed}: pre-training {key}")
         encoders[key] = pretrain_encoder(p.method, paths[p.data], tmp / f"pretrain-{key}-{seed}", budget, seed,
                                          pretraining_modalities(p.modalities), encoders.get(p.init, ""),
-                                         p.steps_factor, teacher_modalities() if p.teachers_target_only else None)
+                                         p.steps_factor, teacher_modalities() if p.teachers_target_only else None,
+                                         p.preset)
     rows, model_dirs = {}, {}
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")

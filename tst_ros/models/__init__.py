@@ -5,7 +5,7 @@ Public API:
     load_encoder(path, device="cpu") -> (Encoder, meta)   path: run dir or encoder .safetensors
     save_encoder(encoder, path, **meta)
     build_tstmm(encoder_or_preset, ...) -> TSTMM (encoder + masking + decoders + losses)
-    PRESETS: preset name -> {embed_dim, depth, heads}
+    PRESETS: preset name -> {embed_dim, depth, heads[, stem]}
 """
 from tst_ros.models.io import ENCODER_FILE, load_encoder, read_metadata, save_encoder
 from tst_ros.models.vit import PRESETS, Encoder, build_encoder

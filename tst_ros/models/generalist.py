@@ -67,7 +67,7 @@ class EfficientNetLite0Encoder(nn.Module):
         self.image_size = int(image_size)
         self.patch_size = OUTPUT_STRIDE
         self.stride16_block, channels = self._stage_ends()
-        self.embed_dim = channels
+        self.embed_dim = self.feature_dim = channels
         rgb = registry.get(registry.PRIMARY_IMAGE)
         # registry-normalised x -> pixels p = (x * std + mean) / scale -> (p - 127) / 128
         std = torch.tensor(rgb.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -106,3 +106,47 @@ class EfficientNetLite0Encoder(nn.Module):
                 stride16 = x
         top = F.interpolate(x, size=stride16.shape[-2:], mode="nearest")
         return torch.cat([stride16, top], dim=1)
+
+
+class ImageNetStemAdapter(nn.Module):
+    """Colour image -> ViT tokens through the frozen ImageNet backbone: its stride-16 feature
+    map (the generalist's, `feature_channels` wide) projected to the token width, one token
+    per 16-pixel patch, with the sin-cos position embedding. The preset `tiny-imagenet` uses
+    it, so TST-MM continues from the generalist. Given `visible` (masked pre-training), the
+    masked patches are set to the mean colour (0 after normalisation) before the backbone, so
+    no visible token carries masked content. The backbone never trains here and its batch
+    norms stay in inference mode; end-to-end fine-tuning may unfreeze it later."""
+
+    def __init__(self, dim: int, patch: int, image_size: int):
+        super().__init__()
+        if patch != OUTPUT_STRIDE:
+            raise ValueError(f"the ImageNet stem makes one token per {OUTPUT_STRIDE} pixels; patch size is {patch}")
+        from tst_ros.models.vit import sincos_2d
+
+        self.backbone = EfficientNetLite0Encoder(image_size, pretrained=True).requires_grad_(False)
+        self.channels, self.patch, self.grid = 3, patch, image_size // patch
+        self.feature_channels = self.backbone.feature_dim
+        self.proj = nn.Linear(self.feature_channels, dim)
+        self.register_buffer("pos", sincos_2d(dim, self.grid, self.grid)[None], persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid
+
+    def train(self, mode: bool = True) -> "ImageNetStemAdapter":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) registry-normalised colour -> (B, feature_channels, H/16, W/16)."""
+        if visible is not None:
+            keep = visible.reshape(-1, 1, self.grid, self.grid).to(x.dtype)
+            x = x * F.interpolate(keep, scale_factor=self.patch, mode="nearest")
+        return self.backbone({registry.PRIMARY_IMAGE: x})
+
+    def tokens(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.proj(feature_map.flatten(2).transpose(1, 2)) + self.pos
+
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        return self.tokens(self.features(x, visible))

@@ -263,8 +263,10 @@ class TSTMM(nn.Module):
     # -- forward
     def run(self, batch: dict, seeds) -> dict:
         inputs, present, valid = self.sanitize(batch)
-        tokens = torch.cat([self.encoder.tokenize(n, inputs[n]) for n in self.names], dim=1)
         mask = self.make_mask(present, seeds)
+        starts = np.cumsum([0] + self.n_tokens)
+        tokens = torch.cat([self.encoder.tokenize(n, inputs[n], mask.visible[:, starts[i]:starts[i + 1]])
+                            for i, n in enumerate(self.names)], dim=1)
         encoded = self.encoder.encode(gather_tokens(tokens, mask.ids_keep), mask.key_mask)
         out = {"inputs": inputs, "present": present, "valid": valid, "mask": mask, "pred": {}, "target": {},
                "masked": {}}

@@ -20,6 +20,9 @@ PRESETS: dict[str, dict] = {
     "tiny": {"embed_dim": 192, "depth": 4, "heads": 3},
     "s": {"embed_dim": 384, "depth": 8, "heads": 6},
     "b": {"embed_dim": 768, "depth": 12, "heads": 12},
+    # the tiny ViT whose colour tokens come from the frozen ImageNet backbone
+    # (`generalist.ImageNetStemAdapter`), whose features also pass to the heads
+    "tiny-imagenet": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet"},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -137,8 +140,14 @@ class ImuAdapter(nn.Module):
         return self.embed(x.reshape(b, self.tokens, self.chunk * self.channels)) + self.pos
 
 
-def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int) -> nn.Module:
-    """One input adapter from a registry entry, chosen by its kind."""
+def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int, stem: str = "") -> nn.Module:
+    """One input adapter from a registry entry, chosen by its kind (`stem`: the preset's colour stem)."""
+    if stem and modality.name == registry.PRIMARY_IMAGE:
+        from tst_ros.models import generalist
+
+        if stem != "imagenet":
+            raise ValueError(f"unknown colour stem {stem!r}")
+        return generalist.ImageNetStemAdapter(dim, patch, image_size)
     if modality.kind in SPATIAL_KINDS:
         return PatchAdapter(modality.channels, dim, patch, image_size)
     if modality.kind == "imu":
@@ -155,8 +164,10 @@ class Encoder(nn.Module):
     """Multimodal ViT encoder.
 
     forward(inputs) is the inference path: every token of every given modality is visible
-    and the result is the dense (B, D, H/p, W/p) map averaged over the spatial modalities
-    given. `encode(tokens, key_mask)` is the shared transformer used by masked pre-training.
+    and the result is the dense (B, feature_dim, H/p, W/p) map averaged over the spatial
+    modalities given (with a colour stem, its feature map is concatenated: feature_dim =
+    embed_dim + the stem's channels). `encode(tokens, key_mask)` is the shared transformer used
+    by masked pre-training.
     """
 
     def __init__(self, preset_name: str, modality_names: list[str], image_size: int, patch: int):
@@ -175,7 +186,10 @@ class Encoder(nn.Module):
         self.image_size = image_size
         self.grid = image_size // patch
         self.modalities = list(modality_names)
-        self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size) for m in mods})
+        stem = spec.get("stem", "")
+        self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size, stem)
+                                       for m in mods})
+        self.feature_dim = self.embed_dim + (self.stem.feature_channels if self.stem is not None else 0)
         self.modality_embed = nn.ParameterDict(
             {m.name: nn.Parameter(torch.zeros(1, 1, self.embed_dim)) for m in mods})
         self.blocks = nn.ModuleList([Block(self.embed_dim, self.heads) for _ in range(self.depth)])
@@ -184,6 +198,8 @@ class Encoder(nn.Module):
 
     def reset_parameters(self) -> None:
         for name, m in self.named_modules():
+            if ".backbone." in name:           # a pre-trained stem keeps its weights
+                continue
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -196,15 +212,38 @@ class Encoder(nn.Module):
         for p in self.modality_embed.values():
             nn.init.normal_(p, std=0.02)
 
+    @property
+    def stem(self) -> nn.Module | None:
+        """The colour stem adapter of a stem preset (None otherwise); a property, so the state
+        dict names its weights once."""
+        adapter = self.adapters[registry.PRIMARY_IMAGE] if registry.PRIMARY_IMAGE in self.adapters else None
+        return adapter if hasattr(adapter, "feature_channels") else None
+
     def num_tokens(self, name: str) -> int:
         return self.adapters[name].num_tokens
 
     def spatial_modalities(self) -> list[str]:
         return [n for n in self.modalities if registry.get(n).kind in SPATIAL_KINDS]
 
-    def tokenize(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """One modality's input -> (B, N, D) tokens with position and modality embedding."""
-        return self.adapters[name](x) + self.modality_embed[name]
+    def tokenize(self, name: str, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """One modality's input -> (B, N, D) tokens with position and modality embedding.
+        `visible` (B, N) bool: the tokens masked pre-training keeps; only a colour stem needs it
+        (it blanks the masked patches before its convolutions, patch projections are local)."""
+        adapter = self.adapters[name]
+        tokens = adapter(x, visible) if adapter is self.stem else adapter(x)
+        return tokens + self.modality_embed[name]
+
+    def embed_inputs(self, names: list[str], inputs: dict[str, torch.Tensor]
+                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Tokens of every given modality, and the colour stem's feature map (computed once)."""
+        tokens, stem_map = [], None
+        for n in names:
+            if self.adapters[n] is self.stem:
+                stem_map = self.stem.features(inputs[n])
+                tokens.append(self.stem.tokens(stem_map) + self.modality_embed[n])
+            else:
+                tokens.append(self.tokenize(n, inputs[n]))
+        return tokens, stem_map
 
     def encode(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
@@ -228,8 +267,9 @@ class Encoder(nn.Module):
         return names, spatial
 
     def dense_map(self, out: torch.Tensor, names: list[str], tokens: list[torch.Tensor],
-                  spatial: list[str]) -> torch.Tensor:
-        """Encoded tokens -> (B, D, H/p, W/p), averaged over the spatial modalities."""
+                  spatial: list[str], stem_map: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoded tokens -> (B, feature_dim, H/p, W/p), averaged over the spatial modalities,
+        with the colour stem's map appended (zeros when colour is not among the inputs)."""
         maps, start = [], 0
         for n, t in zip(names, tokens):
             if n in spatial:
@@ -237,12 +277,17 @@ class Encoder(nn.Module):
             start += t.shape[1]
         dense = torch.stack(maps, dim=0).mean(dim=0) if len(maps) > 1 else maps[0]
         b = dense.shape[0]
-        return dense.transpose(1, 2).reshape(b, self.embed_dim, self.grid, self.grid)
+        dense = dense.transpose(1, 2).reshape(b, self.embed_dim, self.grid, self.grid)
+        if self.stem is None:
+            return dense
+        if stem_map is None:
+            stem_map = dense.new_zeros((b, self.stem.feature_channels, self.grid, self.grid))
+        return torch.cat([dense, stem_map], dim=1)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         names, spatial = self.check_inputs(inputs)
-        tokens = [self.tokenize(n, inputs[n]) for n in names]
-        return self.dense_map(self.encode(torch.cat(tokens, dim=1)), names, tokens, spatial)
+        tokens, stem_map = self.embed_inputs(names, inputs)
+        return self.dense_map(self.encode(torch.cat(tokens, dim=1)), names, tokens, spatial, stem_map)
 
     def describe(self) -> dict:
         return {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,

@@ -122,7 +122,7 @@ class PerceptionModel(nn.Module):
         self.encoder = encoder
         self.input_modalities = list(input_modalities)
         self.image_size = int(encoder.image_size)
-        self.pyramid = SimpleFeaturePyramid(encoder.embed_dim, pyramid_dim, encoder.patch_size)
+        self.pyramid = SimpleFeaturePyramid(encoder.feature_dim, pyramid_dim, encoder.patch_size)
         self.input_stem = None
         if input_stem:
             from tst_ros import modalities as registry

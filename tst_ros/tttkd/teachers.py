@@ -181,7 +181,7 @@ class TSTMMTeacher(Teacher):
         self.device = device
         self.path = str(path)
         self.intrinsics = intrinsics
-        self.dim = int(self.encoder.embed_dim)
+        self.dim = int(self.encoder.feature_dim)
         self.name = "tstmm"
         self.modalities = list(self.encoder.modalities)
 

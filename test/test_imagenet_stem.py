@@ -1,0 +1,87 @@
+"""TST-MM continued from the generalist (preset `tiny-imagenet`): the frozen ImageNet backbone
+makes the colour tokens. Masked pre-training blanks masked patches before the backbone, so no
+visible token sees masked content; pre-training never moves the backbone or its batch-norm
+statistics; the heads get the backbone's map beside the transformer's, and a model built on
+it transfers, reloads and exports to ONNX with parity."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tst_ros.config import TransferConfig
+from tst_ros.models import build_encoder, save_encoder
+from tst_ros.models.multimae import build_tstmm
+from tst_ros.sim import labeled_set
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SIZE = 64
+
+
+def test_masked_patch_content_does_not_reach_the_stems_features():
+    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16).eval()
+    grid = SIZE // 16
+    visible = torch.zeros(1, grid * grid, dtype=torch.bool)
+    visible[0, [0, 5, 10]] = True
+    x = torch.randn(1, 3, SIZE, SIZE)
+    pixel_visible = visible.reshape(1, 1, grid, grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    other = torch.where(pixel_visible, x, torch.randn_like(x))      # same visible patches, new masked ones
+    with torch.no_grad():
+        a, b = enc.stem.features(x, visible), enc.stem.features(other, visible)
+        full_a, full_b = enc.stem.features(x), enc.stem.features(other)
+    assert torch.equal(a, b)
+    assert not torch.allclose(full_a, full_b)       # without the mask the content would leak
+
+
+def test_pretraining_steps_leave_the_imagenet_backbone_and_its_statistics_untouched():
+    torch.manual_seed(0)
+    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16)
+    before = {k: v.clone() for k, v in enc.stem.backbone.state_dict().items()}
+    proj_before = enc.stem.proj.weight.detach().clone()
+    model = build_tstmm(enc, ["rgb", "depth"], SIZE, 16, visible_fraction=0.4).train()
+    assert not enc.stem.backbone.training
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(2):
+        batch = {"rgb": torch.randn(4, 3, SIZE, SIZE), "depth": torch.randn(4, 1, SIZE, SIZE)}
+        loss, _ = model(batch, seeds=[step * 4 + i for i in range(4)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = enc.stem.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())        # weights and BN running stats
+    assert not torch.equal(enc.stem.proj.weight, proj_before)
+
+
+def test_the_heads_get_the_transformer_and_backbone_maps_and_colour_may_be_absent():
+    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16).eval()
+    assert enc.feature_dim == enc.embed_dim + enc.stem.feature_channels
+    with torch.no_grad():
+        both = enc({"rgb": torch.randn(2, 3, SIZE, SIZE), "depth": torch.randn(2, 1, SIZE, SIZE)})
+        depth_only = enc({"depth": torch.randn(2, 1, SIZE, SIZE)})
+    assert both.shape == depth_only.shape == (2, enc.feature_dim, SIZE // 16, SIZE // 16)
+    assert torch.count_nonzero(depth_only[:, enc.embed_dim:]) == 0
+    with pytest.raises(ValueError, match="per 16 pixels"):
+        build_encoder("tiny-imagenet", ["rgb"], SIZE, 8)
+
+
+def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(tmp_path):
+    from tst_ros.perception.export import export_model
+    from tst_ros.perception.heads import load_model
+    from tst_ros.perception.transfer import transfer
+
+    labeled = tmp_path / "labeled"
+    labeled_set.write(labeled, 6, seed=1000, width=96, height=72, progress=False)
+    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16)
+    encoder_file = save_encoder(enc, tmp_path / "enc.safetensors")
+    transfer(str(encoder_file), str(labeled), str(tmp_path / "m"), TransferConfig(steps=2, batch=4, seed=0),
+             input_modalities=["rgb", "depth"], show_bar=False)
+    model, meta = load_model(tmp_path / "m")
+    assert meta["encoder"]["preset"] == "tiny-imagenet"
+    reference = enc.stem.backbone.state_dict()
+    assert all(torch.equal(model.encoder.stem.backbone.state_dict()[k], v) for k, v in reference.items())
+    rng = np.random.default_rng(0)
+    frame = (rng.integers(0, 255, (48, 64, 3), np.uint8), rng.uniform(0.5, 4.0, (48, 64)).astype(np.float32))
+    manifest = export_model(tmp_path / "m", tmp_path / "onnx", frames=[frame])
+    assert Path(manifest["path"]).is_file()
