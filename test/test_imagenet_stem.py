@@ -85,3 +85,14 @@ def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(t
     frame = (rng.integers(0, 255, (48, 64, 3), np.uint8), rng.uniform(0.5, 4.0, (48, 64)).astype(np.float32))
     manifest = export_model(tmp_path / "m", tmp_path / "onnx", frames=[frame])
     assert Path(manifest["path"]).is_file()
+
+
+def test_scratch_on_a_stem_preset_is_the_random_plain_encoder_of_its_size():
+    from tst_ros.config import PretrainConfig
+    from tst_ros.perception.transfer import resolve_encoder
+    from tst_ros.train.pretrain import build_model
+
+    enc, meta = resolve_encoder("scratch", preset="tiny-imagenet", image_size=SIZE)
+    assert meta["preset"] == "tiny" and enc.stem is None
+    model = build_model(PretrainConfig(preset="tiny-imagenet", method="scratch", image_size=SIZE))
+    assert model.encoder.preset == "tiny"

@@ -22,7 +22,7 @@ PRESETS: dict[str, dict] = {
     "b": {"embed_dim": 768, "depth": 12, "heads": 12},
     # the tiny ViT whose colour tokens come from the frozen ImageNet backbone
     # (`generalist.ImageNetStemAdapter`), whose features also pass to the heads
-    "tiny-imagenet": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet"},
+    "tiny-imagenet": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny"},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -34,6 +34,12 @@ def preset(name: str) -> dict:
         return dict(PRESETS[name])
     except KeyError:
         raise ValueError(f"unknown encoder preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def random_init_preset(name: str) -> str:
+    """The preset a random-init (`scratch`) encoder of this size uses: a stem preset carries
+    pre-trained weights, so its scratch twin is the plain preset of the same size."""
+    return preset(name).get("random_init", name)
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:

@@ -42,9 +42,10 @@ def resolve_encoder(source: str, preset: str = "tiny", image_size: int = 128, pa
     """`scratch` -> random encoder; `generalist` -> the ImageNet EfficientNet-Lite0
     (tst_ros.models.generalist); otherwise a run directory / encoder file -> (encoder, meta)."""
     from tst_ros.models import build_encoder, load_encoder
+    from tst_ros.models.vit import random_init_preset
 
     if source == "scratch":
-        enc = build_encoder(preset, list(scratch_modalities), image_size, patch)
+        enc = build_encoder(random_init_preset(preset), list(scratch_modalities), image_size, patch)
         return enc, {**enc.describe(), "method": "scratch", "source": "scratch"}
     if source == GENERALIST:
         from tst_ros.models.generalist import EfficientNetLite0Encoder

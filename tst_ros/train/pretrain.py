@@ -28,6 +28,7 @@ from tst_ros import config as config_mod
 from tst_ros import modalities as registry
 from tst_ros.config import Config, PretrainConfig
 from tst_ros.models import ENCODER_FILE, build_encoder, save_encoder
+from tst_ros.models.vit import random_init_preset
 from tst_ros.models.multimae import TSTMM
 from tst_ros.train import engine
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -46,7 +47,8 @@ def method_modalities(cfg: PretrainConfig) -> list[str]:
 
 def build_model(cfg: PretrainConfig) -> TSTMM:
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg.preset, method_modalities(cfg), cfg.image_size, cfg.patch)
+    preset = random_init_preset(cfg.preset) if cfg.method == "scratch" else cfg.preset
+    encoder = build_encoder(preset, method_modalities(cfg), cfg.image_size, cfg.patch)
     target_only = tuple(n for n in cfg.target_only if n in method_modalities(cfg))
     return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim, cfg.decoder_depth, target_only)
 
