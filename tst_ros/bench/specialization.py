@@ -6,7 +6,8 @@ Protocol (same data, steps and seeds for every row):
   1. an unlabeled store of the TEST building (seed 0, style home): the first `record_frames`
      frames of its trajectory (`data.from_sim.build_dataset`);
   2. pre-training with the TST engine (`train.pretrain.pretrain`; `scratch` = random init),
-     with the loop's recipe (the config defaults);
+     with the loop's recipe (the config defaults) on the tiny preset from random init, except
+     the rows that name another (`Pretraining.preset`);
   3. transfer of segmentation + detection heads on a labeled set from OTHER buildings
      (seeds >= 1000, SOURCE_STYLES) with the same steps, batch and fine-tuning mode;
   4. evaluation on `eval_images` consecutive held-out frames of the test building, taken from
@@ -21,7 +22,8 @@ buildings only (twice the steps; the analogue of a broad-data generalist, never 
 and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`);
 `tst-mm-imagenet`, TST-MM continued from the generalist (preset `tiny-imagenet`: colour tokens
 come from the frozen ImageNet backbone, whose features also reach the heads), fed RGB-D or RGB
-only; and the generalist baselines: the
+only, and `tst-mae-imagenet`, TST-MAE continued the same way (its RGB-only twin); and the
+generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
@@ -63,6 +65,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-adapted", "tst-mm-adapted", None, "other", None),
         ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
+        ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
 
@@ -99,7 +102,8 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                 "tst-mm+teacher-targets": Pretraining("tst-mm", "sensors+teachers", teachers_target_only=True),
                 "tst-mm-other-buildings": Pretraining("tst-mm", data="source_store", steps_factor=2),
                 "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings"),
-                "tst-mm-imagenet": Pretraining("tst-mm", preset="tiny-imagenet")}
+                "tst-mm-imagenet": Pretraining("tst-mm", preset="tiny-imagenet"),
+                "tst-mae-imagenet": Pretraining("tst-mae", preset="tiny-imagenet")}
 SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 
 
@@ -332,7 +336,10 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
             "budget": {k: v for k, v in budget.items() if k != "seeds"},
             "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + EVAL_GAP,
                             "recorded_frames": [0, budget["record_frames"] - 1]},
-            "encoder": "tiny preset, 128 px, patch 16", "torch_threads": torch.get_num_threads(),
+            "encoder": {"image_size": 128, "patch": 16, "presets": {
+                name: PRETRAININGS[m].preset if m in PRETRAININGS else "efficientnet-lite0"
+                for name, m, *_ in ROWS if name in rows_wanted}},
+            "torch_threads": torch.get_num_threads(),
             "inputs": inputs, "finetune": finetune, "methods": rows,
             "gap_closed": {name: row["gap_closed"] for name, row in rows.items()},
             "figure": str(figure_rows) if figure_rows else None, "table_markdown": table_markdown(rows),
