@@ -63,7 +63,8 @@ def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(tmp_path):
 
 def test_two_process_ddp_matches_single_process_on_the_same_global_batch(tmp_path):
     args = ["pretrain", "--data", "synthetic:24", "--steps", "3", "--batch", "8", "--image-size", "32",
-            "--patch", "8", "--workers", "0", "--lr", "1e-3", "--seed", "5", "--set", "pretrain.tensorboard=false",
+            "--patch", "8", "--preset", "tiny", "--workers", "0", "--lr", "1e-3", "--seed", "5",
+            "--set", "pretrain.tensorboard=false",
             "--set", "pretrain.warmup_steps=1", "--set", "pretrain.val_batches=1", "--set", "pretrain.checkpoint_every=0",
             "--set", "pretrain.decoder_dim=64", "--set", "pretrain.decoder_depth=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

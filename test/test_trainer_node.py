@@ -25,7 +25,7 @@ from tst_ros.util import sha256_file
 from polling import spinning, stop_processes, wait_for
 
 COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out {{run_dir}} --steps 2000 --batch 4 "
-           "--image-size 32 --patch 8 --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
+           "--image-size 32 --patch 8 --preset tiny --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
            "--set pretrain.tensorboard=false --set pretrain.val_batches=1 --set pretrain.warmup_steps=2 "
            "--set pretrain.decoder_dim=64 --set pretrain.decoder_depth=1")
 
@@ -221,3 +221,18 @@ def test_a_restarted_trainer_continues_the_versions_and_segmentation_hot_loads_i
             spinning_executor.remove_node(trainer)
             trainer.destroy_node()
     assert served["versions"] == [1, 2]
+
+
+def test_the_training_child_waits_for_cores_passively_unless_the_user_says_otherwise(monkeypatch):
+    from tst_ros.ros.nodes.trainer import TrainingProcess
+
+    report = "import json, os; print(json.dumps({'stage': 'env', 'omp': os.environ.get('OMP_WAIT_POLICY')}))"
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", given)
+        child = TrainingProcess([sys.executable, "-c", report])
+        wait_for(lambda: "omp" in child.snapshot(), 120, "the child's report")
+        assert child.snapshot()["omp"] == expected
+        wait_for(lambda: child.returncode() == 0, 120, "the child to exit")
