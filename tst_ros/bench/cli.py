@@ -1,5 +1,5 @@
 """`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]
-[--finetune MODE]`."""
+[--finetune MODE] [--building STYLE:SEED]`."""
 from __future__ import annotations
 
 import importlib
@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: frozen)")
+    p.add_argument("--building", help="specialization only: the test building as style:seed (default home:0)")
     p.set_defaults(func=run)
 
 
@@ -40,6 +41,8 @@ def run(args) -> int:
         options["scaling"] = True
     if args.finetune:
         options["finetune"] = args.finetune
+    if args.building:
+        options["building"] = args.building
     if args.modalities:
         options["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     for option in options:

@@ -3,7 +3,7 @@ TST-MM (and an oracle), measured by segmentation mIoU (all, things, stuff) and d
 held-out frames of that building, over several seeds.
 
 Protocol (same data, steps and seeds for every row):
-  1. an unlabeled store of the TEST building (seed 0, style home): the first `record_frames`
+  1. an unlabeled store of the TEST building (`--building`, default seed 0, style home): the first `record_frames`
      frames of its trajectory (`data.from_sim.build_dataset`);
   2. pre-training with the TST engine (`train.pretrain.pretrain`; `scratch` = random init),
      with the loop's recipe (the config defaults) on the tiny preset from random init, except
@@ -48,6 +48,7 @@ BUDGETS = {
              "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 200,
              "finetune": "frozen", "seeds": [0, 1, 2]},
 }
+TEST_BUILDING = "home:0"  # style:seed of the default test building (never a labeled-set style)
 EVAL_GAP = 7            # frames between the recorded stretch and the held-out one
 METRICS = ("seg_miou", "things_miou", "stuff_miou", "det_map", "det_map50")
 # One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
@@ -182,22 +183,26 @@ def sample_figure(model_dirs: dict[str, str], eval_dir: Path, path: Path, rows: 
 
 
 def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
-               source_store: bool = False, thermal: bool = False) -> dict[str, Path]:
-    """The unlabeled store (with the outputs of `teachers`), the transfer sets (other
-    buildings; the oracle's test building), the held-out evaluation frames (with thermal images
-    when `thermal`) and, with `source_store`, an unlabeled store of SOURCE_BUILDINGS other buildings."""
+               source_store: bool = False, thermal: bool = False, building: str = TEST_BUILDING) -> dict[str, Path]:
+    """The unlabeled store of the test `building` ("style:seed"; with the outputs of `teachers`),
+    the transfer sets (other buildings; the oracle's test building), the held-out evaluation
+    frames (with thermal images when `thermal`) and, with `source_store`, an unlabeled store of
+    SOURCE_BUILDINGS other buildings."""
     from tst_ros.config import RecordConfig, SimConfig
     from tst_ros.data.from_sim import build_dataset
     from tst_ros.data.teach import teach
     from tst_ros.sim import SOURCE_STYLES, labeled_set
+    from tst_ros.sim.tour import Building
 
+    test = Building.parse(building)
     record = budget["record_frames"]
     paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
-    build_dataset(SimConfig(), RecordConfig(dataset=str(paths["store"]), image_size=128), record, paths["store"])
+    build_dataset(SimConfig(seed=test.seed, style=test.style), RecordConfig(dataset=str(paths["store"]), image_size=128),
+                  record, paths["store"])
     labeled_set.write(paths["other"], budget["labeled_images"], seed=1000, progress=False, thermal=thermal)
-    labeled_set.write(paths["oracle"], min(budget["labeled_images"], record), styles=["home"], seed=0,
+    labeled_set.write(paths["oracle"], min(budget["labeled_images"], record), styles=[test.style], seed=test.seed,
                       span_frames=record, progress=False)
-    labeled_set.write(paths["held_out"], budget["eval_images"], styles=["home"], seed=0,
+    labeled_set.write(paths["held_out"], budget["eval_images"], styles=[test.style], seed=test.seed,
                       start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False,
                       thermal=thermal)
     if teachers:
@@ -298,10 +303,12 @@ def table_markdown(rows: dict) -> str:
                              for n, r in rows.items()])
 
 
-def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False, finetune: str | None = None) -> dict:
-    """Every row (or those named in `rows`) at the quick or the full budget, the encoder
-    transferred as `finetune` says (default: the budget's) unless a row fixes it; with
-    `scaling`, the compute-scaling curve instead (`tst_ros.bench.scaling`)."""
+def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False, finetune: str | None = None,
+        building: str = TEST_BUILDING) -> dict:
+    """Every row (or those named in `rows`) at the quick or the full budget on the test
+    `building` ("style:seed"), the encoder transferred as `finetune` says (default: the
+    budget's) unless a row fixes it; with `scaling`, the compute-scaling curve instead
+    (`tst_ros.bench.scaling`)."""
     import torch
 
     if scaling:
@@ -321,9 +328,10 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         rows_run = [r for r in ROWS if r[0] in rows_wanted]
         needed = [PRETRAININGS[k] for k in _needed(PRETRAININGS, {r[1] for r in rows_run})]
         paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
-                           source_store=any(p.data == "source_store" for p in needed))
+                           source_store=any(p.data == "source_store" for p in needed), building=building)
         OUT_DIR.mkdir(exist_ok=True)
         suffix = "_quick" if quick else ("" if budget["finetune"] == "frozen" else f"_{budget['finetune']}")
+        suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
         figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
         per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
@@ -332,7 +340,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     inputs = {name: ",".join(i or (["rgb", "depth"] if m.startswith("tst-mm") else ["rgb"]))
               for name, m, i, _, _ in ROWS if name in rows_wanted}
     finetune = {name: f or budget["finetune"] for name, _, _, _, f in ROWS if name in rows_wanted}
-    return {"test_building": "seed 0, style home", "seeds": seeds,
+    return {"test_building": building, "seeds": seeds,
             "budget": {k: v for k, v in budget.items() if k != "seeds"},
             "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + EVAL_GAP,
                             "recorded_frames": [0, budget["record_frames"] - 1]},

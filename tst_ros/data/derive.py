@@ -1,7 +1,6 @@
 """Derived modalities and training-resolution geometry (ROS-free, vectorised).
 
-- `square_crop_box` / `fit_square`: centre-crop to a square and resize to the training
-  resolution, with the matching `Intrinsics` (`fit_intrinsics`).
+(Camera images reach the training resolution by `geometry.fit_image`, the resize every stage shares.)
 - `normals_from_depth`: camera-frame surface normals from a depth image and intrinsics,
   oriented towards the camera, stored as int8 (x127), 0 where undefined.
 - `kelvin_to_ck`: a float kelvin thermal image to the stored uint16 centi-kelvin.
@@ -20,33 +19,6 @@ CANNY_LOW = 50
 CANNY_HIGH = 150
 # neighbouring depths differing by more than this fraction of the depth are a discontinuity
 NORMAL_MAX_REL_STEP = 0.1
-
-
-def square_crop_box(width: int, height: int) -> tuple[int, int, int]:
-    """(x0, y0, side) of the centred square crop."""
-    side = min(width, height)
-    return (width - side) // 2, (height - side) // 2, side
-
-
-def fit_square(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """Centre-crop (H, W[, C]) to a square and resize to (size, size[, C])."""
-    h, w = image.shape[:2]
-    x0, y0, side = square_crop_box(w, h)
-    crop = image[y0:y0 + side, x0:x0 + side]
-    if side == size:
-        return np.ascontiguousarray(crop)
-    if nearest:
-        interp = cv2.INTER_NEAREST_EXACT
-    else:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    out = cv2.resize(crop, (size, size), interpolation=interp)
-    return out.reshape((size, size) + image.shape[2:])
-
-
-def fit_intrinsics(intr: Intrinsics, size: int) -> Intrinsics:
-    """Intrinsics of `fit_square` applied to an image with intrinsics `intr`."""
-    x0, y0, side = square_crop_box(intr.width, intr.height)
-    return intr.cropped(x0, y0, side, side).scaled(size, size)
 
 
 def depth_to_mm(depth_m: np.ndarray) -> tuple[np.ndarray, int]:

@@ -32,7 +32,7 @@ from tst_ros.data import derive
 from tst_ros.data.store import Store
 from tst_ros.data.sync import FrameSync, RateLimitedWarner, SyncedFrame
 from tst_ros.data.registration import DepthAlignment, DepthNotRegistered
-from tst_ros.geometry import Intrinsics
+from tst_ros.geometry import Intrinsics, fit_image
 from tst_ros.poses import PoseBuffer
 
 # stream -> default topic (README, "The graph"); the recorder and ingest map topics to streams with these.
@@ -212,7 +212,7 @@ class RecordingPipeline:
         present = {m.name: m.name in arrays for m in modalities.recorded()}
         extra = {"missing": {k: v for k, v in missing.items() if not present.get(k, False)},
                  "pose": None if pose is None else [float(x) for x in pose.reshape(-1)],
-                 "intrinsics": None if intr is None else derive.fit_intrinsics(intr, self.size).to_dict(),
+                 "intrinsics": None if intr is None else intr.fitted(self.size).to_dict(),
                  "imu_window_ns": [window_start, int(frame.stamp_ns)] if "imu" in arrays else None}
         self.store.append(arrays, stamp_ns=frame.stamp_ns, present=present, extra=extra, commit=False)
         self._last_kept = {"rgb": small_rgb, "pose": pose}
@@ -225,9 +225,10 @@ class RecordingPipeline:
         """The camera images at training resolution and every derived registry modality whose
         source streams this frame has; absent ones are recorded in `missing`."""
         size = self.size
-        small_depth = None if depth_mm is None else derive.fit_square(depth_mm, size, nearest=True)
-        sources = {modalities.PRIMARY_IMAGE: derive.fit_square(rgb, size), modalities.DEPTH_IMAGE: small_depth,
-                   "camera_info": None if intr is None else derive.fit_intrinsics(intr, size)}
+        small_depth = None if depth_mm is None else modalities.fit_camera_image(modalities.DEPTH_IMAGE, depth_mm, size)
+        sources = {modalities.PRIMARY_IMAGE: modalities.fit_camera_image(modalities.PRIMARY_IMAGE, rgb, size),
+                   modalities.DEPTH_IMAGE: small_depth,
+                   "camera_info": None if intr is None else intr.fitted(size)}
         arrays = {name: sources[name] for name in (modalities.PRIMARY_IMAGE, modalities.DEPTH_IMAGE)
                   if sources[name] is not None}
         if small_depth is None:
@@ -292,7 +293,7 @@ class RecordingPipeline:
         if ck.shape != shape:
             self.counts["resampled:thermal"] += 1
             ck = cv2.resize(ck, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
-        arrays["thermal"] = derive.fit_square(ck, self.size, nearest=True)
+        arrays["thermal"] = modalities.fit_camera_image("thermal", ck, self.size)
 
     def _camera(self, frame: SyncedFrame, shape: tuple[int, int], missing: dict) -> Intrinsics | None:
         intr = frame.camera_info
@@ -311,7 +312,7 @@ class RecordingPipeline:
         if intr != self._meta_intrinsics:
             self._meta_intrinsics = intr
             if self.store.meta.get("original_intrinsics") != intr.to_dict():
-                self.store.update_meta(intrinsics=derive.fit_intrinsics(intr, self.size).to_dict(),
+                self.store.update_meta(intrinsics=intr.fitted(self.size).to_dict(),
                                        original_intrinsics=intr.to_dict())
         return intr
 
@@ -334,7 +335,7 @@ class RecordingPipeline:
             turned = np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1.0, 1.0)))
             return moved < cfg.min_motion_m and turned < cfg.min_rotation_deg
         if cfg.min_image_change > 0:
-            return derive.image_change(derive.fit_square(rgb, self.size), last["rgb"]) < cfg.min_image_change
+            return derive.image_change(modalities.fit_camera_image(modalities.PRIMARY_IMAGE, rgb, self.size), last["rgb"]) < cfg.min_image_change
         return False
 
     def _imu(self, frame: SyncedFrame, arrays: dict, missing: dict) -> int | None:
@@ -385,7 +386,7 @@ class RecordingPipeline:
         names = []
         for name in ("semantic", "instance"):
             if gt.get(name) is not None:
-                arrays[name] = derive.fit_square(np.asarray(gt[name]), self.size, nearest=True)
+                arrays[name] = fit_image(np.asarray(gt[name]), self.size, nearest=True)
                 names.append(name)
         if names and self.store.meta.get("ground_truth") != names:
             self.store.update_meta(ground_truth=names)

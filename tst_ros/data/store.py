@@ -32,7 +32,11 @@ float32 (window, 6) resampled, `points` float32 (N, 6) xyz rgb), plus `imu_raw` 
 and `imu_stamps_ns` int64 (M,) (the raw window), ground truth `semantic` uint8 / `instance`
 uint16 (offline simulator tools only), and `<name>_full` originals when kept.
 
-`meta.json`: {"format": "tst_ros.store", "version": 1, "created_unix", "image_size",
+Camera images and label maps are whole frames stretched to image_size x image_size by
+`geometry.fit_image`, the resize transfer, evaluation and serving use too (version 1 stores
+held centre crops; they are refused: re-ingest their raw bags).
+
+`meta.json`: {"format": "tst_ros.store", "version": 2, "created_unix", "image_size",
 "intrinsics" (at image_size), "original_intrinsics", "modalities" (registry snapshot),
 "ground_truth", "source", "split": {"val_fraction", "block_samples", "first_val_block"},
 "shard_samples", "samples", "time_range_ns"} (the last two refreshed on close; the index is
@@ -67,7 +71,7 @@ import numpy as np
 from tst_ros.util import atomic_write_json, json_default
 
 FORMAT = "tst_ros.store"
-VERSION = 1
+VERSION = 2
 ALIGN = 64
 
 
@@ -162,6 +166,10 @@ class Store:
 
     # ------------------------------------------------------------------ open / recover
     def _check_format(self) -> None:
+        if self.meta.get("format") == FORMAT and self.meta.get("version") == 1:
+            raise ValueError(f"{self.path} is a version 1 store: its images are centre crops, while models "
+                             f"now see whole frames; re-create it from its raw bags "
+                             f"(tst-ros dataset ingest) or from the simulator")
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
             raise ValueError(f"{self.path}: unsupported store format {self.meta.get('format')!r} "
                              f"version {self.meta.get('version')!r} (expected {FORMAT!r} {VERSION})")

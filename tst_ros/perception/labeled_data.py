@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tst_ros import modalities as registry
+from tst_ros.geometry import fit_image
 from tst_ros.perception.runtime import normalisation, prepare_inputs
 
 
@@ -54,8 +55,6 @@ class TransferData:
 
     def __init__(self, items: list[dict], input_modalities: list[str], preprocessing: dict,
                  thing_class_ids: list[int], stride: int = 4):
-        import cv2
-
         from tst_ros.perception.heads import detection_targets
 
         size = tuple(preprocessing["size"])
@@ -71,7 +70,7 @@ class TransferData:
             for n in input_modalities:
                 self.inputs[n].append(x[n])
             h, w = it["rgb"].shape[:2]
-            self.semantic.append(cv2.resize(it["semantic"], (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
+            self.semantic.append(fit_image(it["semantic"], size, nearest=True))
             boxes = np.asarray(it["boxes"], np.float32).reshape(-1, 4) * np.array(
                 [size[1] / w, size[0] / h] * 2, np.float32)
             labels = np.asarray(it["labels"], np.int64).reshape(-1)
