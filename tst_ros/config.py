@@ -59,7 +59,7 @@ class SimConfig:
 @dataclass
 class RecordConfig:
     dataset: str = "data/dataset"
-    image_size: int = 128               # training resolution (square, centre-cropped then resized)
+    image_size: int = 128               # training resolution (square: whole frames resized, as serving does)
     keep_originals: bool = False
     sync_slop_s: float = 0.02
     sync_queue: int = 30

@@ -1,7 +1,7 @@
 """Recording and training data (ROS-free core).
 
 - `sync`: approximate-time synchronisation of the sensor streams and IMU windows
-- `derive`: training-resolution crops, surface normals, Canny edges
+- `derive`: surface normals, Canny edges and the other derived modalities
 - `pipeline`: sync -> decode -> derive -> store, the one path shared by the recorder node,
   bag ingest and the simulator export
 - `store`: the crash-safe, append-only dataset store (format documented there)

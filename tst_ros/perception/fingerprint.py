@@ -8,7 +8,7 @@ building's fingerprint is K prototypes of its frames' embeddings: k-means centre
 (OpenCV's `cv2.kmeans`, k-means++ seeding, fixed seed), L2-normalised.
 
 Frames come from a dataset store (`rgb_full` when the recorder kept originals, else the
-stored `rgb`, which the store centre-cropped to a square) or a COCO-style labeled set
+stored `rgb`, the whole frame resized to a square) or a COCO-style labeled set
 (`perception.labeled_data.load_labeled`). Recognition on these: `tst_ros.perception.recognition`.
 """
 from __future__ import annotations
