@@ -128,3 +128,23 @@ def test_loader_runs_with_two_workers_and_reports_absent_modalities(store):
     full = [ds[i] for i in range(len(ds))]
     absent = [it for it in full if not it["present"]["points"]]
     assert absent and all(float(it["points"].abs().sum()) == 0 for it in absent)
+
+
+def test_a_frame_whose_image_did_not_change_is_skipped_and_a_changed_one_kept(tmp_path):
+    from tst_ros.data.from_sim import push_frame
+    from tst_ros.data.decoders import ArrayDecoder
+    from tst_ros.data.pipeline import RecordingPipeline, open_store
+
+    cfg = RecordConfig(dataset=str(tmp_path / "ds"), image_size=48, min_image_change=0.02)
+    sim = Simulator(SimConfig(width=96, height=72))
+    store = open_store(cfg.dataset, cfg, {"kind": "test"})
+    pipeline = RecordingPipeline(store, cfg, ArrayDecoder(), T_base_camera=sim.T_base_camera)
+    first, later = sim.frame(0), sim.frame(40)
+    repeat = sim.frame(1)
+    repeat.rgb[:] = first.rgb                      # next stamp, same picture: standing still
+    for frame in (first, repeat, later):
+        push_frame(pipeline, frame, sim.intrinsics)
+    pipeline.flush()
+    assert pipeline.counts["skipped_still"] == 1
+    assert len(store) == 2
+    store.close()

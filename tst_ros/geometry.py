@@ -41,9 +41,6 @@ class Intrinsics:
         return Intrinsics(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5,
                           width, height)
 
-    def cropped(self, x0: int, y0: int, width: int, height: int) -> "Intrinsics":
-        return Intrinsics(self.fx, self.fy, self.cx - x0, self.cy - y0, width, height)
-
     def fitted(self, size: int | tuple[int, int]) -> "Intrinsics":
         """Intrinsics of `fit_image` applied to an image with these intrinsics."""
         h, w = _hw(size)

@@ -1,6 +1,6 @@
-"""Derived modalities and training-resolution geometry (ROS-free, vectorised).
+"""Derived modalities, computed from camera images already at training resolution (the
+resize every stage shares is `geometry.fit_image`); ROS-free, vectorised.
 
-(Camera images reach the training resolution by `geometry.fit_image`, the resize every stage shares.)
 - `normals_from_depth`: camera-frame surface normals from a depth image and intrinsics,
   oriented towards the camera, stored as int8 (x127), 0 where undefined.
 - `kelvin_to_ck`: a float kelvin thermal image to the stored uint16 centi-kelvin.

@@ -193,14 +193,14 @@ class RecordingPipeline:
         depth_mm = self._depth(frame, (h, w), missing)
         intr = self._camera(frame, (h, w), missing)
         pose = self._pose(frame.stamp_ns)
-        if self._is_still(rgb, pose):
+        small_rgb = modalities.fit_camera_image(modalities.PRIMARY_IMAGE, rgb, self.size)   # once per frame
+        if self._is_still(small_rgb, pose):
             self.counts["skipped_still"] += 1
             self._carry_window(frame)
             return 0
 
-        arrays = self._images(rgb, depth_mm, intr, missing)
+        arrays = self._images(small_rgb, depth_mm, intr, missing)
         self._thermal(frame, (h, w), arrays, missing)
-        small_rgb = arrays[modalities.PRIMARY_IMAGE]
         window_start = self._imu(frame, arrays, missing)
         self._cloud(frame, arrays, missing)
         self._ground_truth(frame, arrays)
@@ -220,14 +220,13 @@ class RecordingPipeline:
             self.commit()
         return 1
 
-    def _images(self, rgb: np.ndarray, depth_mm: np.ndarray | None, intr: Intrinsics | None,
+    def _images(self, small_rgb: np.ndarray, depth_mm: np.ndarray | None, intr: Intrinsics | None,
                 missing: dict) -> dict[str, np.ndarray]:
-        """The camera images at training resolution and every derived registry modality whose
-        source streams this frame has; absent ones are recorded in `missing`."""
+        """The camera images at training resolution (colour already resized) and every derived
+        registry modality whose source streams this frame has; absent ones are recorded in `missing`."""
         size = self.size
         small_depth = None if depth_mm is None else modalities.fit_camera_image(modalities.DEPTH_IMAGE, depth_mm, size)
-        sources = {modalities.PRIMARY_IMAGE: modalities.fit_camera_image(modalities.PRIMARY_IMAGE, rgb, size),
-                   modalities.DEPTH_IMAGE: small_depth,
+        sources = {modalities.PRIMARY_IMAGE: small_rgb, modalities.DEPTH_IMAGE: small_depth,
                    "camera_info": None if intr is None else intr.fitted(size)}
         arrays = {name: sources[name] for name in (modalities.PRIMARY_IMAGE, modalities.DEPTH_IMAGE)
                   if sources[name] is not None}
@@ -325,7 +324,7 @@ class RecordingPipeline:
             self.counts["pose_lookup_failed"] += 1
             return None
 
-    def _is_still(self, rgb: np.ndarray, pose: np.ndarray | None) -> bool:
+    def _is_still(self, small_rgb: np.ndarray, pose: np.ndarray | None) -> bool:
         cfg, last = self.cfg, self._last_kept
         if last is None:
             return False
@@ -335,7 +334,7 @@ class RecordingPipeline:
             turned = np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1.0, 1.0)))
             return moved < cfg.min_motion_m and turned < cfg.min_rotation_deg
         if cfg.min_image_change > 0:
-            return derive.image_change(modalities.fit_camera_image(modalities.PRIMARY_IMAGE, rgb, self.size), last["rgb"]) < cfg.min_image_change
+            return derive.image_change(small_rgb, last["rgb"]) < cfg.min_image_change
         return False
 
     def _imu(self, frame: SyncedFrame, arrays: dict, missing: dict) -> int | None:

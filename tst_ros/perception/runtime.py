@@ -244,7 +244,8 @@ def prepare_inputs(rgb: np.ndarray, depth_m: np.ndarray | None, input_modalities
                    norm: dict[str, tuple[float, np.ndarray, np.ndarray]], size: tuple[int, int],
                    images: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The one preprocessing path (the store, transfer, evaluation, deployment): the whole frame
-    resized to `size` (`geometry.fit_image`), normalised per modality -> {name: (C, h, w) float32}. Depth is metres with NaN or 0 invalid
+    resized to `size` (`geometry.fit_image`), normalised per modality -> {name: (C, h, w)
+    float32}. Depth is metres with NaN or 0 invalid
     (invalid -> 0 after normalisation, as in the modality registry); other registered
     one-channel cameras (thermal, kelvin) come in `images` in the registry's physical units."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
