@@ -314,7 +314,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     if scaling:
         from tst_ros.bench import scaling as compute_scaling
 
-        return compute_scaling.run(quick)
+        return compute_scaling.run(quick, building=building)
     unknown = set(rows or []) - {r[0] for r in ROWS}
     if unknown:
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
