@@ -1,5 +1,9 @@
-"""Benchmark protocols: the modality ablation's rows and TTT-KD's choice of settings on
-source scenes only; options reach only the benchmarks that take them."""
+"""Benchmark protocols: the modality ablation's rows, TTT-KD's choice of settings on source
+scenes only, the compute-scaling fit; options reach only the benchmarks that take them."""
+import math
+
+import pytest
+
 from tst_ros import modalities
 from tst_ros.bench.modalities import variants
 from tst_ros.bench.ttt_kd import KS, select_on_source
@@ -33,9 +37,30 @@ def test_ttt_kd_settings_are_chosen_on_source_scenes_and_never_on_test_scenes():
 
 
 def test_finetune_option_is_refused_by_benchmarks_without_it():
-    import pytest
-
     from tst_ros.cli import main as cli_main
 
     with pytest.raises(SystemExit, match="bench sim has no --finetune"):
         cli_main(["bench", "sim", "--quick", "--finetune", "full"])
+
+
+def test_scaling_fit_finds_where_a_log_linear_trend_crosses_and_none_when_it_does_not_rise():
+    from tst_ros.bench.scaling import reached_at
+
+    minutes = [2.0, 5.0, 15.0, 40.0]
+    rising = [20 + 2 * math.log(m) for m in minutes]             # crosses 30 at exp(5) min
+    assert reached_at(minutes, rising, 30.0) == pytest.approx(math.exp(5), abs=0.1)
+    assert reached_at(minutes, rising, 23.0) == 5.0               # a measured point already reaches it
+    assert reached_at(minutes, [22.0, 21.0, 20.0, 19.0], 30.0) is None
+    assert reached_at(minutes, rising, 60.0) is None              # only beyond 100x the longest run
+
+
+def test_scaling_margin_pairs_tst_mm_fed_rgb_with_tst_mae_point_by_point():
+    from tst_ros.bench.scaling import RGB_MARGIN_TARGET, RGB_ROW, rgb_margin
+
+    curves = {RGB_ROW: [{"minutes": 2.0, "seg_miou": 31.0}, {"minutes": 40.0, "seg_miou": 34.5}],
+              "tst-mae": [{"minutes": 2.2, "seg_miou": 30.5}, {"minutes": 39.0, "seg_miou": 32.0}]}
+    margin = rgb_margin(curves)
+    assert margin["minutes"] == [2.1, 39.5]
+    assert margin["seg_miou_margin"] == [0.5, 2.5]
+    assert margin["target"] == RGB_MARGIN_TARGET
+    assert margin["reached_at_min"] == 39.5
