@@ -157,3 +157,27 @@ def test_target_only_modalities_are_never_visible_but_always_reconstructed():
     assert torch.isfinite(loss) and {"normals", "edges"} <= {k.split("/")[-1] for k in stats}
     with pytest.raises(ValueError, match="not among"):
         TSTMM(build_encoder("tiny", ["rgb"], 32, 8), target_only=("depth",))
+
+
+def test_colour_only_samples_show_the_primary_image_alone_and_a_zero_share_keeps_the_masks():
+    from tst_ros.models.multimae import TSTMM
+    from tst_ros.models.vit import build_encoder
+
+    encoder = build_encoder("tiny", NAMES, 32, 8)
+    plain = TSTMM(encoder, visible_fraction=1 / 4)
+    present = torch.ones(64, len(NAMES), dtype=torch.bool)
+    seeds = list(range(64))
+    assert torch.equal(TSTMM(encoder, 1 / 4, colour_only_share=0.0).make_mask(present, seeds).budgets,
+                       plain.make_mask(present, seeds).budgets)
+    budgets = TSTMM(encoder, 1 / 4, colour_only_share=0.5).make_mask(present, seeds).budgets
+    rgb = NAMES.index("rgb")
+    alone = budgets.sum(1) == budgets[:, rgb]
+    assert 10 <= int(alone.sum()) <= 54                         # about half of 64 samples
+    assert (budgets[alone, rgb] == plain.hi[rgb]).all()         # all colour tokens but one
+    everything = TSTMM(encoder, 1 / 4, colour_only_share=1.0)
+    out = everything.run(make_batch(), range(4))
+    assert (out["mask"].budgets.sum(1) == out["mask"].budgets[:, rgb]).all()
+    loss, stats = everything.losses(out)                        # the rest is reconstructed from colour
+    assert torch.isfinite(loss) and {"depth", "normals", "edges", "imu"} <= {k.split("/")[-1] for k in stats}
+    with pytest.raises(ValueError, match="colour_only_share"):
+        TSTMM(encoder, 1 / 4, colour_only_share=1.5)

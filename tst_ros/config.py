@@ -91,6 +91,7 @@ class PretrainConfig:
     clip_grad: float = 1.0
     visible_fraction: float = 0.4       # MultiMAE: 1/6; short CPU runs need the larger share (see HEADER)
     dirichlet_alpha: float = 1.0
+    colour_only_share: float = 0.0      # samples showing colour alone; the rest is predicted from it
     decoder_dim: int = 128              # per-modality shallow decoders (MultiMAE: 256-d, 2 blocks)
     decoder_depth: int = 2
     patch: int = 16

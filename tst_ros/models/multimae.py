@@ -74,16 +74,23 @@ def split_budget(weights: np.ndarray, budget: np.ndarray, lo: np.ndarray, hi: np
 
 
 def draw_budgets(present: np.ndarray, n_tokens: list[int], lo: np.ndarray, hi: np.ndarray,
-                 visible_fraction: float, alpha: float, rngs: list[np.random.Generator]) -> np.ndarray:
+                 visible_fraction: float, alpha: float, rngs: list[np.random.Generator],
+                 only: np.ndarray | None = None) -> np.ndarray:
     """Per-sample Dirichlet(alpha) split of round(visible_fraction * tokens of the present
-    modalities that may be visible, hi > 0) across those modalities. present (B,M) bool -> (B,M) int64."""
+    modalities that may be visible, hi > 0) across those modalities; a sample whose `only`
+    row (B,M) bool is set shows those modalities alone, up to their `hi`.
+    present (B,M) bool -> (B,M) int64."""
     present = np.asarray(present, bool) & (np.asarray(hi) > 0)
+    shown = present
+    if only is not None:
+        restricted = present & np.asarray(only, bool)
+        shown = np.where(restricted.any(1, keepdims=True), restricted, present)
     n = np.asarray(n_tokens, np.int64)
     weights = np.zeros(present.shape)
     for i, rng in enumerate(rngs):
-        k = int(present[i].sum())
+        k = int(shown[i].sum())
         if k:
-            weights[i, present[i]] = np.maximum(rng.dirichlet(np.full(k, alpha)), 1e-12)
+            weights[i, shown[i]] = np.maximum(rng.dirichlet(np.full(k, alpha)), 1e-12)
     budget = np.rint(visible_fraction * (present * n).sum(1)).astype(np.int64)
     return split_budget(weights, budget, np.broadcast_to(lo, present.shape), np.broadcast_to(hi, present.shape))
 
@@ -175,10 +182,15 @@ class TSTMM(nn.Module):
 
     def __init__(self, encoder: Encoder, visible_fraction: float = 1 / 6, dirichlet_alpha: float = 1.0,
                  decoder_dim: int = DECODER_DIM, decoder_depth: int = DECODER_DEPTH,
-                 target_only: tuple[str, ...] = ()):
+                 target_only: tuple[str, ...] = (), colour_only_share: float = 0.0):
         super().__init__()
         if not 0 < visible_fraction < 1:
             raise ValueError(f"visible_fraction must be in (0, 1), got {visible_fraction}")
+        if not 0 <= colour_only_share <= 1:
+            raise ValueError(f"colour_only_share must be in [0, 1], got {colour_only_share}")
+        # share of samples that show the primary image alone (all but one of its tokens), so the
+        # other modalities are predicted from colour as the encoder sees it when served colour only
+        self.colour_only_share = float(colour_only_share)
         self.encoder = encoder
         self.visible_fraction = float(visible_fraction)
         self.alpha = float(dirichlet_alpha)
@@ -254,11 +266,20 @@ class TSTMM(nn.Module):
             raise ValueError(f"need one mask seed per sample: {len(seeds)} seeds for {present.shape[0]} samples")
         rngs = [np.random.default_rng(s) for s in seeds]
         budgets = draw_budgets(present.cpu().numpy(), self.n_tokens, self.lo, self.hi,
-                               self.visible_fraction, self.alpha, rngs)
+                               self.visible_fraction, self.alpha, rngs, self._colour_only(rngs))
         noise = np.stack([rng.random(sum(self.n_tokens)) for rng in rngs])
         device = present.device
         return build_mask(torch.from_numpy(noise).float().to(device), torch.from_numpy(budgets).to(device),
                           self.n_tokens)
+
+    def _colour_only(self, rngs: list[np.random.Generator]) -> np.ndarray | None:
+        """(B,M) bool: the primary image column set in the samples drawn to show colour alone."""
+        primary = registry.primary_image().name
+        if self.colour_only_share == 0 or primary not in self.names or len(self.names) == 1:
+            return None                      # no draw: masks stay those of a run without the option
+        only = np.zeros((len(rngs), len(self.names)), bool)
+        only[:, self.names.index(primary)] = [rng.random() < self.colour_only_share for rng in rngs]
+        return only
 
     # -- forward
     def run(self, batch: dict, seeds) -> dict:

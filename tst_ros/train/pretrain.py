@@ -50,7 +50,8 @@ def build_model(cfg: PretrainConfig) -> TSTMM:
     preset = random_init_preset(cfg.preset) if cfg.method == "scratch" else cfg.preset
     encoder = build_encoder(preset, method_modalities(cfg), cfg.image_size, cfg.patch)
     target_only = tuple(n for n in cfg.target_only if n in method_modalities(cfg))
-    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim, cfg.decoder_depth, target_only)
+    return TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim, cfg.decoder_depth, target_only,
+                 cfg.colour_only_share)
 
 
 def collate(items: list[dict]) -> dict:
