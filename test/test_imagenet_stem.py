@@ -96,3 +96,32 @@ def test_scratch_on_a_stem_preset_is_the_random_plain_encoder_of_its_size():
     assert meta["preset"] == "tiny" and enc.stem is None
     model = build_model(PretrainConfig(preset="tiny-imagenet", method="scratch", image_size=SIZE))
     assert model.encoder.preset == "tiny"
+
+
+def test_stem_lr_scale_trains_the_backbone_at_its_share_of_the_lr_and_keeps_its_statistics():
+    from tst_ros.config import PretrainConfig
+    from tst_ros.train import engine
+    from tst_ros.train.pretrain import _train_stem_backbone, build_model
+
+    cfg = PretrainConfig(preset="tiny-imagenet", modalities=["rgb", "depth"], image_size=SIZE, stem_lr_scale=0.1)
+    model = build_model(cfg).train()
+    backbone = model.encoder.stem.backbone
+    weights = {k: v.clone() for k, v in backbone.named_parameters()}
+    stats = {k: v.clone() for k, v in backbone.named_buffers()}
+    scales = _train_stem_backbone(model.encoder, cfg)
+    optimizer = engine.make_optimizer(model, 1e-3, 0.05, scales)
+    engine.set_lr(optimizer, 1e-3)
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    for group in optimizer.param_groups:
+        members = {id(p) in backbone_ids for p in group["params"]}
+        assert len(members) <= 1                                      # no group mixes backbone and the rest
+        if members:
+            assert group["lr"] == pytest.approx(1e-4 if members == {True} else 1e-3)
+    loss, _ = model({"rgb": torch.randn(4, 3, SIZE, SIZE), "depth": torch.randn(4, 1, SIZE, SIZE)}, seeds=range(4))
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(p, weights[k]) for k, p in backbone.named_parameters())
+    assert all(torch.equal(b, stats[k]) for k, b in backbone.named_buffers())   # batch norms stay in inference mode
+    with pytest.raises(ValueError, match="colour stem"):
+        _train_stem_backbone(build_model(PretrainConfig(preset="tiny", modalities=["rgb"], image_size=SIZE)).encoder,
+                             PretrainConfig(preset="tiny", stem_lr_scale=0.1))

@@ -92,6 +92,7 @@ class PretrainConfig:
     visible_fraction: float = 0.4       # MultiMAE: 1/6; short CPU runs need the larger share (see HEADER)
     dirichlet_alpha: float = 1.0
     colour_only_share: float = 0.0      # samples showing colour alone; the rest is predicted from it
+    stem_lr_scale: float = 0.0          # >0: a colour stem's ImageNet backbone trains too, at lr x this
     decoder_dim: int = 128              # per-modality shallow decoders (MultiMAE: 256-d, 2 blocks)
     decoder_depth: int = 2
     patch: int = 16

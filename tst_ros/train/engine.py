@@ -105,24 +105,30 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -
 NO_DECAY_NAMES = ("modality_embed", "mask_token", "pos")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (not on biases, norms, embeddings, mask tokens)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Weight decay on matrices only (not on biases, norms, embeddings, mask tokens); parameters
+    whose names start with a `lr_scales` prefix get their own groups at that share of the lr."""
+    groups: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or any(part in name.split(".") for part in NO_DECAY_NAMES)
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = next((v for prefix, v in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((scale, skip), []).append(p)
+    for key in ((1.0, False), (1.0, True)):       # the two plain groups always exist, in this order
+        groups.setdefault(key, [])
+    order = [(1.0, False), (1.0, True)] + sorted(k for k in groups if k[0] != 1.0)
+    return [{"params": groups[k], "weight_decay": 0.0 if k[1] else weight_decay, "lr_scale": k[0]} for k in order]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                   lr_scales: dict[str, float] | None = None) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr_scales), lr=lr, betas=(0.9, 0.95))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 # ---------------------------------------------------------------- data order

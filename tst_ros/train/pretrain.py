@@ -203,7 +203,7 @@ def _setup(cfg: PretrainConfig, data: str, out: Path, device: str, dist: engine.
     dataset = dataset if dataset is not None else open_dataset(data, "train", names, cfg.image_size, cfg.augment)
     eval_dataset, eval_split = _eval_dataset(cfg, data, names, val_dataset)
     peak = engine.peak_lr(cfg.lr, cfg.base_lr, cfg.batch)
-    optimizer = engine.make_optimizer(model, peak, cfg.weight_decay)
+    optimizer = engine.make_optimizer(model, peak, cfg.weight_decay, _train_stem_backbone(model.encoder, cfg))
     start = 0
     ckpt = out / CHECKPOINT_FILE
     if resume and ckpt.exists():
@@ -228,6 +228,20 @@ def _setup(cfg: PretrainConfig, data: str, out: Path, device: str, dist: engine.
                          f"train_eval_loss, not val_loss", start)
     return Session(cfg, out, device, dist, model, net, optimizer, peak, start, loader, eval_dataset, eval_split,
                    reporter, full_config)
+
+
+def _train_stem_backbone(encoder, cfg: PretrainConfig) -> dict[str, float]:
+    """With `stem_lr_scale` > 0, unfreeze a colour stem's ImageNet backbone so it specialises
+    with the transformer: -> {its parameter prefix: lr share} for the optimizer."""
+    if cfg.stem_lr_scale <= 0:
+        return {}
+    stem = encoder.stem
+    if stem is None:
+        raise ValueError(f"stem_lr_scale {cfg.stem_lr_scale} needs a preset with a colour stem "
+                         f"(tiny-imagenet), not {cfg.preset!r}")
+    stem.backbone.requires_grad_(True)
+    name = next(n for n, m in encoder.named_modules() if m is stem.backbone)
+    return {f"encoder.{name}.": cfg.stem_lr_scale}
 
 
 def _train(s: Session, stop_at: int | None) -> dict:
