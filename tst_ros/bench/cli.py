@@ -21,7 +21,8 @@ def register(sub) -> None:
     p.add_argument("--rows", help="specialization, modalities: comma-separated rows to run (default: all)")
     p.add_argument("--teacher", help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>)")
     p.add_argument("--scaling", action="store_true",
-                   help="specialization only: seg mIoU against pre-training minutes (TST-MM, TST-MAE) and its plot")
+                   help="specialization only: seg mIoU against pre-training minutes (TST-MM, also fed RGB, and "
+                        "TST-MAE on the default preset) and its plot")
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: frozen)")
