@@ -1,8 +1,8 @@
 """Perception serving benchmark: end-to-end latency and memory of the segmentation and
 detection nodes against bare ONNX Runtime inference of the same model, in the same run.
 
-- Model: the deployment shape of `tst-ros transfer` defaults (tiny preset, 128 px, RGB-D
-  inputs), exported to ONNX (weights do not change the cost).
+- Model: the deployment shape of the loop's defaults (its pre-training preset, 128 px, RGB-D
+  inputs, `tst-ros transfer`'s heads), exported to ONNX (weights do not change the cost).
 - Bare: `session.run` of the outputs the node requests (segmentation: `seg_labels`;
   detection: `det_peaks`, `det_box`) on a preprocessed frame in this process, from a thread
   placed on the same core as the node's worker (`tst_ros.perception.threads`), p50/p99,
@@ -115,13 +115,15 @@ def _simulator_frames(count: int, out: dict) -> list[tuple[np.ndarray, np.ndarra
 
 def _benchmark_model(tmp: Path, frames: list, out: dict) -> Path:
     """The deployment-shaped untrained model, exported to ONNX under `tmp`."""
-    from tst_ros.perception.export import export_model
     from tst_ros.bench.models import untrained_model_dir
+    from tst_ros.config import PretrainConfig
+    from tst_ros.perception.export import export_model
 
-    model_dir = untrained_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), seed=0)
+    preset = PretrainConfig().preset
+    model_dir = untrained_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), preset=preset, seed=0)
     sample = [(rgb, d / 1000.0) for rgb, d in frames[:1]]
     onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=sample)["path"])
-    out["model"] = "tiny preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
+    out["model"] = f"{preset} preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
     return onnx_path
 
 
