@@ -9,6 +9,8 @@ import time
 import rclpy
 from rclpy.parameter import Parameter
 
+from peer_exit import shut_down_and_exit
+
 from tst_ros.ros.nodes.sim import SimNode
 
 
@@ -33,9 +35,8 @@ def main() -> int:
     end = time.monotonic() + 1.0  # keep writers alive while reliable delivery completes
     while time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.1)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return 0
+    sys.stdout.flush()
+    shut_down_and_exit(node, 0)
 
 
 def type_of(value: str):
@@ -49,4 +50,4 @@ def type_of(value: str):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

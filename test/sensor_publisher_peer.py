@@ -7,9 +7,7 @@ a subscriber, publishes RATE_HZ * SECONDS messages per topic with QoS RELIABILIT
 waits until reliable subscribers acknowledged them, and prints `published N`. Uses the
 environment's transports (`FASTDDS_BUILTIN_TRANSPORTS=DEFAULT` for a default-transport peer).
 """
-import os
 import sys
-import threading
 import time
 
 import numpy as np
@@ -18,6 +16,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo
 
+from peer_exit import shut_down_and_exit
 from tst_ros.ros.clouds import make_xyz_rgb_cloud
 from tst_ros.ros.conversions import make_header
 from tst_ros.ros.images import array_to_image
@@ -74,17 +73,9 @@ def main() -> int:
             p.wait_for_all_acked(Duration(seconds=10))
     print(f"published {count}", flush=True)
     time.sleep(0.5)
-    # DDS teardown with 4 MB best-effort samples in flight was seen to stall for minutes on a
-    # loaded machine; the count is all the test needs, so the teardown gets a bounded time
-    teardown = threading.Thread(target=lambda: (node.destroy_node(), rclpy.try_shutdown()), daemon=True)
-    teardown.start()
-    teardown.join(TEARDOWN_S)
-    return 0
+    sys.stdout.flush()
+    shut_down_and_exit(node, 0)
 
-
-TEARDOWN_S = 10.0
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)                 # no interpreter-exit hooks: a stalled teardown thread must not hold the exit
+    main()

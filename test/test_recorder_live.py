@@ -36,10 +36,11 @@ def _recorder(dataset, bag, extra=()):
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
     dataset, bag = tmp / "live_store", tmp / "live_bag"
+    import rclpy
+
     rec = _recorder(dataset, bag)
     statuses = []
     try:
-        import rclpy
         from tst_ros.msg import RecorderStatus
         rclpy.init()
         node = rclpy.create_node("status_probe")
@@ -57,8 +58,8 @@ def live(tmp_path_factory):
         while time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
         node.destroy_node()
-        rclpy.try_shutdown()
     finally:
+        rclpy.try_shutdown()        # also when the peer failed: later tests start their own context
         rec.send_signal(signal.SIGINT)
         rec_out = rec.communicate(timeout=120)[0]
     return {"dataset": dataset, "bag": bag, "statuses": statuses, "log": rec_out, "sim_log": sim_out, "tmp": tmp}
