@@ -14,7 +14,7 @@ from peer_exit import shut_down_and_exit
 from tst_ros.ros.nodes.sim import SimNode
 
 
-def main() -> int:
+def main() -> None:
     frames = int(sys.argv[1])
     overrides = [Parameter("frames", value=frames), Parameter("realtime", value=False)]
     for text in sys.argv[2:]:

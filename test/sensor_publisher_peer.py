@@ -47,7 +47,7 @@ def camera_messages(prefix: str):
             f"{prefix}/camera/color/camera_info": info}
 
 
-def main() -> int:
+def main() -> None:
     kind, reliability, rate, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     prefix = sys.argv[5] if len(sys.argv) > 5 else ""
     messages = (cloud_messages if kind == "cloud" else camera_messages)(prefix)

@@ -4,8 +4,9 @@ and fed RGB only) and TST-MAE, with `tst_ros.bench.specialization`'s data, trans
 on the loop's default preset (or `preset`).
 
 The step count of each point comes from a short timed run of the method, its first steps
-(start-up) not counted, so both methods get the same minutes, whatever their step cost. Each method is pre-trained once for the longest
-budget (the two methods in parallel processes, one core each); the points are snapshots of that run
+(start-up) not counted, so both methods get the same minutes, whatever their step cost. Each
+method is pre-trained once for the longest budget (the two methods in parallel processes, one
+core each); the points are snapshots of that run
 (`pretrain(stop_at=...)` checkpoints and resumes, keeping the schedule of the whole run), each
 transferred with a frozen encoder and evaluated on the held-out frames. A snapshot early in a
 long cosine schedule has not been annealed, so the early points understate what a run of
@@ -45,22 +46,13 @@ def _log(msg: str) -> None:
     logging.getLogger("tst_ros.bench.scaling").info(msg)
 
 
-def _config(method: str, steps: int, budget: dict, seed: int, preset: str):
-    from tst_ros.config import PretrainConfig
-
-    return PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
-                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
-                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1,
-                          modalities=spec.sensor_modalities() if method == "tst-mm" else ["rgb"])
-
-
 def steps_for(method: str, store: Path, out: Path, budget: dict, minutes: list[float], calibration: int,
               seed: int, preset: str) -> list[int]:
     """The step counts that take `minutes` on this machine, from a short timed run of `method`
     whose first WARM_STEPS (start-up: allocation, first batches) are not timed."""
     from tst_ros.train.pretrain import pretrain
 
-    cfg = _config(method, WARM_STEPS + calibration, budget, seed, preset)
+    cfg = spec.pretrain_config(method, WARM_STEPS + calibration, budget, seed, preset)
     pretrain(cfg, str(store), out, stop_at=WARM_STEPS)
     per_step = pretrain(cfg, str(store), out, resume=True)["elapsed_s"] / calibration
     return sorted({max(1, int(round(m * 60 / per_step))) for m in minutes})
@@ -73,7 +65,7 @@ def snapshots(method: str, store: Path, out: Path, budget: dict, points: list[in
     from tst_ros.train.pretrain import pretrain
 
     total = max(points)
-    cfg = _config(method, total, budget, seed, preset)
+    cfg = spec.pretrain_config(method, total, budget, seed, preset)
     seconds, out_points = 0.0, []
     for i, point in enumerate(sorted(points)):
         summary = pretrain(cfg, str(store), out / "run", resume=i > 0, stop_at=point if point < total else None)

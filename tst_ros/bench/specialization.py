@@ -118,17 +118,23 @@ def _log(msg: str) -> None:
     logging.getLogger("tst_ros.bench.specialization").info(msg)
 
 
+def pretrain_config(method: str, steps: int, budget: dict, seed: int, preset: str):
+    """The benchmark's pre-training: the loop's recipe at the budget's batch and lr, 128 px, one
+    process on the CPU, no periodic checkpoints."""
+    from tst_ros.config import PretrainConfig
+
+    return PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
+                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
+                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
+
+
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
                      modalities: list[str] | None = None, init: str = "", steps_factor: int = 1,
                      target_only: list[str] | None = None, preset: str = "tiny") -> str:
     """The encoder file of one pre-training at the benchmark budget."""
-    from tst_ros.config import PretrainConfig
     from tst_ros.train.pretrain import pretrain
 
-    steps = budget["pretrain_steps"] * steps_factor
-    cfg = PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
-                         lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
-                         seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
+    cfg = pretrain_config(method, budget["pretrain_steps"] * steps_factor, budget, seed, preset)
     if modalities:
         cfg.modalities = list(modalities)
     cfg.init = init
