@@ -3,9 +3,10 @@ segmentation in the test building, from a frozen RGB base, with `tst_ros.bench.s
 data, held-out frames and seeds; plus the adapter bank's swap latency and building recognition
 (`tst_ros.bench.bank`).
 
-The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store. The second
-modality (depth or thermal, which the base never saw) gets an input adapter (initialised from
-the RGB patch projection) and a LoRA learned without labels on the same store by
+The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store, on the loop's
+default preset (`tiny-imagenet`: colour through the frozen ImageNet stem) unless `preset` names
+another. The second modality (depth or thermal, which the base never saw) gets an input adapter
+(initialised from the RGB patch projection, or fresh when colour has a stem) and a LoRA learned without labels on the same store by
 `tst_ros.train.psst` (the same PSST step budget in every row that runs it). Stage 2
 (`transfer --finetune tp-mome`: task prompts, modality experts, decoder; base and LoRA frozen)
 is then trained with the segmentation loss on the other buildings' labels, RGB + the modality
@@ -152,12 +153,16 @@ def table_markdown(by_modality: dict) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[str, ...] = MODALITIES) -> dict:
+def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[str, ...] = MODALITIES,
+        preset: str | None = None) -> dict:
     import torch
+
+    from tst_ros.config import PretrainConfig
 
     key = "quick" if quick else "full"
     budget = spec.BUDGETS[key]
     steps = {"psst": PSST_STEPS[key], "transfer": TRANSFER_STEPS[key]}
+    preset = preset or PretrainConfig().preset
     seeds = list(seeds if seeds is not None else budget["seeds"])
     torch.set_num_threads(spec.TORCH_THREADS)
     t_all = time.perf_counter()
@@ -167,8 +172,8 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
         per_modality: dict[str, list] = {m: [] for m in modalities}
         account = None
         for seed in seeds:
-            _log(f"seed {seed}: RGB base (TST-MAE)")
-            base = spec.pretrain_encoder("tst-mae", paths["store"], tmp / f"base-{seed}", budget, seed)
+            _log(f"seed {seed}: RGB base (TST-MAE, {preset})")
+            base = spec.pretrain_encoder("tst-mae", paths["store"], tmp / f"base-{seed}", budget, seed, preset=preset)
             for m in modalities:
                 per_modality[m].append(run_modality(seed, m, base, paths, tmp, budget, steps))
             if account is None and registry.DEPTH_IMAGE in modalities:
@@ -177,7 +182,7 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
     by_modality = {m: summarise(rows, seeds) for m, rows in per_modality.items()}
     seg_account = (account or {}).get("segmentation", {})
     result = {"test_building": "seed 0, style home", "seeds": seeds, "task": "segmentation (RGB + modality)",
-              "base": "TST-MAE (RGB) pre-trained on the test building, frozen", "psst_steps": steps["psst"],
+              "base": f"TST-MAE (RGB, preset {preset}) pre-trained on the test building, frozen", "psst_steps": steps["psst"],
               "transfer_steps": steps["transfer"], "lora": LORA,
               "budget": {k: v for k, v in budget.items() if k not in ("seeds", "transfer_steps")},
               "methods": by_modality, "targets": {m: targets(r) for m, r in by_modality.items()},

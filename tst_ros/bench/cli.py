@@ -1,5 +1,5 @@
 """`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]
-[--finetune MODE] [--building STYLE:SEED]`."""
+[--finetune MODE] [--building STYLE:SEED] [--preset P]`."""
 from __future__ import annotations
 
 import importlib
@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: frozen)")
     p.add_argument("--building", help="specialization only: the test building as style:seed (default home:0)")
+    p.add_argument("--preset", help="adapters, specialization --scaling: the encoder preset pre-trained (default: "
+                                    "the loop's, pretrain.preset)")
     p.set_defaults(func=run)
 
 
@@ -44,6 +46,8 @@ def run(args) -> int:
         options["finetune"] = args.finetune
     if args.building:
         options["building"] = args.building
+    if args.preset:
+        options["preset"] = args.preset
     if args.modalities:
         options["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     for option in options:

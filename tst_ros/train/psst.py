@@ -4,7 +4,8 @@ frozen encoder, stored as one small safetensors file.
 The base encoder (a TST run or any encoder file) stays frozen. LoRA (`tst_ros.models.lora`) is
 injected into its blocks and trained, with the target modality's input adapter and modality
 embedding (new, when the base has never seen the modality: initialised from the primary image's
-patch projection averaged over its channels), on unlabeled frames of the modality:
+patch projection averaged over its channels, or freshly when colour enters through a pre-trained
+stem), on unlabeled frames of the modality:
 
 1. **MAE warm-up** (`warmup_steps`): mask `mask_ratio` of the modality's patches, encode the
    visible ones, reconstruct the masked ones with a one-block decoder (MSE on the normalised
@@ -58,11 +59,7 @@ def adapted_encoder(base_file: Path, modality: str, rank: int, alpha: float, tar
     names = list(dict.fromkeys(meta["modalities"] + [modality]))
     encoder = build_encoder(meta["preset"], names, meta["image_size"], meta["patch"])
     if modality not in meta["modalities"]:
-        rgb = state[f"adapters.{registry.PRIMARY_IMAGE}.proj.weight"].mean(dim=1, keepdim=True)
-        channels = registry.get(modality).channels
-        state[f"adapters.{modality}.proj.weight"] = rgb.repeat(1, channels, 1, 1)
-        state[f"adapters.{modality}.proj.bias"] = state[f"adapters.{registry.PRIMARY_IMAGE}.proj.bias"].clone()
-        state[f"modality_embed.{modality}"] = encoder.modality_embed[modality].detach().clone()
+        state.update(_new_input_adapter(encoder, state, modality))
     encoder.load_state_dict(state)
     encoder.requires_grad_(False)
     inject_lora(encoder, rank, alpha, targets)
@@ -71,6 +68,21 @@ def adapted_encoder(base_file: Path, modality: str, rank: int, alpha: float, tar
         if any(name.startswith(i) for i in inputs):
             p.requires_grad_(True)
     return encoder, inputs
+
+
+def _new_input_adapter(encoder, base_state: dict, modality: str) -> dict[str, torch.Tensor]:
+    """Initial input adapter and embedding of a modality the base never saw: the primary image's
+    patch projection averaged over its channels, or, when colour enters through a pre-trained
+    stem (no patch projection to borrow), the fresh projection `encoder` was built with."""
+    prefix = f"adapters.{modality}."
+    fresh = {k: v.detach().clone() for k, v in encoder.state_dict().items() if k.startswith(prefix)}
+    fresh[f"modality_embed.{modality}"] = encoder.modality_embed[modality].detach().clone()
+    rgb_weight = base_state.get(f"adapters.{registry.PRIMARY_IMAGE}.proj.weight")
+    if rgb_weight is not None and rgb_weight.dim() == 4:
+        channels = registry.get(modality).channels
+        fresh[prefix + "proj.weight"] = rgb_weight.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1)
+        fresh[prefix + "proj.bias"] = base_state[f"adapters.{registry.PRIMARY_IMAGE}.proj.bias"].clone()
+    return fresh
 
 
 class DinoHead(nn.Module):
