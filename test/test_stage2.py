@@ -80,6 +80,8 @@ def test_stage2_trains_only_the_task_parts_and_leaves_base_and_lora_bit_identica
     assert account["tasks"]["segmentation"]["trainable"] == account["trainable_parameters"] > 0
     assert account["modalities"]["depth"]["bytes"] == Path(adapter).stat().st_size
     assert 0 < account["lora_fraction"] < 0.1 and 0 < account["trainable_fraction"] < 1
+    assert account["pretrained_stem_parameters"] == 0                                # no stem: one share
+    assert account["trainable_fraction_without_stem"] == account["trainable_fraction"]
     assert account["base_parameters"] == account["encoder_parameters"] - account["modalities"]["depth"]["parameters"]
     printed = format_account(account)
     assert "modality adapter depth" in printed and "task segmentation" in printed

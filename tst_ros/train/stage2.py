@@ -152,6 +152,10 @@ def parameter_account(model, meta: dict, out_dir: str | Path) -> dict:
     account["total_parameters"] = total
     account["trainable_parameters"] = _count(parts_all.values())
     account["trainable_fraction"] = round(account["trainable_parameters"] / max(1, total), 5)
+    # a frozen pre-trained colour stem enlarges the total; the share without it is reported beside
+    stem = _count(t for n, t in model.encoder.state_dict().items() if ".backbone." in n)
+    account["pretrained_stem_parameters"] = stem
+    account["trainable_fraction_without_stem"] = round(account["trainable_parameters"] / max(1, total - stem), 5)
     atomic_write_bytes(Path(out_dir) / TASK_PARTS_FILE, st_save(parts_all, metadata={"tst_ros": json.dumps(
         {"format": "tst_ros.task_parts/1", "tasks": meta["tasks"], "base_sha256": enc.get("base_sha256")})}))
     return account
@@ -166,4 +170,7 @@ def format_account(account: dict) -> str:
         lines.append(f"{'task ' + name:<28}{t['parameters']:>12,}{t['trainable']:>12,}{t['bytes']:>12,}")
     lines.append(f"trainable {account['trainable_parameters']:,} of {account['total_parameters']:,} "
                  f"({100 * account['trainable_fraction']:.1f} %); LoRA {100 * account['lora_fraction']:.2f} % of the encoder")
+    if account.get("pretrained_stem_parameters"):
+        lines.append(f"without the frozen pre-trained stem ({account['pretrained_stem_parameters']:,}): "
+                     f"{100 * account['trainable_fraction_without_stem']:.1f} % trainable")
     return "\n".join(lines)
