@@ -27,8 +27,8 @@ def register(sub) -> None:
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: frozen)")
     p.add_argument("--building", help="specialization only: the test building as style:seed (default home:0)")
-    p.add_argument("--preset", help="adapters, specialization --scaling: the encoder preset pre-trained (default: "
-                                    "the loop's, pretrain.preset)")
+    p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
+                                    "pretrain.preset)")
     p.set_defaults(func=run)
 
 
