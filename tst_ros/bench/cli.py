@@ -25,7 +25,7 @@ def register(sub) -> None:
                         "TST-MAE on the default preset) and its plot")
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
-                   help="specialization only: how every row's transfer treats the encoder (default: frozen)")
+                   help="specialization only: how every row's transfer treats the encoder (default: the loop's, full)")
     p.add_argument("--building", help="specialization only: the test building as style:seed (default home:0)")
     p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
                                     "pretrain.preset)")

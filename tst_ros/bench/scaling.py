@@ -83,7 +83,7 @@ def evaluate_point(encoder: str, paths: dict, out: Path, budget: dict, seed: int
     from tst_ros.config import TransferConfig
     from tst_ros.perception.transfer import evaluate, transfer
 
-    cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"], finetune=budget["finetune"],
+    cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"], finetune="frozen",
                          seed=seed, labeled_images=budget["labeled_images"])
     transfer(encoder, str(paths["other"]), str(out), cfg, input_modalities=inputs, show_bar=False)
     metrics = spec.row_metrics(evaluate(str(out), str(paths["held_out"])))

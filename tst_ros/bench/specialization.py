@@ -39,14 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tst_ros.config import TransferConfig
+
 OUT_DIR = Path("bench")
+DEFAULT_FINETUNE = TransferConfig.finetune      # the main job's transfer: one protocol for both
 
 BUDGETS = {
     "quick": {"record_frames": 24, "pretrain_steps": 6, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 24,
-              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": "frozen", "seeds": [0]},
+              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE, "seeds": [0]},
     "full": {"record_frames": 140, "pretrain_steps": 200, "pretrain_batch": 16, "pretrain_lr": 1e-3,
              "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 200,
-             "finetune": "frozen", "seeds": [0, 1, 2]},
+             "finetune": DEFAULT_FINETUNE, "seeds": [0, 1, 2]},
 }
 TEST_BUILDING = "home:0"  # style:seed of the default test building (never a labeled-set style)
 EVAL_GAP = 7            # frames between the recorded stretch and the held-out one
@@ -248,7 +251,6 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
              figure: Path | None = None) -> dict[str, dict]:
     """Pre-train, transfer and evaluate `rows_run` (ROWS-like tuples whose pre-training keys
     are in `pretrainings`) with one seed."""
-    from tst_ros.config import TransferConfig
     from tst_ros.perception.transfer import GENERALIST, evaluate, transfer
 
     encoders = {GENERALIST: GENERALIST}
@@ -336,7 +338,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
                            source_store=any(p.data == "source_store" for p in needed), building=building)
         OUT_DIR.mkdir(exist_ok=True)
-        suffix = "_quick" if quick else ("" if budget["finetune"] == "frozen" else f"_{budget['finetune']}")
+        suffix = "_quick" if quick else ("" if budget["finetune"] == DEFAULT_FINETUNE else f"_{budget['finetune']}")
         suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
         figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
