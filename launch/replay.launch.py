@@ -10,7 +10,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from tst_ros.ros import ADDED_ENVIRONMENT  # Fast DDS LARGE_DATA transports unless the user chose others
+from tst_ros.ros import ADDED_ENVIRONMENT  # the project's Fast DDS profile unless the user chose transports
 from tst_ros.graph.description import LAUNCH_ARGUMENTS, is_true, replay_spec, resolve, resolve_arguments
 
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-import tst_ros.ros  # noqa: F401  (selects Fast DDS LARGE_DATA transports here and in peers this process starts)
+import tst_ros.ros  # noqa: F401  (selects the project's Fast DDS profile here and in peers this process starts)
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 # A random domain per session so that concurrent test runs do not see each other's topics.

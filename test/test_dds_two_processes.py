@@ -2,7 +2,7 @@
 interfaces (vision_msgs, tf2_msgs), a 640x480 rgb8 Image, a 16UC1
 depth Image and a 100k-point PointCloud2 go out to a separate echo process and come back
 bit-exactly (reliable QoS), with Fast DDS's default transports (UDP + shared memory) and with
-its LARGE_DATA builtin transports."""
+the project's profile (large shared-memory segment, UDP)."""
 import json
 import os
 import subprocess
@@ -93,10 +93,11 @@ def spin_until(executor, condition, what, peer_log):
         executor.spin_once(timeout_sec=0.05)
 
 
-@pytest.mark.parametrize("transports", ["DEFAULT", "LARGE_DATA"])
+@pytest.mark.parametrize("transports", ["DEFAULT", "PROFILE"])
 def test_messages_cross_two_processes_bit_exactly(transports, monkeypatch):
-    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", transports)
-    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)  # a profile would take precedence
+    if transports == "DEFAULT":
+        monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", transports)
+        monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)  # a profile would take precedence
     header = make_header(1_700_000_000_123_456_789, "camera_color_optical_frame")
     messages = {**custom_messages(header)}
     sensors, arrays = sensor_messages(header)

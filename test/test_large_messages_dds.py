@@ -1,12 +1,13 @@
 """Sensor streams between separate processes over real Fast DDS, with the transports and QoS the
 nodes use: 4 MB clouds at 5 Hz reach `ttt_kd` (best-effort and reliable publishers; every received
 cloud labelled or counted as skipped), a best-effort 30 Hz camera reaches the recorder, and a
-peer with Fast DDS's default transports talks to a node on LARGE_DATA transports."""
+peer with Fast DDS's default transports talks to a node on the project's transport profile."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from tst_ros.ros import PROFILE, PROFILE_VARIABLE, TRANSPORT, TRANSPORT_VARIABLE, transport_environment
+from tst_ros.ros import PROFILE, PROFILE_VARIABLE, TRANSPORT_VARIABLE, transport_environment
 from tst_ros.ros.clouds import make_xyz_rgb_cloud
 from tst_ros.ros.nodes.recorder import RecorderNode
 from tst_ros.ros.nodes.ttt_kd import CLOUD_COUNTERS, TTTKDNode
@@ -54,13 +55,24 @@ def finish_peer(peer) -> int:
     return int(out.strip().splitlines()[-1].split()[-1])
 
 
-def test_large_data_transports_are_selected_unless_the_user_chose():
-    ours = {TRANSPORT_VARIABLE: TRANSPORT, PROFILE_VARIABLE: str(PROFILE)}
-    assert PROFILE.is_file() and TRANSPORT in PROFILE.read_text()
-    assert transport_environment({}) == ours
+def test_the_project_profile_is_selected_unless_the_user_chose():
+    assert transport_environment({}) == {PROFILE_VARIABLE: str(PROFILE)}
     assert transport_environment({TRANSPORT_VARIABLE: "UDPv4"}) == {}
     assert transport_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/dds.xml"}) == {}
     assert transport_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/dds.xml"}) == {}
+
+
+def test_the_profile_uses_a_large_shared_memory_segment_and_udp_but_no_tcp():
+    namespace = {"dds": "http://www.eprosima.com"}
+    root = ElementTree.parse(PROFILE).getroot()
+    descriptors = {d.findtext("dds:transport_id", namespaces=namespace): d
+                   for d in root.iterfind(".//dds:transport_descriptor", namespace)}
+    participant = root.find(".//dds:participant[@is_default_profile='true']/dds:rtps", namespace)
+    used = [t.text for t in participant.iterfind("dds:userTransports/dds:transport_id", namespace)]
+    assert participant.findtext("dds:useBuiltinTransports", namespaces=namespace) == "false"
+    assert sorted(descriptors[t].findtext("dds:type", namespaces=namespace) for t in used) == ["SHM", "UDPv4"]
+    shm = next(descriptors[t] for t in used if descriptors[t].findtext("dds:type", namespaces=namespace) == "SHM")
+    assert int(shm.findtext("dds:segment_size", namespaces=namespace)) >= 64 * 2**20
 
 
 @pytest.mark.parametrize("reliability", ["best_effort", "reliable"])
@@ -94,9 +106,9 @@ def test_4mb_clouds_at_5hz_reach_ttt_kd_and_each_is_labelled_or_skipped(reliabil
     assert stats["subscriptions"]["points_topic"].startswith(reliability), stats
 
 
-def test_a_default_transport_peer_and_a_large_data_node_exchange_messages():
+def test_a_default_transport_peer_and_a_node_on_the_project_profile_exchange_messages():
     """The echo peer runs Fast DDS's default transports (UDP + default shared memory); this
-    process runs the project's LARGE_DATA profile. A 1.6 MB cloud and a string go out and back."""
+    process runs the project's profile. A 1.6 MB cloud and a string go out and back."""
     from std_msgs.msg import String
 
     assert os.environ.get(PROFILE_VARIABLE) == str(PROFILE), "this test process must run the project's profile"
