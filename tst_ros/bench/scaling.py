@@ -83,6 +83,7 @@ def evaluate_point(encoder: str, paths: dict, out: Path, budget: dict, seed: int
     from tst_ros.config import TransferConfig
     from tst_ros.perception.transfer import evaluate, transfer
 
+    # A frozen encoder, unlike the loop's default, so that the curve measures pre-training alone.
     cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"], finetune="frozen",
                          seed=seed, labeled_images=budget["labeled_images"])
     transfer(encoder, str(paths["other"]), str(out), cfg, input_modalities=inputs, show_bar=False)
