@@ -1,7 +1,8 @@
 """TST-MM continued from the generalist (preset `tiny-imagenet`): the frozen ImageNet backbone
 makes the colour tokens. Masked pre-training blanks masked patches before the backbone, so no
 visible token sees masked content; pre-training never moves the backbone or its batch-norm
-statistics; the heads get the backbone's map beside the transformer's, and a model built on
+statistics; the heads get the backbone's map beside the transformer's (its finer stages folded
+in where asked, the tokens unchanged), and a model built on
 it transfers (the backbone fine-tuned, its statistics fixed), reloads and exports to ONNX with
 parity."""
 from __future__ import annotations
@@ -76,10 +77,13 @@ def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(t
     labeled_set.write(labeled, 6, seed=1000, width=96, height=72, progress=False)
     enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16)
     encoder_file = save_encoder(enc, tmp_path / "enc.safetensors")
-    transfer(str(encoder_file), str(labeled), str(tmp_path / "m"), TransferConfig(steps=2, batch=4, seed=0),
-             input_modalities=["rgb", "depth"], show_bar=False)
+    transfer(str(encoder_file), str(labeled), str(tmp_path / "m"),
+             TransferConfig(steps=2, batch=4, seed=0, detail_strides=[8]), input_modalities=["rgb", "depth"],
+             show_bar=False)
     model, meta = load_model(tmp_path / "m")
     assert meta["encoder"]["preset"] == "tiny-imagenet"
+    assert meta["encoder"]["detail_strides"] == [8]
+    assert model.encoder.feature_dim == enc.feature_dim + 40 * 4       # the stride-8 stage, folded
     # the default transfer fine-tunes the backbone too, at its layer's lr, with its statistics fixed
     reference, tuned = enc.stem.backbone.state_dict(), model.encoder.stem.backbone.state_dict()
     buffers = {n for n, _ in enc.stem.backbone.named_buffers()} & set(reference)   # batch-norm statistics
@@ -89,6 +93,31 @@ def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(t
     frame = (rng.integers(0, 255, (48, 64, 3), np.uint8), rng.uniform(0.5, 4.0, (48, 64)).astype(np.float32))
     manifest = export_model(tmp_path / "m", tmp_path / "onnx", frames=[frame])
     assert Path(manifest["path"]).is_file()
+
+
+def test_detail_strides_fold_the_finer_stage_losslessly_into_the_heads_map_and_leave_the_tokens_alone():
+    from tst_ros.models.tpmome import encoder_from_description
+
+    enc = build_encoder("tiny-imagenet", ["rgb"], SIZE, 16).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    stage8 = []
+    index8, channels8 = enc.stem.backbone.stage_ends[8]
+    enc.stem.backbone.blocks[index8].register_forward_hook(lambda m, i, out: stage8.append(out))
+    with torch.no_grad():
+        tokens, plain = enc.stem(x), enc({"rgb": x})
+        enc.set_detail([8])
+        tokens_detail, detailed = enc.stem(x), enc({"rgb": x})
+    assert enc.feature_dim == plain.shape[1] + channels8 * 4 == detailed.shape[1]
+    assert torch.equal(detailed[:, :plain.shape[1]], plain)
+    assert torch.equal(tokens_detail, tokens)                          # pre-training sees no change
+    assert torch.equal(torch.nn.functional.pixel_shuffle(detailed[:, plain.shape[1]:], 2), stage8[-1])
+    rebuilt = encoder_from_description(enc.describe())
+    assert rebuilt.feature_dim == enc.feature_dim
+    assert "detail_strides" not in build_encoder("tiny-imagenet", ["rgb"], SIZE, 16).describe()
+    with pytest.raises(ValueError, match="no detail stage"):
+        enc.set_detail([32])
+    with pytest.raises(ValueError, match="colour stem"):
+        build_encoder("tiny", ["rgb"], SIZE, 16).set_detail([8])
 
 
 def test_scratch_on_a_stem_preset_is_the_random_plain_encoder_of_its_size():

@@ -121,6 +121,7 @@ class TransferConfig:
     finetune: str = "full"              # full (layer-wise lr decay) | partial | frozen | tp-mome (stage 2 on modality adapters)
     layer_decay: float = 0.75
     input_stem: bool = True             # stride-4 detail features from the input images beside the encoder's
+    detail_strides: list[int] = field(default_factory=list)  # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)

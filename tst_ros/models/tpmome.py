@@ -146,6 +146,8 @@ def encoder_from_description(desc: dict) -> Encoder:
                                   stage2["modality_drop"], stage2["expert_modalities"])
     else:
         encoder = build_encoder(desc["preset"], desc["modalities"], desc["image_size"], desc["patch"])
+    if desc.get("detail_strides"):
+        encoder.set_detail(desc["detail_strides"])
     lora = desc.get("lora")
     if lora:
         inject_lora(encoder, lora["rank"], lora["alpha"], tuple(lora["targets"]))

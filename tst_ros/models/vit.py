@@ -295,9 +295,19 @@ class Encoder(nn.Module):
         tokens, stem_map = self.embed_inputs(names, inputs)
         return self.dense_map(self.encode(torch.cat(tokens, dim=1)), names, tokens, spatial, stem_map)
 
+    def set_detail(self, strides) -> None:
+        """The colour stem's finer stages (strides < 16) also reach the dense map (see
+        `generalist.EfficientNetLite0Encoder.set_detail`); only a stem preset has them."""
+        if self.stem is None:
+            raise ValueError(f"detail strides need a preset with an ImageNet colour stem; {self.preset!r} has none")
+        self.stem.backbone.set_detail(strides)
+        self.feature_dim = self.embed_dim + self.stem.feature_channels
+
     def describe(self) -> dict:
-        return {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,
+        desc = {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,
                 "patch": self.patch_size, "embed_dim": self.embed_dim, "depth": self.depth, "heads": self.heads}
+        strides = self.stem.backbone.detail_strides if self.stem is not None else ()
+        return {**desc, "detail_strides": list(strides)} if strides else desc
 
 
 def build_encoder(preset: str = "tiny", modalities: list[str] | tuple[str, ...] = (registry.PRIMARY_IMAGE,),

@@ -153,7 +153,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     if cfg.labeled_images and len(items) > cfg.labeled_images:
         items = items[:cfg.labeled_images]
     tasks = _checked_tasks(cfg.tasks)
-    encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
+    encoder, enc_meta = _with_detail(*_encoder_for(encoder_source, cfg, preset, image_size, patch), cfg.detail_strides)
     model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem)
     meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
@@ -221,6 +221,15 @@ def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):
 
         return stage2_encoder(source, cfg)
     return resolve_encoder(source, preset, image_size, patch)
+
+
+def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
+    """The ImageNet backbone's finer stages reach the heads too (`TransferConfig.detail_strides`);
+    an encoder without that backbone is returned as it is."""
+    if not strides or getattr(encoder, "stem", None) is None:    # a plain ViT has no colour stem
+        return encoder, enc_meta
+    encoder.set_detail(strides)
+    return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
 
 
 def _checked_tasks(tasks) -> list[str]:
