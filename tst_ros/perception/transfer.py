@@ -226,7 +226,10 @@ def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):
 def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
     """The ImageNet backbone's finer stages reach the heads too (`TransferConfig.detail_strides`);
     an encoder without that backbone is returned as it is."""
-    if not strides or getattr(encoder, "stem", None) is None:    # a plain ViT has no colour stem
+    from tst_ros.models.generalist import EfficientNetLite0Encoder
+
+    has_backbone = isinstance(encoder, EfficientNetLite0Encoder) or getattr(encoder, "stem", None) is not None
+    if not strides or not has_backbone:             # a plain ViT has no ImageNet colour stem
         return encoder, enc_meta
     encoder.set_detail(strides)
     return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
