@@ -59,6 +59,8 @@ class TransferData:
 
         size = tuple(preprocessing["size"])
         norm = normalisation(preprocessing)
+        colour = norm.get(registry.PRIMARY_IMAGE)
+        self.colour_norm = None if colour is None else (colour[1], colour[2])   # (mean, std) for jitter
         channel_of = {cid: i for i, cid in enumerate(thing_class_ids)}
         self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
         self.semantic, self.boxes, self.labels = [], [], []
@@ -112,8 +114,34 @@ class TransferData:
             weights /= (weights * share).sum()
         return weights.astype(np.float32)
 
-    def batch(self, idx: np.ndarray, flips: np.ndarray) -> dict:
-        """Arrays for items `idx`, flipped horizontally where `flips` is True."""
+    def batch(self, idx: np.ndarray, flips: np.ndarray, rng: np.random.Generator | None = None,
+              augmentation=None) -> dict:
+        """Arrays for items `idx`, flipped horizontally where `flips` is True, each first through
+        `augmentation` (`tst_ros.perception.augment.Augmentation`, drawn from `rng`) when given."""
+        if augmentation is None or not augmentation.active:
+            return self._plain_batch(idx, flips)
+        if rng is None:
+            raise ValueError("augmentation needs a random generator")
+        samples = [self._augmented(int(i), bool(f), rng, augmentation) for i, f in zip(idx, flips)]
+        return {"inputs": {n: np.stack([s["inputs"][n] for s in samples]) for n in self.inputs},
+                **{k: np.stack([s[k] for s in samples]) for k in ("semantic", "heatmap", "box", "box_weight")}}
+
+    def _augmented(self, i: int, flip: bool, rng: np.random.Generator, augmentation) -> dict:
+        from tst_ros.perception.augment import augment_sample
+        from tst_ros.perception.heads import detection_targets
+
+        inputs, semantic, boxes, labels = augment_sample(
+            augmentation, rng, {n: v[i] for n, v in self.inputs.items()}, self.semantic[i], self.boxes[i],
+            self.labels[i], self.colour_norm)
+        if flip:
+            inputs = {n: x[..., ::-1] for n, x in inputs.items()}
+            semantic = semantic[..., ::-1]
+            boxes = boxes.copy()
+            boxes[:, [0, 2]] = self.size[1] - boxes[:, [2, 0]]
+        heat, box, weight = detection_targets(boxes, labels, self.size[0], self.num_things, self.stride)
+        return {"inputs": inputs, "semantic": semantic, "heatmap": heat, "box": box, "box_weight": weight}
+
+    def _plain_batch(self, idx: np.ndarray, flips: np.ndarray) -> dict:
         def pick(arr):
             out = arr[idx].copy()
             out[flips] = out[flips][..., ::-1]

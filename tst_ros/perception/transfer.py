@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tst_ros import modalities as registry
+from tst_ros.perception.augment import Augmentation
 from tst_ros.perception.labeled_data import (TransferData, depth_metres, extra_images, load_labeled,  # noqa: F401
                                              read_categories)
 from tst_ros.perception.runtime import Predictor
@@ -162,6 +163,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     groups = param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     frozen = cfg.finetune == "frozen"
+    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter)   # frozen: cached features
     cache = _frozen_features(model, data, device) if frozen else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
     warmup = max(1, cfg.steps // 10)
@@ -176,7 +178,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(step, cfg.steps, warmup)
         idx = rng.integers(0, len(data), size=min(cfg.batch, len(data)))
         flips = rng.random(len(idx)) < 0.5
-        b = data.batch(idx, flips)
+        b = data.batch(idx, flips, rng, augmentation)
         with autocast(device):
             if frozen:
                 feats = _on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]), device)

@@ -1,0 +1,80 @@
+"""Training-time augmentation of labeled transfer batches, applied at network resolution after
+the one preprocessing path: random zoom-in crops (inputs, label map and boxes cropped alike and
+resized back) and colour jitter of the colour image (per-channel gain and a shared brightness
+shift, in intensity units). Detection targets of augmented samples are rebuilt from their boxes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from tst_ros import modalities as registry
+
+MIN_VISIBLE = 0.25          # a cropped box keeps at least this share of its area, else it is dropped
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    zoom: float = 0.0        # crops cover 1 / (1 + U(0, zoom)) of each side, resized back to the input size
+    colour: float = 0.0      # gains U(1 - c, 1 + c) per channel, brightness U(-c/2, c/2), intensities clipped to [0, 1]
+
+    def __post_init__(self) -> None:
+        if self.zoom < 0 or not 0 <= self.colour < 1:
+            raise ValueError(f"augmentation zoom must be >= 0 and colour in [0, 1), got {self.zoom}, {self.colour}")
+
+    @property
+    def active(self) -> bool:
+        return self.zoom > 0 or self.colour > 0
+
+
+def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+              scale: float, corner: tuple[float, float]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """One sample's inputs {name: (C, H, W)}, label map (H, W) and boxes (K, 4) xyxy cropped to
+    a window 1/scale of each side at the relative `corner` (each in [0, 1]) and resized back.
+    Colour is resampled bilinearly; other images (depth: 0 = invalid) and labels by nearest."""
+    h, w = semantic.shape
+    ch, cw = max(1, round(h / scale)), max(1, round(w / scale))
+    y0, x0 = round(corner[0] * (h - ch)), round(corner[1] * (w - cw))
+
+    def crop(image: np.ndarray, nearest: bool) -> np.ndarray:
+        part = image[..., y0:y0 + ch, x0:x0 + cw]
+        interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+        if part.ndim == 2:
+            return cv2.resize(part, (w, h), interpolation=interp)
+        return np.stack([cv2.resize(c, (w, h), interpolation=interp) for c in part])
+
+    out = {n: crop(x, nearest=n != registry.PRIMARY_IMAGE) for n, x in inputs.items()}
+    sem = crop(semantic.astype(np.int32), nearest=True).astype(semantic.dtype)
+    gain = np.array([w / cw, h / ch] * 2, np.float32)
+    moved = (boxes - np.array([x0, y0, x0, y0], np.float32)) * gain
+    clipped = np.clip(moved, 0, [w, h, w, h]).astype(np.float32)
+    area = lambda b: np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)  # noqa: E731
+    keep = area(clipped) >= MIN_VISIBLE * np.maximum(area(moved), 1e-6)
+    return out, sem, clipped[keep], labels[keep]
+
+
+def jitter_colour(image: np.ndarray, mean: np.ndarray, std: np.ndarray, gains: np.ndarray,
+                  brightness: float) -> np.ndarray:
+    """A normalised colour image (3, H, W) with its intensities scaled per channel, shifted and
+    clipped to [0, 1], normalised again."""
+    m, s = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+    intensity = np.clip((image * s + m) * gains.reshape(-1, 1, 1) + brightness, 0.0, 1.0)
+    return ((intensity - m) / s).astype(np.float32)
+
+
+def augment_sample(aug: Augmentation, rng: np.random.Generator, inputs: dict, semantic: np.ndarray,
+                   boxes: np.ndarray, labels: np.ndarray, colour_norm: tuple | None):
+    """One sample through `aug` (zoom with probability 1/2; colour jitter always when set);
+    `colour_norm` = (mean, std) of the colour image, None when there is none."""
+    if aug.zoom > 0 and rng.random() < 0.5:
+        scale = 1.0 + rng.uniform(0.0, aug.zoom)
+        inputs, semantic, boxes, labels = zoom_crop(inputs, semantic, boxes, labels, scale,
+                                                    (rng.random(), rng.random()))
+    if aug.colour > 0 and colour_norm is not None and registry.PRIMARY_IMAGE in inputs:
+        gains = rng.uniform(1 - aug.colour, 1 + aug.colour, 3).astype(np.float32)
+        brightness = rng.uniform(-aug.colour / 2, aug.colour / 2)
+        inputs = {**inputs, registry.PRIMARY_IMAGE: jitter_colour(inputs[registry.PRIMARY_IMAGE], *colour_norm,
+                                                                  gains, brightness)}
+    return inputs, semantic, boxes, labels
