@@ -123,7 +123,7 @@ class TransferConfig:
     input_stem: bool = True             # stride-4 detail features from the input images beside the encoder's
     detail_strides: list[int] = field(default_factory=list)  # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
     zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
-    colour_jitter: float = 0.0          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen)
+    colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
