@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tst_ros.config import TransferConfig
-from tst_ros.perception.augment import Augmentation, augment_sample, jitter_colour, zoom_crop
+from tst_ros.perception.augment import Augmentation, jitter_batch, jitter_colour, zoom_crop, zoom_sample
 from tst_ros.perception.labeled_data import TransferData, load_labeled
 from tst_ros.perception.transfer import new_model, resolve_encoder, transfer
 from tst_ros.sim import labeled_set
@@ -61,8 +61,11 @@ def test_augmentation_settings_are_checked():
     with pytest.raises(ValueError, match="colour"):
         Augmentation(colour=1.0)
     inputs, semantic, boxes, labels = _sample()
-    out = augment_sample(Augmentation(colour=0.3), np.random.default_rng(1), inputs, semantic, boxes, labels, None)
-    assert np.array_equal(out[0]["rgb"], inputs["rgb"])                    # no colour normalisation: untouched
+    out = zoom_sample(0.0, np.random.default_rng(1), inputs, semantic, boxes, labels)
+    assert out[0] is inputs and out[2] is boxes                             # no zoom: untouched
+    images = np.zeros((2, 3, 4, 4), np.float32)
+    jittered = jitter_batch(images, MEAN, STD, 0.3, np.random.default_rng(2))
+    assert not np.array_equal(jittered[0], jittered[1])                     # each image draws its own
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,11 @@ def test_augmented_batches_carry_detection_targets_of_their_own_boxes(labeled):
     aug = data.batch(idx, flips, np.random.default_rng(0), Augmentation(zoom=1.0, colour=0.2))
     assert {k: v.shape for k, v in aug.items() if k != "inputs"} == {k: v.shape for k, v in plain.items() if k != "inputs"}
     assert not np.array_equal(aug["inputs"]["rgb"], plain["inputs"]["rgb"])
-    # colour jitter alone leaves the geometry: targets rebuilt per sample equal the cached ones
+    # a sample that draws no crop on the zoom path rebuilds exactly the cached (mirrored) targets
+    assert np.random.default_rng(0).random() >= 0.5
+    rebuilt = data._zoomed(1, True, np.random.default_rng(0), Augmentation(zoom=0.5))
+    assert all(np.array_equal(rebuilt[k], t[1]) for k, t in zip(("heatmap", "box", "box_weight"), data.targets[True]))
+    # colour jitter alone leaves the geometry and the targets as they were
     coloured = data.batch(idx, flips, np.random.default_rng(0), Augmentation(colour=0.1))
     assert all(np.array_equal(coloured[k], plain[k]) for k in ("semantic", "heatmap", "box", "box_weight"))
     with pytest.raises(ValueError, match="random generator"):

@@ -1,7 +1,8 @@
 """Training-time augmentation of labeled transfer batches, applied at network resolution after
 the one preprocessing path: random zoom-in crops (inputs, label map and boxes cropped alike and
 resized back) and colour jitter of the colour image (per-channel gain and a shared brightness
-shift, in intensity units). Detection targets of augmented samples are rebuilt from their boxes.
+shift, in intensity units). Detection targets of zoomed samples are rebuilt from their boxes;
+colour jitter leaves the cached ones.
 """
 from __future__ import annotations
 
@@ -64,17 +65,19 @@ def jitter_colour(image: np.ndarray, mean: np.ndarray, std: np.ndarray, gains: n
     return ((intensity - m) / s).astype(np.float32)
 
 
-def augment_sample(aug: Augmentation, rng: np.random.Generator, inputs: dict, semantic: np.ndarray,
-                   boxes: np.ndarray, labels: np.ndarray, colour_norm: tuple | None):
-    """One sample through `aug` (zoom with probability 1/2; colour jitter always when set);
-    `colour_norm` = (mean, std) of the colour image, None when there is none."""
-    if aug.zoom > 0 and rng.random() < 0.5:
-        scale = 1.0 + rng.uniform(0.0, aug.zoom)
-        inputs, semantic, boxes, labels = zoom_crop(inputs, semantic, boxes, labels, scale,
-                                                    (rng.random(), rng.random()))
-    if aug.colour > 0 and colour_norm is not None and registry.PRIMARY_IMAGE in inputs:
-        gains = rng.uniform(1 - aug.colour, 1 + aug.colour, 3).astype(np.float32)
-        brightness = rng.uniform(-aug.colour / 2, aug.colour / 2)
-        inputs = {**inputs, registry.PRIMARY_IMAGE: jitter_colour(inputs[registry.PRIMARY_IMAGE], *colour_norm,
-                                                                  gains, brightness)}
+def zoom_sample(zoom: float, rng: np.random.Generator, inputs: dict, semantic: np.ndarray, boxes: np.ndarray,
+                labels: np.ndarray):
+    """One sample zoomed in with probability 1/2 by 1 + U(0, zoom) at a random place."""
+    if zoom > 0 and rng.random() < 0.5:
+        return zoom_crop(inputs, semantic, boxes, labels, 1.0 + rng.uniform(0.0, zoom), (rng.random(), rng.random()))
     return inputs, semantic, boxes, labels
+
+
+def jitter_batch(images: np.ndarray, mean: np.ndarray, std: np.ndarray, colour: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Normalised colour images (B, 3, H, W), each with its own gains and brightness drawn from `rng`."""
+    out = np.empty_like(images)
+    for k, image in enumerate(images):
+        gains = rng.uniform(1 - colour, 1 + colour, 3).astype(np.float32)
+        out[k] = jitter_colour(image, mean, std, gains, rng.uniform(-colour / 2, colour / 2))
+    return out

@@ -50,6 +50,13 @@ def extra_images(item: dict, input_modalities: list[str]) -> dict[str, np.ndarra
     return {n: a.astype(np.float32) * registry.get(n).scale for n, a in stored.items() if n in input_modalities}
 
 
+def mirrored_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """(K, 4) xyxy boxes of an image mirrored left to right."""
+    out = boxes.copy()
+    out[:, [0, 2]] = width - boxes[:, [2, 0]]
+    return out
+
+
 class TransferData:
     """Labeled items preprocessed once to network resolution (arrays kept in memory)."""
 
@@ -89,9 +96,7 @@ class TransferData:
         for flip in (False, True):
             hm, bt, bw = [], [], []
             for boxes, labels in zip(self.boxes, self.labels):
-                b = boxes.copy()
-                if flip:
-                    b[:, [0, 2]] = size[1] - boxes[:, [2, 0]]
+                b = mirrored_boxes(boxes, size[1]) if flip else boxes
                 t = detection_targets(b, labels, size[0], self.num_things, self.stride)
                 hm.append(t[0]); bt.append(t[1]); bw.append(t[2])
             self.targets[flip] = (np.stack(hm), np.stack(bt), np.stack(bw))
@@ -122,22 +127,30 @@ class TransferData:
             return self._plain_batch(idx, flips)
         if rng is None:
             raise ValueError("augmentation needs a random generator")
-        samples = [self._augmented(int(i), bool(f), rng, augmentation) for i, f in zip(idx, flips)]
-        return {"inputs": {n: np.stack([s["inputs"][n] for s in samples]) for n in self.inputs},
-                **{k: np.stack([s[k] for s in samples]) for k in ("semantic", "heatmap", "box", "box_weight")}}
+        if augmentation.zoom > 0:            # geometry changes: targets rebuilt per sample
+            samples = [self._zoomed(int(i), bool(f), rng, augmentation) for i, f in zip(idx, flips)]
+            out = {"inputs": {n: np.stack([s["inputs"][n] for s in samples]) for n in self.inputs},
+                   **{k: np.stack([s[k] for s in samples]) for k in ("semantic", "heatmap", "box", "box_weight")}}
+        else:                                # colour only: the cached targets hold
+            out = self._plain_batch(idx, flips)
+        if augmentation.colour > 0 and self.colour_norm is not None:
+            from tst_ros.perception.augment import jitter_batch
 
-    def _augmented(self, i: int, flip: bool, rng: np.random.Generator, augmentation) -> dict:
-        from tst_ros.perception.augment import augment_sample
+            out["inputs"][registry.PRIMARY_IMAGE] = jitter_batch(out["inputs"][registry.PRIMARY_IMAGE],
+                                                                 *self.colour_norm, augmentation.colour, rng)
+        return out
+
+    def _zoomed(self, i: int, flip: bool, rng: np.random.Generator, augmentation) -> dict:
+        from tst_ros.perception.augment import zoom_sample
         from tst_ros.perception.heads import detection_targets
 
-        inputs, semantic, boxes, labels = augment_sample(
-            augmentation, rng, {n: v[i] for n, v in self.inputs.items()}, self.semantic[i], self.boxes[i],
-            self.labels[i], self.colour_norm)
+        inputs, semantic, boxes, labels = zoom_sample(
+            augmentation.zoom, rng, {n: v[i] for n, v in self.inputs.items()}, self.semantic[i], self.boxes[i],
+            self.labels[i])
         if flip:
             inputs = {n: x[..., ::-1] for n, x in inputs.items()}
             semantic = semantic[..., ::-1]
-            boxes = boxes.copy()
-            boxes[:, [0, 2]] = self.size[1] - boxes[:, [2, 0]]
+            boxes = mirrored_boxes(boxes, self.size[1])
         heat, box, weight = detection_targets(boxes, labels, self.size[0], self.num_things, self.stride)
         return {"inputs": inputs, "semantic": semantic, "heatmap": heat, "box": box, "box_weight": weight}
 
