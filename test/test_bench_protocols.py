@@ -64,3 +64,17 @@ def test_scaling_margin_pairs_tst_mm_fed_rgb_with_tst_mae_point_by_point():
     assert margin["seg_miou_margin"] == [0.5, 2.5]
     assert margin["target"] == RGB_MARGIN_TARGET
     assert margin["reached_at_min"] == 39.5
+
+
+def test_adapters_benchmark_refuses_unknown_rows_and_summarises_a_subset_without_targets():
+    from tst_ros.bench import adapters
+
+    with pytest.raises(SystemExit, match="no rows"):
+        adapters.run(quick=True, rows=["stage 2 only", "no such row"])
+    per_seed = [{name: {"seg_miou": 20.0 + s, "things_miou": 10.0, "stuff_miou": 60.0, "trainable_fraction": 0.09}
+                 for name in ("stage 2 only", adapters.FULL_FINETUNING)} for s in (0, 1)]
+    rows = adapters.summarise(per_seed, [0, 1])
+    assert list(rows) == ["stage 2 only", adapters.FULL_FINETUNING]
+    assert rows["stage 2 only"]["seg_miou"] == {"mean": 20.5, "std": 0.5, "seeds": {"0": 20.0, "1": 21.0}}
+    assert adapters.targets(rows) == {}
+    assert "| stage 2 only |" in adapters.table_markdown({"depth": rows})

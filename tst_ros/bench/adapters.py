@@ -89,11 +89,19 @@ def merged_encoder_file(base: str, adapter: str, out: Path) -> str:
     return str(save_encoder(merge_lora(encoder), out / "encoder.safetensors", method="tst-mae+input"))
 
 
-def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, budget: dict, steps: dict) -> dict:
+def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, budget: dict, steps: dict,
+                 names: list[str] | None = None) -> dict:
     from tst_ros.perception.transfer import evaluate
 
+    names = list(names or ROWS)
     rows, adapters = {}, {}
-    for name, row in ROWS.items():
+    if FULL_FINETUNING in names and "stage 2 only" not in names:
+        # full fine-tuning starts from the untrained input adapter (no PSST steps: cheap)
+        work = tmp / f"{modality}-untrained-{seed}"
+        adapters["stage 2 only"] = modality_adapter(base, paths["store"], work, modality, ROWS["stage 2 only"],
+                                                    steps["psst"], seed, budget["pretrain_batch"])
+    for name in names:
+        row = ROWS[name]
         work = tmp / f"{modality}-{name}-{seed}".replace(" ", "_").replace("+", "p")
         _log(f"seed {seed}, {modality}: {name}")
         if row is None:
@@ -125,7 +133,7 @@ def storage_account(base: str, adapter: str, paths: dict, tmp: Path, budget: dic
 
 def summarise(per_seed: list[dict], seeds: list[int]) -> dict:
     out = {}
-    for name in ROWS:
+    for name in (n for n in ROWS if n in per_seed[0]):
         row = {}
         for metric in SEG_METRICS:
             values = [round(r[name][metric], 2) for r in per_seed]
@@ -137,6 +145,8 @@ def summarise(per_seed: list[dict], seeds: list[int]) -> dict:
 
 
 def targets(rows: dict) -> dict:
+    if not all(n in rows for n in ("full (error-weighted)", "stage 2 only", FULL_FINETUNING)):
+        return {}
     full, s2, ft = (rows[n]["seg_miou"]["mean"] for n in ("full (error-weighted)", "stage 2 only", FULL_FINETUNING))
     return {"full_minus_stage2_only": round(full - s2, 2), "full >= stage 2 only + 2": full >= s2 + 2,
             "full_minus_full_finetuning": round(full - ft, 2), "full >= full fine-tuning - 1": full >= ft - 1,
@@ -155,7 +165,7 @@ def _share_targets(seg_account: dict) -> dict:
 def table_markdown(by_modality: dict) -> str:
     lines = ["| row | " + " | ".join(f"RGB-{m} seg mIoU" for m in by_modality) + " | trained share |",
              "|---|" + "---|" * (len(by_modality) + 1)]
-    for name in ROWS:
+    for name in (n for n in ROWS if n in next(iter(by_modality.values()))):
         cells = [f"{r[name]['seg_miou']['mean']:.1f} ± {r[name]['seg_miou']['std']:.1f}" for r in by_modality.values()]
         share = next(iter(by_modality.values()))[name]["trainable_fraction"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * share:.1f} % |")
@@ -163,7 +173,7 @@ def table_markdown(by_modality: dict) -> str:
 
 
 def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[str, ...] = MODALITIES,
-        preset: str | None = None) -> dict:
+        preset: str | None = None, building: str = spec.TEST_BUILDING, rows: list[str] | None = None) -> dict:
     import torch
 
     from tst_ros.config import PretrainConfig
@@ -173,24 +183,28 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
     steps = {"psst": PSST_STEPS[key], "transfer": TRANSFER_STEPS[key]}
     preset = preset or PretrainConfig().preset
     seeds = list(seeds if seeds is not None else budget["seeds"])
+    unknown = sorted(set(rows or ()) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"bench adapters has no rows {unknown}; rows: {', '.join(ROWS)}")
     torch.set_num_threads(spec.TORCH_THREADS)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tst-bench-adapters-") as tmp:
         tmp = Path(tmp)
-        paths = spec.build_data(tmp, budget, thermal="thermal" in modalities)
+        paths = spec.build_data(tmp, budget, thermal="thermal" in modalities, building=building)
         per_modality: dict[str, list] = {m: [] for m in modalities}
         account = None
         for seed in seeds:
             _log(f"seed {seed}: RGB base (TST-MAE, {preset})")
             base = spec.pretrain_encoder("tst-mae", paths["store"], tmp / f"base-{seed}", budget, seed, preset=preset)
             for m in modalities:
-                per_modality[m].append(run_modality(seed, m, base, paths, tmp, budget, steps))
-            if account is None and registry.DEPTH_IMAGE in modalities:
+                per_modality[m].append(run_modality(seed, m, base, paths, tmp, budget, steps, rows))
+            if account is None and registry.DEPTH_IMAGE in modalities and "full (error-weighted)" in per_modality[
+                    registry.DEPTH_IMAGE][-1]["_adapters"]:
                 adapter = per_modality[registry.DEPTH_IMAGE][-1]["_adapters"]["full (error-weighted)"]
                 account = storage_account(base, adapter, paths, tmp, budget, steps["transfer"])
     by_modality = {m: summarise(rows, seeds) for m, rows in per_modality.items()}
     seg_account = (account or {}).get("segmentation", {})
-    result = {"test_building": "seed 0, style home", "seeds": seeds, "task": "segmentation (RGB + modality)",
+    result = {"test_building": building, "seeds": seeds, "task": "segmentation (RGB + modality)",
               "base": f"TST-MAE (RGB, preset {preset}) pre-trained on the test building, frozen", "psst_steps": steps["psst"],
               "transfer_steps": steps["transfer"], "lora": LORA,
               "budget": {k: v for k, v in budget.items() if k not in ("seeds", "transfer_steps")},
@@ -200,7 +214,8 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
               "stage2_trainable_fraction_without_stem": seg_account.get("trainable_fraction_without_stem"),
               "share_targets": _share_targets(seg_account), "storage_account": account,
               "table_markdown": table_markdown(by_modality)}
-    result.update(_bank_figures(quick))
+    if rows is None:   # a subset of rows is a probe of the ablation, not the whole benchmark
+        result.update(_bank_figures(quick))
     result["total_seconds"] = round(time.perf_counter() - t_all, 1)
     return result
 

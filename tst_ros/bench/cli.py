@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (default: also a table on stderr)")
     p.add_argument("--quick", action="store_true", help="a shortened run of the same measurement")
     p.add_argument("--out", help="also write the JSON to this file")
-    p.add_argument("--rows", help="specialization, modalities: comma-separated rows to run (default: all)")
+    p.add_argument("--rows", help="specialization, modalities, adapters: comma-separated rows to run (default: all)")
     p.add_argument("--teacher", help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>)")
     p.add_argument("--scaling", action="store_true",
                    help="specialization only: seg mIoU against pre-training minutes (TST-MM, also fed RGB, and "
@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: the loop's, full)")
-    p.add_argument("--building", help="specialization only: the test building as style:seed (default home:0)")
+    p.add_argument("--building", help="specialization, adapters: the test building as style:seed (default home:0)")
     p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
                                     "pretrain.preset)")
     p.set_defaults(func=run)
