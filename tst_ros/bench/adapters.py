@@ -40,11 +40,12 @@ PSST_STEPS = {"quick": 4, "full": 120}
 TRANSFER_STEPS = {"quick": 6, "full": 150}
 LORA = {"rank": 8, "alpha": 16.0}          # reference: rank 32 at ViT-B width (768); ours is 192 wide
 FULL_FINETUNING = "full fine-tuning"
+PARTIAL_FINETUNING = "partial fine-tuning"
 ROWS = {"stage 2 only": {"warmup_share": 0.0, "error_alpha": 0.0, "complex_fraction": 1.0, "steps": 0},
         "+mae": {"warmup_share": 1.0, "error_alpha": 0.0, "complex_fraction": 1.0},
         "+mae+dino": {"warmup_share": 0.5, "error_alpha": 0.0, "complex_fraction": 1.0},
         "full (error-weighted)": {"warmup_share": 0.5, "error_alpha": 1.0, "complex_fraction": 0.5},
-        FULL_FINETUNING: None}
+        FULL_FINETUNING: {"finetune": "full"}, PARTIAL_FINETUNING: {"finetune": "partial"}}
 SEG_METRICS = ("seg_miou", "things_miou", "stuff_miou")
 
 
@@ -95,7 +96,7 @@ def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, bu
 
     names = list(names or ROWS)
     rows, adapters = {}, {}
-    if FULL_FINETUNING in names and "stage 2 only" not in names:
+    if any("finetune" in ROWS[n] for n in names) and "stage 2 only" not in names:
         # full fine-tuning starts from the untrained input adapter (no PSST steps: cheap)
         work = tmp / f"{modality}-untrained-{seed}"
         adapters["stage 2 only"] = modality_adapter(base, paths["store"], work, modality, ROWS["stage 2 only"],
@@ -104,11 +105,11 @@ def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, bu
         row = ROWS[name]
         work = tmp / f"{modality}-{name}-{seed}".replace(" ", "_").replace("+", "p")
         _log(f"seed {seed}, {modality}: {name}")
-        if row is None:
+        if "finetune" in row:
             encoder = merged_encoder_file(base, adapters["stage 2 only"], work)
             summary = _transfer_row(encoder, "", modality, paths, work / "model", budget, steps["transfer"], seed,
-                                    "full")
-            fraction = 1.0
+                                    row["finetune"])
+            fraction = summary["trainable_fraction"]
         else:
             adapters[name] = modality_adapter(base, paths["store"], work, modality, row, steps["psst"], seed,
                                               budget["pretrain_batch"])

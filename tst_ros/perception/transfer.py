@@ -162,6 +162,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     data = TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
     groups = param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
+    trained = sum(p.numel() for g in groups for p in g["params"])
     frozen = cfg.finetune == "frozen"
     augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter)   # frozen: cached features
     cache = _frozen_features(model, data, device) if frozen else None
@@ -213,7 +214,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                   modalities=meta["input_modalities"], metrics={"final_loss": history[-1]["loss"] if history else 0.0})
     return {"model_dir": str(out_dir), "method": enc_meta["method"], "finetune": cfg.finetune, "steps": cfg.steps,
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
-            "final_loss": history[-1] if history else None, "account": meta.get("account")}
+            "final_loss": history[-1] if history else None, "account": meta.get("account"),
+            "trainable_fraction": round(trained / sum(p.numel() for p in model.parameters()), 5)}
 
 
 def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):
