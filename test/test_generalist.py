@@ -75,3 +75,15 @@ def test_a_generalist_model_exports_to_onnx_with_parity(labeled, tmp_path):
                                                                         None)])
     assert Path(manifest["path"]).is_file()
     assert json.loads((tmp_path / "onnx" / "manifest.json").read_text())["files"]
+
+
+def test_models_built_from_the_once_read_imagenet_weights_share_no_storage():
+    from tst_ros.models.generalist import EfficientNetLite0Encoder, _imagenet_state
+
+    first, second = EfficientNetLite0Encoder(), EfficientNetLite0Encoder()
+    before = second.stem.weight.detach().clone()
+    assert torch.equal(_imagenet_state()["_conv_stem.weight"], before)
+    with torch.no_grad():
+        first.stem.weight.add_(1.0)
+    assert torch.equal(second.stem.weight, before)
+    assert torch.equal(_imagenet_state()["_conv_stem.weight"], before)

@@ -19,6 +19,8 @@ RGB normalised by the modality registry and converts it to the backbone's own in
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +41,12 @@ def weights_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+@functools.lru_cache(maxsize=1)
+def _imagenet_state() -> dict[str, torch.Tensor]:
+    """The ImageNet state dict, read once per process (load_state_dict copies it into each model)."""
+    return torch.load(weights_file(), map_location="cpu", weights_only=True)
+
+
 def _backbone(image_size: int, pretrained: bool) -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -47,7 +55,7 @@ def _backbone(image_size: int, pretrained: bool) -> nn.Module:
                           "(see requirements-nodeps.txt)") from e
     net = EfficientNet.from_name(PRESET, image_size=int(image_size))
     if pretrained:
-        net.load_state_dict(torch.load(weights_file(), map_location="cpu", weights_only=True), strict=True)
+        net.load_state_dict(_imagenet_state(), strict=True)
     return net
 
 
