@@ -7,7 +7,8 @@ publish_raw), so nothing is decoded or re-encoded. Timing comes from
 `publish_clock` the recorded receive time is also published on /clock; `restamp_loops`
 keeps looped data moving forward in time (header stamps patched in the CDR bytes);
 `duration` stops after that many seconds; `wait_for_subscribers` waits (up to that many
-seconds) until every topic has a subscriber before starting.
+seconds) until every topic has a subscriber, then `DISCOVERY_SETTLE_S` more for the
+subscribers to discover the publishers in turn, before starting.
 
 A bag records resolved (absolute) names. They are published relative to the node's namespace
 (`/camera/color/image_raw` -> `camera/color/image_raw`, so `/robot_a/camera/color/image_raw`
@@ -44,6 +45,7 @@ from tst_ros.ros.node_diagnostics import replay_diagnostics
 from tst_ros.ros.qos import qos_profile
 
 GLOBAL_TOPICS = frozenset({"/tf", "/tf_static", "/clock", "/diagnostics", "/rosout", "/parameter_events"})
+DISCOVERY_SETTLE_S = 0.5       # after every topic has a subscriber (see ReplayNode._run)
 
 
 def graph_name(bag_topic: str, absolute: bool) -> str:
@@ -110,6 +112,10 @@ class ReplayNode(Node):
         while time.monotonic() < deadline and not self._stop.is_set() and not all(
                 p.get_subscription_count() for p in self.publishers_by_topic.values()):
             time.sleep(0.05)
+        if self.wait_for_subscribers > 0 and not self._stop.is_set():
+            # The publisher sees a subscriber once it has discovered the reader; the reader may
+            # discover the publisher a little later and, being volatile, drops what came before.
+            time.sleep(DISCOVERY_SETTLE_S)
         try:
             self._publish()
         except BagReadError as e:
