@@ -203,7 +203,7 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
                     registry.DEPTH_IMAGE][-1]["_adapters"]:
                 adapter = per_modality[registry.DEPTH_IMAGE][-1]["_adapters"]["full (error-weighted)"]
                 account = storage_account(base, adapter, paths, tmp, budget, steps["transfer"])
-    by_modality = {m: summarise(rows, seeds) for m, rows in per_modality.items()}
+    by_modality = {m: summarise(per_seed, seeds) for m, per_seed in per_modality.items()}
     seg_account = (account or {}).get("segmentation", {})
     result = {"test_building": building, "seeds": seeds, "task": "segmentation (RGB + modality)",
               "base": f"TST-MAE (RGB, preset {preset}) pre-trained on the test building, frozen", "psst_steps": steps["psst"],

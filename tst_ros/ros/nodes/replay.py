@@ -109,13 +109,15 @@ class ReplayNode(Node):
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.wait_for_subscribers
-        while time.monotonic() < deadline and not self._stop.is_set() and not all(
-                p.get_subscription_count() for p in self.publishers_by_topic.values()):
+        def subscribed() -> bool:
+            return all(p.get_subscription_count() for p in self.publishers_by_topic.values())
+
+        while time.monotonic() < deadline and not self._stop.is_set() and not subscribed():
             time.sleep(0.05)
-        if self.wait_for_subscribers > 0 and not self._stop.is_set():
+        if self.wait_for_subscribers > 0 and subscribed():
             # The publisher sees a subscriber once it has discovered the reader; the reader may
             # discover the publisher a little later and, being volatile, drops what came before.
-            time.sleep(DISCOVERY_SETTLE_S)
+            self._stop.wait(DISCOVERY_SETTLE_S)
         try:
             self._publish()
         except BagReadError as e:
