@@ -1,5 +1,5 @@
 """`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]
-[--finetune MODE] [--building STYLE:SEED] [--preset P]`."""
+[--finetune MODE] [--building STYLE:SEED] [--image-size PX] [--preset P]`."""
 from __future__ import annotations
 
 import importlib
@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: the loop's, full)")
     p.add_argument("--building", help="specialization, adapters: the test building as style:seed (default home:0)")
+    p.add_argument("--image-size", type=int, help="specialization only: the resolution of every stage, px (default: "
+                                                  "the loop's, 128; a multiple of 32)")
     p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
                                     "pretrain.preset)")
     p.set_defaults(func=run)
@@ -46,6 +48,8 @@ def run(args) -> int:
         options["finetune"] = args.finetune
     if args.building:
         options["building"] = args.building
+    if args.image_size:
+        options["image_size"] = args.image_size
     if args.preset:
         options["preset"] = args.preset
     if args.modalities:

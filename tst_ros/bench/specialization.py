@@ -39,17 +39,19 @@ from pathlib import Path
 
 import numpy as np
 
-from tst_ros.config import TransferConfig
+from tst_ros.config import PretrainConfig, TransferConfig
 
 OUT_DIR = Path("bench")
 DEFAULT_FINETUNE = TransferConfig.finetune      # the main job's transfer: one protocol for both
+LOOP_IMAGE_SIZE = PretrainConfig.image_size     # and its resolution
 
 BUDGETS = {
     "quick": {"record_frames": 24, "pretrain_steps": 6, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 24,
-              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE, "seeds": [0]},
+              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE,
+              "seeds": [0]},
     "full": {"record_frames": 140, "pretrain_steps": 200, "pretrain_batch": 16, "pretrain_lr": 1e-3,
              "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 200,
-             "finetune": DEFAULT_FINETUNE, "seeds": [0, 1, 2]},
+             "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0, 1, 2]},
 }
 TEST_BUILDING = "home:0"  # style:seed of the default test building (never a labeled-set style)
 EVAL_GAP = 7            # frames between the recorded stretch and the held-out one
@@ -72,6 +74,13 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
+
+
+def check_image_size(size: int) -> int:
+    """Every preset's patch (16) and the ImageNet backbone's deepest stride (32) must divide it."""
+    if size <= 0 or size % 32:
+        raise ValueError(f"image size must be a positive multiple of 32 (patch 16, backbone stride 32), got {size}")
+    return int(size)
 
 
 def sensor_modalities() -> list[str]:
@@ -122,12 +131,11 @@ def _log(msg: str) -> None:
 
 
 def pretrain_config(method: str, steps: int, budget: dict, seed: int, preset: str):
-    """The benchmark's pre-training: the loop's recipe at the budget's batch and lr, 128 px, one
-    process on the CPU, no periodic checkpoints."""
-    from tst_ros.config import PretrainConfig
-
+    """The benchmark's pre-training: the loop's recipe at the budget's batch, lr and image size,
+    one process on the CPU, no periodic checkpoints."""
     return PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
-                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=128, patch=16,
+                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=budget["image_size"],
+                          patch=16,
                           seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
 
 
@@ -206,7 +214,8 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
     test = Building.parse(building)
     record = budget["record_frames"]
     paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
-    build_dataset(SimConfig(seed=test.seed, style=test.style), RecordConfig(dataset=str(paths["store"]), image_size=128),
+    size = budget["image_size"]
+    build_dataset(SimConfig(seed=test.seed, style=test.style), RecordConfig(dataset=str(paths["store"]), image_size=size),
                   record, paths["store"])
     labeled_set.write(paths["other"], budget["labeled_images"], seed=1000, progress=False, thermal=thermal)
     labeled_set.write(paths["oracle"], min(budget["labeled_images"], record), styles=[test.style], seed=test.seed,
@@ -220,7 +229,7 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
         paths["source_store"] = tmp / "source_store"
         for i in range(SOURCE_BUILDINGS):
             sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
-            build_dataset(sim, RecordConfig(dataset=str(paths["source_store"]), image_size=128), record,
+            build_dataset(sim, RecordConfig(dataset=str(paths["source_store"]), image_size=size), record,
                           paths["source_store"])
     return paths
 
@@ -268,8 +277,8 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
                              finetune=finetune or budget["finetune"], seed=seed,
                              labeled_images=budget["labeled_images"])
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
-        summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, input_modalities=inputs,
-                           show_bar=False)
+        summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, image_size=budget["image_size"],
+                           input_modalities=inputs, show_bar=False)
         rows[name] = {**row_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
                       "transfer_seconds": summary["seconds"]}
         model_dirs[name] = str(model_dir)
@@ -312,11 +321,11 @@ def table_markdown(rows: dict) -> str:
 
 
 def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False, finetune: str | None = None,
-        building: str = TEST_BUILDING) -> dict:
+        building: str = TEST_BUILDING, image_size: int | None = None) -> dict:
     """Every row (or those named in `rows`) at the quick or the full budget on the test
     `building` ("style:seed"), the encoder transferred as `finetune` says (default: the
-    budget's) unless a row fixes it; with `scaling`, the compute-scaling curve instead
-    (`tst_ros.bench.scaling`)."""
+    budget's) unless a row fixes it, every stage at `image_size` px (default: the budget's, the
+    loop's); with `scaling`, the compute-scaling curve instead (`tst_ros.bench.scaling`)."""
     import torch
 
     if scaling:
@@ -327,7 +336,8 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     if unknown:
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
     rows_wanted = list(rows or [r[0] for r in ROWS])
-    budget = {**BUDGETS["quick" if quick else "full"], **({"finetune": finetune} if finetune else {})}
+    budget = {**BUDGETS["quick" if quick else "full"], **({"finetune": finetune} if finetune else {}),
+              **({"image_size": check_image_size(image_size)} if image_size else {})}
     seeds = list(budget["seeds"])
     torch.set_num_threads(TORCH_THREADS)
     t_all = time.perf_counter()
@@ -340,6 +350,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         OUT_DIR.mkdir(exist_ok=True)
         suffix = "_quick" if quick else ("" if budget["finetune"] == DEFAULT_FINETUNE else f"_{budget['finetune']}")
         suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
+        suffix += "" if budget["image_size"] == BUDGETS["full"]["image_size"] else f"_{budget['image_size']}px"
         figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
         per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
@@ -352,7 +363,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
             "budget": {k: v for k, v in budget.items() if k != "seeds"},
             "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + EVAL_GAP,
                             "recorded_frames": [0, budget["record_frames"] - 1]},
-            "encoder": {"image_size": 128, "patch": 16, "presets": {
+            "encoder": {"image_size": budget["image_size"], "patch": 16, "presets": {
                 name: PRETRAININGS[m].preset if m in PRETRAININGS else "efficientnet-lite0"
                 for name, m, *_ in ROWS if name in rows_wanted}},
             "torch_threads": torch.get_num_threads(),
