@@ -78,3 +78,16 @@ def test_adapters_benchmark_refuses_unknown_rows_and_summarises_a_subset_without
     assert rows["stage 2 only"]["seg_miou"] == {"mean": 20.5, "std": 0.5, "seeds": {"0": 20.0, "1": 21.0}}
     assert adapters.targets(rows) == {}
     assert "| stage 2 only |" in adapters.table_markdown({"depth": rows})
+
+
+def test_specialization_image_size_must_fit_the_patch_and_backbone_stride_and_is_refused_elsewhere():
+    from tst_ros.bench import specialization
+    from tst_ros.cli import main as cli_main
+
+    assert specialization.BUDGETS["full"]["image_size"] == specialization.LOOP_IMAGE_SIZE
+    for bad in (150, 144, 0, -32):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            specialization.run(quick=True, rows=["scratch"], image_size=bad)
+    assert specialization.check_image_size(160) == 160
+    with pytest.raises(SystemExit, match="bench adapters has no --image_size"):
+        cli_main(["bench", "adapters", "--quick", "--image-size", "160"])

@@ -48,7 +48,7 @@ def run(args) -> int:
         options["finetune"] = args.finetune
     if args.building:
         options["building"] = args.building
-    if args.image_size:
+    if args.image_size is not None:
         options["image_size"] = args.image_size
     if args.preset:
         options["preset"] = args.preset

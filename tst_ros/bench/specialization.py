@@ -337,7 +337,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
     rows_wanted = list(rows or [r[0] for r in ROWS])
     budget = {**BUDGETS["quick" if quick else "full"], **({"finetune": finetune} if finetune else {}),
-              **({"image_size": check_image_size(image_size)} if image_size else {})}
+              **({"image_size": check_image_size(image_size)} if image_size is not None else {})}
     seeds = list(budget["seeds"])
     torch.set_num_threads(TORCH_THREADS)
     t_all = time.perf_counter()
