@@ -81,7 +81,7 @@ class PretrainConfig:
     preset: str = "tiny-imagenet"       # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone)
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
-    steps: int = 500
+    steps: int = 300                    # the compute-scaling curve is flat from 110 to 2200 steps (docs/BENCHMARKS.md)
     batch: int = 16
     accum: int = 1
     lr: float = 1e-3                    # peak lr; 0: base_lr * batch / 256 (the MAE/MultiMAE rule, meant for
