@@ -30,7 +30,7 @@ HEADER = """\
 # These are the defaults of tst_ros/config.py, written by `tst-ros config dump`; edit a copy,
 # or change the dataclasses and regenerate this file.
 #
-# Budgets are sized for the whole loop to finish in about a quarter of an hour on a 2-core CPU
+# Budgets are sized for the whole loop to finish in about 20 minutes on a 2-core CPU
 # (tiny-imagenet preset: the tiny ViT continued from the frozen ImageNet backbone, which beats
 # the tiny ViT from random init by 4 seg mIoU at this budget). Transfer fine-tunes the whole
 # encoder with layer-wise lr decay (+2 seg mIoU, +6 det mAP@.5 over a frozen encoder). Short CPU pre-training needs a
