@@ -47,8 +47,8 @@ LOOP_IMAGE_SIZE = PretrainConfig.image_size     # and its resolution
 
 BUDGETS = {
     "quick": {"record_frames": 24, "pretrain_steps": 6, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 24,
-              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE,
-              "seeds": [0]},
+              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE,
+              "image_size": LOOP_IMAGE_SIZE, "seeds": [0]},
     "full": {"record_frames": 140, "pretrain_steps": 200, "pretrain_batch": 16, "pretrain_lr": 1e-3,
              "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 200,
              "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0, 1, 2]},
@@ -85,7 +85,6 @@ def check_image_size(size: int) -> int:
 
 def sensor_modalities() -> list[str]:
     """What TST-MM pre-trains on by default: the loop's configured modalities."""
-    from tst_ros.config import PretrainConfig
     return list(PretrainConfig().modalities)
 
 
@@ -134,9 +133,9 @@ def pretrain_config(method: str, steps: int, budget: dict, seed: int, preset: st
     """The benchmark's pre-training: the loop's recipe at the budget's batch, lr and image size,
     one process on the CPU, no periodic checkpoints."""
     return PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
-                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10), image_size=budget["image_size"],
-                          patch=16,
-                          seed=seed, workers=0, checkpoint_every=0, device="cpu", tensorboard=False, val_batches=1)
+                          lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10),
+                          image_size=budget["image_size"], patch=16, seed=seed, workers=0, checkpoint_every=0,
+                          device="cpu", tensorboard=False, val_batches=1)
 
 
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
@@ -215,8 +214,8 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
     record = budget["record_frames"]
     paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
     size = budget["image_size"]
-    build_dataset(SimConfig(seed=test.seed, style=test.style), RecordConfig(dataset=str(paths["store"]), image_size=size),
-                  record, paths["store"])
+    build_dataset(SimConfig(seed=test.seed, style=test.style),
+                  RecordConfig(dataset=str(paths["store"]), image_size=size), record, paths["store"])
     labeled_set.write(paths["other"], budget["labeled_images"], seed=1000, progress=False, thermal=thermal)
     labeled_set.write(paths["oracle"], min(budget["labeled_images"], record), styles=[test.style], seed=test.seed,
                       span_frames=record, progress=False)
@@ -350,7 +349,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         OUT_DIR.mkdir(exist_ok=True)
         suffix = "_quick" if quick else ("" if budget["finetune"] == DEFAULT_FINETUNE else f"_{budget['finetune']}")
         suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
-        suffix += "" if budget["image_size"] == BUDGETS["full"]["image_size"] else f"_{budget['image_size']}px"
+        suffix += "" if budget["image_size"] == LOOP_IMAGE_SIZE else f"_{budget['image_size']}px"
         figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
         per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
