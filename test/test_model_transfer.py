@@ -132,3 +132,13 @@ def test_a_single_file_model_is_fetched_into_its_cache_entry(tmp_path):
     assert cached_model(tmp_path / "cache", checksum) == path
     with pytest.raises(TransferError, match="expected"):      # the server has another file under that version
         fetch_model(reader(server, 3, checksum), "cd" * 32, tmp_path / "cache", (), CHUNK)
+
+
+def test_fetched_model_files_get_the_mode_a_plainly_created_file_gets(served, tmp_path):
+    """The node that fetched a model may not be the user who serves it later: no 0600 files."""
+    server, _, checksum = served
+    path = fetch_model(reader(server, 7, checksum), checksum, tmp_path / "cache", ("model.onnx",), CHUNK)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    for name in ("model.onnx", "tttkd.safetensors", "manifest.json"):
+        assert (path / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, name

@@ -45,6 +45,17 @@ def test_same_seed_gives_the_same_first_steps(tmp_path):
     assert a["losses"] != c["losses"]
 
 
+def test_a_run_writes_its_files_with_the_mode_a_plainly_created_file_gets(tmp_path):
+    """Nodes running as another user read what the trainer wrote: no 0600 checkpoints."""
+    train, val = datasets()
+    pretrain(small_cfg(steps=2), "", tmp_path / "run", dataset=train, val_dataset=val)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    written = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert {"encoder.safetensors", CHECKPOINT_FILE} <= set(written)
+    assert set(written.values()) == {plain.stat().st_mode & 0o777}, written
+
+
 def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(tmp_path):
     train, val = datasets()
     full = pretrain(small_cfg(), "", tmp_path / "full", dataset=train, val_dataset=val)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from tst_ros.perception.export import MANIFEST, manifest_files, verify_model
+from tst_ros.util import NEW_FILE_MODE
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 8 << 20
@@ -156,6 +157,7 @@ def download_file(fetch: FetchChunk, name: str, sha256: str | None, size: int | 
     served, total, server_sha, offset = name, None, None, 0
     h = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix=".download.", suffix=".part", dir=dest)
+    os.fchmod(fd, NEW_FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             while total is None or offset < total:

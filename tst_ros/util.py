@@ -9,12 +9,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)      # reading the umask means setting it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a written file gets the mode open() would give it, so a node
+# running as another user can read the checkpoints and bags the trainer wrote
+NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Write through `write(tmp_path)` to a temp file in the same directory, fsync, then
     os.replace it over `path`: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, NEW_FILE_MODE)
     os.close(fd)
     try:
         write(tmp)
