@@ -71,6 +71,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-adapted", "tst-mm-adapted", None, "other", None),
         ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
+        ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
@@ -115,6 +116,8 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                 "tst-mm-other-buildings": Pretraining("tst-mm", data="source_store", steps_factor=2),
                 "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings"),
                 "tst-mm-imagenet": Pretraining("tst-mm", preset="tiny-imagenet"),
+                "tst-mm-imagenet+teacher-targets": Pretraining("tst-mm", "sensors+teachers", teachers_target_only=True,
+                                                               preset="tiny-imagenet"),
                 "tst-mae-imagenet": Pretraining("tst-mae", preset="tiny-imagenet")}
 SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 
