@@ -16,7 +16,7 @@ def _process_umask() -> int:
 
 
 # mkstemp creates 0600 files; a written file gets the mode open() would give it, so a node
-# running as another user can read the checkpoints and bags the trainer wrote
+# running as another user can read the checkpoints and models the trainer wrote
 NEW_FILE_MODE = 0o666 & ~_process_umask()
 
 
