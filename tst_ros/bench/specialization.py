@@ -72,6 +72,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
+        ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full")]
@@ -98,7 +99,8 @@ def teacher_modalities() -> list[str]:
 class Pretraining:
     """One pre-training of the table: `modalities` None = the method's default,
     "sensors+teachers" = the default plus every teacher modality; `data` "store" = the test
-    building's unlabeled store, "source_store" = other buildings' (never the test style);
+    building's unlabeled store, "source_store" = other buildings' (never the test style),
+    "mixed_store" = the test building's frames plus as many from the transfer set's buildings;
     `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted); `preset`
     the encoder's (`tiny-imagenet`: colour tokens from the frozen ImageNet backbone)."""
     method: str
@@ -118,6 +120,7 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                 "tst-mm-imagenet": Pretraining("tst-mm", preset="tiny-imagenet"),
                 "tst-mm-imagenet+teacher-targets": Pretraining("tst-mm", "sensors+teachers", teachers_target_only=True,
                                                                preset="tiny-imagenet"),
+                "tst-mm-imagenet-mixed": Pretraining("tst-mm", data="mixed_store", preset="tiny-imagenet"),
                 "tst-mae-imagenet": Pretraining("tst-mae", preset="tiny-imagenet")}
 SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 
@@ -202,11 +205,14 @@ def sample_figure(model_dirs: dict[str, str], eval_dir: Path, path: Path, rows: 
 
 
 def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
-               source_store: bool = False, thermal: bool = False, building: str = TEST_BUILDING) -> dict[str, Path]:
+               source_store: bool = False, thermal: bool = False, building: str = TEST_BUILDING,
+               mixed_store: bool = False) -> dict[str, Path]:
     """The unlabeled store of the test `building` ("style:seed"; with the outputs of `teachers`),
     the transfer sets (other buildings; the oracle's test building), the held-out evaluation
-    frames (with thermal images when `thermal`) and, with `source_store`, an unlabeled store of
-    SOURCE_BUILDINGS other buildings."""
+    frames (with thermal images when `thermal`), with `source_store` an unlabeled store of
+    SOURCE_BUILDINGS other buildings and with `mixed_store` one holding the test building's
+    frames and as many again, split evenly, from the first SOURCE_BUILDINGS buildings of the
+    transfer set (its seeds and styles; unlabeled)."""
     from tst_ros.config import RecordConfig, SimConfig
     from tst_ros.data.from_sim import build_dataset
     from tst_ros.data.teach import teach
@@ -233,6 +239,13 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
             sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
             build_dataset(sim, RecordConfig(dataset=str(paths["source_store"]), image_size=size), record,
                           paths["source_store"])
+    if mixed_store:
+        paths["mixed_store"] = tmp / "mixed_store"
+        mixed = RecordConfig(dataset=str(paths["mixed_store"]), image_size=size)
+        build_dataset(SimConfig(seed=test.seed, style=test.style), mixed, record, paths["mixed_store"])
+        for i in range(SOURCE_BUILDINGS):
+            sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
+            build_dataset(sim, mixed, max(1, record // SOURCE_BUILDINGS), paths["mixed_store"])
     return paths
 
 
@@ -348,7 +361,8 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         rows_run = [r for r in ROWS if r[0] in rows_wanted]
         needed = [PRETRAININGS[k] for k in _needed(PRETRAININGS, {r[1] for r in rows_run})]
         paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
-                           source_store=any(p.data == "source_store" for p in needed), building=building)
+                           source_store=any(p.data == "source_store" for p in needed), building=building,
+                           mixed_store=any(p.data == "mixed_store" for p in needed))
         OUT_DIR.mkdir(exist_ok=True)
         suffix = "_quick" if quick else ("" if budget["finetune"] == DEFAULT_FINETUNE else f"_{budget['finetune']}")
         suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
