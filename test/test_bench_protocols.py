@@ -1,5 +1,6 @@
 """Benchmark protocols: the modality ablation's rows, TTT-KD's choice of settings on source
-scenes only, the compute-scaling fit; options reach only the benchmarks that take them."""
+scenes only, the compute-scaling fit, the mixed pre-training store; options reach only the benchmarks
+that take them."""
 import math
 
 import pytest
@@ -91,3 +92,21 @@ def test_specialization_image_size_must_fit_the_patch_and_backbone_stride_and_is
     assert specialization.check_image_size(160) == 160
     with pytest.raises(SystemExit, match="bench adapters has no --image_size"):
         cli_main(["bench", "adapters", "--quick", "--image-size", "160"])
+
+
+def test_mixed_pretraining_store_holds_the_test_frames_then_as_many_from_the_transfer_buildings(tmp_path):
+    import numpy as np
+
+    from tst_ros.bench import specialization
+    from tst_ros.data.store import Store
+
+    budget = {"record_frames": 8, "labeled_images": 4, "eval_images": 2, "image_size": 32}
+    paths = specialization.build_data(tmp_path, budget, building="home:3", mixed_store=True)
+    test, mixed = Store(paths["store"], "r"), Store(paths["mixed_store"], "r")
+    assert len(test) == 8 and len(mixed) == 16
+    for seq in range(8):     # the same test-building frames come first ...
+        np.testing.assert_array_equal(mixed.read(seq, names=["rgb"])["rgb"], test.read(seq, names=["rgb"])["rgb"])
+    differing = [not np.array_equal(mixed.read(8 + k, names=["rgb"])["rgb"], test.read(k, names=["rgb"])["rgb"])
+                 for k in range(8)]
+    assert all(differing)    # ... then frames of other buildings
+    assert "source_store" not in paths
