@@ -32,6 +32,7 @@ predictions of the first seed. `rows` runs some rows only (same data and seeds).
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -212,11 +213,11 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
     frames (with thermal images when `thermal`), with `source_store` an unlabeled store of
     SOURCE_BUILDINGS other buildings and with `mixed_store` one holding the test building's
     frames and as many again, split evenly, from the first SOURCE_BUILDINGS buildings of the
-    transfer set (its seeds and styles; unlabeled)."""
+    transfer set (`add_source_buildings`)."""
     from tst_ros.config import RecordConfig, SimConfig
     from tst_ros.data.from_sim import build_dataset
     from tst_ros.data.teach import teach
-    from tst_ros.sim import SOURCE_STYLES, labeled_set
+    from tst_ros.sim import labeled_set
     from tst_ros.sim.tour import Building
 
     test = Building.parse(building)
@@ -231,22 +232,28 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
     labeled_set.write(paths["held_out"], budget["eval_images"], styles=[test.style], seed=test.seed,
                       start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False,
                       thermal=thermal)
+    if mixed_store:     # copied before teaching: the test building's sensor frames, then other buildings'
+        paths["mixed_store"] = tmp / "mixed_store"
+        shutil.copytree(paths["store"], paths["mixed_store"], ignore=shutil.ignore_patterns(".lock"))
+        add_source_buildings(paths["mixed_store"], max(1, record // SOURCE_BUILDINGS), size)
     if teachers:
         teach(paths["store"], teachers, device="cpu", progress=False)
     if source_store:
         paths["source_store"] = tmp / "source_store"
-        for i in range(SOURCE_BUILDINGS):
-            sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
-            build_dataset(sim, RecordConfig(dataset=str(paths["source_store"]), image_size=size), record,
-                          paths["source_store"])
-    if mixed_store:
-        paths["mixed_store"] = tmp / "mixed_store"
-        mixed = RecordConfig(dataset=str(paths["mixed_store"]), image_size=size)
-        build_dataset(SimConfig(seed=test.seed, style=test.style), mixed, record, paths["mixed_store"])
-        for i in range(SOURCE_BUILDINGS):
-            sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
-            build_dataset(sim, mixed, max(1, record // SOURCE_BUILDINGS), paths["mixed_store"])
+        add_source_buildings(paths["source_store"], record, size)
     return paths
+
+
+def add_source_buildings(store: Path, frames: int, size: int) -> None:
+    """Append `frames` unlabeled frames of each of the first SOURCE_BUILDINGS buildings of the
+    transfer set (seeds 1000.., SOURCE_STYLES in turn) to the store at `store`."""
+    from tst_ros.config import RecordConfig, SimConfig
+    from tst_ros.data.from_sim import build_dataset
+    from tst_ros.sim import SOURCE_STYLES
+
+    for i in range(SOURCE_BUILDINGS):
+        sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
+        build_dataset(sim, RecordConfig(dataset=str(store), image_size=size), frames, store)
 
 
 def row_metrics(result: dict) -> dict:
