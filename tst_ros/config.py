@@ -125,6 +125,10 @@ class TransferConfig:
     zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
     colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
+    self_training: float = 0.0          # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not with frozen)
+    pseudo_share: float = 0.5           # self-training: share of each batch taken from the building's frames
+    pseudo_keep: float = 0.5            # self-training: share of each predicted class's pixels kept as labels, most confident first
+    pseudo_refresh: int = 50            # self-training: steps between pseudo-label refreshes from the current weights
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
     prompts: int = 8                    # tp-mome: task prompt tokens per block

@@ -26,6 +26,8 @@ only, and `tst-mae-imagenet`, TST-MAE continued the same way (its RGB-only twin)
 generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
+Rows named `(self-trained)` also learn, over the second half of transfer, from the test
+building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds).
 """
@@ -74,9 +76,15 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
+        ("tst-mm-imagenet (self-trained)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
-        ("generalist-finetuned", "generalist", None, "other", "full")]
+        ("generalist-finetuned", "generalist", None, "other", "full"),
+        ("generalist-finetuned (self-trained)", "generalist", None, "other", "full")]
+# rows whose transfer also differs in these TransferConfig fields: self-training on the test
+# building's unlabeled store (`tst_ros.perception.self_training`)
+ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
+                "generalist-finetuned (self-trained)": {"self_training": 0.5}}
 
 
 def check_image_size(size: int) -> int:
@@ -157,52 +165,6 @@ def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: in
     cfg.init = init
     cfg.target_only = list(target_only or [])
     return pretrain(cfg, str(store), out)["encoder"]
-
-
-def sample_figure(model_dirs: dict[str, str], eval_dir: Path, path: Path, rows: int = 3) -> Path:
-    """RGB | ground truth | one column per method (mask overlay + boxes); one row per eval image."""
-    import cv2
-
-    from tst_ros.perception.runtime import Predictor, overlay, palette
-    from tst_ros.perception.transfer import depth_metres, load_labeled
-    from tst_ros.util import atomic_write_bytes
-
-    items, classes, _ = load_labeled(eval_dir)
-    picks = np.linspace(0, len(items) - 1, min(rows, len(items))).astype(int)
-    colours = palette(len(classes))
-    predictors = {name: Predictor.load(d) for name, d in model_dirs.items()}
-
-    def caption(img: np.ndarray, text: str) -> np.ndarray:
-        bar = np.full((18, img.shape[1], 3), 255, np.uint8)
-        cv2.putText(bar, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        return np.vstack([bar, img])
-
-    def boxes_on(img, boxes, labels, colour_of):
-        img = img.copy()
-        for b, l in zip(np.asarray(boxes).astype(int), labels):
-            c = tuple(int(v) for v in colour_of[int(l)])
-            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), (255, 255, 255), 2)
-            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), c, 1)
-            cv2.putText(img, classes[int(l)], (b[0] + 2, b[1] + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
-        return img
-
-    grid = []
-    for r in picks:
-        it = items[r]
-        rgb = it["rgb"]
-        cells = [caption(rgb, "input"),
-                 caption(boxes_on(overlay(rgb, it["semantic"], colours), it["boxes"], it["labels"], colours),
-                         "ground truth")]
-        for name, pred in predictors.items():
-            p = pred.predict(rgb, depth_metres(it) if pred.uses_depth else None, score_threshold=0.3)
-            cells.append(caption(boxes_on(overlay(rgb, p.mask, colours), p.boxes, p.labels, colours), name))
-        grid.append(np.hstack([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cells]))
-    image = np.vstack(grid)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    atomic_write_bytes(path, buf.tobytes())
-    return path
 
 
 def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
@@ -297,14 +259,16 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         _log(f"seed {seed}: transfer + eval {name}")
         cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"],
                              finetune=finetune or budget["finetune"], seed=seed,
-                             labeled_images=budget["labeled_images"])
+                             labeled_images=budget["labeled_images"], **ROW_TRANSFER.get(name, {}))
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
         summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, image_size=budget["image_size"],
-                           input_modalities=inputs, show_bar=False)
+                           input_modalities=inputs, show_bar=False, building_store=str(paths["store"]))
         rows[name] = {**row_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
                       "transfer_seconds": summary["seconds"]}
         model_dirs[name] = str(model_dir)
     if figure is not None:
+        from tst_ros.bench.samples import sample_figure
+
         sample_figure({n: d for n, d in model_dirs.items() if n in ("scratch", "tst-mae", "tst-mm", "oracle")},
                       paths["held_out"], figure)
     return rows
@@ -391,6 +355,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
                 for name, m, *_ in ROWS if name in rows_wanted}},
             "torch_threads": torch.get_num_threads(),
             "inputs": inputs, "finetune": finetune, "methods": rows,
+            "transfer_overrides": {n: o for n, o in ROW_TRANSFER.items() if n in rows_wanted},
             "gap_closed": {name: row["gap_closed"] for name, row in rows.items()},
             "figure": str(figure_rows) if figure_rows else None, "table_markdown": table_markdown(rows),
             "total_seconds": round(time.perf_counter() - t_all, 1)}

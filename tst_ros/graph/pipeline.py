@@ -146,8 +146,8 @@ class Pipeline:
         fields, upstream = STAGE_INPUTS[stage]
         inputs = {"config": config_values(self.cfg, fields), "upstream": {u: keys[u] for u in upstream},
                   "data": {}}
-        if stage == "pretrain":
-            inputs["data"]["dataset"] = data_checksum(self.data)
+        if stage == "pretrain" or (stage.startswith("transfer") and self.cfg.transfer.self_training > 0):
+            inputs["data"]["dataset"] = data_checksum(self.data)     # self-training reads the building's frames
         if stage == "labeled_set" and self.cfg.transfer.labeled_set:
             inputs["data"]["labeled set"] = data_checksum(self.labeled)
         return json.loads(json.dumps(inputs, default=str))
@@ -215,7 +215,7 @@ class Pipeline:
         return transfer(encoder, str(self.labeled), str(self.run / out), cfg=self.cfg.transfer, preset=p.preset,
                         image_size=self.cfg.record.image_size, patch=p.patch,
                         progress_stream=sys.stdout if self.progress.jsonl else None,
-                        show_bar=not self.progress.jsonl)
+                        show_bar=not self.progress.jsonl, building_store=self.data)
 
     def stage_transfer(self) -> dict:
         return _jsonable(self._transfer(str(self.run / "pretrain"), "model"))

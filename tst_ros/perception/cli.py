@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--images", type=int, help="use at most this many labeled images (0: all)")
     p.add_argument("--inputs", help="comma-separated input modalities (default: rgb, plus depth when the encoder accepts it)")
+    p.add_argument("--building-data", help="the building's dataset store, for self-training "
+                   "(with --set transfer.self_training=SHARE)")
     p.add_argument("--preset", default="tiny", help="encoder preset for --encoder scratch")
     p.add_argument("--image-size", type=int, default=128, help="input size for --encoder scratch or generalist")
     p.add_argument("--patch", type=int, default=16, help="patch size for --encoder scratch")
@@ -76,7 +78,7 @@ def run_transfer(args) -> int:
     inputs = [s for s in args.inputs.split(",") if s] if args.inputs else None
     summary = transfer(args.encoder, labeled, args.out, t, preset=args.preset, image_size=args.image_size,
                        patch=args.patch, input_modalities=inputs,
-                       progress_stream=sys.stdout if args.progress_jsonl else None)
+                       progress_stream=sys.stdout if args.progress_jsonl else None, building_store=args.building_data)
     config.save_resolved(cfg, args.out)
     if summary.get("account"):
         from tst_ros.train.stage2 import format_account

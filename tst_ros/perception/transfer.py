@@ -137,8 +137,10 @@ def emit_progress(stream, **fields) -> None:
 
 def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, preset: str = "tiny",
              image_size: int = 128, patch: int = 16, input_modalities: list[str] | None = None,
-             progress_stream=None, show_bar: bool = True) -> dict:
-    """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary."""
+             progress_stream=None, show_bar: bool = True, building_store: str | None = None) -> dict:
+    """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary.
+    With `cfg.self_training` the last steps also learn from `building_store`'s frames,
+    pseudo-labeled (`tst_ros.perception.self_training`)."""
     import torch
     from tqdm import tqdm
 
@@ -167,6 +169,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter)   # frozen: cached features
     cache = _frozen_features(model, data, device) if frozen else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
+    batches = _Batches(data, _pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
     warmup = max(1, cfg.steps // 10)
     history = []
     bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
@@ -177,15 +180,13 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(step, cfg.steps, warmup)
-        idx = rng.integers(0, len(data), size=min(cfg.batch, len(data)))
-        flips = rng.random(len(idx)) < 0.5
-        b = data.batch(idx, flips, rng, augmentation)
+        b, idx, flips = batches.draw(step, model, device)
         with autocast(device):
             if frozen:
                 feats = _on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]), device)
             else:
                 feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
-        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, device, tasks, seg_weights)
+        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, device, tasks, seg_weights, len(idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -205,6 +206,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()),
                         "labeled_images": len(items), "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
     meta["history"] = history
+    if batches.pseudo is not None:
+        meta["transfer"]["building_frames"] = {"store": str(Path(building_store).resolve()), **batches.describe()}
     if cfg.finetune == STAGE2:
         from tst_ros.train.stage2 import parameter_account
 
@@ -239,6 +242,53 @@ def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
     return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
 
 
+def _pseudo_frames(cfg, building_store: str | None, meta: dict):
+    """The building's frames for self-training, or None when it is off."""
+    if cfg.self_training <= 0:
+        return None
+    from tst_ros.perception.self_training import PseudoLabeledFrames, building_items
+
+    if not building_store:
+        raise ValueError("self-training needs the building's store (transfer.self_training > 0)")
+    if cfg.finetune == "frozen" or not 0 < cfg.self_training <= 1 or not 0 < cfg.pseudo_share < 1:
+        raise ValueError("self-training needs a trained encoder (finetune partial or full), "
+                         f"0 < self_training <= 1 and 0 < pseudo_share < 1; got {cfg.finetune!r}, "
+                         f"{cfg.self_training}, {cfg.pseudo_share}")
+    items = building_items(building_store, meta["input_modalities"])
+    return PseudoLabeledFrames(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"],
+                               cfg.pseudo_keep)
+
+
+class _Batches:
+    """Transfer's batches: labeled rows, and over the last `cfg.self_training` share of the steps
+    the building's pseudo-labeled rows after them (relabelled every `cfg.pseudo_refresh` steps)."""
+
+    def __init__(self, data: TransferData, pseudo, cfg, rng: np.random.Generator, augmentation):
+        self.data, self.pseudo, self.cfg, self.rng, self.augmentation = data, pseudo, cfg, rng, augmentation
+        self.start = cfg.steps - round(cfg.steps * cfg.self_training) if pseudo is not None else cfg.steps
+        self.refreshes: list[dict] = []
+
+    def draw(self, step: int, model, device) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(batch, labeled indices, their flips); the batch's labeled rows come first."""
+        own = round(self.cfg.batch * self.cfg.pseudo_share) if step >= self.start else 0
+        idx = self.rng.integers(0, len(self.data), size=min(self.cfg.batch - own, len(self.data)))
+        flips = self.rng.random(len(idx)) < 0.5
+        batch = self.data.batch(idx, flips, self.rng, self.augmentation)
+        if not own:
+            return batch, idx, flips
+        if (step - self.start) % max(1, self.cfg.pseudo_refresh) == 0:
+            self.pseudo.refresh(model, device)
+            self.refreshes.append({"step": step + 1, "labelled_share": round(self.pseudo.labelled_share, 4)})
+        own_batch = self.pseudo.data.batch(self.rng.integers(0, len(self.pseudo), size=own),
+                                           self.rng.random(own) < 0.5, self.rng, self.augmentation)
+        joined = {"inputs": {n: np.concatenate([v, own_batch["inputs"][n]]) for n, v in batch["inputs"].items()},
+                  **{k: np.concatenate([batch[k], own_batch[k]]) for k in ("semantic", "heatmap", "box", "box_weight")}}
+        return joined, idx, flips
+
+    def describe(self) -> dict:
+        return {"frames": len(self.pseudo), "from_step": self.start + 1, "refreshes": self.refreshes}
+
+
 def _checked_tasks(tasks) -> list[str]:
     tasks = list(dict.fromkeys(tasks))
     if not tasks or set(tasks) - set(TASKS):
@@ -252,10 +302,11 @@ def _on_device(array: np.ndarray, device):
     return torch.from_numpy(array).to(device, non_blocking=True)
 
 
-def _task_losses(model, feats, batch: dict, device, tasks=TASKS, seg_weights=None):
+def _task_losses(model, feats, batch: dict, device, tasks=TASKS, seg_weights=None, det_rows: int | None = None):
     """(total, segmentation, heatmap, box) losses of the heads on encoder features; the total
     sums the losses of `tasks`; the heads run under autocast (bf16 on CUDA), the losses in float32;
-    `seg_weights` weighs the segmentation loss per class (None: plain cross-entropy)."""
+    `seg_weights` weighs the segmentation loss per class (None: plain cross-entropy); detection
+    learns on the first `det_rows` rows only (None: all)."""
     import torch.nn.functional as F
 
     from tst_ros.perception.heads import box_loss, focal_heatmap_loss
@@ -267,8 +318,10 @@ def _task_losses(model, feats, batch: dict, device, tasks=TASKS, seg_weights=Non
         seg, heat, box = model.decode(feats, inputs)
     loss_seg = F.cross_entropy(seg.float(), _on_device(batch["semantic"], device), weight=seg_weights,
                                ignore_index=255)
-    loss_hm = focal_heatmap_loss(heat.float(), _on_device(batch["heatmap"], device))
-    loss_box = box_loss(box.float(), _on_device(batch["box"], device), _on_device(batch["box_weight"], device))
+    rows = slice(0, det_rows)
+    loss_hm = focal_heatmap_loss(heat[rows].float(), _on_device(batch["heatmap"][rows], device))
+    loss_box = box_loss(box[rows].float(), _on_device(batch["box"][rows], device),
+                        _on_device(batch["box_weight"][rows], device))
     total = (loss_seg if "segmentation" in tasks else 0.0) + \
         ((loss_hm + 0.5 * loss_box) if "detection" in tasks else 0.0)
     return total, loss_seg, loss_hm, loss_box
