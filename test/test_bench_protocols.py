@@ -1,8 +1,9 @@
 """Benchmark protocols: the modality ablation's rows, TTT-KD's choice of settings on source
-scenes only, the compute-scaling fit, the mixed pre-training store; options reach only the benchmarks
+scenes only, the compute-scaling fit, the mixed pre-training store, the constant-modality copy; options reach only the benchmarks
 that take them."""
 import math
 
+import numpy as np
 import pytest
 
 from tst_ros import modalities
@@ -72,13 +73,36 @@ def test_adapters_benchmark_refuses_unknown_rows_and_summarises_a_subset_without
 
     with pytest.raises(SystemExit, match="no rows"):
         adapters.run(quick=True, rows=["stage 2 only", "no such row"])
-    per_seed = [{name: {"seg_miou": 20.0 + s, "things_miou": 10.0, "stuff_miou": 60.0, "trainable_fraction": 0.09}
+    per_seed = [{name: {"seg_miou": 20.0 + s, "things_miou": 10.0, "stuff_miou": 60.0, "modality_worth": 1.0,
+                        "trainable_fraction": 0.09}
                  for name in ("stage 2 only", adapters.FULL_FINETUNING)} for s in (0, 1)]
     rows = adapters.summarise(per_seed, [0, 1])
     assert list(rows) == ["stage 2 only", adapters.FULL_FINETUNING]
     assert rows["stage 2 only"]["seg_miou"] == {"mean": 20.5, "std": 0.5, "seeds": {"0": 20.0, "1": 21.0}}
     assert adapters.targets(rows) == {}
-    assert "| stage 2 only |" in adapters.table_markdown({"depth": rows})
+    assert "| stage 2 only | 20.5 ± 0.5 (+1.0) |" in adapters.table_markdown({"depth": rows})
+
+
+def test_a_constant_modality_copy_keeps_the_set_and_holds_one_value_where_depth_was_valid(tmp_path):
+    import cv2
+
+    from tst_ros.bench.adapters import constant_copy
+    from tst_ros.sim import labeled_set
+
+    labeled_set.write(tmp_path / "set", 3, seed=1000, width=64, height=48, progress=False, thermal=True)
+    for modality in ("depth", "thermal"):
+        out = constant_copy(tmp_path / "set", modality, tmp_path / f"{modality}_constant")
+        before = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in sorted((tmp_path / "set" / modality).glob("*.png"))]
+        after = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in sorted((out / modality).glob("*.png"))]
+        assert len(after) == len(before) == 3 and sorted(p.name for p in out.iterdir()) == sorted(
+            p.name for p in (tmp_path / "set").iterdir())
+        values = np.unique(np.concatenate([a[b > 0] if modality == "depth" else a.ravel() for a, b in zip(after, before)]))
+        assert len(values) == 1 and values[0] > 0
+        if modality == "depth":
+            assert all(((a == 0) == (b == 0)).all() for a, b in zip(after, before))
+    with pytest.raises(ValueError, match="no thermal"):
+        labeled_set.write(tmp_path / "plain", 1, seed=1000, width=64, height=48, progress=False)
+        constant_copy(tmp_path / "plain", "thermal", tmp_path / "none")
 
 
 def test_specialization_image_size_must_fit_the_patch_and_backbone_stride_and_is_refused_elsewhere():

@@ -18,12 +18,16 @@ in. Rows:
 - `full (error-weighted)`: MAE, then MAE + DINO with error-weighted patches on the complex subset;
 - `full fine-tuning`: no PSST, the whole model (encoder, new input, heads) fine-tuned: the baseline.
 
-Stage 2 and full fine-tuning get the same transfer steps. The storage account (per task and
+Stage 2 and full fine-tuning get the same transfer steps. Each model is also evaluated with
+the second modality held constant (every held-out image replaced by the set's median value,
+`constant_copy`): `modality_worth` = seg mIoU with it minus without it, the most any way of
+reading that modality can add. The storage account (per task and
 modality) comes from the seed-0 RGB-D `full` adapter with a segmentation and a detection stage 2.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +50,7 @@ ROWS = {"stage 2 only": {"warmup_share": 0.0, "error_alpha": 0.0, "complex_fract
         "+mae+dino": {"warmup_share": 0.5, "error_alpha": 0.0, "complex_fraction": 1.0},
         "full (error-weighted)": {"warmup_share": 0.5, "error_alpha": 1.0, "complex_fraction": 0.5},
         FULL_FINETUNING: {"finetune": "full"}, PARTIAL_FINETUNING: {"finetune": "partial"}}
-SEG_METRICS = ("seg_miou", "things_miou", "stuff_miou")
+SEG_METRICS = ("seg_miou", "things_miou", "stuff_miou", "modality_worth")
 
 
 def _log(msg: str) -> None:
@@ -117,9 +121,34 @@ def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, bu
                                     steps["transfer"], seed, "tp-mome")
             fraction = summary["account"]["trainable_fraction"]
         metrics = spec.row_metrics(evaluate(str(work / "model"), str(paths["held_out"])))
-        rows[name] = {**metrics, "transfer_seconds": summary["seconds"], "trainable_fraction": fraction}
+        constant = 100 * evaluate(str(work / "model"), str(paths[f"held_out_{modality}_constant"]))["miou"]
+        rows[name] = {**metrics, "modality_worth": metrics["seg_miou"] - constant,
+                      "transfer_seconds": summary["seconds"], "trainable_fraction": fraction}
     rows["_adapters"] = adapters
     return rows
+
+
+def constant_copy(held_out: Path, modality: str, out: Path) -> Path:
+    """A copy of the held-out set whose `modality` images all hold the set's median stored value
+    (valid pixels only; depth 0 stays invalid): the modality carries no information."""
+    import cv2
+
+    from tst_ros.util import atomic_write_bytes
+
+    shutil.copytree(held_out, out)
+    files = sorted((out / modality).glob("*.png"))
+    if not files:
+        raise ValueError(f"{held_out} holds no {modality} images to replace")
+    images = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in files]
+    valid = np.concatenate([im[im > 0] if modality == registry.DEPTH_IMAGE else im.ravel() for im in images])
+    median = np.uint16(np.median(valid))
+    for f, im in zip(files, images):
+        constant = np.where(im > 0, median, 0) if modality == registry.DEPTH_IMAGE else np.full_like(im, median)
+        ok, buf = cv2.imencode(".png", constant.astype(np.uint16))
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for {f}")
+        atomic_write_bytes(f, buf.tobytes())
+    return out
 
 
 def storage_account(base: str, adapter: str, paths: dict, tmp: Path, budget: dict, steps: int) -> dict:
@@ -164,10 +193,11 @@ def _share_targets(seg_account: dict) -> dict:
 
 
 def table_markdown(by_modality: dict) -> str:
-    lines = ["| row | " + " | ".join(f"RGB-{m} seg mIoU" for m in by_modality) + " | trained share |",
+    lines = ["| row | " + " | ".join(f"RGB-{m} seg mIoU (its worth)" for m in by_modality) + " | trained share |",
              "|---|" + "---|" * (len(by_modality) + 1)]
     for name in (n for n in ROWS if n in next(iter(by_modality.values()))):
-        cells = [f"{r[name]['seg_miou']['mean']:.1f} ± {r[name]['seg_miou']['std']:.1f}" for r in by_modality.values()]
+        cells = [f"{r[name]['seg_miou']['mean']:.1f} ± {r[name]['seg_miou']['std']:.1f} "
+                 f"({r[name]['modality_worth']['mean']:+.1f})" for r in by_modality.values()]
         share = next(iter(by_modality.values()))[name]["trainable_fraction"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * share:.1f} % |")
     return "\n".join(lines)
@@ -192,6 +222,8 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
     with tempfile.TemporaryDirectory(prefix="tst-bench-adapters-") as tmp:
         tmp = Path(tmp)
         paths = spec.build_data(tmp, budget, thermal="thermal" in modalities, building=building)
+        for m in modalities:
+            paths[f"held_out_{m}_constant"] = constant_copy(paths["held_out"], m, tmp / f"held_out_{m}_constant")
         per_modality: dict[str, list] = {m: [] for m in modalities}
         account = None
         for seed in seeds:
