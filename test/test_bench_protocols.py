@@ -1,6 +1,6 @@
 """Benchmark protocols: the modality ablation's rows, TTT-KD's choice of settings on source
-scenes only, the compute-scaling fit, the mixed pre-training store, the constant-modality copy; options reach only the benchmarks
-that take them."""
+scenes only, the compute-scaling fit, the mixed pre-training store, the constant-modality copy;
+options reach only the benchmarks that take them."""
 import math
 
 import numpy as np
@@ -96,7 +96,8 @@ def test_a_constant_modality_copy_keeps_the_set_and_holds_one_value_where_depth_
         after = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in sorted((out / modality).glob("*.png"))]
         assert len(after) == len(before) == 3 and sorted(p.name for p in out.iterdir()) == sorted(
             p.name for p in (tmp_path / "set").iterdir())
-        values = np.unique(np.concatenate([a[b > 0] if modality == "depth" else a.ravel() for a, b in zip(after, before)]))
+        kept = [a[b > 0] if modality == "depth" else a.ravel() for a, b in zip(after, before)]
+        values = np.unique(np.concatenate(kept))
         assert len(values) == 1 and values[0] > 0
         if modality == "depth":
             assert all(((a == 0) == (b == 0)).all() for a, b in zip(after, before))

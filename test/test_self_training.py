@@ -41,8 +41,8 @@ def test_class_balanced_labels_keep_each_classes_most_confident_share_above_the_
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("self-training")
-    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(tmp / "store"), image_size=32),
-                  5, tmp / "store")
+    store = tmp / "store"
+    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32), 5, store)
     labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
     return tmp
 
