@@ -83,7 +83,7 @@ def test_adapters_benchmark_refuses_unknown_rows_and_summarises_a_subset_without
     assert "| stage 2 only | 20.5 ± 0.5 (+1.0) |" in adapters.table_markdown({"depth": rows})
 
 
-def test_a_constant_modality_copy_keeps_the_set_and_holds_one_value_where_depth_was_valid(tmp_path):
+def test_a_constant_modality_copy_keeps_the_set_and_holds_one_value_where_the_modality_was_valid(tmp_path):
     import cv2
 
     from tst_ros.bench.adapters import constant_copy
@@ -91,16 +91,16 @@ def test_a_constant_modality_copy_keeps_the_set_and_holds_one_value_where_depth_
 
     labeled_set.write(tmp_path / "set", 3, seed=1000, width=64, height=48, progress=False, thermal=True)
     for modality in ("depth", "thermal"):
+        invalid = modalities.get(modality).invalid_value
         out = constant_copy(tmp_path / "set", modality, tmp_path / f"{modality}_constant")
         before = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in sorted((tmp_path / "set" / modality).glob("*.png"))]
         after = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in sorted((out / modality).glob("*.png"))]
         assert len(after) == len(before) == 3 and sorted(p.name for p in out.iterdir()) == sorted(
             p.name for p in (tmp_path / "set").iterdir())
-        kept = [a[b > 0] if modality == "depth" else a.ravel() for a, b in zip(after, before)]
-        values = np.unique(np.concatenate(kept))
-        assert len(values) == 1 and values[0] > 0
-        if modality == "depth":
-            assert all(((a == 0) == (b == 0)).all() for a, b in zip(after, before))
+        assert all(a.dtype == b.dtype == np.uint16 for a, b in zip(after, before))
+        values = np.unique(np.concatenate([a[b != invalid] for a, b in zip(after, before)]))
+        assert len(values) == 1 and values[0] != invalid
+        assert all(((a == invalid) == (b == invalid)).all() for a, b in zip(after, before))
     with pytest.raises(ValueError, match="no thermal"):
         labeled_set.write(tmp_path / "plain", 1, seed=1000, width=64, height=48, progress=False)
         constant_copy(tmp_path / "plain", "thermal", tmp_path / "none")

@@ -130,24 +130,23 @@ def run_modality(seed: int, modality: str, base: str, paths: dict, tmp: Path, bu
 
 def constant_copy(held_out: Path, modality: str, out: Path) -> Path:
     """A copy of the held-out set whose `modality` images all hold the set's median stored value
-    (valid pixels only; depth 0 stays invalid): the modality carries no information."""
+    (over valid pixels; pixels holding the registry's invalid value stay invalid): the modality
+    carries no information."""
     import cv2
 
+    from tst_ros.sim.labeled_set import png_bytes
     from tst_ros.util import atomic_write_bytes
 
     shutil.copytree(held_out, out)
     files = sorted((out / modality).glob("*.png"))
     if not files:
         raise ValueError(f"{held_out} holds no {modality} images to replace")
+    invalid = registry.get(modality).invalid_value
     images = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in files]
-    valid = np.concatenate([im[im > 0] if modality == registry.DEPTH_IMAGE else im.ravel() for im in images])
-    median = np.uint16(np.median(valid))
-    for f, im in zip(files, images):
-        constant = np.where(im > 0, median, 0) if modality == registry.DEPTH_IMAGE else np.full_like(im, median)
-        ok, buf = cv2.imencode(".png", constant.astype(np.uint16))
-        if not ok:
-            raise RuntimeError(f"PNG encoding failed for {f}")
-        atomic_write_bytes(f, buf.tobytes())
+    valid = [np.ones(im.shape, bool) if invalid is None else im != invalid for im in images]
+    median = np.median(np.concatenate([im[v] for im, v in zip(images, valid)]))
+    for f, im, v in zip(files, images, valid):
+        atomic_write_bytes(f, png_bytes(np.where(v, median, im).astype(im.dtype)))
     return out
 
 

@@ -21,7 +21,7 @@ from tst_ros.perception.labeled_data import TransferData
 IGNORE = 255
 
 
-def building_items(dataset: str | Path, input_modalities: list[str], limit: int = 0) -> list[dict]:
+def building_items(dataset: str | Path, input_modalities: list[str]) -> list[dict]:
     """Labeled-set-like items (no labels) of a store's frames that hold every input the model
     takes: {"rgb" (S,S,3) uint8, "depth_mm" (S,S) uint16 or None, empty semantic and boxes}."""
     from tst_ros.data.store import Store
@@ -45,8 +45,6 @@ def building_items(dataset: str | Path, input_modalities: list[str], limit: int 
             items.append({"rgb": rgb, "depth_mm": None if depth is None else np.asarray(depth),
                           "semantic": np.full(rgb.shape[:2], IGNORE, np.uint8),
                           "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)})
-            if limit and len(items) >= limit:
-                break
     if not items:
         raise ValueError(f"{dataset} holds no frame with {wanted} for self-training")
     return items

@@ -29,7 +29,7 @@ PER_BUILDING = 30
 MIN_AREA = 16
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
+def png_bytes(arr: np.ndarray) -> bytes:
     import cv2
 
     img = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 else arr
@@ -92,15 +92,15 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
             frame = sim.frame(idx)
             name = f"{style}_s{b_seed}_f{idx:06d}"
             image_id = len(coco["images"]) + 1
-            atomic_write_bytes(out / "images" / f"{name}.png", _png_bytes(frame.rgb))
-            atomic_write_bytes(out / "semantic" / f"{name}.png", _png_bytes(frame.gt["semantic"]))
+            atomic_write_bytes(out / "images" / f"{name}.png", png_bytes(frame.rgb))
+            atomic_write_bytes(out / "semantic" / f"{name}.png", png_bytes(frame.gt["semantic"]))
             entry = {"id": image_id, "file_name": f"{name}.png", "width": width, "height": height,
                      "seed": b_seed, "style": style, "frame": idx, "semantic_file": f"semantic/{name}.png"}
             if depth:
-                atomic_write_bytes(out / "depth" / f"{name}.png", _png_bytes(frame.depth_mm))
+                atomic_write_bytes(out / "depth" / f"{name}.png", png_bytes(frame.depth_mm))
                 entry["depth_file"] = f"depth/{name}.png"
             if thermal:
-                atomic_write_bytes(out / "thermal" / f"{name}.png", _png_bytes(frame.thermal_ck))
+                atomic_write_bytes(out / "thermal" / f"{name}.png", png_bytes(frame.thermal_ck))
                 entry["thermal_file"] = f"thermal/{name}.png"
             coco["images"].append(entry)
             for x0, y0, x1, y1, cls, iid in frame.gt["boxes"]:
