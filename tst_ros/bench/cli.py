@@ -1,5 +1,5 @@
 """`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]
-[--finetune MODE] [--building STYLE:SEED] [--image-size PX] [--preset P]`."""
+[--finetune MODE] [--building STYLE:SEED] [--image-size PX] [--preset P] [--serving-variants]`."""
 from __future__ import annotations
 
 import importlib
@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--building", help="specialization, adapters: the test building as style:seed (default home:0)")
     p.add_argument("--image-size", type=int, help="specialization only: the resolution of every stage, px (default: "
                                                   "the loop's, 128; a multiple of 32)")
+    p.add_argument("--serving-variants", action="store_true",
+                   help="specialization only: also evaluate every trained model with flip averaging, with the "
+                        "building's batch-norm statistics, and with both")
     p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
                                     "pretrain.preset)")
     p.set_defaults(func=run)
@@ -52,6 +55,8 @@ def run(args) -> int:
         options["image_size"] = args.image_size
     if args.preset:
         options["preset"] = args.preset
+    if args.serving_variants:
+        options["serving_variants"] = True
     if args.modalities:
         options["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     for option in options:

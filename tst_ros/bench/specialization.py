@@ -29,7 +29,9 @@ frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generali
 Rows named `(self-trained)` also learn, over the second half of transfer, from the test
 building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
-predictions of the first seed. `rows` runs some rows only (same data and seeds).
+predictions of the first seed. `rows` runs some rows only (same data and seeds); with
+`serving_variants` every model is also evaluated with flip averaging, with batch-norm statistics
+from the building's store, and with both (rows "NAME [VARIANT]").
 """
 from __future__ import annotations
 
@@ -85,6 +87,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
 # building's unlabeled store (`tst_ros.perception.self_training`)
 ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (self-trained)": {"self_training": 0.5}}
+# `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging)
+SERVING_VARIANTS = {"flip": (False, True), "building BN": (True, False), "building BN + flip": (True, True)}
 
 
 def check_image_size(size: int) -> int:
@@ -240,10 +244,29 @@ def _needed(pretrainings: dict, keys: set[str]) -> list[str]:
     return order
 
 
+def evaluate_serving_variants(model_dir: Path, paths: dict) -> dict[str, dict]:
+    """A trained model evaluated as served with flip averaging, with its batch norms'
+    statistics re-estimated on the building's store, and with both (`SERVING_VARIANTS`)."""
+    from tst_ros.perception.heads import load_model
+    from tst_ros.perception.norm_stats import adapt_to_building
+    from tst_ros.perception.runtime import Predictor
+    from tst_ros.perception.transfer import evaluate
+
+    out = {}
+    for label, (building_stats, flip) in SERVING_VARIANTS.items():
+        model, meta = load_model(model_dir)
+        if building_stats:
+            adapt_to_building(model, meta, str(paths["store"]))
+        predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip}, str(model_dir))
+        out[label] = row_metrics(evaluate(str(model_dir), str(paths["held_out"]), predictor=predictor))
+    return out
+
+
 def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tuple], pretrainings: dict,
-             figure: Path | None = None) -> dict[str, dict]:
+             figure: Path | None = None, variants: bool = False) -> dict[str, dict]:
     """Pre-train, transfer and evaluate `rows_run` (ROWS-like tuples whose pre-training keys
-    are in `pretrainings`) with one seed."""
+    are in `pretrainings`) with one seed; with `variants`, each model's `evaluate_serving_variants` too,
+    as rows "NAME [VARIANT]"."""
     from tst_ros.perception.transfer import GENERALIST, evaluate, transfer
 
     encoders = {GENERALIST: GENERALIST}
@@ -266,6 +289,8 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         rows[name] = {**row_metrics(evaluate(str(model_dir), str(paths["held_out"]))),
                       "transfer_seconds": summary["seconds"]}
         model_dirs[name] = str(model_dir)
+        if variants:
+            rows.update({f"{name} [{label}]": r for label, r in evaluate_serving_variants(model_dir, paths).items()})
     if figure is not None:
         from tst_ros.bench.samples import sample_figure
 
@@ -307,7 +332,7 @@ def table_markdown(rows: dict) -> str:
 
 
 def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False, finetune: str | None = None,
-        building: str = TEST_BUILDING, image_size: int | None = None) -> dict:
+        building: str = TEST_BUILDING, image_size: int | None = None, serving_variants: bool = False) -> dict:
     """Every row (or those named in `rows`) at the quick or the full budget on the test
     `building` ("style:seed"), the encoder transferred as `finetune` says (default: the
     budget's) unless a row fixes it, every stage at `image_size` px (default: the budget's, the
@@ -340,8 +365,8 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         suffix += "" if budget["image_size"] == LOOP_IMAGE_SIZE else f"_{budget['image_size']}px"
         figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
-        per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None)
-                    for i, seed in enumerate(seeds)]
+        per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None,
+                             serving_variants) for i, seed in enumerate(seeds)]
     rows = summarise(per_seed, seeds)
     inputs = {name: ",".join(i or (["rgb", "depth"] if m.startswith("tst-mm") else ["rgb"]))
               for name, m, i, _, _ in ROWS if name in rows_wanted}

@@ -48,6 +48,13 @@ STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tttkd": (("ttt_kd", "sim"), ("pretrain",)),                        # pretrain: the tstmm teacher
     "tttkd_eval": (("ttt_kd", "sim", "specialize.tttkd_scenes"), ("tttkd",)),
 }
+
+
+def reads_building(transfer_cfg) -> bool:
+    """Whether transfer reads the building's recorded frames (self-training, batch-norm statistics)."""
+    return transfer_cfg.self_training > 0 or transfer_cfg.building_norm_stats
+
+
 # fields that change how a stage runs but not what it produces
 NOT_INPUTS = {"pretrain.workers", "pretrain.device", "pretrain.compile", "pretrain.tensorboard",
               "pretrain.checkpoint_every", "ttt_kd.device", "ttt_kd.mode", "ttt_kd.stride", "ttt_kd.sync_window_s"}
@@ -146,8 +153,8 @@ class Pipeline:
         fields, upstream = STAGE_INPUTS[stage]
         inputs = {"config": config_values(self.cfg, fields), "upstream": {u: keys[u] for u in upstream},
                   "data": {}}
-        if stage == "pretrain" or (stage.startswith("transfer") and self.cfg.transfer.self_training > 0):
-            inputs["data"]["dataset"] = data_checksum(self.data)     # self-training reads the building's frames
+        if stage == "pretrain" or (stage.startswith("transfer") and reads_building(self.cfg.transfer)):
+            inputs["data"]["dataset"] = data_checksum(self.data)     # transfer reads the building's frames
         if stage == "labeled_set" and self.cfg.transfer.labeled_set:
             inputs["data"]["labeled set"] = data_checksum(self.labeled)
         return json.loads(json.dumps(inputs, default=str))

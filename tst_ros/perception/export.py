@@ -108,9 +108,9 @@ def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 
     disagreement fraction of the discrete ones (<= MAX_DISAGREEMENT); RuntimeError otherwise."""
     import torch
 
-    from tst_ros.perception.heads import ServingModel
+    from tst_ros.perception.heads import serving_model
 
-    serving = ServingModel(model).eval()
+    serving = serving_model(model, predictor.meta)
     rng = np.random.default_rng(seed)
     h, w = predictor.size
     cases: list[tuple[str, dict]] = []
@@ -151,7 +151,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
     import torch
 
     from tst_ros.models.lora import merge_lora
-    from tst_ros.perception.heads import ServingModel, load_model
+    from tst_ros.perception.heads import load_model, serving_model
 
     model, meta = load_model(model_dir)
     merge_lora(model)                   # adapters (if any) are folded into their layers before tracing
@@ -165,7 +165,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
         frames = real_frames(frame_count, meta.get("transfer", {}).get("labeled_set"))
     with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=".export.") as tmp:
         tmp_path = os.path.join(tmp, "model.onnx")
-        _torch_export(ServingModel(model).eval(), dummy, tmp_path, meta["input_modalities"])
+        _torch_export(serving_model(model, meta), dummy, tmp_path, meta["input_modalities"])
         _write_metadata(tmp_path, meta)
         predictor = Predictor.from_onnx(tmp_path, ["CPUExecutionProvider"])
         parity = parity_check(model, predictor, frames, tolerance=tolerance)

@@ -154,20 +154,37 @@ class ServingModel(nn.Module):
     """PerceptionModel -> (seg_logits, det_heatmap, det_box, seg_labels uint8, det_peaks).
 
     det_peaks is sigmoid(det_heatmap) at cells that are maxima of their 3x3 neighbourhood
-    (ties keep all; CenterNet's max-pool NMS) and 0 elsewhere."""
+    (ties keep all; CenterNet's max-pool NMS) and 0 elsewhere. With `flip_average` every frame
+    also runs mirrored (one batch of two) and the outputs are averaged: segmentation logits,
+    detection probabilities, and log box distances with left and right swapped back."""
 
-    def __init__(self, model: PerceptionModel):
+    def __init__(self, model: PerceptionModel, flip_average: bool = False):
         super().__init__()
         if model.seg_head.classify.out_channels > 256:
             raise ValueError("seg_labels is uint8: at most 256 classes")
         self.model = model
+        self.flip_average = bool(flip_average)
 
     def forward(self, *inputs: torch.Tensor):
-        seg, heat, box = self.model(*inputs)
+        seg, heat, box = self._flip_averaged(*inputs) if self.flip_average else self.model(*inputs)
         labels = seg.argmax(dim=1).to(torch.uint8)
         is_peak = heat >= F.max_pool2d(heat, 3, stride=1, padding=1)
         peaks = torch.where(is_peak, torch.sigmoid(heat), torch.zeros((), dtype=heat.dtype))
         return seg, heat, box, labels, peaks
+
+    def _flip_averaged(self, *inputs: torch.Tensor):
+        n = inputs[0].shape[0]
+        seg, heat, box = self.model(*[torch.cat([x, x.flip(-1)]) for x in inputs])
+        seg = (seg[:n] + seg[n:].flip(-1)) / 2
+        prob = (torch.sigmoid(heat[:n]) + torch.sigmoid(heat[n:].flip(-1))) / 2
+        heat = torch.logit(prob, eps=1e-6)
+        box = (box[:n] + box[n:].flip(-1)[:, [2, 1, 0, 3]]) / 2      # mirrored: left <-> right
+        return seg, heat, box
+
+
+def serving_model(model: PerceptionModel, meta: dict) -> ServingModel:
+    """The served form of a transferred model, as its metadata asks (`flip_average`)."""
+    return ServingModel(model, flip_average=bool(meta.get("flip_average", False))).eval()
 
 
 # ----------------------------------------------------------------------------- targets and losses

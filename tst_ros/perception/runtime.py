@@ -23,7 +23,7 @@ from tst_ros.perception.threads import thread_layout
 
 IGNORE_LABEL = 255
 META_KEYS = ("classes", "thing_class_ids", "input_modalities", "preprocessing", "tasks", "det_stride",
-             "image_size", "encoder", "outputs")
+             "image_size", "encoder", "outputs", "flip_average")
 OUTPUT_NAMES = ("seg_logits", "det_heatmap", "det_box", "seg_labels", "det_peaks")
 TASK_OUTPUTS = {"segmentation": ("seg_labels",), "detection": ("det_peaks", "det_box")}
 BOX_LOG_CLAMP = 6.0
@@ -139,9 +139,9 @@ class Predictor:
         weights changed in place (the adapter bank's entry swaps) serve from the next call."""
         import torch
 
-        from tst_ros.perception.heads import ServingModel
+        from tst_ros.perception.heads import serving_model
 
-        serving = ServingModel(model).eval()
+        serving = serving_model(model, meta)
 
         @torch.no_grad()
         def infer(inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ def building_items(dataset: str | Path, input_modalities: list[str]) -> list[dic
 
     unsupported = set(input_modalities) - {registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE}
     if unsupported:
-        raise ValueError(f"self-training reads colour and depth from the store; the model also takes "
+        raise ValueError(f"the building's frames give colour and depth only; the model also takes "
                          f"{sorted(unsupported)}")
     wanted = [registry.PRIMARY_IMAGE] + ([registry.DEPTH_IMAGE] if registry.DEPTH_IMAGE in input_modalities else [])
     items = []
@@ -46,7 +46,7 @@ def building_items(dataset: str | Path, input_modalities: list[str]) -> list[dic
                           "semantic": np.full(rgb.shape[:2], IGNORE, np.uint8),
                           "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)})
     if not items:
-        raise ValueError(f"{dataset} holds no frame with {wanted} for self-training")
+        raise ValueError(f"{dataset} holds no frame with {wanted}")
     return items
 
 

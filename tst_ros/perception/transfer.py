@@ -140,7 +140,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
              progress_stream=None, show_bar: bool = True, building_store: str | None = None) -> dict:
     """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary.
     With `cfg.self_training` the last steps also learn from `building_store`'s frames,
-    pseudo-labeled (`tst_ros.perception.self_training`)."""
+    pseudo-labeled (`tst_ros.perception.self_training`); with `cfg.building_norm_stats` the
+    batch norms' statistics are re-estimated on them at the end (`tst_ros.perception.norm_stats`)."""
     import torch
     from tqdm import tqdm
 
@@ -149,6 +150,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     from tst_ros.train.engine import autocast
 
     cfg = cfg or TransferConfig()
+    if cfg.building_norm_stats and not building_store:
+        raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
@@ -208,6 +211,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     meta["history"] = history
     if batches.pseudo is not None:
         meta["transfer"]["building_frames"] = {"store": str(Path(building_store).resolve()), **batches.describe()}
+    _specialise_serving(model, meta, cfg, building_store)
     if cfg.finetune == STAGE2:
         from tst_ros.train.stage2 import parameter_account
 
@@ -219,6 +223,15 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
             "final_loss": history[-1] if history else None, "account": meta.get("account"),
             "trainable_fraction": round(trained / sum(p.numel() for p in model.parameters()), 5)}
+
+
+def _specialise_serving(model, meta: dict, cfg, building_store: str | None) -> None:
+    """What transfer settles after training: the building's batch-norm statistics and flip averaging."""
+    meta["flip_average"] = bool(cfg.flip_average)
+    if cfg.building_norm_stats:
+        from tst_ros.perception.norm_stats import adapt_to_building
+
+        meta["transfer"]["building_statistics"] = adapt_to_building(model, meta, building_store)
 
 
 def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):

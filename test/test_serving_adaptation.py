@@ -1,0 +1,118 @@
+"""What transfer settles for serving: flip averaging (the served outputs mirror with the frame,
+and the ONNX graph carries it with parity) and batch-norm statistics re-estimated on the
+building's recorded frames (they become those frames' statistics; nothing else changes)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tst_ros import config
+from tst_ros.config import RecordConfig, SimConfig, TransferConfig
+from tst_ros.data.from_sim import build_dataset
+from tst_ros.perception.export import export_model, real_frames
+from tst_ros.perception.heads import ServingModel, load_model, serving_model
+from tst_ros.perception.norm_stats import batch_norms, reestimate_batch_norms
+from tst_ros.perception.runtime import OUTPUT_NAMES, Predictor
+from tst_ros.perception.transfer import GENERALIST, transfer
+from tst_ros.sim import labeled_set
+from fixture_models import make_model_dir
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving-adaptation")
+    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(tmp / "store"), image_size=64),
+                  5, tmp / "store")
+    labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
+    make_model_dir(tmp / "model", image_size=64, inputs=("rgb", "depth"), seed=3, input_stem=True)
+    return tmp
+
+
+def _mirrored(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The outputs of a mirrored frame as the frame's own would be mirrored: box sides swap."""
+    out = {n: t.flip(-1) for n, t in outputs.items()}
+    out["det_box"] = out["det_box"][:, [2, 1, 0, 3]]
+    return out
+
+
+def test_flip_averaged_outputs_mirror_with_the_frame(sets):
+    model, _ = load_model(sets / "model")
+    serving = ServingModel(model, flip_average=True).eval()
+    x = [torch.randn(1, 3, 64, 64), torch.rand(1, 1, 64, 64)]
+    with torch.no_grad():
+        plain = dict(zip(OUTPUT_NAMES, serving(*x)))
+        mirrored = dict(zip(OUTPUT_NAMES, serving(*[t.flip(-1) for t in x])))
+        single = dict(zip(OUTPUT_NAMES, ServingModel(model).eval()(*x)))
+    for name, expected in _mirrored(plain).items():
+        if name != "seg_labels":                          # labels may differ at exact ties only
+            torch.testing.assert_close(mirrored[name], expected, atol=1e-5, rtol=1e-5, msg=name)
+    assert not torch.allclose(plain["seg_logits"], single["seg_logits"])   # an untrained model is not symmetric
+
+
+def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for f in (sets / "model").iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**meta, "flip_average": True}))
+    manifest = export_model(model_dir, tmp_path / "model.onnx", frames=real_frames(1))
+    assert all(d <= 1e-4 for d in manifest["parity"]["max_abs_diff"].values())
+    onnx_pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
+    assert onnx_pred.meta["flip_average"] is True
+    torch_model, torch_meta = load_model(model_dir)
+    rgb, depth, _ = real_frames(1)[0]
+    inputs = onnx_pred.preprocess(rgb, depth)
+    with torch.no_grad():
+        expected = serving_model(torch_model, torch_meta)(*[torch.from_numpy(inputs[n]) for n in ("rgb", "depth")])
+    np.testing.assert_allclose(onnx_pred.infer(inputs)["seg_logits"], expected[0].numpy(), atol=1e-4)
+
+
+def test_batch_norm_statistics_become_the_frames_and_nothing_else_changes():
+    from tst_ros.perception.transfer import new_model, resolve_encoder
+
+    encoder, enc_meta = resolve_encoder(GENERALIST, image_size=64)
+    model, _ = new_model(encoder, enc_meta, ["a", "b", "c"], {2: "c"})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frames = {"rgb": np.random.default_rng(0).standard_normal((32, 3, 64, 64)).astype(np.float32) * 2 + 1}
+    norms = batch_norms(model)
+    momenta = [m.momentum for m in norms]
+    assert reestimate_batch_norms(model, frames, chunk=16) == len(norms) > 10
+    stem = model.encoder
+    with torch.no_grad():
+        activations = stem.stem(torch.from_numpy(frames["rgb"]) * stem.gain + stem.offset)
+    torch.testing.assert_close(stem.stem_norm.running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stem.stem_norm.running_var, activations.var(dim=(0, 2, 3)), rtol=0.05, atol=1e-4)
+    buffers = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items() if k not in buffers)
+    assert not model.training and [m.momentum for m in norms] == momenta
+
+
+def test_transfer_reestimates_on_the_store_and_records_it_or_refuses_without_one(sets, tmp_path):
+    labeled, store = str(sets / "labeled"), str(sets / "store")
+    with pytest.raises(ValueError, match="building's store"):
+        transfer(GENERALIST, labeled, str(tmp_path / "none"), TransferConfig(steps=2, building_norm_stats=True),
+                 image_size=64, show_bar=False)
+    for name, adapt in (("plain", False), ("adapted", True)):
+        cfg = TransferConfig(steps=2, batch=4, seed=0, building_norm_stats=adapt, flip_average=adapt)
+        transfer(GENERALIST, labeled, str(tmp_path / name), cfg, image_size=64, show_bar=False, building_store=store)
+    plain, plain_meta = load_model(tmp_path / "plain")
+    adapted, meta = load_model(tmp_path / "adapted")
+    assert meta["transfer"]["building_statistics"]["frames"] == 5 and meta["flip_average"] is True
+    assert plain_meta["flip_average"] is False and "building_statistics" not in plain_meta["transfer"]
+    changed = {k for k, v in adapted.state_dict().items() if not torch.equal(v, plain.state_dict()[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+
+
+def test_the_pipelines_transfer_depends_on_the_store_when_it_reads_its_statistics(sets, tmp_path):
+    from tst_ros.graph.pipeline import Pipeline
+
+    keys = {"pretrain": "p", "labeled_set": "l"}
+    adapted = Pipeline(config.load(None, ["transfer.building_norm_stats=true"]), tmp_path,
+                       sets / "store").stage_inputs("transfer", keys)
+    assert "dataset" in adapted["data"]
