@@ -30,8 +30,8 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, help="specialization only: the resolution of every stage, px (default: "
                                                   "the loop's, 128; a multiple of 32)")
     p.add_argument("--serving-variants", action="store_true",
-                   help="specialization only: also evaluate every trained model with flip averaging, with the "
-                        "building's batch-norm statistics, and with both")
+                   help="specialization only: also evaluate every trained model without and with flip "
+                        "averaging, each with its own and with the building's batch-norm statistics")
     p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
                                     "pretrain.preset)")
     p.set_defaults(func=run)

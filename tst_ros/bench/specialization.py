@@ -30,8 +30,8 @@ Rows named `(self-trained)` also learn, over the second half of transfer, from t
 building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
-`serving_variants` every model is also evaluated with flip averaging, with batch-norm statistics
-from the building's store, and with both (rows "NAME [VARIANT]").
+`serving_variants` every model is also evaluated without and with flip averaging, each with its
+own batch-norm statistics and with statistics from the building's store (rows "NAME [VARIANT]").
 """
 from __future__ import annotations
 
@@ -87,8 +87,10 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
 # building's unlabeled store (`tst_ros.perception.self_training`)
 ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (self-trained)": {"self_training": 0.5}}
-# `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging)
-SERVING_VARIANTS = {"flip": (False, True), "building BN": (True, False), "building BN + flip": (True, True)}
+# `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging),
+# each set explicitly whatever the transfer default (the plain row is served as transferred)
+SERVING_VARIANTS = {"no flip": (False, False), "flip": (False, True), "building BN, no flip": (True, False),
+                    "building BN + flip": (True, True)}
 
 
 def check_image_size(size: int) -> int:
@@ -245,18 +247,19 @@ def _needed(pretrainings: dict, keys: set[str]) -> list[str]:
 
 
 def evaluate_serving_variants(model_dir: Path, paths: dict) -> dict[str, dict]:
-    """A trained model evaluated as served with flip averaging, with its batch norms'
-    statistics re-estimated on the building's store, and with both (`SERVING_VARIANTS`)."""
+    """A trained model evaluated without and with flip averaging, each with its own batch-norm
+    statistics and with them re-estimated on the building's store (`SERVING_VARIANTS`)."""
     from tst_ros.perception.heads import load_model
-    from tst_ros.perception.norm_stats import adapt_to_building
+    from tst_ros.perception.norm_stats import building_inputs, reestimate_batch_norms
     from tst_ros.perception.runtime import Predictor
     from tst_ros.perception.transfer import evaluate
 
-    out = {}
+    out, frames = {}, None
     for label, (building_stats, flip) in SERVING_VARIANTS.items():
         model, meta = load_model(model_dir)
         if building_stats:
-            adapt_to_building(model, meta, str(paths["store"]))
+            frames = frames if frames is not None else building_inputs(str(paths["store"]), meta)   # read once
+            reestimate_batch_norms(model, frames)
         predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip}, str(model_dir))
         out[label] = row_metrics(evaluate(str(model_dir), str(paths["held_out"]), predictor=predictor))
     return out
