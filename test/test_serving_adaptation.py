@@ -116,3 +116,26 @@ def test_the_pipelines_transfer_depends_on_the_store_when_it_reads_its_statistic
     adapted = Pipeline(config.load(None, ["transfer.building_norm_stats=true"]), tmp_path,
                        sets / "store").stage_inputs("transfer", keys)
     assert "dataset" in adapted["data"]
+
+
+def _file_digests(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_serving_variants_are_the_model_served_each_way_and_leave_it_unchanged_on_disk(sets):
+    from tst_ros.bench.specialization import SERVING_VARIANTS, evaluate_serving_variants, row_metrics
+    from tst_ros.perception.norm_stats import building_inputs
+    from tst_ros.perception.transfer import evaluate
+
+    model_dir, held_out = sets / "model", str(sets / "labeled")
+    before = _file_digests(model_dir)
+    variants = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out})
+    assert list(variants) == list(SERVING_VARIANTS) and _file_digests(model_dir) == before
+    for label, (building_stats, flip) in SERVING_VARIANTS.items():
+        model, meta = load_model(model_dir)
+        if building_stats:
+            reestimate_batch_norms(model, building_inputs(str(sets / "store"), meta))
+        predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip}, str(model_dir))
+        assert variants[label] == row_metrics(evaluate(str(model_dir), held_out, predictor=predictor)), label
+    # on this model averaging with the mirror image changes the scores, so the rows are distinct servings
+    assert variants["no flip"]["seg_miou"] != variants["flip"]["seg_miou"]
