@@ -2,7 +2,8 @@
 detection nodes against bare ONNX Runtime inference of the same model, in the same run.
 
 - Model: the deployment shape of the loop's defaults (its pre-training preset, 128 px, RGB-D
-  inputs, `tst-ros transfer`'s heads), exported to ONNX (weights do not change the cost).
+  inputs, `tst-ros transfer`'s heads, flip averaging as `transfer.flip_average` says), exported
+  to ONNX (weights do not change the cost).
 - Bare: `session.run` of the outputs the node requests (segmentation: `seg_labels`;
   detection: `det_peaks`, `det_box`) on a preprocessed frame in this process, from a thread
   placed on the same core as the node's worker (`tst_ros.perception.threads`), p50/p99,
@@ -116,14 +117,16 @@ def _simulator_frames(count: int, out: dict) -> list[tuple[np.ndarray, np.ndarra
 def _benchmark_model(tmp: Path, frames: list, out: dict) -> Path:
     """The deployment-shaped untrained model, exported to ONNX under `tmp`."""
     from tst_ros.bench.models import untrained_model_dir
-    from tst_ros.config import PretrainConfig
+    from tst_ros.config import PretrainConfig, TransferConfig
     from tst_ros.perception.export import export_model
 
-    preset = PretrainConfig().preset
-    model_dir = untrained_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), preset=preset, seed=0)
+    preset, flip = PretrainConfig().preset, TransferConfig().flip_average
+    model_dir = untrained_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), preset=preset, seed=0,
+                                    flip_average=flip)
     sample = [(rgb, d / 1000.0) for rgb, d in frames[:1]]
     onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=sample)["path"])
-    out["model"] = f"{preset} preset, 128 px, inputs rgb+depth, ONNX Runtime CPU"
+    out["model"] = (f"{preset} preset, 128 px, inputs rgb+depth, {'flip-averaged' if flip else 'single pass'}, "
+                    "ONNX Runtime CPU")
     return onnx_path
 
 
