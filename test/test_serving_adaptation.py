@@ -118,7 +118,7 @@ def test_the_pipelines_transfer_depends_on_the_store_when_it_reads_its_statistic
     assert "dataset" in adapted["data"]
 
 
-def _file_digests(directory) -> dict[str, bytes]:
+def _file_contents(directory) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
@@ -128,9 +128,9 @@ def test_serving_variants_are_the_model_served_each_way_and_leave_it_unchanged_o
     from tst_ros.perception.transfer import evaluate
 
     model_dir, held_out = sets / "model", str(sets / "labeled")
-    before = _file_digests(model_dir)
+    before = _file_contents(model_dir)
     variants = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out})
-    assert list(variants) == list(SERVING_VARIANTS) and _file_digests(model_dir) == before
+    assert list(variants) == list(SERVING_VARIANTS) and _file_contents(model_dir) == before
     for label, (building_stats, flip) in SERVING_VARIANTS.items():
         model, meta = load_model(model_dir)
         if building_stats:
