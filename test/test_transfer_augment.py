@@ -1,6 +1,6 @@
 """Transfer augmentation: zoom crops move inputs, labels and boxes together, colour jitter keeps
-intensities in range, augmented batches carry targets rebuilt from the moved boxes, and a
-transfer with augmentation trains and reloads."""
+intensities in range, input dropout blanks depth of whole samples only, augmented batches carry
+targets rebuilt from the moved boxes, and a transfer with augmentation trains and reloads."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tst_ros.config import TransferConfig
-from tst_ros.perception.augment import Augmentation, jitter_batch, jitter_colour, zoom_crop, zoom_sample
+from tst_ros.perception.augment import Augmentation, drop_inputs, jitter_batch, jitter_colour, zoom_crop, zoom_sample
 from tst_ros.perception.labeled_data import TransferData, load_labeled
 from tst_ros.perception.transfer import new_model, resolve_encoder, transfer
 from tst_ros.sim import labeled_set
@@ -54,12 +54,28 @@ def test_colour_jitter_keeps_intensities_in_range_and_is_the_identity_at_unit_ga
     assert intensity.min() >= -1e-5 and intensity.max() <= 1 + 1e-5 and intensity.mean() > 0.5
 
 
+def test_input_dropout_blanks_whole_samples_of_depth_and_never_colour():
+    rng = np.random.default_rng(0)
+    inputs = {"rgb": rng.normal(size=(400, 3, 4, 4)).astype(np.float32),
+              "depth": rng.normal(size=(400, 1, 4, 4)).astype(np.float32)}
+    out = drop_inputs(inputs, 0.3, np.random.default_rng(1))
+    assert out["rgb"] is inputs["rgb"] and out["depth"].dtype == np.float32
+    blank = (out["depth"] == 0).all(axis=(1, 2, 3))
+    kept = (out["depth"] == inputs["depth"]).all(axis=(1, 2, 3))
+    assert (blank ^ kept).all()                                             # a sample keeps all of it or none
+    assert 0.2 < blank.mean() < 0.4
+    assert drop_inputs(inputs, 0.0, rng) is inputs and drop_inputs({"rgb": inputs["rgb"]}, 0.5, rng)["rgb"] is inputs["rgb"]
+
+
 def test_augmentation_settings_are_checked():
     assert not Augmentation().active and Augmentation(zoom=0.5).active
     with pytest.raises(ValueError, match="zoom"):
         Augmentation(zoom=-0.1)
     with pytest.raises(ValueError, match="colour"):
         Augmentation(colour=1.0)
+    with pytest.raises(ValueError, match="input_drop"):
+        Augmentation(input_drop=1.0)
+    assert Augmentation(input_drop=0.3).active
     inputs, semantic, boxes, labels = _sample()
     out = zoom_sample(0.0, np.random.default_rng(1), inputs, semantic, boxes, labels)
     assert out[0] is inputs and out[2] is boxes                             # no zoom: untouched
@@ -97,8 +113,9 @@ def test_augmented_batches_carry_detection_targets_of_their_own_boxes(labeled):
 
 
 def test_transfer_with_augmentation_trains_and_records_it(labeled, tmp_path):
-    cfg = TransferConfig(steps=3, batch=2, seed=0, zoom=0.5, colour_jitter=0.2)
+    cfg = TransferConfig(steps=3, batch=2, seed=0, zoom=0.5, colour_jitter=0.2, input_drop=0.5)
     transfer("scratch", str(labeled), str(tmp_path / "m"), cfg, image_size=32, patch=8, show_bar=False)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["transfer"]["zoom"] == 0.5 and meta["transfer"]["colour_jitter"] == 0.2
+    assert meta["transfer"]["input_drop"] == 0.5
     assert all(np.isfinite(h["loss"]) for h in meta["history"])

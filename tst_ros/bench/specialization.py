@@ -27,7 +27,8 @@ generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Rows named `(self-trained)` also learn, over the second half of transfer, from the test
-building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`).
+building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`); the
+`(input dropout)` row trains with depth read as missing on 30 % of the samples.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -79,13 +80,16 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
         ("tst-mm-imagenet (self-trained)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (input dropout)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full")]
 # rows whose transfer also differs in these TransferConfig fields: self-training on the test
-# building's unlabeled store (`tst_ros.perception.self_training`)
+# building's unlabeled store (`tst_ros.perception.self_training`); depth dropped from a share
+# of the training samples
 ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
+                "tst-mm-imagenet (input dropout)": {"input_drop": 0.3},
                 "generalist-finetuned (self-trained)": {"self_training": 0.5}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging),
 # each set explicitly whatever the transfer default (the plain row is served as transferred)

@@ -1,8 +1,9 @@
 """Training-time augmentation of labeled transfer batches, applied at network resolution after
 the one preprocessing path: random zoom-in crops (inputs, label map and boxes cropped alike and
-resized back) and colour jitter of the colour image (per-channel gain and a shared brightness
-shift, in intensity units). Detection targets of zoomed samples are rebuilt from their boxes;
-colour jitter leaves the cached ones.
+resized back), colour jitter of the colour image (per-channel gain and a shared brightness
+shift, in intensity units) and input dropout (a sample's non-colour inputs, e.g. depth, read
+as "no measurement", so the heads cannot lean on them alone). Detection targets of zoomed
+samples are rebuilt from their boxes; colour jitter and dropout leave the cached ones.
 """
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ MIN_VISIBLE = 0.25          # a cropped box keeps at least this share of its are
 class Augmentation:
     zoom: float = 0.0        # crops cover 1 / (1 + U(0, zoom)) of each side, resized back to the input size
     colour: float = 0.0      # gains U(1 - c, 1 + c) per channel, brightness U(-c/2, c/2), intensities clipped to [0, 1]
+    input_drop: float = 0.0  # share of samples whose non-colour inputs are all "no measurement" (normalised 0)
 
     def __post_init__(self) -> None:
-        if self.zoom < 0 or not 0 <= self.colour < 1:
-            raise ValueError(f"augmentation zoom must be >= 0 and colour in [0, 1), got {self.zoom}, {self.colour}")
+        if self.zoom < 0 or not 0 <= self.colour < 1 or not 0 <= self.input_drop < 1:
+            raise ValueError(f"augmentation zoom must be >= 0, colour and input_drop in [0, 1), got {self.zoom}, "
+                             f"{self.colour}, {self.input_drop}")
 
     @property
     def active(self) -> bool:
-        return self.zoom > 0 or self.colour > 0
+        return self.zoom > 0 or self.colour > 0 or self.input_drop > 0
 
 
 def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
@@ -80,4 +83,17 @@ def jitter_batch(images: np.ndarray, mean: np.ndarray, std: np.ndarray, colour: 
     for k, image in enumerate(images):
         gains = rng.uniform(1 - colour, 1 + colour, 3).astype(np.float32)
         out[k] = jitter_colour(image, mean, std, gains, rng.uniform(-colour / 2, colour / 2))
+    return out
+
+
+def drop_inputs(inputs: dict[str, np.ndarray], share: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Normalised batches {name: (B, C, H, W)} with every non-colour input of a random `share`
+    of the samples set to 0, what an invalid measurement normalises to."""
+    others = [n for n in inputs if n != registry.PRIMARY_IMAGE]
+    if share <= 0 or not others:
+        return inputs
+    dropped = rng.random(len(next(iter(inputs.values())))) < share
+    out = dict(inputs)
+    for name in others:
+        out[name] = np.where(dropped[:, None, None, None], np.float32(0.0), inputs[name]).astype(np.float32)
     return out

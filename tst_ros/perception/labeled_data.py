@@ -138,6 +138,10 @@ class TransferData:
 
             out["inputs"][registry.PRIMARY_IMAGE] = jitter_batch(out["inputs"][registry.PRIMARY_IMAGE],
                                                                  *self.colour_norm, augmentation.colour, rng)
+        if augmentation.input_drop > 0:
+            from tst_ros.perception.augment import drop_inputs
+
+            out["inputs"] = drop_inputs(out["inputs"], augmentation.input_drop, rng)
         return out
 
     def _zoomed(self, i: int, flip: bool, rng: np.random.Generator, augmentation) -> dict:
