@@ -1,6 +1,7 @@
 """What transfer settles for serving: flip averaging (the served outputs mirror with the frame,
-and the ONNX graph carries it with parity) and batch-norm statistics re-estimated on the
-building's recorded frames (they become those frames' statistics; nothing else changes)."""
+and the ONNX graph carries it with parity, or leaves it out when export is told to) and
+batch-norm statistics re-estimated on the building's recorded frames (they become those
+frames' statistics; nothing else changes)."""
 from __future__ import annotations
 
 import json
@@ -70,7 +71,14 @@ def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
     inputs = onnx_pred.preprocess(rgb, depth)
     with torch.no_grad():
         expected = serving_model(torch_model, torch_meta)(*[torch.from_numpy(inputs[n]) for n in ("rgb", "depth")])
+        single = ServingModel(torch_model).eval()(*[torch.from_numpy(inputs[n]) for n in ("rgb", "depth")])
     np.testing.assert_allclose(onnx_pred.infer(inputs)["seg_logits"], expected[0].numpy(), atol=1e-4)
+    # exporting with flip averaging turned off serves the single pass, and says so
+    plain = export_model(model_dir, tmp_path / "plain.onnx", frames=real_frames(1), flip_average=False)
+    plain_pred = Predictor.load(plain["path"], ["CPUExecutionProvider"])
+    assert plain_pred.meta["flip_average"] is False
+    assert json.loads((model_dir / "model.json").read_text())["flip_average"] is True      # the model is untouched
+    np.testing.assert_allclose(plain_pred.infer(inputs)["seg_logits"], single[0].numpy(), atol=1e-4)
 
 
 def test_batch_norm_statistics_become_the_frames_and_nothing_else_changes():

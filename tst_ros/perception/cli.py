@@ -1,6 +1,7 @@
 """`tst-ros transfer`, `tst-ros eval`, `tst-ros export`."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -55,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference PyTorch vs ORT")
     p.add_argument("--frames", help="labeled set to take real parity frames from (default: the transfer set, "
                                     "else simulator frames)")
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve each frame also mirrored and average (2x inference); default: as the model was "
+                        "transferred (transfer.flip_average)")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=run_export)
 
@@ -109,7 +113,8 @@ def run_export(args) -> int:
     from tst_ros.perception.export import export_model, real_frames
 
     frames = real_frames(2, args.frames) if args.frames else None
-    manifest = export_model(args.model, args.out, frames=frames, tolerance=args.tolerance)
+    manifest = export_model(args.model, args.out, frames=frames, tolerance=args.tolerance,
+                            flip_average=args.flip_average)
     print(json.dumps({k: manifest[k] for k in ("path", "manifest_path", "sha256", "bytes")} |
                      {"parity_max_abs_diff": manifest["parity"]["max_abs_diff"]}))
     return 0

@@ -146,8 +146,10 @@ def parity_check(model, predictor: Predictor, frames: list, random_draws: int = 
 
 
 def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: list | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE, frame_count: int = 2) -> dict:
-    """Export MODEL_DIR to ONNX at `out` (file or directory); returns the manifest written beside it."""
+                 tolerance: float = DEFAULT_TOLERANCE, frame_count: int = 2, flip_average: bool | None = None) -> dict:
+    """Export MODEL_DIR to ONNX at `out` (file or directory); returns the manifest written beside it.
+    `flip_average` overrides the model's own choice (None keeps it): off halves inference, e.g.
+    where a flip-averaged frame takes longer than the camera's frame period."""
     import torch
 
     from tst_ros.models.lora import merge_lora
@@ -156,6 +158,8 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, frames: l
     model, meta = load_model(model_dir)
     merge_lora(model)                   # adapters (if any) are folded into their layers before tracing
     meta = export_meta(meta)
+    if flip_average is not None:
+        meta["flip_average"] = bool(flip_average)
     onnx_path, manifest_path = output_paths(out)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     size = int(meta["preprocessing"]["size"][0])
