@@ -22,7 +22,7 @@ from tst_ros.ros.qos import qos_latched, qos_profile
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from tst_ros.util import sha256_file
 
-from polling import spinning, stop_processes, wait_for
+from polling import Spinning, spinning, stop_processes, wait_for
 
 COMMAND = (f"{sys.executable} -m tst_ros.cli pretrain --data synthetic:32 --out {{run_dir}} --steps 2000 --batch 4 "
            "--image-size 32 --patch 8 --preset tiny --workers 0 --progress-jsonl --set pretrain.checkpoint_every=4 "
@@ -171,14 +171,14 @@ def spinning_executor():
         yield executor
 
 
-def model_publishing_trainer(run_dir, model_dir):
+def model_publishing_trainer(run_dir, model_dir, context=None):
     """A trainer whose child process announces `model_dir` once and exits."""
     from tst_ros.ros.nodes.trainer import TrainerNode
 
     command = f"{{python}} -c {shlex.quote(EMIT_MODEL_EVENT)} {shlex.quote(str(model_dir))}"
     return TrainerNode(parameter_overrides=[
         Parameter("command", value=command), Parameter("run_dir", value=str(run_dir)),
-        Parameter("min_samples", value=0), Parameter("status_rate_hz", value=4.0)])
+        Parameter("min_samples", value=0), Parameter("status_rate_hz", value=4.0)], context=context)
 
 
 def wait_until_serving(served: dict, process, log, version: int, classes: list[str]) -> None:
@@ -210,16 +210,17 @@ def test_a_restarted_trainer_continues_the_versions_and_segmentation_hot_loads_i
                              qos_latched())
     spinning_executor.add_node(peer)
 
-    # each trainer is a fresh node on the same run_dir: the second one is a restart of the first
+    # each trainer is a fresh node on the same run_dir, in its own context (a new participant, as
+    # a restarted process would be): the second one is a restart of the first. Its executor stops
+    # before the node is destroyed; destroying a node that a spinning executor still waits on
+    # kills that executor's thread.
     for expected_version, (deploy, classes) in enumerate(models, start=1):
-        trainer = model_publishing_trainer(tmp_path / "run", deploy)
-        spinning_executor.add_node(trainer)
+        spun = Spinning(lambda ctx, deploy=deploy: model_publishing_trainer(tmp_path / "run", deploy, ctx))
         try:
             wait_until_serving(served, process, log, expected_version, classes)
-            assert trainer.version == expected_version
+            assert spun.node.version == expected_version
         finally:
-            spinning_executor.remove_node(trainer)
-            trainer.destroy_node()
+            spun.close()
     assert served["versions"] == [1, 2]
 
 

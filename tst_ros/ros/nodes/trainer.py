@@ -176,8 +176,8 @@ class TrainingProcess:
 
 
 class TrainerNode(Node):
-    def __init__(self, parameter_overrides=None, name: str = "trainer"):
-        super().__init__(name, parameter_overrides=parameter_overrides or [])
+    def __init__(self, parameter_overrides=None, name: str = "trainer", **kwargs):
+        super().__init__(name, parameter_overrides=parameter_overrides or [], **kwargs)
         self.command = self.declare_parameter("command", DEFAULT_COMMAND).value
         self.dataset = self.declare_parameter("dataset", "").value
         self.run_dir = Path(self.declare_parameter("run_dir", "runs/pretrain").value)
