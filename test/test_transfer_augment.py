@@ -64,7 +64,8 @@ def test_input_dropout_blanks_whole_samples_of_depth_and_never_colour():
     kept = (out["depth"] == inputs["depth"]).all(axis=(1, 2, 3))
     assert (blank ^ kept).all()                                             # a sample keeps all of it or none
     assert 0.2 < blank.mean() < 0.4
-    assert drop_inputs(inputs, 0.0, rng) is inputs and drop_inputs({"rgb": inputs["rgb"]}, 0.5, rng)["rgb"] is inputs["rgb"]
+    assert drop_inputs(inputs, 0.0, rng) is inputs                          # off: untouched
+    assert drop_inputs({"rgb": inputs["rgb"]}, 0.5, rng)["rgb"] is inputs["rgb"]   # colour alone: nothing to drop
 
 
 def test_augmentation_settings_are_checked():

@@ -95,5 +95,5 @@ def drop_inputs(inputs: dict[str, np.ndarray], share: float, rng: np.random.Gene
     dropped = rng.random(len(next(iter(inputs.values())))) < share
     out = dict(inputs)
     for name in others:
-        out[name] = np.where(dropped[:, None, None, None], np.float32(0.0), inputs[name]).astype(np.float32)
+        out[name] = np.where(dropped[:, None, None, None], np.float32(0.0), inputs[name]).astype(np.float32, copy=False)
     return out

@@ -169,7 +169,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     trained = sum(p.numel() for g in groups for p in g["params"])
     frozen = cfg.finetune == "frozen"
-    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop)   # frozen: cached features
+    # frozen: cached features, no augmentation
+    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop)
     cache = _frozen_features(model, data, device) if frozen else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
     batches = _Batches(data, _pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
