@@ -99,9 +99,22 @@ class Driver:
         assert self._call(self.change[node], request).success, (node, transition_id)
 
     def state(self, node: str) -> str:
+        """The node's lifecycle state. GetState is idempotent, so a request sent before the
+        service had matched this client (and so never answered) is sent again."""
         from lifecycle_msgs.srv import GetState
 
-        return self._call(self.get_state[node], GetState.Request()).current_state.label
+        for _ in range(3):
+            future = self.get_state[node].call_async(GetState.Request())
+            try:
+                wait_for(future.done, 20.0, f"a response from {node}/get_state")
+            except AssertionError:
+                self.get_state[node].remove_pending_request(future)
+                continue
+            return future.result().current_state.label
+        raise AssertionError(f"{node}/get_state answered none of 3 requests")
+
+    def services_ready(self, node: str) -> bool:
+        return self.change[node].service_is_ready() and self.get_state[node].service_is_ready()
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -142,7 +155,8 @@ def test_configure_activate_deactivate_cleanup_over_the_lifecycle_services(manag
     driver, procs, logs, store_path = managed
     for name in NODES:
         alive = lambda: all(p.poll() is None for p in procs.values())  # noqa: E731
-        wait_for(lambda: driver.change[name].service_is_ready() or not alive(), TIMEOUT_S, f"{name}/change_state")
+        # both services: each is a separate pair of DDS endpoints, matched on its own
+        wait_for(lambda: driver.services_ready(name) or not alive(), TIMEOUT_S, f"{name} lifecycle services")
         assert alive(), "\n".join(p.read_text() for p in logs.values())
         assert driver.state(name) == "unconfigured"
 
