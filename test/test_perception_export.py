@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import torch
 from tst_ros.cli import main as cli_main
 from tst_ros.perception.export import export_model, parity_check, real_frames
 from tst_ros.perception.heads import load_model
-from tst_ros.perception.runtime import OUTPUT_NAMES, Predictor
+from tst_ros.perception.runtime import OUTPUT_NAMES, TASK_OUTPUTS, Predictor, pruned_model
 from fixture_models import make_model_dir
 from tst_ros.sim import CLASSES, THING_CLASSES
 from tst_ros.util import sha256_file
@@ -63,6 +64,26 @@ def test_onnx_without_serving_outputs_is_rejected_with_a_clear_message(exported,
     onnx.save(proto, tmp_path / "old.onnx")
     with pytest.raises(ValueError, match="re-export"):
         Predictor.load(tmp_path / "old.onnx", ["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("task", sorted(TASK_OUTPUTS))
+def test_a_predictor_pruned_to_one_task_matches_the_full_graph_and_refuses_other_outputs(exported, task):
+    _, manifest, frames = exported
+    full = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
+    pruned = Predictor.load(manifest["path"], ["CPUExecutionProvider"], outputs=TASK_OUTPUTS[task])
+    assert pruned.served_outputs == TASK_OUTPUTS[task] and pruned.meta == full.meta
+    other_head = "/det_head/" if task == "segmentation" else "/seg_head/"
+    kept = onnx.load_from_string(pruned_model(Path(manifest["path"]), TASK_OUTPUTS[task])).graph.node
+    assert kept and not any(other_head in n.name for n in kept)       # the other task's head is not run
+    rgb, depth, _ = frames[0]
+    inputs = full.preprocess(rgb, depth)
+    expected, got = full.infer(inputs, TASK_OUTPUTS[task]), pruned.infer(inputs)
+    for name in TASK_OUTPUTS[task]:
+        np.testing.assert_array_equal(got[name], expected[name])
+    unserved = next(n for n in OUTPUT_NAMES if n not in TASK_OUTPUTS[task])
+    with pytest.raises(ValueError, match="not served"):
+        pruned.infer(inputs, (unserved,))
+    pruned.warm_up()            # warms up the task it serves only
 
 
 def test_graph_is_static_without_masking_and_carries_metadata(exported):

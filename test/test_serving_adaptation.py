@@ -55,6 +55,15 @@ def test_flip_averaged_outputs_mirror_with_the_frame(sets):
     assert not torch.allclose(plain["seg_logits"], single["seg_logits"])   # an untrained model is not symmetric
 
 
+def test_flip_averaging_before_upsampling_equals_averaging_the_upsampled_logits(sets):
+    model, _ = load_model(sets / "model")
+    x = [torch.randn(1, 3, 64, 64), torch.rand(1, 1, 64, 64)]
+    with torch.no_grad():
+        served = ServingModel(model, flip_average=True).eval()(*x)[0]
+        upsampled = (model(*x)[0] + model(*[t.flip(-1) for t in x])[0].flip(-1)) / 2
+    torch.testing.assert_close(served, upsampled, atol=1e-5, rtol=1e-5)
+
+
 def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -4,7 +4,8 @@ detection nodes against bare ONNX Runtime inference of the same model, in the sa
 - Model: the deployment shape of the loop's defaults (its pre-training preset, 128 px, RGB-D
   inputs, `tst-ros transfer`'s heads, flip averaging as `transfer.flip_average` says), exported
   to ONNX (weights do not change the cost).
-- Bare: `session.run` of the outputs the node requests (segmentation: `seg_labels`;
+- Bare: `session.run` of the outputs the node requests, on the graph pruned to them as the
+  node loads it (segmentation: `seg_labels`;
   detection: `det_peaks`, `det_box`) on a preprocessed frame in this process, from a thread
   placed on the same core as the node's worker (`tst_ros.perception.threads`), p50/p99,
   measured per task right before that task's stream, twice: paced at the stream's 30 Hz
@@ -64,10 +65,10 @@ def bare_inference_ms(onnx_path: Path, frame: tuple[np.ndarray, np.ndarray], run
     from tst_ros.perception.runtime import TASK_OUTPUTS, Predictor
     from tst_ros.perception.threads import place_calling_thread
 
-    pred = Predictor.from_onnx(onnx_path, ["CPUExecutionProvider"])
+    outputs = TASK_OUTPUTS[task]
+    pred = Predictor.from_onnx(onnx_path, ["CPUExecutionProvider"], outputs=outputs)    # as the node loads it
     rgb, depth_mm = frame
     inputs = pred.preprocess(rgb, depth_mm.astype(np.float32) / 1000.0)
-    outputs = TASK_OUTPUTS[task]
     period = 1.0 / rate_hz if rate_hz else 0.0
     times: list[float] = []
 

@@ -85,9 +85,14 @@ class SegmentationHead(nn.Module):
         self.block = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim), nn.GELU())
         self.classify = nn.Conv2d(dim, num_classes, 1)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+        """Logits upsampled to `size`; at the fused map's resolution when `size` is None."""
         logits = self.classify(self.block(x))
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits if size is None else upsample_logits(logits, size)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 class CenterDetectionHead(nn.Module):
@@ -132,17 +137,18 @@ class PerceptionModel(nn.Module):
         self.seg_head = SegmentationHead(pyramid_dim, num_classes)
         self.det_head = CenterDetectionHead(pyramid_dim, num_things)
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor, upsample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if len(inputs) != len(self.input_modalities):
             raise ValueError(f"expected {len(self.input_modalities)} inputs ({self.input_modalities}), got {len(inputs)}")
         feats = self.encoder(dict(zip(self.input_modalities, inputs)))
-        return self.decode(feats, list(inputs))
+        return self.decode(feats, list(inputs), upsample)
 
-    def decode(self, feats: torch.Tensor, inputs: list[torch.Tensor]):
-        """Encoder features (+ the inputs, for the stem) -> (seg_logits, det_heatmap, det_box)."""
+    def decode(self, feats: torch.Tensor, inputs: list[torch.Tensor], upsample: bool = True):
+        """Encoder features (+ the inputs, for the stem) -> (seg_logits, det_heatmap, det_box);
+        segmentation logits at the input size, or at the fused map's when not `upsample`."""
         detail = self.input_stem(inputs) if self.input_stem is not None else None
         fused = self.pyramid(feats, detail)
-        seg = self.seg_head(fused, (self.image_size, self.image_size))
+        seg = self.seg_head(fused, (self.image_size, self.image_size) if upsample else None)
         heat, box = self.det_head(fused)
         return seg, heat, box
 
@@ -173,9 +179,11 @@ class ServingModel(nn.Module):
         return seg, heat, box, labels, peaks
 
     def _flip_averaged(self, *inputs: torch.Tensor):
+        # segmentation logits are averaged before upsampling, which commutes with the flip
+        # (a symmetric bilinear grid): one upsample and a 16x smaller mirrored copy per frame
         n = inputs[0].shape[0]
-        seg, heat, box = self.model(*[torch.cat([x, x.flip(-1)]) for x in inputs])
-        seg = (seg[:n] + seg[n:].flip(-1)) / 2
+        seg, heat, box = self.model(*[torch.cat([x, x.flip(-1)]) for x in inputs], upsample=False)
+        seg = upsample_logits((seg[:n] + seg[n:].flip(-1)) / 2, (self.model.image_size, self.model.image_size))
         prob = (torch.sigmoid(heat[:n]) + torch.sigmoid(heat[n:].flip(-1))) / 2
         heat = torch.logit(prob, eps=1e-6)
         box = (box[:n] + box[n:].flip(-1)[:, [2, 1, 0, 3]]) / 2      # mirrored: left <-> right

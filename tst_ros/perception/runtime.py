@@ -63,11 +63,12 @@ class Predictor:
         self.source = source
         self.providers = providers or []
         self.caller_cpus: frozenset[int] = frozenset()     # where the thread calling infer() belongs
+        self.served_outputs: tuple[str, ...] = OUTPUT_NAMES  # fewer when the ONNX graph was pruned
 
     # -------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | os.PathLike, providers: list[str] | None = None, backend: str = "auto",
-             threads: int = 0, pin_threads: bool = True) -> "Predictor":
+             threads: int = 0, pin_threads: bool = True, outputs: tuple[str, ...] | None = None) -> "Predictor":
         path = Path(path)
         if path.is_dir() and (path / "model.json").is_file() and backend in ("auto", "torch") and \
                 not (backend == "auto" and (path / "model.onnx").is_file()):
@@ -76,7 +77,7 @@ class Predictor:
         if not onnx_path.is_file():
             raise FileNotFoundError(f"no model at {path} (expected an .onnx file or a model directory)")
         try:
-            return cls.from_onnx(onnx_path, providers, threads, pin_threads)
+            return cls.from_onnx(onnx_path, providers, threads, pin_threads, outputs)
         except ImportError:
             if backend == "onnx":
                 raise
@@ -88,9 +89,11 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0,
-                  pin_threads: bool = True) -> "Predictor":
+                  pin_threads: bool = True, outputs: tuple[str, ...] | None = None) -> "Predictor":
         """ONNX Runtime session; `threads` intra-op threads (0: one per core), placed by
-        `threads.thread_layout` (the caller pins itself to `caller_cpus`, see `place_calling_thread`)."""
+        `threads.thread_layout` (the caller pins itself to `caller_cpus`, see `place_calling_thread`).
+        With `outputs` (e.g. one task's `TASK_OUTPUTS`) the graph is pruned to what computes them:
+        ONNX Runtime runs every node of a session whatever outputs a run asks for."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -105,15 +108,16 @@ class Predictor:
         # no busy-waiting pool threads: the serving process also has to receive and publish
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
-        except Exception as e:  # ORT raises its own exception types for corrupt files
+            model = str(path) if outputs is None else pruned_model(Path(path), tuple(outputs))
+            session = ort.InferenceSession(model, sess_options=opts, providers=chosen)
+        except Exception as e:  # ORT (and onnx) raise their own exception types for corrupt files
             raise ValueError(f"cannot load ONNX model {path}: {e}") from None
         meta = metadata_from_props(session.get_modelmeta().custom_metadata_map)
         input_names = [i.name for i in session.get_inputs()]
         if input_names != meta["input_modalities"]:
             raise ValueError(f"ONNX inputs {input_names} do not match metadata input_modalities {meta['input_modalities']}")
         output_names = [o.name for o in session.get_outputs()]
-        lacking = [n for n in OUTPUT_NAMES if n not in output_names]
+        lacking = [n for n in (outputs or OUTPUT_NAMES) if n not in output_names]
         if lacking:
             raise ValueError(f"ONNX model {path} lacks outputs {lacking} (exported by an older version?); "
                              f"re-export it with `tst-ros export`")
@@ -122,6 +126,7 @@ class Predictor:
             return dict(zip(outputs, session.run(list(outputs), inputs)))
 
         pred = cls(meta, infer, "onnxruntime", str(path), session.get_providers())
+        pred.served_outputs = tuple(output_names)
         pred.session = session
         pred.caller_cpus = layout.caller_cpus
         return pred
@@ -165,15 +170,22 @@ class Predictor:
         return {n: x[None] for n, x in
                 prepare_inputs(rgb, depth_m, self.input_modalities, self.norm, self.size, images).items()}
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
-        """Bare model inference: preprocessed inputs -> {output name: array} for `outputs`."""
-        return self._infer(inputs, tuple(outputs))
+    def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Bare model inference: preprocessed inputs -> {output name: array} for `outputs`
+        (default: every output this predictor serves)."""
+        outputs = tuple(outputs or self.served_outputs)
+        unserved = [n for n in outputs if n not in self.served_outputs]
+        if unserved:
+            raise ValueError(f"outputs {unserved} are not served by this predictor (it serves {self.served_outputs})")
+        return self._infer(inputs, outputs)
 
     def warm_up(self) -> None:
         """One prediction on a blank frame (first-call allocations happen before serving)."""
         h, w = self.size
         ones = {n: np.ones((h, w), np.float32) for n in self.input_modalities if n in _single_channel_cameras()}
-        self.predict(np.zeros((h, w, 3), np.uint8), ones.pop(registry.DEPTH_IMAGE, None), images=ones)
+        served = {task: set(names) <= set(self.served_outputs) for task, names in TASK_OUTPUTS.items()}
+        self.predict(np.zeros((h, w, 3), np.uint8), ones.pop(registry.DEPTH_IMAGE, None), images=ones,
+                     need_mask=served["segmentation"], need_boxes=served["detection"])
 
     def predict(self, rgb: np.ndarray, depth_m: np.ndarray | None = None, score_threshold: float = 0.3,
                 nms_iou: float = 0.5, max_detections: int = 100, need_mask: bool = True,
@@ -320,6 +332,20 @@ def metadata_from_props(props: dict[str, str]) -> dict:
         if k in META_KEYS:
             meta[k] = json.loads(v)
     return model_info_from_meta(meta)
+
+
+def pruned_model(onnx_path: Path, outputs: tuple[str, ...]) -> bytes:
+    """The serialized model keeping only the nodes that compute `outputs` (and its metadata)."""
+    import onnx
+    import onnx.utils
+
+    model = onnx.load(str(onnx_path))
+    unknown = [n for n in outputs if n not in {o.name for o in model.graph.output}]
+    if unknown:
+        raise ValueError(f"it lacks outputs {unknown} (exported by an older version?); re-export it with `tst-ros export`")
+    pruned = onnx.utils.Extractor(model).extract_model([i.name for i in model.graph.input], list(outputs))
+    pruned.metadata_props.extend(model.metadata_props)
+    return pruned.SerializeToString()
 
 
 def _read_manifest(onnx_path: Path) -> dict | None:

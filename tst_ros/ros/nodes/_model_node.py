@@ -49,7 +49,7 @@ from vision_msgs.msg import LabelInfo, VisionInfo
 from tst_ros import modalities as registry
 from tst_ros.config import PerceptionConfig
 from tst_ros.msg import ModelUpdate
-from tst_ros.perception.runtime import Predictor
+from tst_ros.perception.runtime import TASK_OUTPUTS, Predictor
 from tst_ros.perception.threads import place_calling_thread
 from tst_ros.ros.bank_switch import BankSwitch
 from tst_ros.ros.cdr import CdrImage, image_from_cdr
@@ -296,7 +296,8 @@ class ModelServingNode(Node):
                 try:
                     if checksum is not None:     # verified where it is, else fetched from `source`
                         path = self.fetcher.resolve(source, str(path), version, checksum, required=(ONNX_FILE,))
-                    predictor = Predictor.load(path, self.providers, self.backend, self.threads, self.pin_threads)
+                    predictor = Predictor.load(path, self.providers, self.backend, self.threads, self.pin_threads,
+                                               outputs=TASK_OUTPUTS[self.TASK])     # this task's part of the graph
                     self.check_task(predictor)
                     predictor.warm_up()
                 except Exception as e:
