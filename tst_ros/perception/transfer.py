@@ -13,7 +13,6 @@ otherwise). The result is MODEL_DIR/model.safetensors + model.json (+ config.yam
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict
@@ -121,12 +120,6 @@ def param_groups(model, mode: str, lr: float, layer_decay: float, weight_decay: 
     return out
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 # ----------------------------------------------------------------------------- training
 
 def emit_progress(stream, **fields) -> None:
@@ -143,15 +136,18 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     pseudo-labeled (`tst_ros.perception.self_training`); with `cfg.building_norm_stats` the
     batch norms' statistics are re-estimated on them at the end (`tst_ros.perception.norm_stats`)."""
     import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm import tqdm
 
     from tst_ros.config import TransferConfig
     from tst_ros.perception.heads import save_model
-    from tst_ros.train.engine import autocast
+    from tst_ros.train.engine import autocast, lr_at
 
     cfg = cfg or TransferConfig()
     if cfg.building_norm_stats and not building_store:
         raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
+    if not 0 <= cfg.ema < 1:
+        raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
@@ -172,6 +168,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     # frozen: cached features, no augmentation
     augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop)
     cache = _frozen_features(model, data, device) if frozen else None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
     batches = _Batches(data, _pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
     warmup = max(1, cfg.steps // 10)
@@ -183,7 +180,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         model.encoder.eval()
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(step, cfg.steps, warmup)
+            g["lr"] = cfg.lr * g["lr_scale"] * lr_at(step, cfg.steps, warmup, 1.0)
         b, idx, flips = batches.draw(step, model, device)
         with autocast(device):
             if frozen:
@@ -195,6 +192,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
         rec = {"step": step + 1, **{k: v.detach().item() for k, v in
                                     (("loss", loss), ("seg", loss_seg), ("heatmap", loss_hm), ("box", loss_box))}}
         if step % 10 == 0 or step == cfg.steps - 1:
@@ -205,6 +204,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
                           samples_per_s=(step + 1) * len(idx) / max(elapsed, 1e-9),
                           eta_s=elapsed / (step + 1) * (cfg.steps - step - 1),
                           message=f"seg {rec['seg']:.3f} heatmap {rec['heatmap']:.3f} box {rec['box']:.3f}")
+    if ema is not None:                  # the average of the weights along the last steps is served
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     model.to("cpu")                      # saved and exported from the CPU
     meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()),
