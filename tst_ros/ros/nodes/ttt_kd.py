@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from pathlib import Path
 
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -115,7 +116,9 @@ class TTTKDNode(Node):
             steady_timer(self, float(p["stats_period_s"]), self._log_stats)
         self.create_subscription(ModelUpdate, p["model_topic"], self._on_model, qos_latched())
         initial = p["model"] or p["checkpoint"]
-        if initial:
+        if initial and not Path(initial).exists():    # e.g. the run directory TTT-KD training will write
+            self.get_logger().warning(f"TTT-KD model {initial} does not exist yet: waiting for /tst/model")
+        elif initial:
             self._load(initial)
         self._worker = threading.Thread(target=self._work, name="ttt_kd_worker", daemon=True)
         self._worker.start()
