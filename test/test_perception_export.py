@@ -64,6 +64,8 @@ def test_onnx_without_serving_outputs_is_rejected_with_a_clear_message(exported,
     onnx.save(proto, tmp_path / "old.onnx")
     with pytest.raises(ValueError, match="re-export"):
         Predictor.load(tmp_path / "old.onnx", ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="re-export"):          # and so it is when a node loads one task's part
+        Predictor.load(tmp_path / "old.onnx", ["CPUExecutionProvider"], outputs=TASK_OUTPUTS["segmentation"])
 
 
 @pytest.mark.parametrize("task", sorted(TASK_OUTPUTS))

@@ -110,6 +110,8 @@ class Predictor:
         try:
             model = str(path) if outputs is None else pruned_model(Path(path), tuple(outputs))
             session = ort.InferenceSession(model, sess_options=opts, providers=chosen)
+        except OutputsLacking:
+            raise
         except Exception as e:  # ORT (and onnx) raise their own exception types for corrupt files
             raise ValueError(f"cannot load ONNX model {path}: {e}") from None
         meta = metadata_from_props(session.get_modelmeta().custom_metadata_map)
@@ -117,10 +119,7 @@ class Predictor:
         if input_names != meta["input_modalities"]:
             raise ValueError(f"ONNX inputs {input_names} do not match metadata input_modalities {meta['input_modalities']}")
         output_names = [o.name for o in session.get_outputs()]
-        lacking = [n for n in (outputs or OUTPUT_NAMES) if n not in output_names]
-        if lacking:
-            raise ValueError(f"ONNX model {path} lacks outputs {lacking} (exported by an older version?); "
-                             f"re-export it with `tst-ros export`")
+        check_outputs(path, output_names, OUTPUT_NAMES if outputs is None else outputs)
 
         def infer(inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
             return dict(zip(outputs, session.run(list(outputs), inputs)))
@@ -334,15 +333,24 @@ def metadata_from_props(props: dict[str, str]) -> dict:
     return model_info_from_meta(meta)
 
 
+class OutputsLacking(ValueError):
+    """An ONNX model without outputs the runtime needs (exported by an older version)."""
+
+
+def check_outputs(path, available: list[str], wanted) -> None:
+    lacking = [n for n in wanted if n not in available]
+    if lacking:
+        raise OutputsLacking(f"ONNX model {path} lacks outputs {lacking} (exported by an older version?); "
+                             f"re-export it with `tst-ros export`")
+
+
 def pruned_model(onnx_path: Path, outputs: tuple[str, ...]) -> bytes:
     """The serialized model keeping only the nodes that compute `outputs` (and its metadata)."""
     import onnx
     import onnx.utils
 
     model = onnx.load(str(onnx_path))
-    unknown = [n for n in outputs if n not in {o.name for o in model.graph.output}]
-    if unknown:
-        raise ValueError(f"it lacks outputs {unknown} (exported by an older version?); re-export it with `tst-ros export`")
+    check_outputs(onnx_path, [o.name for o in model.graph.output], outputs)
     pruned = onnx.utils.Extractor(model).extract_model([i.name for i in model.graph.input], list(outputs))
     pruned.metadata_props.extend(model.metadata_props)
     return pruned.SerializeToString()
