@@ -135,3 +135,75 @@ def test_mixed_pretraining_store_holds_the_test_frames_then_as_many_from_the_tra
                  for k in range(8)]
     assert all(differing)    # ... then frames of other buildings
     assert "source_store" not in paths
+
+
+def _seed_rows(values: dict[str, float], per_class: dict[str, float]) -> dict:
+    return {name: {**{m: v + i for i, m in enumerate(("seg_miou", "things_miou", "stuff_miou", "det_map",
+                                                       "det_map50"))}, "per_class_iou": per_class}
+            for name, v in values.items()}
+
+
+def test_runs_of_some_seeds_and_rows_merge_into_the_statistics_of_one_run_over_all():
+    from tst_ros.bench.seed_runs import merge_runs, summarise, table_markdown
+
+    per_seed = [_seed_rows({"scratch": 10.0, "oracle": 30.0, "tst-mm": 20.0}, {"wall": 50.0, "chair": 10.0}),
+                _seed_rows({"scratch": 12.0, "oracle": 34.0, "tst-mm": 25.0}, {"wall": 60.0, "chair": 20.0}),
+                _seed_rows({"scratch": 11.0, "oracle": 32.0, "tst-mm": 21.0}, {"wall": 70.0, "chair": 30.0})]
+    protocol = {"test_building": "home:0", "budget": {"preset": "s", "device": "cuda"}, "eval_frames": {"count": 200}}
+
+    def result(seeds, rows, names=("scratch", "oracle", "tst-mm")):
+        summary = summarise([{n: r[n] for n in names} for r in rows], seeds)
+        return {**protocol, "benchmark": "specialization", "host": "gpu", "seeds": seeds, "methods": summary,
+                "inputs": {n: "rgb" for n in names}, "encoder": {"image_size": 128, "presets": {n: "s" for n in names}},
+                "total_seconds": 100.0}
+    whole = summarise(per_seed, [0, 1, 2])
+    merged = merge_runs([result([2], per_seed[2:]), result([0, 1], per_seed[:2], ["scratch"]),
+                         result([0, 1], per_seed[:2], ["oracle", "tst-mm"])])
+    assert merged["seeds"] == [0, 1, 2] and merged["merged_runs"] == 3 and "host" not in merged
+    assert merged["encoder"]["presets"] == {"scratch": "s", "oracle": "s", "tst-mm": "s"}
+    for name, row in whole.items():
+        for metric in ("seg_miou", "things_miou", "det_map50"):
+            assert merged["methods"][name][metric] == row[metric]
+        assert merged["methods"][name]["per_class_iou"] == pytest.approx(row["per_class_iou"], abs=0.05)
+        assert merged["gap_closed"][name] == row["gap_closed"]
+    assert merged["table_markdown"] == table_markdown(whole)
+    assert merged["total_seconds"] == 300.0
+    with pytest.raises(ValueError, match="more than one run"):
+        merge_runs([result([0, 1], per_seed[:2]), result([1], per_seed[1:2])])
+    with pytest.raises(ValueError, match="rows missing"):
+        merge_runs([result([0, 1], per_seed[:2]), result([2], per_seed[2:], ["scratch"])])
+    other = {**result([2], per_seed[2:]), "budget": {"preset": "tiny", "device": "cpu"}}
+    with pytest.raises(ValueError, match=r"differ in \['budget'\]"):
+        merge_runs([result([0, 1], per_seed[:2]), other])
+    rgbd = {**result([2], per_seed[2:]), "inputs": {"scratch": "rgb,depth"}}
+    with pytest.raises(ValueError, match="another inputs"):
+        merge_runs([result([0, 1], per_seed[:2]), rgbd])
+
+
+def test_specialization_preset_must_be_a_plain_vit_and_the_device_must_exist():
+    from tst_ros.bench import specialization
+
+    assert specialization.check_preset("s") == "s"
+    for bad in ("tiny-imagenet", "xl"):
+        with pytest.raises(ValueError, match="plain ViT preset"):
+            specialization.run(quick=True, rows=["scratch"], preset=bad)
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            specialization.run(quick=True, rows=["scratch"], device="cuda")
+
+
+def test_benchmark_data_is_built_once_read_again_where_it_moved_and_refused_when_it_differs(tmp_path):
+    from tst_ros.bench import data, specialization
+
+    budget = {**specialization.BUDGETS["quick"], "record_frames": 6, "labeled_images": 4, "eval_images": 2}
+    built = data.bench_data(tmp_path / "built", budget)
+    stamp = (built["store"] / "index.jsonl").stat().st_mtime_ns
+    (tmp_path / "built").rename(tmp_path / "moved")
+    again = data.bench_data(tmp_path / "moved", budget)
+    assert again == {k: tmp_path / "moved" / p.relative_to(tmp_path / "built") for k, p in built.items()}
+    assert (again["store"] / "index.jsonl").stat().st_mtime_ns == stamp        # read again, not rebuilt
+    with pytest.raises(ValueError, match=r"differs in \['eval_images'\]"):
+        data.bench_data(tmp_path / "moved", {**budget, "eval_images": 3})
+    (tmp_path / "partial" / "store").mkdir(parents=True)
+    with pytest.raises(ValueError, match="interrupted build"):
+        data.bench_data(tmp_path / "partial", budget)

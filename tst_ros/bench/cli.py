@@ -1,5 +1,6 @@
 """`tst-ros bench NAME [--json] [--quick] [--out FILE] [--rows A,B] [--teacher T] [--modalities M,N] [--scaling]
-[--finetune MODE] [--building STYLE:SEED] [--image-size PX] [--preset P] [--serving-variants]`."""
+[--finetune MODE] [--building STYLE:SEED] [--image-size PX] [--preset P] [--serving-variants] [--device D]
+[--seeds 0,1] [--data DIR] [--merge A.json,B.json]`."""
 from __future__ import annotations
 
 import importlib
@@ -32,8 +33,15 @@ def register(sub) -> None:
     p.add_argument("--serving-variants", action="store_true",
                    help="specialization only: also evaluate every trained model without and with flip "
                         "averaging, each with its own and with the building's batch-norm statistics")
-    p.add_argument("--preset", help="adapters only: the preset of the frozen base (default: the loop's, "
-                                    "pretrain.preset)")
+    p.add_argument("--preset", help="adapters: the preset of the frozen base (default: the loop's, pretrain.preset); "
+                                    "specialization: the plain-ViT rows' preset (default: tiny)")
+    p.add_argument("--device", help="specialization only: where pre-training and transfer run (cpu, cuda[:N], auto; "
+                                    "default cpu; bf16 on CUDA)")
+    p.add_argument("--seeds", help="specialization only: comma-separated seeds instead of the budget's")
+    p.add_argument("--data", help="specialization only: a directory for the benchmark's simulated data, built there "
+                                  "once and read again by later runs of the same data (default: a temporary one)")
+    p.add_argument("--merge", help="specialization only: comma-separated JSON results of runs of other seeds, "
+                                   "merged into one table (nothing is run)")
     p.set_defaults(func=run)
 
 
@@ -57,6 +65,14 @@ def run(args) -> int:
         options["preset"] = args.preset
     if args.serving_variants:
         options["serving_variants"] = True
+    if args.device:
+        options["device"] = args.device
+    if args.seeds:
+        options["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.data:
+        options["data"] = args.data
+    if args.merge:
+        options["merge"] = [f.strip() for f in args.merge.split(",") if f.strip()]
     if args.modalities:
         options["modalities"] = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     for option in options:

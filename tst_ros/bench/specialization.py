@@ -33,6 +33,8 @@ Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
 own batch-norm statistics and with statistics from the building's store (rows "NAME [VARIANT]").
+On a GPU (`--device cuda`, `--preset s|b`) pre-training and transfer run in bf16; runs of some
+seeds each (`--seeds`) merge into one table (`--merge`, `tst_ros.bench.seed_runs`).
 """
 from __future__ import annotations
 
@@ -45,7 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tst_ros.bench.data import (EVAL_GAP, SOURCE_BUILDINGS, TEST_BUILDING, add_source_buildings,  # noqa: F401
+                                 bench_data, build_data)
+from tst_ros.bench.seed_runs import merge_runs, summarise, table_markdown  # noqa: F401  (also used through this module)
 from tst_ros.config import PretrainConfig, TransferConfig
+from tst_ros.util import resolve_device
 
 OUT_DIR = Path("bench")
 DEFAULT_FINETUNE = TransferConfig.finetune      # the main job's transfer: one protocol for both
@@ -54,14 +60,13 @@ LOOP_IMAGE_SIZE = PretrainConfig.image_size     # and its resolution
 BUDGETS = {
     "quick": {"record_frames": 24, "pretrain_steps": 6, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 24,
               "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE,
-              "image_size": LOOP_IMAGE_SIZE, "seeds": [0]},
+              "image_size": LOOP_IMAGE_SIZE, "seeds": [0],
+              "preset": "tiny", "device": "cpu"},
     "full": {"record_frames": 140, "pretrain_steps": 200, "pretrain_batch": 16, "pretrain_lr": 1e-3,
              "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 200,
-             "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0, 1, 2]},
+             "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0, 1, 2],
+             "preset": "tiny", "device": "cpu"},
 }
-TEST_BUILDING = "home:0"  # style:seed of the default test building (never a labeled-set style)
-EVAL_GAP = 7            # frames between the recorded stretch and the held-out one
-METRICS = ("seg_miou", "things_miou", "stuff_miou", "det_map", "det_map50")
 # One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
 # cores (measured 10x slower per step under load); results are recorded with the count used.
 TORCH_THREADS = 1
@@ -106,6 +111,14 @@ def check_image_size(size: int) -> int:
     return int(size)
 
 
+def check_preset(name: str) -> str:
+    from tst_ros.models import PRESETS
+    if name not in PRESETS or PRESETS[name].get("stem"):
+        plain = [p for p in PRESETS if not PRESETS[p].get("stem")]
+        raise ValueError(f"--preset names a plain ViT preset: one of {plain}, got {name!r}")
+    return name
+
+
 def sensor_modalities() -> list[str]:
     """What TST-MM pre-trains on by default: the loop's configured modalities."""
     return list(PretrainConfig().modalities)
@@ -123,14 +136,15 @@ class Pretraining:
     building's unlabeled store, "source_store" = other buildings' (never the test style),
     "mixed_store" = the test building's frames plus as many from the transfer set's buildings;
     `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted); `preset`
-    the encoder's (`tiny-imagenet`: colour tokens from the frozen ImageNet backbone)."""
+    the encoder's (`tiny-imagenet`: colour tokens from the frozen ImageNet backbone; None: the
+    budget's plain ViT, `tiny` unless `--preset` names another)."""
     method: str
     modalities: str | list[str] | None = None
     data: str = "store"
     init: str | None = None
     steps_factor: int = 1
     teachers_target_only: bool = False
-    preset: str = "tiny"
+    preset: str | None = None
 
 
 PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-mae"), "tst-mm": Pretraining("tst-mm"),
@@ -143,7 +157,6 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                                                                preset="tiny-imagenet"),
                 "tst-mm-imagenet-mixed": Pretraining("tst-mm", data="mixed_store", preset="tiny-imagenet"),
                 "tst-mae-imagenet": Pretraining("tst-mae", preset="tiny-imagenet")}
-SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 
 
 def pretraining_modalities(spec) -> list[str] | None:
@@ -158,76 +171,25 @@ def _log(msg: str) -> None:
 
 def pretrain_config(method: str, steps: int, budget: dict, seed: int, preset: str):
     """The benchmark's pre-training: the loop's recipe at the budget's batch, lr and image size,
-    one process on the CPU, no periodic checkpoints."""
+    one process on the budget's device (bf16 on CUDA), no periodic checkpoints."""
     return PretrainConfig(preset=preset, method=method, steps=steps, batch=budget["pretrain_batch"],
                           lr=budget["pretrain_lr"], warmup_steps=max(1, steps // 10),
                           image_size=budget["image_size"], patch=16, seed=seed, workers=0, checkpoint_every=0,
-                          device="cpu", tensorboard=False, val_batches=1)
+                          device=budget["device"], tensorboard=False, val_batches=1)
 
 
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
                      modalities: list[str] | None = None, init: str = "", steps_factor: int = 1,
-                     target_only: list[str] | None = None, preset: str = "tiny") -> str:
+                     target_only: list[str] | None = None, preset: str | None = None) -> str:
     """The encoder file of one pre-training at the benchmark budget."""
     from tst_ros.train.pretrain import pretrain
 
-    cfg = pretrain_config(method, budget["pretrain_steps"] * steps_factor, budget, seed, preset)
+    cfg = pretrain_config(method, budget["pretrain_steps"] * steps_factor, budget, seed, preset or budget["preset"])
     if modalities:
         cfg.modalities = list(modalities)
     cfg.init = init
     cfg.target_only = list(target_only or [])
     return pretrain(cfg, str(store), out)["encoder"]
-
-
-def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
-               source_store: bool = False, thermal: bool = False, building: str = TEST_BUILDING,
-               mixed_store: bool = False) -> dict[str, Path]:
-    """The unlabeled store of the test `building` ("style:seed"; with the outputs of `teachers`),
-    the transfer sets (other buildings; the oracle's test building), the held-out evaluation
-    frames (with thermal images when `thermal`), with `source_store` an unlabeled store of
-    SOURCE_BUILDINGS other buildings and with `mixed_store` one holding the test building's
-    frames and as many again, split evenly, from the first SOURCE_BUILDINGS buildings of the
-    transfer set (`add_source_buildings`)."""
-    from tst_ros.config import RecordConfig, SimConfig
-    from tst_ros.data.from_sim import build_dataset
-    from tst_ros.data.teach import teach
-    from tst_ros.sim import labeled_set
-    from tst_ros.sim.tour import Building
-
-    test = Building.parse(building)
-    record = budget["record_frames"]
-    paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
-    size = budget["image_size"]
-    build_dataset(SimConfig(seed=test.seed, style=test.style),
-                  RecordConfig(dataset=str(paths["store"]), image_size=size), record, paths["store"])
-    labeled_set.write(paths["other"], budget["labeled_images"], seed=1000, progress=False, thermal=thermal)
-    labeled_set.write(paths["oracle"], min(budget["labeled_images"], record), styles=[test.style], seed=test.seed,
-                      span_frames=record, progress=False)
-    labeled_set.write(paths["held_out"], budget["eval_images"], styles=[test.style], seed=test.seed,
-                      start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False,
-                      thermal=thermal)
-    if mixed_store:     # copied before teaching: the test building's sensor frames, then other buildings'
-        paths["mixed_store"] = tmp / "mixed_store"
-        shutil.copytree(paths["store"], paths["mixed_store"], ignore=shutil.ignore_patterns(".lock"))
-        add_source_buildings(paths["mixed_store"], max(1, record // SOURCE_BUILDINGS), size)
-    if teachers:
-        teach(paths["store"], teachers, device="cpu", progress=False)
-    if source_store:
-        paths["source_store"] = tmp / "source_store"
-        add_source_buildings(paths["source_store"], record, size)
-    return paths
-
-
-def add_source_buildings(store: Path, frames: int, size: int) -> None:
-    """Append `frames` unlabeled frames of each of the first SOURCE_BUILDINGS buildings of the
-    transfer set (seeds 1000.., SOURCE_STYLES in turn) to the store at `store`."""
-    from tst_ros.config import RecordConfig, SimConfig
-    from tst_ros.data.from_sim import build_dataset
-    from tst_ros.sim import SOURCE_STYLES
-
-    for i in range(SOURCE_BUILDINGS):
-        sim = SimConfig(seed=1000 + i, style=SOURCE_STYLES[i % len(SOURCE_STYLES)])
-        build_dataset(sim, RecordConfig(dataset=str(store), image_size=size), frames, store)
 
 
 def row_metrics(result: dict) -> dict:
@@ -290,7 +252,7 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
         cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"],
-                             finetune=finetune or budget["finetune"], seed=seed,
+                             finetune=finetune or budget["finetune"], seed=seed, device=budget["device"],
                              labeled_images=budget["labeled_images"], **ROW_TRANSFER.get(name, {}))
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
         summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, image_size=budget["image_size"],
@@ -308,46 +270,23 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
     return rows
 
 
-def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> dict:
-    """{row: {metric: {mean, std, seeds}, per_class_iou: {class: mean}}} plus gap_closed per row."""
-    out: dict = {}
-    for name in per_seed[0]:
-        row = {}
-        for metric in METRICS:
-            values = [round(r[name][metric], 2) for r in per_seed]
-            row[metric] = {"mean": round(float(np.mean(values)), 2), "std": round(float(np.std(values)), 2),
-                           "seeds": dict(zip(map(str, seeds), values))}
-        classes = per_seed[0][name]["per_class_iou"]
-        row["per_class_iou"] = {c: None if any(r[name]["per_class_iou"][c] is None for r in per_seed) else
-                                round(float(np.mean([r[name]["per_class_iou"][c] for r in per_seed])), 1)
-                                for c in classes}
-        out[name] = row
-    if "scratch" in out and "oracle" in out:
-        scratch, oracle = out["scratch"]["seg_miou"]["mean"], out["oracle"]["seg_miou"]["mean"]
-    else:
-        scratch = oracle = None                  # a run of some rows only
-    for name, row in out.items():
-        row["gap_closed"] = round((row["seg_miou"]["mean"] - scratch) / (oracle - scratch), 3) + 0.0 \
-            if oracle is not None and oracle != scratch else None
-    return out
-
-
-def table_markdown(rows: dict) -> str:
-    head = ["| method | seg mIoU | things | stuff | det mAP | mAP@.5 | gap closed |", "|---|---|---|---|---|---|---|"]
-    cell = lambda m: f"{m['mean']:.1f} ± {m['std']:.1f}"  # noqa: E731
-    return "\n".join(head + [f"| {n} | {cell(r['seg_miou'])} | {cell(r['things_miou'])} | {cell(r['stuff_miou'])} | "
-                             f"{cell(r['det_map'])} | {cell(r['det_map50'])} | {r['gap_closed']} |"
-                             for n, r in rows.items()])
-
-
 def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = False, finetune: str | None = None,
-        building: str = TEST_BUILDING, image_size: int | None = None, serving_variants: bool = False) -> dict:
-    """Every row (or those named in `rows`) at the quick or the full budget on the test
-    `building` ("style:seed"), the encoder transferred as `finetune` says (default: the
-    budget's) unless a row fixes it, every stage at `image_size` px (default: the budget's, the
-    loop's); with `scaling`, the compute-scaling curve instead (`tst_ros.bench.scaling`)."""
+        building: str = TEST_BUILDING, image_size: int | None = None, serving_variants: bool = False,
+        preset: str | None = None, device: str = "cpu", seeds: list[int] | None = None,
+        merge: list[str] | None = None, data: str | None = None) -> dict:
+    """Every row (or those named in `rows`) at the quick or the full budget on the test `building`
+    ("style:seed"), the encoder transferred as `finetune` says (default: the budget's) unless a
+    row fixes it, every stage at `image_size` px (default: the loop's), the plain-ViT rows on
+    `preset` (default: tiny), pre-training and transfer on `device`, with `seeds` instead of the
+    budget's, on the data in `data` (built there once, `bench.data.bench_data`; default: a
+    temporary directory); with `scaling`, the compute-scaling curve instead; with `merge`, the
+    result of those JSON files (runs of other seeds) merged, nothing run."""
     import torch
 
+    if merge:
+        import json
+
+        return merge_runs([json.loads(Path(f).read_text()) for f in merge])
     if scaling:
         from tst_ros.bench import scaling as compute_scaling
 
@@ -357,39 +296,50 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
     rows_wanted = list(rows or [r[0] for r in ROWS])
     budget = {**BUDGETS["quick" if quick else "full"], **({"finetune": finetune} if finetune else {}),
-              **({"image_size": check_image_size(image_size)} if image_size is not None else {})}
-    seeds = list(budget["seeds"])
+              **({"image_size": check_image_size(image_size)} if image_size is not None else {}),
+              **({"preset": check_preset(preset)} if preset else {}), "device": resolve_device(device)}
+    seeds = list(seeds if seeds is not None else budget["seeds"])
     torch.set_num_threads(TORCH_THREADS)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tst-bench-spec-") as tmp:
         tmp = Path(tmp)
         rows_run = [r for r in ROWS if r[0] in rows_wanted]
         needed = [PRETRAININGS[k] for k in _needed(PRETRAININGS, {r[1] for r in rows_run})]
-        paths = build_data(tmp, budget, teacher_modalities() if any(p.modalities for p in needed) else None,
-                           source_store=any(p.data == "source_store" for p in needed), building=building,
+        paths = bench_data(Path(data) if data else tmp / "data", budget, building,
+                           teacher_modalities() if any(p.modalities for p in needed) else None,
+                           source_store=any(p.data == "source_store" for p in needed),
                            mixed_store=any(p.data == "mixed_store" for p in needed))
+        figure = OUT_DIR / f"specialization_samples{_file_suffix(quick, budget, building)}.png"
         OUT_DIR.mkdir(exist_ok=True)
-        suffix = "_quick" if quick else ("" if budget["finetune"] == DEFAULT_FINETUNE else f"_{budget['finetune']}")
-        suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
-        suffix += "" if budget["image_size"] == LOOP_IMAGE_SIZE else f"_{budget['image_size']}px"
-        figure = OUT_DIR / f"specialization_samples{suffix}.png"
         figure_rows = figure if {"scratch", "tst-mm"} <= set(rows_wanted) else None
         per_seed = [run_seed(seed, paths, tmp, budget, rows_run, PRETRAININGS, figure_rows if i == 0 else None,
                              serving_variants) for i, seed in enumerate(seeds)]
     rows = summarise(per_seed, seeds)
-    inputs = {name: ",".join(i or (["rgb", "depth"] if m.startswith("tst-mm") else ["rgb"]))
-              for name, m, i, _, _ in ROWS if name in rows_wanted}
-    finetune = {name: f or budget["finetune"] for name, _, _, _, f in ROWS if name in rows_wanted}
-    return {"test_building": building, "seeds": seeds,
-            "budget": {k: v for k, v in budget.items() if k != "seeds"},
-            "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + EVAL_GAP,
-                            "recorded_frames": [0, budget["record_frames"] - 1]},
-            "encoder": {"image_size": budget["image_size"], "patch": 16, "presets": {
-                name: PRETRAININGS[m].preset if m in PRETRAININGS else "efficientnet-lite0"
-                for name, m, *_ in ROWS if name in rows_wanted}},
-            "torch_threads": torch.get_num_threads(),
-            "inputs": inputs, "finetune": finetune, "methods": rows,
-            "transfer_overrides": {n: o for n, o in ROW_TRANSFER.items() if n in rows_wanted},
+    return {**_protocol(budget, building, rows_wanted), "seeds": seeds, "device": budget["device"] + (
+                f" ({torch.cuda.get_device_name(budget['device'])})" if budget["device"] != "cpu" else ""),
+            "torch_threads": torch.get_num_threads(), "methods": rows,
             "gap_closed": {name: row["gap_closed"] for name, row in rows.items()},
             "figure": str(figure_rows) if figure_rows else None, "table_markdown": table_markdown(rows),
             "total_seconds": round(time.perf_counter() - t_all, 1)}
+
+
+def _file_suffix(quick: bool, budget: dict, building: str) -> str:
+    """The sample figure's name suffix: what differs from the default full run."""
+    suffix = "_quick" if quick else ("" if budget["finetune"] == DEFAULT_FINETUNE else f"_{budget['finetune']}")
+    suffix += "" if building == TEST_BUILDING else "_" + building.replace(":", "")
+    suffix += "" if budget["image_size"] == LOOP_IMAGE_SIZE else f"_{budget['image_size']}px"
+    return suffix + ("" if budget["preset"] == "tiny" else f"_{budget['preset']}")
+
+
+def _protocol(budget: dict, building: str, rows_wanted: list[str]) -> dict:
+    """What defines the run's protocol (merged runs must agree on it): data, budget, encoders, inputs."""
+    inputs = {name: ",".join(i or (["rgb", "depth"] if m.startswith("tst-mm") else ["rgb"]))
+              for name, m, i, _, _ in ROWS if name in rows_wanted}
+    return {"test_building": building, "budget": {k: v for k, v in budget.items() if k != "seeds"},
+            "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + EVAL_GAP,
+                            "recorded_frames": [0, budget["record_frames"] - 1]},
+            "encoder": {"image_size": budget["image_size"], "patch": 16, "presets": {
+                name: (PRETRAININGS[m].preset or budget["preset"]) if m in PRETRAININGS else "efficientnet-lite0"
+                for name, m, *_ in ROWS if name in rows_wanted}},
+            "inputs": inputs, "finetune": {n: f or budget["finetune"] for n, _, _, _, f in ROWS if n in rows_wanted},
+            "transfer_overrides": {n: o for n, o in ROW_TRANSFER.items() if n in rows_wanted}}
