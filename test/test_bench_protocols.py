@@ -207,3 +207,24 @@ def test_benchmark_data_is_built_once_read_again_where_it_moved_and_refused_when
     (tmp_path / "partial" / "store").mkdir(parents=True)
     with pytest.raises(ValueError, match="interrupted build"):
         data.bench_data(tmp_path / "partial", budget)
+
+
+def test_runs_started_side_by_side_build_the_benchmark_data_once(tmp_path, monkeypatch):
+    import threading
+
+    from tst_ros.bench import data, specialization
+
+    budget = {**specialization.BUDGETS["quick"], "record_frames": 4, "labeled_images": 2, "eval_images": 2}
+    builds, build = [], data.build_data
+
+    def counted(*args, **kwargs):
+        builds.append(1)
+        return build(*args, **kwargs)
+    monkeypatch.setattr(data, "build_data", counted)
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(data.bench_data(tmp_path / "d", budget))) for _ in range(3)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=600)
+    assert len(builds) == 1 and len(results) == 3 and results[0] == results[1] == results[2]

@@ -14,6 +14,7 @@ TEST_BUILDING = "home:0"  # style:seed of the default test building (never a lab
 EVAL_GAP = 7            # frames between the recorded stretch and the held-out one
 SOURCE_BUILDINGS = 4     # buildings of the "other buildings" pre-training store (seeds 1000.., SOURCE_STYLES)
 MANIFEST = "bench_data.json"
+LOCK = ".building.lock"     # held while a run reads or builds the directory
 DATA_KEYS = ("record_frames", "labeled_images", "eval_images", "image_size")   # the budget's that shape the data
 
 
@@ -72,11 +73,21 @@ def bench_data(directory: Path, budget: dict, building: str = TEST_BUILDING, tea
                source_store: bool = False, mixed_store: bool = False) -> dict[str, Path]:
     """`build_data`'s paths in `directory`: read again when its manifest names the same data;
     otherwise built there (new or empty directory only), the manifest written last so that an
-    interrupted build is never read as complete."""
-    from tst_ros.util import atomic_write_json
+    interrupted build is never read as complete. Runs started side by side take a lock: the
+    first builds, the others wait for it and read."""
+    import fcntl
 
     wanted = {"building": building, **{k: budget[k] for k in DATA_KEYS}, "teachers": sorted(teachers or []),
               "source_store": source_store, "mixed_store": mixed_store}
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _read_or_build(directory, wanted, budget, teachers)
+
+
+def _read_or_build(directory: Path, wanted: dict, budget: dict, teachers: list[str] | None) -> dict[str, Path]:
+    from tst_ros.util import atomic_write_json
+
     manifest = directory / MANIFEST
     if manifest.is_file():
         have = json.loads(manifest.read_text())
@@ -84,10 +95,10 @@ def bench_data(directory: Path, budget: dict, building: str = TEST_BUILDING, tea
         if differ:
             raise ValueError(f"{directory} holds benchmark data that differs in {differ}; name another directory")
         return {k: directory / v for k, v in have["paths"].items()}
-    if directory.exists() and any(directory.iterdir()):
+    if any(p.name != LOCK for p in directory.iterdir()):
         raise ValueError(f"{directory} is not empty and has no {MANIFEST} (an interrupted build?): "
                          "remove it or name another directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = build_data(directory, budget, teachers, source_store, building=building, mixed_store=mixed_store)
+    paths = build_data(directory, budget, teachers, wanted["source_store"], building=wanted["building"],
+                       mixed_store=wanted["mixed_store"])
     atomic_write_json(manifest, {"data": wanted, "paths": {k: str(p.relative_to(directory)) for k, p in paths.items()}})
     return paths
