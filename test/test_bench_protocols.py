@@ -175,13 +175,23 @@ def test_runs_of_some_seeds_and_rows_merge_into_the_statistics_of_one_run_over_a
     other = {**result([2], per_seed[2:]), "budget": {"preset": "tiny", "device": "cpu"}}
     with pytest.raises(ValueError, match=r"differ in \['budget'\]"):
         merge_runs([result([0, 1], per_seed[:2]), other])
+    with pytest.raises(ValueError, match="only results of"):
+        merge_runs([result([0, 1], per_seed[:2]), {"benchmark": "sim", "frames_per_s": 30}])
     rgbd = {**result([2], per_seed[2:]), "inputs": {"scratch": "rgb,depth"}}
     with pytest.raises(ValueError, match="another inputs"):
         merge_runs([result([0, 1], per_seed[:2]), rgbd])
 
 
-def test_specialization_preset_must_be_a_plain_vit_and_the_device_must_exist():
+def test_specialization_options_refuse_bad_seeds_presets_devices_and_merge_files_clearly():
     from tst_ros.bench import specialization
+    from tst_ros.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match="comma-separated integers"):
+        cli_main(["bench", "specialization", "--quick", "--seeds", "0,one"])
+    with pytest.raises(ValueError, match="cannot merge .*missing.json"):
+        specialization.run(merge=["missing.json"])
+    with pytest.raises(SystemExit, match="bench sim has no --seeds"):
+        cli_main(["bench", "sim", "--quick", "--seeds", "0"])
 
     assert specialization.check_preset("s") == "s"
     for bad in ("tiny-imagenet", "xl"):

@@ -68,7 +68,10 @@ def run(args) -> int:
     if args.device:
         options["device"] = args.device
     if args.seeds:
-        options["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        try:
+            options["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise SystemExit(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {args.seeds!r}") from None
     if args.data:
         options["data"] = args.data
     if args.merge:

@@ -52,6 +52,8 @@ def merge_runs(runs: list[dict]) -> dict:
     per-class IoU is the mean of the runs' means weighted by their seed counts."""
     if not runs:
         raise ValueError("nothing to merge")
+    if not all(isinstance(run, dict) and {"seeds", "methods"} <= set(run) for run in runs):
+        raise ValueError("only results of `tst-ros bench specialization --json` can be merged")
     first = runs[0]
     differ = sorted({k for run in runs for k in SHARED_KEYS if run.get(k) != first.get(k)})
     if differ:

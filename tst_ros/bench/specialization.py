@@ -111,6 +111,15 @@ def check_image_size(size: int) -> int:
     return int(size)
 
 
+def _read_result(path: str) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot merge {path}: {e}") from None
+
+
 def check_preset(name: str) -> str:
     from tst_ros.models import PRESETS
     if name not in PRESETS or PRESETS[name].get("stem"):
@@ -284,9 +293,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     import torch
 
     if merge:
-        import json
-
-        return merge_runs([json.loads(Path(f).read_text()) for f in merge])
+        return merge_runs([_read_result(f) for f in merge])
     if scaling:
         from tst_ros.bench import scaling as compute_scaling
 
