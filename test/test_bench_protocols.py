@@ -188,6 +188,8 @@ def test_specialization_options_refuse_bad_seeds_presets_devices_and_merge_files
 
     with pytest.raises(SystemExit, match="comma-separated integers"):
         cli_main(["bench", "specialization", "--quick", "--seeds", "0,one"])
+    with pytest.raises(ValueError, match="not to --merge or --scaling"):
+        specialization.run(merge=["a.json"], device="cuda")
     with pytest.raises(ValueError, match="cannot merge .*missing.json"):
         specialization.run(merge=["missing.json"])
     with pytest.raises(SystemExit, match="bench sim has no --seeds"):

@@ -40,8 +40,8 @@ def register(sub) -> None:
     p.add_argument("--seeds", help="specialization only: comma-separated seeds instead of the budget's")
     p.add_argument("--data", help="specialization only: a directory for the benchmark's simulated data, built there "
                                   "once and read again by later runs of the same data (default: a temporary one)")
-    p.add_argument("--merge", help="specialization only: comma-separated JSON results of runs of other seeds, "
-                                   "merged into one table (nothing is run)")
+    p.add_argument("--merge", help="specialization only: comma-separated JSON results of runs that each ran some "
+                                   "seeds and rows, merged into one table (nothing is run)")
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ LOCK = ".building.lock"     # held while a run reads or builds the directory
 DATA_KEYS = ("record_frames", "labeled_images", "eval_images", "image_size")   # the budget's that shape the data
 
 
-def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
+def build_data(directory: Path, budget: dict, teachers: list[str] | None = None,
                source_store: bool = False, thermal: bool = False, building: str = TEST_BUILDING,
                mixed_store: bool = False) -> dict[str, Path]:
     """The unlabeled store of the test `building` ("style:seed"; with the outputs of `teachers`),
@@ -35,7 +35,8 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
 
     test = Building.parse(building)
     record = budget["record_frames"]
-    paths = {"store": tmp / "store", "other": tmp / "labeled", "oracle": tmp / "oracle", "held_out": tmp / "held_out"}
+    paths = {"store": directory / "store", "other": directory / "labeled", "oracle": directory / "oracle",
+             "held_out": directory / "held_out"}
     size = budget["image_size"]
     build_dataset(SimConfig(seed=test.seed, style=test.style),
                   RecordConfig(dataset=str(paths["store"]), image_size=size), record, paths["store"])
@@ -46,13 +47,13 @@ def build_data(tmp: Path, budget: dict, teachers: list[str] | None = None,
                       start_frame=record + EVAL_GAP, span_frames=budget["eval_images"], progress=False,
                       thermal=thermal)
     if mixed_store:     # copied before teaching: the test building's sensor frames, then other buildings'
-        paths["mixed_store"] = tmp / "mixed_store"
+        paths["mixed_store"] = directory / "mixed_store"
         shutil.copytree(paths["store"], paths["mixed_store"], ignore=shutil.ignore_patterns(".lock"))
         add_source_buildings(paths["mixed_store"], max(1, record // SOURCE_BUILDINGS), size)
     if teachers:
         teach(paths["store"], teachers, device="cpu", progress=False)
     if source_store:
-        paths["source_store"] = tmp / "source_store"
+        paths["source_store"] = directory / "source_store"
         add_source_buildings(paths["source_store"], record, size)
     return paths
 

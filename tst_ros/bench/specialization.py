@@ -34,7 +34,7 @@ predictions of the first seed. `rows` runs some rows only (same data and seeds);
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
 own batch-norm statistics and with statistics from the building's store (rows "NAME [VARIANT]").
 On a GPU (`--device cuda`, `--preset s|b`) pre-training and transfer run in bf16; runs of some
-seeds each (`--seeds`) merge into one table (`--merge`, `tst_ros.bench.seed_runs`).
+seeds and rows each (`--seeds`, `--rows`) merge into one table (`--merge`, `tst_ros.bench.seed_runs`).
 """
 from __future__ import annotations
 
@@ -289,9 +289,12 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     `preset` (default: tiny), pre-training and transfer on `device`, with `seeds` instead of the
     budget's, on the data in `data` (built there once, `bench.data.bench_data`; default: a
     temporary directory); with `scaling`, the compute-scaling curve instead; with `merge`, the
-    result of those JSON files (runs of other seeds) merged, nothing run."""
+    result of those JSON files (runs of some seeds and rows) merged, nothing run."""
     import torch
 
+    if (merge or scaling) and (preset or device != "cpu" or seeds is not None or data):
+        raise ValueError("--preset, --device, --seeds and --data apply to a run of the table, "
+                         "not to --merge or --scaling")
     if merge:
         return merge_runs([_read_result(f) for f in merge])
     if scaling:
