@@ -10,7 +10,7 @@ another. The second modality (depth or thermal, which the base never saw) gets a
 `tst_ros.train.psst` (the same PSST step budget in every row that runs it). Stage 2
 (`transfer --finetune tp-mome`: task prompts, modality experts, decoder; base and LoRA frozen)
 is then trained with the segmentation loss on the other buildings' labels, RGB + the modality
-in. Rows:
+in, with transfer's default heads (input stem included, as `tst-ros transfer` trains them). Rows:
 
 - `stage 2 only`: the modality's input adapter as initialised, no LoRA training;
 - `+mae`: PSST's MAE phase only;
@@ -78,8 +78,7 @@ def _transfer_row(encoder: str, adapter: str, modality: str, paths: dict, model_
 
     cfg = TransferConfig(steps=steps, batch=budget["transfer_batch"], finetune=finetune, seed=seed,
                          labeled_images=budget["labeled_images"], tasks=list(tasks),
-                         adapters=[adapter] if finetune == "tp-mome" else [],
-                         input_stem=False)   # the protocol its published table was measured with
+                         adapters=[adapter] if finetune == "tp-mome" else [])
     return transfer(encoder, str(paths["other"]), str(model_dir), cfg,
                     input_modalities=[registry.PRIMARY_IMAGE, modality], show_bar=False)
 
