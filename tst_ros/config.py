@@ -136,8 +136,8 @@ class TransferConfig:
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
     prompts: int = 8                    # tp-mome: task prompt tokens per block
-    # tp-mome: blocks followed by experts (-1: last); after each of the last four, 8 wide, stage 2 came within
-    # 0.7 seg of full fine-tuning on home:3 where experts after the last block only, 32 wide, trailed by 4.2
+    # tp-mome: blocks followed by experts (-1: last). On home:3, stage 2 with experts after each of the last four,
+    # 8 wide, came within 0.7 seg of full fine-tuning; PSST + stage 2 with one 32-wide layer after the last trailed by 4.2
     mome_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
     expert_hidden: int = 8              # tp-mome: expert bottleneck width
     modality_drop: float = 0.3          # tp-mome: share of samples that lose one input modality in training
