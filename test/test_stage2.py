@@ -123,6 +123,21 @@ def test_modality_dropout_is_random_in_training_and_absent_in_evaluation():
     assert not torch.allclose(enc(x), enc.eval()(x))
 
 
+def test_the_stage2_layout_leaves_the_global_generator_where_it_was():
+    from tst_ros.models.tpmome import prompted_encoder
+
+    def stream_after(layers, width):
+        torch.manual_seed(0)
+        prompted_encoder(build_encoder("tiny", ["rgb", "depth"], 32, 8), 2, layers, width, 0.3)
+        return torch.rand(8)   # what the task heads would be initialised from next
+
+    first = stream_after((3,), 32)
+    assert torch.equal(first, stream_after((0, 1, 2, 3), 6))
+    torch.manual_seed(0)
+    build_encoder("tiny", ["rgb", "depth"], 32, 8)
+    assert torch.equal(first, torch.rand(8))
+
+
 def test_rgb_thermal_stage2_trains_and_evaluates_on_a_labeled_set_with_thermal(setup, tmp_path):
     from tst_ros.perception.transfer import evaluate
 

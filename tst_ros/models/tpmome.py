@@ -122,11 +122,16 @@ class PromptedEncoder(Encoder):
 def prompted_encoder(encoder: Encoder, prompts: int, mome_layers: tuple[int, ...], expert_hidden: int,
                      modality_drop: float, expert_modalities: list[str] | None = None) -> PromptedEncoder:
     """A PromptedEncoder holding `encoder`'s modules (LoRA included, shared, not copied), frozen;
-    only the new stage-2 parts train."""
-    out = PromptedEncoder(encoder.preset, encoder.modalities, encoder.image_size, encoder.patch_size, prompts,
-                          mome_layers, expert_hidden, modality_drop,
-                          [m for m in (expert_modalities or encoder.spatial_modalities())
-                           if registry.get(m).kind in SPATIAL_KINDS])
+    only the new stage-2 parts train.
+
+    It is built on a fork of torch's generator, so the stage-2 layout (experts, widths, layers)
+    leaves the global stream, and with it the task heads' initialisation and the training draws
+    that follow, unchanged: two layouts at one seed are a paired comparison."""
+    with torch.random.fork_rng(devices=[]):
+        out = PromptedEncoder(encoder.preset, encoder.modalities, encoder.image_size, encoder.patch_size, prompts,
+                              mome_layers, expert_hidden, modality_drop,
+                              [m for m in (expert_modalities or encoder.spatial_modalities())
+                               if registry.get(m).kind in SPATIAL_KINDS])
     encoder.requires_grad_(False)
     out.adapters, out.modality_embed, out.blocks, out.norm = (encoder.adapters, encoder.modality_embed,
                                                               encoder.blocks, encoder.norm)
