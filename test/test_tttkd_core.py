@@ -171,6 +171,58 @@ def test_adaptation_lowers_the_distillation_loss_and_touches_only_the_backbone()
     assert adapter.distill_loss(batch, targets, valid) == pytest.approx(pred.info["loss_after"], abs=1e-5)
 
 
+def test_a_class_probability_teacher_pulls_the_labels_themselves_and_survives_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = TTTKDModel(build_backbone("pointnet", width=32), num_classes=5, feature_dim=5, distill_into_labels=True)
+    assert model.feature_head is None and model.projectors() == [model.label_head]
+    adapter = TestTimeAdapter(model, FeatureReducer.identity(5), steps=10, lr=5e-3, point_budget=4000,
+                              voxel_size=0.05)
+    xyz, rgb, T, views = _cloud_with_view(seed=2)
+    probs = torch.full((5, 12, 16), 0.02)
+    probs[3] = 0.92                                             # the teacher sees class 3 everywhere
+    views = [View(probs, views[0].T_odom_camera, INTR, views[0].depth_m)]
+    batch = adapter.prepare(xyz, rgb, T)
+    targets, valid = adapter.targets(xyz, T, views)
+    torch.testing.assert_close(targets[valid][0], probs[:, 0, 0])   # kept as probabilities
+    with torch.no_grad():
+        share_before = float((model(batch)[0].argmax(1) == 3).float().mean())
+    head_before = [p.clone() for p in model.label_head.parameters()]
+    losses = adapter.adapt(batch, targets, valid, 10)
+    with torch.no_grad():
+        share_after = float((model(batch)[0].argmax(1) == 3).float().mean())
+    assert losses[-1] < losses[0] and share_after > max(share_before, 0.9), (share_before, share_after)
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.label_head.parameters()))
+    save_checkpoint(tmp_path / "m.safetensors", model, adapter.reducer, teacher={"teacher": "seg"})
+    again, _, _ = load_checkpoint(tmp_path / "m.safetensors")
+    assert again.distill_into_labels and again.feature_head is None
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch)[0], model(batch)[0])
+    with pytest.raises(ValueError, match="teacher over the 5 classes"):
+        TTTKDModel(build_backbone("pointnet", width=8), num_classes=5, feature_dim=7, distill_into_labels=True)
+
+
+def test_teacher_label_miou_scores_the_projected_argmax_and_counts_unseen_points_as_misses():
+    from tst_ros.tttkd.evaluate import teacher_label_miou
+    from tst_ros.tttkd.train import SceneCloud
+
+    xyz, depth = _wall_scene(2000, seed=3)
+    labels = np.where(xyz[:, 0] < 0, 1, 2).astype(np.int64)     # left and right half of the wall
+    hidden = np.array([[0.0, 0.0, -2.0]] * 100, np.float32)     # behind the camera: no view sees them
+    xyz, labels = np.concatenate([xyz, hidden]), np.concatenate([labels, np.full(100, 2)])
+    T = _pose(0.0, [0.0, 0.0, 1.0])
+    left = (torch.arange(64) < 32).float().expand(48, 64)
+    right_probs = torch.stack([torch.zeros(48, 64), left, 1 - left])
+
+    def score(probs):
+        cloud = SceneCloud(xyz, None, labels, T, [View(probs, T, INTR, None)])
+        return teacher_label_miou([cloud], 3, tol=0.1)
+
+    good, swapped = score(right_probs), score(right_probs[[0, 2, 1]])
+    assert good["seen_fraction"] == pytest.approx(2000 / 2100, abs=1e-3)
+    assert 0.9 < good["miou"] < 1.0                       # right wherever seen, the hidden points missed
+    assert swapped["miou"] < 0.05
+
+
 def test_online_mode_adapts_every_stride_th_cloud():
     adapter = _adapter("online", steps=1, stride=3)
     xyz, rgb, T, views = _cloud_with_view(n=800)

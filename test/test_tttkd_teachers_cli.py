@@ -76,6 +76,48 @@ def test_onnx_teacher_returns_the_models_dense_output(tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_segmentation_teacher_gives_the_models_class_probabilities_and_is_rebuilt_alike(tmp_path):
+    from fixture_models import make_model_dir
+    from tst_ros.perception.export import export_model
+    from tst_ros.perception.runtime import Predictor
+    from tst_ros.tttkd.teachers import SegmentationTeacher, teacher_from_description
+
+    model_dir = make_model_dir(tmp_path / "model", image_size=32, inputs=("rgb", "depth"), seed=1)
+    rgb, depth = _frame()
+    onnx_path = export_model(model_dir, tmp_path / "model.onnx", frames=[(rgb, depth)])["path"]
+    teacher = make_teacher(f"seg:{onnx_path}")
+    predictor = Predictor.load(onnx_path, ["CPUExecutionProvider"])
+    assert isinstance(teacher, SegmentationTeacher) and teacher.dim == len(predictor.classes)
+    probs = teacher.features(rgb, depth)
+    out = predictor.infer(predictor.preprocess(rgb, depth))
+    assert probs.shape == out["seg_logits"].shape[1:]
+    torch.testing.assert_close(probs.sum(0), torch.ones(probs.shape[1:]), rtol=1e-5, atol=1e-5)
+    assert (probs.argmax(0).numpy() == out["seg_logits"][0].argmax(0)).all()
+    again = teacher_from_description(json.loads(json.dumps(teacher.describe()))).features(rgb, depth)
+    torch.testing.assert_close(again, probs)
+    no_depth = teacher.features(rgb, None)                     # read as all-invalid depth, not an error
+    torch.testing.assert_close(no_depth, teacher.features(rgb, np.full_like(depth, np.nan)))
+    assert not torch.allclose(no_depth, probs)
+    with pytest.raises(FileNotFoundError, match="segmentation teacher"):
+        make_teacher(f"seg:{tmp_path / 'missing.onnx'}")
+
+
+def test_only_a_teacher_over_the_point_classes_is_distilled_into_the_labels():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tst_ros.config import TTTKDConfig
+    from tst_ros.sim import CLASSES
+    from tst_ros.tttkd.train import distills_into_labels
+
+    cfg = TTTKDConfig()
+    same = SimpleNamespace(classes=list(CLASSES))
+    assert distills_into_labels(cfg, same, list(CLASSES))
+    assert not distills_into_labels(replace(cfg, label_teacher=False), same, list(CLASSES))
+    assert not distills_into_labels(cfg, SimpleNamespace(classes=list(CLASSES)[::-1]), list(CLASSES))
+    assert not distills_into_labels(cfg, SimpleNamespace(), list(CLASSES))       # feature teachers
+
+
 def test_ttt_kd_train_and_eval_commands_write_a_checkpoint_and_report_miou(tmp_path, capsys):
     out = tmp_path / "run"
     rc = tst_ros_main(["ttt-kd", "train", "--out", str(out), "--buildings", "1", "--clouds-per-building", "2",

@@ -176,12 +176,13 @@ class PerceptionConfig:
 class TTTKDConfig:
     backbone: str = "pointnet"          # pointnet | voxel
     width: int = 64                     # backbone channels
-    teacher: str = "auto"               # auto (tstmm when `run` is set, else hed) | hed | imagenet | tstmm[:<run>] | onnx:<path>
+    teacher: str = "auto"               # auto (main job: its own segmentation model, seg; else tstmm with `run`, else hed)
+                                        # | hed | imagenet | tstmm[:<run>] | onnx:<path> | seg:<model>
     run: str = ""                       # TST-MM pre-training run (encoder) used as teacher
     feature_dim: int = 64               # teacher features reduced (PCA on source buildings) to this many dims
     hed_input_scale: float = 1.0        # HED teacher input resize factor
-    steps: int = 3                      # k adaptation steps per cloud
-    lr: float = 1e-4                    # test-time learning rate (Adam; 5e-4+ hurt in the sim benchmark)
+    steps: int = 10                     # k adaptation steps per cloud (chosen on source scenes, seg teacher)
+    lr: float = 1e-3                    # test-time Adam lr (chosen on source scenes, seg teacher; feature teachers: 1e-4-5e-4)
     optimizer: str = "adam"             # test-time optimiser: adam | sgd (momentum 0.9)
     mode: str = "online"                # node: episodic | online (eval and bench score episodic)
     stride: int = 2                     # online: adapt every s-th cloud (keeps up with 1 Hz x 20k points here)
@@ -195,6 +196,7 @@ class TTTKDConfig:
     train_steps: int = 300
     train_lr: float = 2e-3
     distill_weight: float = 1.0
+    label_teacher: bool = True          # a seg:<model> teacher over the point classes is distilled into the labels (KL)
     seed: int = 0
     device: str = "auto"
 

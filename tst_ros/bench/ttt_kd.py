@@ -44,7 +44,7 @@ def _settings(quick: bool) -> dict:
         return dict(buildings=2, clouds_per_building=4, train_steps=80, scenes=5, clouds=1, point_budget=4000,
                     timing_repeats=1, node_clouds=6, extra_lrs=[])
     return dict(buildings=8, clouds_per_building=8, train_steps=500, scenes=10, clouds=2, point_budget=8000,
-                timing_repeats=2, node_clouds=20, extra_lrs=[3e-5, 5e-4])
+                timing_repeats=2, node_clouds=20, extra_lrs=[3e-5, 1e-4, 5e-4, 1e-3, 2e-3])
 
 
 def _groups(scenes: int) -> dict[str, list[SimConfig]]:
@@ -186,7 +186,7 @@ def run(quick: bool = False, teacher: str = "hed") -> dict:
     from tst_ros.sim import CLASSES, SOURCE_STYLES
     from tst_ros.tttkd.adapt import TestTimeAdapter
     from tst_ros.tttkd.checkpoint import load_checkpoint
-    from tst_ros.tttkd.evaluate import evaluate_clouds
+    from tst_ros.tttkd.evaluate import evaluate_clouds, teacher_label_miou
     from tst_ros.tttkd.teachers import teacher_from_description
     from tst_ros.tttkd.train import run_training, scene_clouds
 
@@ -211,10 +211,12 @@ def run(quick: bool = False, teacher: str = "hed") -> dict:
                         "train.valid_projection_fraction": round(summary["valid_fraction"], 3)})
         model, reducer, meta = load_checkpoint(summary["checkpoint"])
         teacher = teacher_from_description(meta["teacher"])
+        into_labels = model.distill_into_labels
+        figures["distill_into_labels"] = into_labels
         curves = {}
         t0 = time.perf_counter()
         groups = _groups(s["scenes"])
-        lrs = [cfg.lr] + s["extra_lrs"]
+        lrs = [cfg.lr] + [lr for lr in s["extra_lrs"] if lr != cfg.lr]
         with tqdm(total=sum(len(v) for v in groups.values()) * s["clouds"] * len(lrs), desc="eval clouds",
                   leave=False) as bar:
             for name, configs in groups.items():
@@ -232,6 +234,10 @@ def run(quick: bool = False, teacher: str = "hed") -> dict:
                         figures[f"{prefix}.point_acc.k{k}"] = round(reports[k]["pixel_accuracy"], 4)
                     figures[f"{prefix}.gain_k10"] = round(curves[prefix][-1] - curves[prefix][0], 4)
                     figures[f"{prefix}.best_gain"] = round(max(curves[prefix]) - curves[prefix][0], 4)
+                if into_labels:
+                    direct = teacher_label_miou(clouds, len(CLASSES), cfg.occlusion_tol)
+                    figures[f"{name}.teacher_labels.miou"] = round(direct["miou"], 4)
+                    figures[f"{name}.teacher_labels.seen_fraction"] = round(direct["seen_fraction"], 4)
                 figures[f"{name}.scenes"] = len(configs)
                 figures[f"{name}.clouds"] = len(clouds)
         figures["eval.wall_s"] = round(time.perf_counter() - t0, 1)

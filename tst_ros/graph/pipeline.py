@@ -45,7 +45,7 @@ STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "transfer_scratch": (("transfer", "pretrain.preset", "pretrain.patch", "record.image_size"), ("labeled_set",)),
     "export": ((), ("transfer",)),
     "evaluate": ((), ("transfer", "transfer_scratch", "eval_set")),
-    "tttkd": (("ttt_kd", "sim"), ("pretrain",)),                        # pretrain: the tstmm teacher
+    "tttkd": (("ttt_kd", "sim"), ("pretrain", "export")),              # the tstmm or seg teacher
     "tttkd_eval": (("ttt_kd", "sim", "specialize.tttkd_scenes"), ("tttkd",)),
 }
 
@@ -249,8 +249,12 @@ class Pipeline:
     def stage_tttkd(self) -> dict:
         from tst_ros.tttkd.train import run_training
 
+        from tst_ros.perception.export import output_paths
+
         t = replace(self.cfg.ttt_kd)
-        if t.teacher in ("tstmm", "auto") and not getattr(t, "run", ""):
+        if t.teacher == "auto":           # the building's own segmentation, as served
+            t.teacher = f"seg:{output_paths(self.run / 'deploy')[0]}"
+        if t.teacher == "tstmm" and not t.run:
             t.run = str(self.run / "pretrain")
         return _jsonable(run_training(t, self.cfg.sim, str(self.run / "tttkd"), show_bar=not self.progress.jsonl,
                                       progress_stream=sys.stdout if self.progress.jsonl else None))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tst_ros import geometry
-from tst_ros.tttkd.backbones import TTTKDModel, distillation_loss
+from tst_ros.tttkd.backbones import TTTKDModel
 from tst_ros.tttkd.checkpoint import FeatureReducer
 from tst_ros.tttkd.projection import DEFAULT_OCCLUSION_TOL_M, View, project_features
 
@@ -145,7 +145,7 @@ class TestTimeAdapter:
     def distill_loss(self, batch, targets: torch.Tensor, valid: torch.Tensor) -> float:
         with torch.no_grad():
             _, feats = self.model(batch)
-            return float(distillation_loss(feats, targets.to(self.device), valid.to(self.device)))
+            return float(self.model.distill(feats, targets.to(self.device), valid.to(self.device)))
 
     def adapt(self, batch, targets: torch.Tensor, valid: torch.Tensor, steps: int) -> list[float]:
         """`steps` Adam steps on the distillation loss, backbone only -> loss before each step."""
@@ -157,7 +157,7 @@ class TestTimeAdapter:
                 self.model.eval()
                 raise AdaptationStopped("stopped between two adaptation steps")
             _, feats = self.model(batch)
-            loss = distillation_loss(feats, targets, valid)
+            loss = self.model.distill(feats, targets, valid)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -200,7 +200,7 @@ class TestTimeAdapter:
             prob = torch.softmax(logits.float(), dim=1)
             conf, lab = prob.max(dim=1)
             if adapted_to is not None:
-                info["loss_after"] = float(distillation_loss(feats, *adapted_to))
+                info["loss_after"] = float(self.model.distill(feats, *adapted_to))
         labels[finite] = lab.cpu().numpy().astype(np.uint32)[down.inverse]
         confidence[finite] = conf.cpu().numpy().astype(np.float32)[down.inverse]
         if self.mode == "episodic" and info["adapted"]:

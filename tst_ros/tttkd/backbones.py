@@ -242,43 +242,63 @@ def build_backbone(name: str, **kwargs) -> PointBackbone:
 
 
 class TTTKDModel(nn.Module):
-    """Backbone + label projector + 2D-feature projector (the projectors stay frozen at test time)."""
+    """Backbone + label projector + 2D-feature projector (the projectors stay frozen at test time).
 
-    def __init__(self, backbone: PointBackbone, num_classes: int, feature_dim: int):
+    With `distill_into_labels` (a teacher that gives class probabilities over the same classes)
+    there is no feature projector: the label projector's logits are distilled (KL to the teacher's
+    probabilities), so test-time adaptation moves the labels themselves towards the teacher."""
+
+    def __init__(self, backbone: PointBackbone, num_classes: int, feature_dim: int, distill_into_labels: bool = False):
         super().__init__()
         self.backbone = backbone
+        self.distill_into_labels = bool(distill_into_labels)
+        if self.distill_into_labels and int(feature_dim) != int(num_classes):
+            raise ValueError(f"distilling into the labels needs a teacher over the {num_classes} classes, "
+                             f"it gives {feature_dim} channels")
         self.num_classes, self.feature_dim = int(num_classes), int(feature_dim)
         c = backbone.out_dim
         self.label_head = nn.Sequential(nn.Linear(c, c), nn.GELU(), nn.Linear(c, self.num_classes))
-        self.feature_head = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, self.feature_dim))
+        self.feature_head = None if self.distill_into_labels else \
+            nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, self.feature_dim))
 
     def config(self) -> dict:
-        return {**self.backbone.config(), "num_classes": self.num_classes, "feature_dim": self.feature_dim}
+        return {**self.backbone.config(), "num_classes": self.num_classes, "feature_dim": self.feature_dim,
+                "distill_into_labels": self.distill_into_labels}
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TTTKDModel":
         cfg = dict(cfg)
         name = cfg.pop("backbone")
         num_classes, feature_dim = cfg.pop("num_classes"), cfg.pop("feature_dim")
+        into_labels = cfg.pop("distill_into_labels", False)
         if "scales" in cfg:
             cfg["scales"] = tuple(cfg["scales"])
-        return cls(build_backbone(name, **cfg), num_classes, feature_dim)
+        return cls(build_backbone(name, **cfg), num_classes, feature_dim, into_labels)
 
     def prepare(self, xyz, rgb=None) -> PointBatch:
         return self.backbone.prepare(xyz, rgb)
 
     def forward(self, batch: PointBatch) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.backbone(batch)
-        return self.label_head(h), self.feature_head(h)
+        logits = self.label_head(h)
+        return logits, (logits if self.feature_head is None else self.feature_head(h))
 
     def projectors(self) -> list[nn.Module]:
-        return [self.label_head, self.feature_head]
+        return [self.label_head] + ([] if self.feature_head is None else [self.feature_head])
+
+    def distill(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """This model's distillation loss: KL to class probabilities or 1 - cos to features."""
+        return distillation_loss(pred, target, valid, "kl" if self.distill_into_labels else "cosine")
 
 
-def distillation_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean 1 - cos(f3d, f2d) over valid points (0 with no valid point, still differentiable)."""
+def distillation_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+                      kind: str = "cosine") -> torch.Tensor:
+    """Mean over valid points (0 with no valid point, still differentiable) of 1 - cos(f3d, f2d)
+    (`cosine`), or of KL(teacher probabilities || softmax(logits)) (`kl`)."""
     if valid is not None:
         pred, target = pred[valid], target[valid]
     if len(pred) == 0:
         return pred.sum() * 0.0
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(pred, dim=1), target.clamp_min(0), reduction="sum") / len(pred)
     return (1 - F.cosine_similarity(pred, target, dim=1)).mean()

@@ -50,6 +50,11 @@ class FeatureReducer:
         _, _, v = torch.linalg.svd(features - mean, full_matrices=False)
         return cls(mean, v[:dim].T.contiguous())
 
+    @classmethod
+    def identity(cls, channels: int) -> "FeatureReducer":
+        """Keeps the teacher's features as they are (class probabilities distilled into the labels)."""
+        return cls(torch.zeros(channels), torch.eye(channels))
+
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         if features.shape[-1] != self.in_dim:
             raise ValueError(f"teacher gives {features.shape[-1]} channels but the checkpoint's reducer expects "

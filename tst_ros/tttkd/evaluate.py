@@ -48,3 +48,20 @@ def evaluate_clouds(adapter: TestTimeAdapter, clouds: list[SceneCloud], ks: list
         if progress is not None:
             progress.update(1)
     return {k: m.report(class_names) for k, m in meters.items()}
+
+
+def teacher_label_miou(clouds: list[SceneCloud], num_classes: int, tol: float) -> dict:
+    """A class-probability teacher's own labels projected onto the points (argmax of the averaged
+    views; points no view sees stay unlabelled and count as misses): the 2D model's figure on
+    the same clouds, for comparison with the point network's."""
+    from tst_ros.tttkd.projection import project_features
+
+    meter = SegmentationMeter(num_classes, ignore_index=UNLABELED)
+    seen = []
+    for cloud in clouds:
+        probs, valid = project_features(cloud.xyz, cloud.T_odom_ref, cloud.views, tol=tol)
+        labels = np.full(len(cloud.xyz), UNLABELED, np.int64)
+        labels[valid] = probs[torch.as_tensor(valid)].argmax(1).numpy()
+        meter.update(labels, cloud.labels)
+        seen.append(float(np.mean(valid)))
+    return {"miou": meter.report()["miou"], "seen_fraction": float(np.mean(seen)) if seen else 0.0}

@@ -10,8 +10,12 @@ float32 tensor whose grid covers the whole input image (pixel centres spread eve
   features, the same network as the `imagenet` teacher modality).
 - `TSTMMTeacher`: a TST-MM encoder run (`tst_ros.models.load_encoder`).
 - `ONNXTeacher`: any ONNX model with one image input and a dense (1, C, h, w) output.
+- `SegmentationTeacher`: a perception model of this package (exported `.onnx` or transfer model
+  directory, `tst_ros.perception.runtime.Predictor`): its class probabilities per pixel, so the
+  point network is pulled towards what the robot's own 2D segmentation sees.
 
-`make_teacher("hed" | "imagenet" | "tstmm:<run>" | "onnx:<file>")` picks one from a spec string.
+`make_teacher("hed" | "imagenet" | "tstmm:<run>" | "onnx:<file>" | "seg:<model>")` picks one
+from a spec string.
 """
 from __future__ import annotations
 
@@ -296,6 +300,31 @@ class ONNXTeacher(Teacher):
         return torch.from_numpy(np.ascontiguousarray(out[0])).float()
 
 
+class SegmentationTeacher(Teacher):
+    """A perception model's segmentation as the teacher: softmax of `seg_logits` (C classes, the
+    network's grid, which covers the whole frame), from RGB and, when the model takes it, depth
+    (a frame without depth is read as all-invalid depth, as the model reads NaN pixels)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from tst_ros.perception.runtime import Predictor
+        if not Path(path).exists():
+            raise FileNotFoundError(f"segmentation teacher {path} does not exist (an exported .onnx or a model dir)")
+        self.predictor = Predictor.load(path, outputs=("seg_logits",))
+        self.classes = list(self.predictor.classes)
+        self.path, self.name, self.dim = str(path), "seg", len(self.classes)
+
+    def describe(self) -> dict:
+        return {"teacher": "seg", "dim": self.dim, "path": self.path, "classes": self.classes}
+
+    @torch.no_grad()
+    def features(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> torch.Tensor:
+        rgb = _check_rgb(rgb)
+        if self.predictor.uses_depth and depth_m is None:
+            depth_m = np.full(rgb.shape[:2], np.nan, np.float32)
+        logits = self.predictor.infer(self.predictor.preprocess(rgb, depth_m), ("seg_logits",))
+        return torch.softmax(torch.from_numpy(np.ascontiguousarray(logits["seg_logits"][0])).float(), dim=0)
+
+
 class ImageNetTeacher(Teacher):
     """ImageNet EfficientNet-Lite0 features (`tst_ros.models.generalist`): stride-16 and
     upsampled stride-32 stages, 432 channels, on the image resized to `input_size` square."""
@@ -324,7 +353,7 @@ class ImageNetTeacher(Teacher):
 
 def make_teacher(spec: str, run: str | None = None, device: str = "cpu", intrinsics=None,
                  hed_input_scale: float = 1.0) -> Teacher:
-    """'hed' | 'imagenet' | 'tstmm' (needs `run`) | 'tstmm:<run>' | 'onnx:<file>' -> Teacher.
+    """'hed' | 'imagenet' | 'tstmm' (needs `run`) | 'tstmm:<run>' | 'onnx:<file>' | 'seg:<model>' -> Teacher.
 
     'auto' picks the TST-MM encoder when a run is given and HED otherwise."""
     spec = spec or "auto"
@@ -341,7 +370,9 @@ def make_teacher(spec: str, run: str | None = None, device: str = "cpu", intrins
         return TSTMMTeacher(path, device=device, intrinsics=intrinsics)
     if spec.startswith("onnx:"):
         return ONNXTeacher(spec.split(":", 1)[1])
-    raise ValueError(f"unknown teacher {spec!r}; use hed, imagenet, auto, tstmm[:<run>] or onnx:<file>")
+    if spec.startswith("seg:"):
+        return SegmentationTeacher(spec.split(":", 1)[1])
+    raise ValueError(f"unknown teacher {spec!r}; use hed, imagenet, auto, tstmm[:<run>], onnx:<file> or seg:<model>")
 
 
 def teacher_from_description(desc: dict, device: str = "cpu", intrinsics=None) -> Teacher:
@@ -356,4 +387,6 @@ def teacher_from_description(desc: dict, device: str = "cpu", intrinsics=None) -
         return TSTMMTeacher(desc["path"], device=device, intrinsics=intrinsics)
     if kind == "onnx":
         return ONNXTeacher(desc["path"], output=desc.get("output"))
+    if kind == "seg":
+        return SegmentationTeacher(desc["path"])
     raise ValueError(f"cannot rebuild teacher from {desc!r}")

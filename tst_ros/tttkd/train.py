@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tst_ros import geometry
 from tst_ros.tttkd.adapt import UNLABELED, majority_labels, voxel_downsample
-from tst_ros.tttkd.backbones import TTTKDModel, build_backbone, distillation_loss
+from tst_ros.tttkd.backbones import TTTKDModel, build_backbone
 from tst_ros.tttkd.checkpoint import FeatureReducer
 from tst_ros.tttkd.projection import DEFAULT_OCCLUSION_TOL_M, View, project_features
 from tst_ros.tttkd.teachers import Teacher
@@ -111,8 +111,11 @@ def class_weights(samples: list[Sample], num_classes: int) -> torch.Tensor:
 
 def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointnet", feature_dim: int = 64,
                 width: int = 64, steps: int = 300, lr: float = 2e-3, distill_weight: float = 1.0,
-                seed: int = 0, device: str = "cpu", progress_cb=None) -> tuple[TTTKDModel, FeatureReducer, dict]:
-    """Fit the reducer, then train backbone + projectors jointly (AdamW, warm-up + cosine)."""
+                seed: int = 0, device: str = "cpu", progress_cb=None, distill_into_labels: bool = False
+                ) -> tuple[TTTKDModel, FeatureReducer, dict]:
+    """Fit the reducer, then train backbone + projectors jointly (AdamW, warm-up + cosine).
+    `distill_into_labels`: the teacher gives class probabilities over the `num_classes` classes,
+    kept as they are and distilled into the label projector (`TTTKDModel`)."""
     if not samples:
         raise ValueError("no training clouds: check the source buildings / teacher")
     torch.manual_seed(seed)
@@ -120,9 +123,10 @@ def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointn
     all_valid = torch.cat([s.teacher[s.valid] for s in samples]).float()
     if len(all_valid) < 2:
         raise ValueError("no training point has a valid 2D projection: check poses, intrinsics and depth")
-    reducer = FeatureReducer.fit(all_valid, feature_dim, seed=seed)
+    reducer = FeatureReducer.identity(all_valid.shape[1]) if distill_into_labels else \
+        FeatureReducer.fit(all_valid, feature_dim, seed=seed)
     kwargs = {"width": width}
-    model = TTTKDModel(build_backbone(backbone, **kwargs), num_classes, reducer.out_dim).to(device)
+    model = TTTKDModel(build_backbone(backbone, **kwargs), num_classes, reducer.out_dim, distill_into_labels).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -139,7 +143,7 @@ def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointn
         logits, feats = model(batch)
         labels = s.labels.to(device)
         seg = F.cross_entropy(logits, labels, weight=weights, ignore_index=UNLABELED) if (labels != UNLABELED).any() else logits.sum() * 0
-        dist = distillation_loss(feats, targets[i].to(device), s.valid.to(device))
+        dist = model.distill(feats, targets[i].to(device), s.valid.to(device))
         loss = seg + distill_weight * dist
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,6 +176,12 @@ def build_teacher(cfg, device: str = "cpu", intrinsics=None) -> Teacher:
     from tst_ros.tttkd.teachers import make_teacher
     return make_teacher(cfg.teacher, run=cfg.run or None, device=device, intrinsics=intrinsics,
                         hed_input_scale=cfg.hed_input_scale)
+
+
+def distills_into_labels(cfg, teacher: Teacher, classes: list[str]) -> bool:
+    """A segmentation teacher over exactly the point labels' classes is distilled into the labels
+    (unless `cfg.label_teacher` is off); over other classes it is an ordinary feature teacher."""
+    return bool(cfg.label_teacher) and list(getattr(teacher, "classes", None) or []) == list(classes)
 
 
 def collect_samples(cfg, sim_cfg, teacher: Teacher, show_bar: bool = True) -> list[Sample]:
@@ -216,9 +226,10 @@ def run_training(cfg, sim_cfg, out: str, show_bar: bool = True, progress_stream=
                                               "message": "joint segmentation + distillation training"}) + "\n")
             progress_stream.flush()
 
+    into_labels = distills_into_labels(cfg, teacher, list(CLASSES))
     model, reducer, summary = train_model(samples, len(CLASSES), cfg.backbone, cfg.feature_dim, cfg.width,
                                           cfg.train_steps, cfg.train_lr, cfg.distill_weight, cfg.seed, device,
-                                          progress_cb=report)
+                                          progress_cb=report, distill_into_labels=into_labels)
     bar.close()
     path = Path(out) / CHECKPOINT_FILE
     save_checkpoint(path, model.cpu(), reducer, teacher=teacher.describe(), classes=list(CLASSES),
