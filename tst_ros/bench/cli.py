@@ -37,7 +37,7 @@ def register(sub) -> None:
                                     "specialization: the plain-ViT rows' preset (default: tiny)")
     p.add_argument("--device", help="specialization only: where pre-training and transfer run (cpu, cuda[:N], auto; "
                                     "default cpu; bf16 on CUDA)")
-    p.add_argument("--seeds", help="specialization only: comma-separated seeds instead of the budget's")
+    p.add_argument("--seeds", help="specialization, ttt-kd: comma-separated seeds instead of the default")
     p.add_argument("--data", help="specialization only: a directory for the benchmark's simulated data, built there "
                                   "once and read again by later runs of the same data (default: a temporary one)")
     p.add_argument("--merge", help="specialization only: comma-separated JSON results of runs that each ran some "

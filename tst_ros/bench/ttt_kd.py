@@ -7,7 +7,9 @@
    distribution), "home" (the test building's style, seeds 0..4) and "home_shifted" (the same
    buildings under shifted lighting, palette, noise and furniture). A PNG of mIoU vs k is written.
    The learning rate and k are selected on the source-style scenes only (`selected.*`); the
-   test groups' gains are reported at that choice.
+   test groups' gains are reported at that choice. With a class-probability teacher (`seg:`)
+   its own labels projected onto the same points are scored too (`*.teacher_labels.miou`).
+   `seeds` repeats training and scoring per seed (`seeds.*`: mean and std of the gains).
 3. Time per adaptation step and per prediction at 20k and 100k points (network on all points,
    no downsampling), and per cloud end-to-end with the default point budget.
 4. The ttt_kd node in online mode on 1 Hz clouds of 20k points over real DDS: output rate.
@@ -179,20 +181,90 @@ def select_on_source(figures: dict, lrs: list[float], default_lr: float) -> dict
             "selected.home_shifted_gain": round(gain(lr, k, "home_shifted"), 4)}
 
 
-def run(quick: bool = False, teacher: str = "hed") -> dict:
-    teacher_spec = teacher
+def _train(cfg, tmp: str) -> tuple[dict, str]:
+    """Joint training on the source buildings -> (train.* figures, checkpoint path)."""
+    from tst_ros.tttkd.train import run_training
+
+    t0 = time.perf_counter()
+    summary = run_training(cfg, SimConfig(), tmp, show_bar=True)
+    figures = {"train.wall_s": round(time.perf_counter() - t0, 1),
+               "train.seg_loss_start": round(summary["seg_loss_start"], 3),
+               "train.seg_loss_end": round(summary["seg_loss_end"], 3),
+               "train.distill_loss_start": round(summary["distill_loss_start"], 3),
+               "train.distill_loss_end": round(summary["distill_loss_end"], 3),
+               "train.valid_projection_fraction": round(summary["valid_fraction"], 3)}
+    return figures, summary["checkpoint"]
+
+
+def _group_clouds(teacher, s: dict) -> dict:
+    """The evaluation clouds of each scene group with the teacher's views (the same for every seed)."""
+    from tst_ros.tttkd.train import scene_clouds
+
+    return {name: [c for sc in configs for c in scene_clouds(sc, teacher, s["clouds"], first_cloud=2, spacing=5)]
+            for name, configs in _groups(s["scenes"]).items()}
+
+
+def _evaluate(model, reducer, clouds: dict, lrs: list[float], cfg) -> tuple[dict, dict]:
+    """mIoU after k = KS steps for every group and learning rate -> (figures, curves)."""
     from tqdm import tqdm
 
-    from tst_ros.sim import CLASSES, SOURCE_STYLES
+    from tst_ros.sim import CLASSES
     from tst_ros.tttkd.adapt import TestTimeAdapter
-    from tst_ros.tttkd.checkpoint import load_checkpoint
     from tst_ros.tttkd.evaluate import evaluate_clouds, teacher_label_miou
+
+    figures, curves = {}, {}
+    t0 = time.perf_counter()
+    with tqdm(total=sum(len(v) for v in clouds.values()) * len(lrs), desc="eval clouds", leave=False) as bar:
+        for name, group in clouds.items():
+            for lr in lrs:
+                adapter = TestTimeAdapter(model, reducer, steps=max(KS), lr=lr, point_budget=cfg.point_budget,
+                                          voxel_size=cfg.voxel_size)
+                reports = evaluate_clouds(adapter, group, KS, len(CLASSES), CLASSES, progress=bar)
+                prefix = name if lr == cfg.lr else f"lr{lr:g}.{name}"
+                curves[prefix] = [reports[k]["miou"] for k in KS]
+                for k in KS:
+                    figures[f"{prefix}.miou.k{k}"] = round(reports[k]["miou"], 4)
+                    figures[f"{prefix}.point_acc.k{k}"] = round(reports[k]["pixel_accuracy"], 4)
+                figures[f"{prefix}.gain_k10"] = round(curves[prefix][-1] - curves[prefix][0], 4)
+                figures[f"{prefix}.best_gain"] = round(max(curves[prefix]) - curves[prefix][0], 4)
+            if model.distill_into_labels:
+                direct = teacher_label_miou(group, len(CLASSES), cfg.occlusion_tol)
+                figures[f"{name}.teacher_labels.miou"] = round(direct["miou"], 4)
+                figures[f"{name}.teacher_labels.seen_fraction"] = round(direct["seen_fraction"], 4)
+            figures[f"{name}.clouds"] = len(group)
+    figures["eval.wall_s"] = round(time.perf_counter() - t0, 1)
+    figures.update(select_on_source(figures, lrs, cfg.lr))
+    figures["shift.miou_drop_k0"] = round(curves["home"][0] - curves["home_shifted"][0], 4)
+    figures["shift.gain_k10_shifted_minus_home"] = round(figures["home_shifted.gain_k10"] - figures["home.gain_k10"], 4)
+    return figures, curves
+
+
+def _seed_summary(per_seed: list[dict], seeds: list[int]) -> dict:
+    """Mean and std over training seeds of the gains at each seed's source-selected (lr, k)."""
+    out = {"seeds": ",".join(map(str, seeds))}
+    for key in ("source_style_gain", "home_gain", "home_shifted_gain"):
+        values = np.array([f[f"selected.{key}"] for f in per_seed])
+        out[f"seeds.selected.{key}.mean"] = round(float(values.mean()), 4)
+        out[f"seeds.selected.{key}.std"] = round(float(values.std()), 4)
+        out[f"seeds.selected.{key}.per_seed"] = [round(float(v), 4) for v in values]
+    for group in ("source_style", "home", "home_shifted"):
+        k0 = np.array([f[f"{group}.miou.k0"] for f in per_seed])
+        out[f"seeds.{group}.miou.k0.mean"] = round(float(k0.mean()), 4)
+    out["seeds.selected"] = [f"lr {f['selected.lr']:g}, k {f['selected.k']}" for f in per_seed]
+    return out
+
+
+def run(quick: bool = False, teacher: str = "hed", seeds: list[int] | None = None) -> dict:
+    """The benchmark; `seeds` trains and scores one point network per seed (the first seed's
+    figures keep the unprefixed keys, `seeds.*` holds mean and std of the selected gains)."""
+    from tst_ros.sim import SOURCE_STYLES
+    from tst_ros.tttkd.checkpoint import load_checkpoint
     from tst_ros.tttkd.teachers import teacher_from_description
-    from tst_ros.tttkd.train import run_training, scene_clouds
 
     s = _settings(quick)
     threads = cpu_threads()
     torch.set_num_threads(threads)
+    seeds = list(seeds) if seeds else [TTTKDConfig().seed]
     cfg = replace(TTTKDConfig(), buildings=s["buildings"], clouds_per_building=s["clouds_per_building"],
                   train_steps=s["train_steps"], point_budget=s["point_budget"], device="cpu", teacher=teacher)
     figures: dict = {"teacher": teacher, "backbone": cfg.backbone, "train.source_styles": ",".join(SOURCE_STYLES),
@@ -200,59 +272,35 @@ def run(quick: bool = False, teacher: str = "hed") -> dict:
                      "train.steps": cfg.train_steps, "point_budget": cfg.point_budget, "adapt.lr": cfg.lr,
                      "ks": ",".join(map(str, KS)), "torch_threads": threads,
                      "load_average_1min": round(os.getloadavg()[0], 2)}
-    with tempfile.TemporaryDirectory(prefix="tttkd_bench_") as tmp:
-        t0 = time.perf_counter()
-        summary = run_training(cfg, SimConfig(), tmp, show_bar=True)
-        figures.update({"train.wall_s": round(time.perf_counter() - t0, 1),
-                        "train.seg_loss_start": round(summary["seg_loss_start"], 3),
-                        "train.seg_loss_end": round(summary["seg_loss_end"], 3),
-                        "train.distill_loss_start": round(summary["distill_loss_start"], 3),
-                        "train.distill_loss_end": round(summary["distill_loss_end"], 3),
-                        "train.valid_projection_fraction": round(summary["valid_fraction"], 3)})
-        model, reducer, meta = load_checkpoint(summary["checkpoint"])
-        teacher = teacher_from_description(meta["teacher"])
-        into_labels = model.distill_into_labels
-        figures["distill_into_labels"] = into_labels
-        curves = {}
-        t0 = time.perf_counter()
-        groups = _groups(s["scenes"])
-        lrs = [cfg.lr] + [lr for lr in s["extra_lrs"] if lr != cfg.lr]
-        with tqdm(total=sum(len(v) for v in groups.values()) * s["clouds"] * len(lrs), desc="eval clouds",
-                  leave=False) as bar:
-            for name, configs in groups.items():
-                clouds = []
-                for sc in configs:
-                    clouds += scene_clouds(sc, teacher, s["clouds"], first_cloud=2, spacing=5)
-                for lr in lrs:
-                    adapter = TestTimeAdapter(model, reducer, steps=max(KS), lr=lr, point_budget=cfg.point_budget,
-                                              voxel_size=cfg.voxel_size)
-                    reports = evaluate_clouds(adapter, clouds, KS, len(CLASSES), CLASSES, progress=bar)
-                    prefix = name if lr == cfg.lr else f"lr{lr:g}.{name}"
-                    curves[prefix] = [reports[k]["miou"] for k in KS]
-                    for k in KS:
-                        figures[f"{prefix}.miou.k{k}"] = round(reports[k]["miou"], 4)
-                        figures[f"{prefix}.point_acc.k{k}"] = round(reports[k]["pixel_accuracy"], 4)
-                    figures[f"{prefix}.gain_k10"] = round(curves[prefix][-1] - curves[prefix][0], 4)
-                    figures[f"{prefix}.best_gain"] = round(max(curves[prefix]) - curves[prefix][0], 4)
-                if into_labels:
-                    direct = teacher_label_miou(clouds, len(CLASSES), cfg.occlusion_tol)
-                    figures[f"{name}.teacher_labels.miou"] = round(direct["miou"], 4)
-                    figures[f"{name}.teacher_labels.seen_fraction"] = round(direct["seen_fraction"], 4)
-                figures[f"{name}.scenes"] = len(configs)
-                figures[f"{name}.clouds"] = len(clouds)
-        figures["eval.wall_s"] = round(time.perf_counter() - t0, 1)
-        figures.update(select_on_source(figures, lrs, cfg.lr))
-        figures["shift.miou_drop_k0"] = round(curves["home"][0] - curves["home_shifted"][0], 4)
-        figures["shift.gain_k10_shifted_minus_home"] = round(figures["home_shifted.gain_k10"]
-                                                             - figures["home.gain_k10"], 4)
-        suffix = "" if teacher_spec == "hed" else "_" + teacher_spec.split(":")[0]
-        plot_path = PLOT_DIR / f"ttt_kd_miou_vs_k{suffix}{'_quick' if quick else ''}.png"
-        _plot(curves, plot_path, f"TTT-KD ({teacher_spec} teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
-                                 f"clouds per group{' [quick]' if quick else ''}")
-        figures["plot"] = str(plot_path)
+    lrs = [cfg.lr] + [lr for lr in s["extra_lrs"] if lr != cfg.lr]
+    per_seed, clouds = [], None
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="tttkd_bench_") as tmp:
+            trained, checkpoint = _train(replace(cfg, seed=seed), tmp)
+            model, reducer, meta = load_checkpoint(checkpoint)
+            if clouds is None:
+                clouds = _group_clouds(teacher_from_description(meta["teacher"]), s)
+            scored, curves = _evaluate(model, reducer, clouds, lrs, cfg)
+            per_seed.append(scored)
+            if len(per_seed) == 1:
+                figures.update({**trained, **scored, "distill_into_labels": model.distill_into_labels,
+                                "seed": seed, **{f"{n}.scenes": s["scenes"] for n in clouds}})
+                figures.update(_plot_and_time(model, reducer, curves, checkpoint, s, cfg, teacher, quick))
+    if len(seeds) > 1:
+        figures.update(_seed_summary(per_seed, seeds))
+    return figures
 
-        t0 = time.perf_counter()
-        figures.update(_timings(model, reducer, cfg.point_budget, s["timing_repeats"]))
-        figures["timing.wall_s"] = round(time.perf_counter() - t0, 1)
-        figures.update(_node_rate(Path(summary["checkpoint"]), s["node_clouds"], cfg.point_budget))
+
+def _plot_and_time(model, reducer, curves: dict, checkpoint: str, s: dict, cfg, teacher_spec: str,
+                   quick: bool) -> dict:
+    """The mIoU-vs-k plot, step timings and the node's rate (first seed only)."""
+    suffix = "" if teacher_spec == "hed" else "_" + teacher_spec.split(":")[0]
+    plot_path = PLOT_DIR / f"ttt_kd_miou_vs_k{suffix}{'_quick' if quick else ''}.png"
+    _plot(curves, plot_path, f"TTT-KD ({teacher_spec} teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
+                             f"clouds per group{' [quick]' if quick else ''}")
+    figures = {"plot": str(plot_path)}
+    t0 = time.perf_counter()
+    figures.update(_timings(model, reducer, cfg.point_budget, s["timing_repeats"]))
+    figures["timing.wall_s"] = round(time.perf_counter() - t0, 1)
+    figures.update(_node_rate(Path(checkpoint), s["node_clouds"], cfg.point_budget))
     return figures
