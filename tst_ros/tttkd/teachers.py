@@ -309,7 +309,8 @@ class SegmentationTeacher(Teacher):
         from tst_ros.perception.runtime import Predictor
         if not Path(path).exists():
             raise FileNotFoundError(f"segmentation teacher {path} does not exist (an exported .onnx or a model dir)")
-        self.predictor = Predictor.load(path, outputs=("seg_logits",))
+        # one unpinned thread: beside the perception nodes this is a 1-Hz side job
+        self.predictor = Predictor.load(path, threads=1, pin_threads=False, outputs=("seg_logits",))
         self.classes = list(self.predictor.classes)
         self.path, self.name, self.dim = str(path), "seg", len(self.classes)
 
