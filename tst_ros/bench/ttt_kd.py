@@ -3,16 +3,17 @@
 1. Train backbone + projectors on source buildings (SOURCE_STYLES, seeds >= 1000) with the
    given 2D teacher (`teacher`: hed by default, imagenet, or any `make_teacher` spec).
 2. mIoU on every input point after k = 0, 1, 3, 10 episodic distillation steps, on three scene
-   groups of 5 scenes each: "source_style" (unseen seeds in the training styles: the model's own
-   distribution), "home" (the test building's style, seeds 0..4) and "home_shifted" (the same
-   buildings under shifted lighting, palette, noise and furniture). A PNG of mIoU vs k is written.
+   groups of 10 scenes each (5 with `quick`): "source_style" (unseen seeds in the training
+   styles: the model's own distribution), "home" (the test building's style, seeds 0..9) and
+   "home_shifted" (the same buildings under shifted lighting, palette, noise and furniture).
+   A PNG of mIoU vs k is written.
    The learning rate and k are selected on the source-style scenes only (`selected.*`); the
    test groups' gains are reported at that choice. With a class-probability teacher (`seg:`)
    its own labels projected onto the same points are scored too (`*.teacher_labels.miou`).
    `seeds` repeats training and scoring per seed (`seeds.*`: mean and std of the gains).
 3. Time per adaptation step and per prediction at 20k and 100k points (network on all points,
    no downsampling), and per cloud end-to-end with the default point budget.
-4. The ttt_kd node in online mode on 1 Hz clouds of 20k points over real DDS: output rate.
+4. The ttt_kd node at its defaults (online) on 1 Hz clouds of 20k points over real DDS: output rate.
 """
 from __future__ import annotations
 
@@ -30,8 +31,6 @@ from tst_ros.config import SimConfig, TTTKDConfig
 
 KS = [0, 1, 3, 10]
 PLOT_DIR = Path(os.environ.get("TST_BENCH_DIR", "bench"))
-NODE_STRIDE = 2
-NODE_STEPS = 3
 
 
 def cpu_threads() -> int:
@@ -68,7 +67,7 @@ def _plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 3.8), dpi=110)
     groups = list(dict.fromkeys(name.split(".")[-1] for name in curves))
     variants = list(dict.fromkeys(name.rsplit(".", 1)[0] if name.startswith("lr") else "" for name in curves))
-    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v")]
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v"), ((0, (5, 1, 1, 1, 1, 1)), "D"), ((0, (1, 3)), "x")]
     for name, values in curves.items():
         colour = f"C{groups.index(name.split('.')[-1])}"
         line, marker = styles[variants.index(name.rsplit(".", 1)[0] if name.startswith("lr") else "") % len(styles)]
@@ -149,6 +148,7 @@ def _node_rate(checkpoint: Path, clouds: int, budget: int) -> dict:
         online = importlib.import_module("tst_ros.ros.bench.ttt_kd_online")
     except ImportError as e:  # ROS not installed: the rest of the benchmark still runs
         return {"node.skipped": f"rclpy unavailable: {e}"}
+    defaults = TTTKDConfig()             # the node as it runs by default
     sim = Simulator(SimConfig(seed=0, style="home", cloud_stride=1))
     frames = []
     rng = np.random.default_rng(0)
@@ -159,11 +159,11 @@ def _node_rate(checkpoint: Path, clouds: int, budget: int) -> dict:
         frames.append({"stamp_ns": f.stamp_ns, "xyz": f.cloud_xyz[pick], "rgb_cloud": f.cloud_rgb[pick],
                        "rgb": f.rgb, "depth_mm": f.depth_mm, "poses": [(sim.T_odom_base(s), s) for s in stamps]})
     r = online.measure_online_rate(str(checkpoint), frames, sim.intrinsics, sim.T_base_camera, rate_hz=1.0,
-                                   steps=NODE_STEPS, stride=NODE_STRIDE, point_budget=budget)
+                                   steps=defaults.steps, stride=defaults.stride, point_budget=budget)
     points = len(frames[0]["xyz"])
     out = {f"node.{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-    out.update({"node.points_per_cloud": points, "node.mode": "online", "node.stride": NODE_STRIDE,
-                "node.steps": NODE_STEPS, "node.target_hz": 1.0,
+    out.update({"node.points_per_cloud": points, "node.mode": "online", "node.stride": defaults.stride,
+                "node.steps": defaults.steps, "node.lr": defaults.lr, "node.target_hz": 1.0,
                 "node.meets_target": bool(r["received"] >= r["sent"] - 1 and r["output_rate_hz"] >= 0.9)})
     return out
 
@@ -296,7 +296,7 @@ def _plot_and_time(model, reducer, curves: dict, checkpoint: str, s: dict, cfg, 
     """The mIoU-vs-k plot, step timings and the node's rate (first seed only)."""
     suffix = "" if teacher_spec == "hed" else "_" + teacher_spec.split(":")[0]
     plot_path = PLOT_DIR / f"ttt_kd_miou_vs_k{suffix}{'_quick' if quick else ''}.png"
-    _plot(curves, plot_path, f"TTT-KD ({teacher_spec} teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
+    _plot(curves, plot_path, f"TTT-KD ({teacher_spec.split(':')[0]} teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
                              f"clouds per group{' [quick]' if quick else ''}")
     figures = {"plot": str(plot_path)}
     t0 = time.perf_counter()
