@@ -100,6 +100,10 @@ def test_segmentation_teacher_gives_the_models_class_probabilities_and_is_rebuil
     assert not torch.allclose(no_depth, probs)
     with pytest.raises(FileNotFoundError, match="segmentation teacher"):
         make_teacher(f"seg:{tmp_path / 'missing.onnx'}")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(open(onnx_path, "rb").read()[:1000])
+    with pytest.raises(ValueError, match="segmentation teacher .* cannot be loaded"):
+        make_teacher(f"seg:{corrupt}")
 
 
 def test_only_a_teacher_over_the_point_classes_is_distilled_into_the_labels():

@@ -309,8 +309,10 @@ class SegmentationTeacher(Teacher):
         from tst_ros.perception.runtime import Predictor
         if not Path(path).exists():
             raise FileNotFoundError(f"segmentation teacher {path} does not exist (an exported .onnx or a model dir)")
-        # one unpinned thread: beside the perception nodes this is a 1-Hz side job
-        self.predictor = Predictor.load(path, threads=1, pin_threads=False, outputs=("seg_logits",))
+        try:  # one unpinned thread: beside the perception nodes this is a 1-Hz side job
+            self.predictor = Predictor.load(path, threads=1, pin_threads=False, outputs=("seg_logits",))
+        except (ValueError, OSError, KeyError) as e:
+            raise ValueError(f"segmentation teacher {path} cannot be loaded: {e}") from None
         self.classes = list(self.predictor.classes)
         self.path, self.name, self.dim = str(path), "seg", len(self.classes)
 
