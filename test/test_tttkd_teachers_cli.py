@@ -119,7 +119,8 @@ def test_only_a_teacher_over_the_point_classes_is_distilled_into_the_labels():
     assert distills_into_labels(cfg, same, list(CLASSES))
     assert not distills_into_labels(replace(cfg, label_teacher=False), same, list(CLASSES))
     assert not distills_into_labels(cfg, SimpleNamespace(classes=list(CLASSES)[::-1]), list(CLASSES))
-    assert not distills_into_labels(cfg, SimpleNamespace(), list(CLASSES))       # feature teachers
+    assert not distills_into_labels(cfg, SimpleNamespace(classes=None), list(CLASSES))   # feature teachers
+    assert make_teacher("imagenet").classes is None
 
 
 def test_ttt_kd_train_and_eval_commands_write_a_checkpoint_and_report_miou(tmp_path, capsys):

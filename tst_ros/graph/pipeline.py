@@ -247,9 +247,8 @@ class Pipeline:
         return {k: {"miou": v["miou"], "map": v["map"]} for k, v in segdet.items()}
 
     def stage_tttkd(self) -> dict:
-        from tst_ros.tttkd.train import run_training
-
         from tst_ros.perception.export import output_paths
+        from tst_ros.tttkd.train import run_training
 
         t = replace(self.cfg.ttt_kd)
         if t.teacher == "auto":           # the building's own segmentation, as served

@@ -38,6 +38,7 @@ class Teacher:
     """Frozen dense 2D feature extractor."""
     name: str = "teacher"
     dim: int = 0
+    classes: list[str] | None = None    # set by teachers whose channels are class probabilities
 
     def features(self, rgb: np.ndarray, depth_m: np.ndarray | None = None) -> torch.Tensor:
         raise NotImplementedError

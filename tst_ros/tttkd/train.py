@@ -181,7 +181,7 @@ def build_teacher(cfg, device: str = "cpu", intrinsics=None) -> Teacher:
 def distills_into_labels(cfg, teacher: Teacher, classes: list[str]) -> bool:
     """A segmentation teacher over exactly the point labels' classes is distilled into the labels
     (unless `cfg.label_teacher` is off); over other classes it is an ordinary feature teacher."""
-    return bool(cfg.label_teacher) and list(getattr(teacher, "classes", None) or []) == list(classes)
+    return bool(cfg.label_teacher) and teacher.classes is not None and list(teacher.classes) == list(classes)
 
 
 def collect_samples(cfg, sim_cfg, teacher: Teacher, show_bar: bool = True) -> list[Sample]:
