@@ -201,6 +201,30 @@ def test_a_class_probability_teacher_pulls_the_labels_themselves_and_survives_a_
         TTTKDModel(build_backbone("pointnet", width=8), num_classes=5, feature_dim=7, distill_into_labels=True)
 
 
+def test_adapt_label_head_moves_a_label_distilling_head_restores_it_and_leaves_feature_heads_frozen():
+    xyz, rgb, T, views = _cloud_with_view(seed=4)
+    probs = torch.full((5, 12, 16), 0.02)
+    probs[1] = 0.92
+    views = [View(probs, views[0].T_odom_camera, INTR, views[0].depth_m)]
+    torch.manual_seed(0)
+    model = TTTKDModel(build_backbone("pointnet", width=32), num_classes=5, feature_dim=5, distill_into_labels=True)
+    adapter = TestTimeAdapter(model, FeatureReducer.identity(5), steps=3, lr=5e-3, point_budget=4000,
+                              voxel_size=0.05, adapt_label_head=True)
+    head_before = [p.clone() for p in model.label_head.parameters()]
+    pred = adapter.process(xyz, rgb, T, views)                  # episodic: adapt, predict, restore
+    assert pred.info["adapted"] and pred.info["loss_after"] < pred.info["loss_before"]
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.label_head.parameters()))
+    batch = adapter.prepare(xyz, rgb, T)
+    adapter.adapt(batch, *adapter.targets(xyz, T, views), 1)
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, model.label_head.parameters()))
+    # a feature teacher's model ignores the flag: its loss never reaches the label head
+    feature_adapter = _adapter()
+    feature_model = feature_adapter.model
+    flagged = TestTimeAdapter(feature_model, feature_adapter.reducer, adapt_label_head=True)
+    assert not flagged.adapt_label_head
+    assert not any(p.requires_grad for h in feature_model.projectors() for p in h.parameters())
+
+
 def test_teacher_label_miou_scores_the_projected_argmax_and_counts_unseen_points_as_misses():
     from tst_ros.tttkd.evaluate import teacher_label_miou
     from tst_ros.tttkd.train import SceneCloud

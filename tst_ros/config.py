@@ -197,6 +197,7 @@ class TTTKDConfig:
     train_lr: float = 2e-3
     distill_weight: float = 1.0
     label_teacher: bool = True          # a seg:<model> teacher over the point classes is distilled into the labels (KL)
+    adapt_label_head: bool = True       # with such a teacher the label head adapts too (chosen on source scenes)
     seed: int = 0
     device: str = "auto"
 

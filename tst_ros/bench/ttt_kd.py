@@ -108,10 +108,10 @@ def _timings(model, reducer, budget: int, repeats: int) -> dict:
     """Adaptation step and prediction time on all N points, and end-to-end per cloud with the budget."""
     from tst_ros.tttkd.adapt import TestTimeAdapter
 
-    out = {}
+    out, label_head = {}, TTTKDConfig().adapt_label_head
     for n in (20_000, 100_000):
         xyz, rgb, T = _big_cloud(n)
-        full = TestTimeAdapter(model, reducer, steps=1, point_budget=0)
+        full = TestTimeAdapter(model, reducer, steps=1, point_budget=0, adapt_label_head=label_head)
         batch = full.prepare(xyz, rgb, T)
         targets = torch.randn(n, reducer.out_dim)
         valid = torch.ones(n, dtype=torch.bool)
@@ -130,7 +130,7 @@ def _timings(model, reducer, budget: int, repeats: int) -> dict:
         from tst_ros.geometry import Intrinsics
         intr = Intrinsics.from_fov(256, 192, 70.0)
         view = View(torch.randn(reducer.in_dim, 24, 32), T, intr, None)
-        budgeted = TestTimeAdapter(model, reducer, steps=3, point_budget=budget)
+        budgeted = TestTimeAdapter(model, reducer, steps=3, point_budget=budget, adapt_label_head=label_head)
         t0 = time.perf_counter()
         info = budgeted.process(xyz, rgb, T, [view]).info
         e2e = time.perf_counter() - t0
@@ -218,7 +218,7 @@ def _evaluate(model, reducer, clouds: dict, lrs: list[float], cfg) -> tuple[dict
         for name, group in clouds.items():
             for lr in lrs:
                 adapter = TestTimeAdapter(model, reducer, steps=max(KS), lr=lr, point_budget=cfg.point_budget,
-                                          voxel_size=cfg.voxel_size)
+                                          voxel_size=cfg.voxel_size, adapt_label_head=cfg.adapt_label_head)
                 reports = evaluate_clouds(adapter, group, KS, len(CLASSES), CLASSES, progress=bar)
                 prefix = name if lr == cfg.lr else f"lr{lr:g}.{name}"
                 curves[prefix] = [reports[k]["miou"] for k in KS]

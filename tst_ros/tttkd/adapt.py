@@ -2,8 +2,9 @@
 
 Per cloud: drop non-finite points, voxel-downsample to the point budget (the voxel grows until
 the budget holds), project the teacher's features of the views that see the cloud onto the kept
-points, take k gradient steps of the distillation loss (1 - cos) that update the backbone only
-(projectors frozen), predict labels and softmax-max confidence, and give every input point the
+points, take k gradient steps of the distillation loss (1 - cos, or KL to a class-probability teacher)
+that update the backbone (projectors frozen; with `adapt_label_head` a label-distilling model's
+label head adapts too, since its logits are what is distilled), predict labels and softmax-max confidence, and give every input point the
 prediction of its voxel. Modes:
   - episodic: weights are restored bit-exactly after each cloud (and the optimiser starts fresh);
   - online: adapt every `stride`-th cloud and keep the weights (optimiser state persists).
@@ -93,7 +94,7 @@ class TestTimeAdapter:
     def __init__(self, model: TTTKDModel, reducer: FeatureReducer, steps: int = 3, lr: float = 1e-4,
                  mode: str = "episodic", stride: int = 1, point_budget: int = 8000, voxel_size: float = 0.05,
                  occlusion_tol: float = DEFAULT_OCCLUSION_TOL_M, min_valid_points: int = 32, device: str = "cpu",
-                 optimizer: str = "adam"):
+                 optimizer: str = "adam", adapt_label_head: bool = False):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if mode not in MODES:
@@ -108,8 +109,9 @@ class TestTimeAdapter:
         self.device = device
         self.stop_requested = lambda: False     # a node sets its shutdown flag here
         self.optimizer_name = optimizer
+        self.adapt_label_head = bool(adapt_label_head) and model.distill_into_labels
         for head in model.projectors():
-            head.requires_grad_(False)
+            head.requires_grad_(self.adapt_label_head and head is model.label_head)
         self.initial_state = self.snapshot()
         self.optimizer = self._new_optimizer()
         self.clouds_seen = 0
@@ -126,8 +128,13 @@ class TestTimeAdapter:
                 v.copy_(state[k])
         self.optimizer = self._new_optimizer()
 
+    def adapted_parameters(self) -> list[torch.nn.Parameter]:
+        """What test-time steps update: the backbone, plus the label head when it is adapted."""
+        heads = [self.model.label_head] if self.adapt_label_head else []
+        return [p for m in [self.model.backbone, *heads] for p in m.parameters()]
+
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        params = self.model.backbone.parameters()
+        params = self.adapted_parameters()
         if self.optimizer_name == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
         return torch.optim.Adam(params, lr=self.lr)
@@ -148,7 +155,7 @@ class TestTimeAdapter:
             return float(self.model.distill(feats, targets.to(self.device), valid.to(self.device)))
 
     def adapt(self, batch, targets: torch.Tensor, valid: torch.Tensor, steps: int) -> list[float]:
-        """`steps` Adam steps on the distillation loss, backbone only -> loss before each step."""
+        """`steps` optimiser steps on the distillation loss (`adapted_parameters`) -> loss before each step."""
         targets, valid = targets.to(self.device), valid.to(self.device)
         losses = []
         self.model.train()

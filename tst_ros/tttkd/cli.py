@@ -94,7 +94,8 @@ def run_eval(args) -> int:
     model, reducer, meta = load_checkpoint(args.model, device=device)
     teacher = teacher_from_description(meta["teacher"], device=device)
     adapter = TestTimeAdapter(model, reducer, steps=max(ks), lr=t.lr, point_budget=t.point_budget,
-                              voxel_size=t.voxel_size, device=device, optimizer=t.optimizer)
+                              voxel_size=t.voxel_size, device=device, optimizer=t.optimizer,
+                              adapt_label_head=t.adapt_label_head)
     clouds = []
     with tqdm(total=args.scenes * args.clouds, desc=f"{args.style} clouds", disable=args.json, leave=False) as bar:
         for seed in range(args.scenes):

@@ -25,7 +25,7 @@ class CloudLabeler:
                  lr: float = 1e-4, mode: str = "episodic", stride: int = 1, point_budget: int = 8000,
                  voxel_size: float = 0.05, sync_window_s: float = 0.25, max_views: int = 2,
                  depth_slop_s: float = 0.03, image_buffer: int = 16, device: str = "cpu",
-                 teacher_obj: Teacher | None = None, optimizer: str = "adam"):
+                 teacher_obj: Teacher | None = None, optimizer: str = "adam", adapt_label_head: bool = False):
         from tst_ros.util import resolve_device
         device = resolve_device(device)
         model, reducer, meta = load_checkpoint(checkpoint, device=device)
@@ -44,7 +44,7 @@ class CloudLabeler:
                              f"({meta.get('teacher')})")
         self.adapter = TestTimeAdapter(model, reducer, steps=steps, lr=lr, mode=mode, stride=stride,
                                        point_budget=point_budget, voxel_size=voxel_size, device=device,
-                                       optimizer=optimizer)
+                                       optimizer=optimizer, adapt_label_head=adapt_label_head)
         self.poses = poses
         self.sync_window_ns = int(sync_window_s * 1e9)
         self.depth_slop_ns = int(depth_slop_s * 1e9)

@@ -132,7 +132,8 @@ class TTTKDNode(Node):
             labeler = CloudLabeler(path, self.poses, teacher=p["teacher"], steps=p["steps"], lr=p["lr"],
                                    mode=p["mode"], stride=p["stride"], point_budget=p["point_budget"],
                                    voxel_size=p["voxel_size"], sync_window_s=p["sync_window_s"],
-                                   max_views=p["max_views"], device=p["device"], optimizer=p["optimizer"])
+                                   max_views=p["max_views"], device=p["device"], optimizer=p["optimizer"],
+                                   adapt_label_head=p["adapt_label_head"])
         except (OSError, ValueError, KeyError) as e:
             self.get_logger().error(f"cannot load TTT-KD model {path}: {e}")
             return False
