@@ -185,7 +185,7 @@ class TTTKDConfig:
     lr: float = 1e-3                    # test-time Adam lr (chosen on source scenes, seg teacher; feature teachers: 1e-4-5e-4)
     optimizer: str = "adam"             # test-time optimiser: adam | sgd (momentum 0.9)
     mode: str = "online"                # node: episodic | online (eval and bench score episodic)
-    stride: int = 1                     # online: adapt every s-th cloud (1 keeps up with 1 Hz x 20k points here; HED: use 2, steps 3)
+    stride: int = 1                     # online: adapt every s-th cloud (1: 1 Hz x 20k points is this 2-core CPU's limit; HED: 2, steps 3)
     point_budget: int = 8000            # points used for adaptation / prediction (voxel-downsampled)
     voxel_size: float = 0.05            # initial voxel for downsampling (grows until the budget holds)
     occlusion_tol: float = 0.1          # |D(u,v) - z| tolerance in metres
