@@ -138,6 +138,35 @@ def _cloud_with_view(n=3000, seed=0):
     return xyz, rgb, T, [View(feats, T, INTR, depth)]
 
 
+def test_nan_teacher_features_are_left_out_of_the_loss_and_online_weights_stay_finite():
+    adapter = _adapter("online", steps=3)
+    xyz, rgb, T, views = _cloud_with_view(seed=6)
+    feats = views[0].features.clone()
+    feats[:, :, :8] = float("nan")                              # the left half of the teacher map
+    pred = adapter.process(xyz, rgb, T, [View(feats, T, INTR, views[0].depth_m)])
+    assert pred.info["adapted"] and pred.info["steps"] == 3
+    assert 0.2 < pred.info["valid_fraction"] < 0.8, pred.info
+    assert np.isfinite(pred.info["loss_after"])
+    assert all(torch.isfinite(v).all() for v in adapter.model.state_dict().values())
+    # a teacher that gives nothing finite: no adaptation, a message, labels still published
+    feats[:] = float("nan")
+    pred = adapter.process(xyz, rgb, T, [View(feats, T, INTR, views[0].depth_m)])
+    assert not pred.info["adapted"] and any("valid 2D projection" in m for m in pred.info["messages"])
+    assert (pred.labels != UNLABELED).all()
+
+
+def test_adaptation_never_steps_on_a_non_finite_loss():
+    adapter = _adapter("online", steps=3)
+    xyz, rgb, T, views = _cloud_with_view(seed=7)
+    batch = adapter.prepare(xyz, rgb, T)
+    targets, valid = adapter.targets(xyz, T, views)
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    targets[valid.nonzero()[0, 0]] = float("nan")               # bypasses targets()'s filter
+    losses = adapter.adapt(batch, targets, valid, 3)
+    assert len(losses) == 1 and not np.isfinite(losses[0])
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
+
+
 def test_episodic_mode_restores_the_weights_bit_exactly_after_each_cloud():
     adapter = _adapter("episodic", steps=2)
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}

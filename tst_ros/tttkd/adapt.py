@@ -141,8 +141,12 @@ class TestTimeAdapter:
 
     # --------------------------------------------------------------------------- pieces
     def targets(self, xyz_ref: np.ndarray, T_odom_ref: np.ndarray, views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reduced teacher features per point and where they are usable (seen and finite: a
+        teacher's NaN never reaches the loss)."""
         feats, valid = project_features(xyz_ref, T_odom_ref, views, tol=self.occlusion_tol)
-        return self.reducer(feats), torch.as_tensor(valid)
+        reduced = self.reducer(feats)
+        usable = torch.as_tensor(valid) & torch.isfinite(reduced).all(dim=1)
+        return torch.where(usable[:, None], reduced, torch.zeros((), dtype=reduced.dtype)), usable
 
     def prepare(self, xyz_ref: np.ndarray, rgb: np.ndarray | None, T_odom_ref: np.ndarray):
         """Backbone input in the gravity-aligned odom frame."""
@@ -155,7 +159,10 @@ class TestTimeAdapter:
             return float(self.model.distill(feats, targets.to(self.device), valid.to(self.device)))
 
     def adapt(self, batch, targets: torch.Tensor, valid: torch.Tensor, steps: int) -> list[float]:
-        """`steps` optimiser steps on the distillation loss (`adapted_parameters`) -> loss before each step."""
+        """`steps` optimiser steps on the distillation loss (`adapted_parameters`) -> loss before each step.
+
+        A non-finite loss or gradient ends the loop before its step (the weights stay as they
+        were, which matters in online mode where they are kept); its loss is the last entry."""
         targets, valid = targets.to(self.device), valid.to(self.device)
         losses = []
         self.model.train()
@@ -166,9 +173,15 @@ class TestTimeAdapter:
             _, feats = self.model(batch)
             loss = self.model.distill(feats, targets, valid)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
             losses.append(float(loss.detach()))
+            if not np.isfinite(losses[-1]):
+                break
+            loss.backward()
+            grads = [p.grad for p in self.adapted_parameters() if p.grad is not None]
+            if not all(torch.isfinite(g).all() for g in grads):
+                losses[-1] = float("nan")
+                break
+            self.optimizer.step()
         self.model.eval()
         return losses
 
@@ -229,5 +242,10 @@ class TestTimeAdapter:
                                     f"(< {self.min_valid_points}): predicting without adaptation")
             return None
         losses = self.adapt(batch, targets, valid, steps)
-        info.update(adapted=True, steps=steps, loss_before=losses[0])
+        if not np.isfinite(losses[-1]):
+            info["messages"].append(f"non-finite distillation loss or gradient: adaptation stopped after "
+                                    f"{len(losses) - 1} of {steps} steps")
+            if len(losses) == 1:
+                return None
+        info.update(adapted=True, steps=len(losses) - (0 if np.isfinite(losses[-1]) else 1), loss_before=losses[0])
         return targets.to(self.device), valid.to(self.device)
