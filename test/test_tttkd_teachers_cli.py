@@ -137,3 +137,4 @@ def test_ttt_kd_train_and_eval_commands_write_a_checkpoint_and_report_miou(tmp_p
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= result["miou.k0"] <= 1.0 and 0.0 <= result["miou.k2"] <= 1.0 and result["clouds"] == 1
+    assert result["adapt_label_head"] is False     # a feature teacher's loss never reaches the label head

@@ -102,6 +102,7 @@ def run_eval(args) -> int:
             clouds += scene_clouds(replace(cfg.sim, seed=seed, style=args.style), teacher, args.clouds, progress=bar)
         reports = evaluate_clouds(adapter, clouds, ks, len(CLASSES), CLASSES)
     result = {"style": args.style, "scenes": args.scenes, "clouds": len(clouds), "lr": t.lr, "optimizer": t.optimizer,
+              "adapt_label_head": adapter.adapt_label_head,
               **{f"miou.k{k}": reports[k]["miou"] for k in ks},
               **{f"point_accuracy.k{k}": reports[k]["pixel_accuracy"] for k in ks},
               "per_class": {f"k{k}": reports[k]["per_class"] for k in ks}}
