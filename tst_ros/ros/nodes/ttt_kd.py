@@ -61,7 +61,8 @@ PARAMETERS = {
     "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
     "checkpoint": "",                             # alias of `model`
     "pose_wait_s": 0.3,                           # wait this long for odometry to reach the cloud stamp
-    "threads": 0,                                 # torch CPU threads for the worker (0: torch default)
+    "threads": 1,                                 # torch CPU threads for the worker (0: torch default); one,
+                                                  # because beside the perception nodes more threads spin and stall
     "max_views": 2,
     "sensor_qos_reliability": "auto",             # auto (follow the publishers) | reliable | best_effort
     "sensor_qos_depth": 5,
