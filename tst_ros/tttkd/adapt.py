@@ -2,10 +2,10 @@
 
 Per cloud: drop non-finite points, voxel-downsample to the point budget (the voxel grows until
 the budget holds), project the teacher's features of the views that see the cloud onto the kept
-points, take k gradient steps of the distillation loss (1 - cos, or KL to a class-probability teacher)
-that update the backbone (projectors frozen; with `adapt_label_head` a label-distilling model's
-label head adapts too, since its logits are what is distilled), predict labels and softmax-max confidence, and give every input point the
-prediction of its voxel. Modes:
+points, take k gradient steps of the distillation loss (1 - cos, or KL to a class-probability
+teacher) that update the backbone (projectors frozen; with `adapt_label_head` a label-distilling
+model's label head adapts too, since its logits are what is distilled), predict labels and
+softmax-max confidence, and give every input point the prediction of its voxel. Modes:
   - episodic: weights are restored bit-exactly after each cloud (and the optimiser starts fresh);
   - online: adapt every `stride`-th cloud and keep the weights (optimiser state persists).
 """
