@@ -163,7 +163,7 @@ def test_adaptation_never_steps_on_a_non_finite_loss():
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     targets[valid.nonzero()[0, 0]] = float("nan")               # bypasses targets()'s filter
     losses = adapter.adapt(batch, targets, valid, 3)
-    assert len(losses) == 1 and not np.isfinite(losses[0])
+    assert losses == []                                         # no step was taken
     assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
 
 

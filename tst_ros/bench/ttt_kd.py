@@ -104,14 +104,14 @@ def _big_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return xyz[pick], rgb[pick], ref
 
 
-def _timings(model, reducer, budget: int, repeats: int) -> dict:
+def _timings(model, reducer, budget: int, repeats: int, adapt_label_head: bool) -> dict:
     """Adaptation step and prediction time on all N points, and end-to-end per cloud with the budget."""
     from tst_ros.tttkd.adapt import TestTimeAdapter
 
-    out, label_head = {}, TTTKDConfig().adapt_label_head
+    out = {}
     for n in (20_000, 100_000):
         xyz, rgb, T = _big_cloud(n)
-        full = TestTimeAdapter(model, reducer, steps=1, point_budget=0, adapt_label_head=label_head)
+        full = TestTimeAdapter(model, reducer, steps=1, point_budget=0, adapt_label_head=adapt_label_head)
         batch = full.prepare(xyz, rgb, T)
         targets = torch.randn(n, reducer.out_dim)
         valid = torch.ones(n, dtype=torch.bool)
@@ -130,7 +130,8 @@ def _timings(model, reducer, budget: int, repeats: int) -> dict:
         from tst_ros.geometry import Intrinsics
         intr = Intrinsics.from_fov(256, 192, 70.0)
         view = View(torch.randn(reducer.in_dim, 24, 32), T, intr, None)
-        budgeted = TestTimeAdapter(model, reducer, steps=3, point_budget=budget, adapt_label_head=label_head)
+        budgeted = TestTimeAdapter(model, reducer, steps=3, point_budget=budget,
+                                   adapt_label_head=adapt_label_head)
         t0 = time.perf_counter()
         info = budgeted.process(xyz, rgb, T, [view]).info
         e2e = time.perf_counter() - t0
@@ -294,13 +295,14 @@ def run(quick: bool = False, teacher: str = "hed", seeds: list[int] | None = Non
 def _plot_and_time(model, reducer, curves: dict, checkpoint: str, s: dict, cfg, teacher_spec: str,
                    quick: bool) -> dict:
     """The mIoU-vs-k plot, step timings and the node's rate (first seed only)."""
-    suffix = "" if teacher_spec == "hed" else "_" + teacher_spec.split(":")[0]
+    teacher_name = teacher_spec.split(":")[0]
+    suffix = "" if teacher_spec == "hed" else "_" + teacher_name
     plot_path = PLOT_DIR / f"ttt_kd_miou_vs_k{suffix}{'_quick' if quick else ''}.png"
-    _plot(curves, plot_path, f"TTT-KD ({teacher_spec.split(':')[0]} teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
+    _plot(curves, plot_path, f"TTT-KD ({teacher_name} teacher, {cfg.backbone}), {s['scenes']} scenes x {s['clouds']} "
                              f"clouds per group{' [quick]' if quick else ''}")
     figures = {"plot": str(plot_path)}
     t0 = time.perf_counter()
-    figures.update(_timings(model, reducer, cfg.point_budget, s["timing_repeats"]))
+    figures.update(_timings(model, reducer, cfg.point_budget, s["timing_repeats"], cfg.adapt_label_head))
     figures["timing.wall_s"] = round(time.perf_counter() - t0, 1)
     figures.update(_node_rate(Path(checkpoint), s["node_clouds"], cfg.point_budget))
     return figures

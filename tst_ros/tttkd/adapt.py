@@ -145,8 +145,7 @@ class TestTimeAdapter:
         teacher's NaN never reaches the loss)."""
         feats, valid = project_features(xyz_ref, T_odom_ref, views, tol=self.occlusion_tol)
         reduced = self.reducer(feats)
-        usable = torch.as_tensor(valid) & torch.isfinite(reduced).all(dim=1)
-        return torch.where(usable[:, None], reduced, torch.zeros((), dtype=reduced.dtype)), usable
+        return reduced, torch.as_tensor(valid) & torch.isfinite(reduced).all(dim=1)
 
     def prepare(self, xyz_ref: np.ndarray, rgb: np.ndarray | None, T_odom_ref: np.ndarray):
         """Backbone input in the gravity-aligned odom frame."""
@@ -159,10 +158,11 @@ class TestTimeAdapter:
             return float(self.model.distill(feats, targets.to(self.device), valid.to(self.device)))
 
     def adapt(self, batch, targets: torch.Tensor, valid: torch.Tensor, steps: int) -> list[float]:
-        """`steps` optimiser steps on the distillation loss (`adapted_parameters`) -> loss before each step.
+        """Up to `steps` optimiser steps on the distillation loss (`adapted_parameters`) -> the loss
+        before each step taken.
 
-        A non-finite loss or gradient ends the loop before its step (the weights stay as they
-        were, which matters in online mode where they are kept); its loss is the last entry."""
+        A non-finite loss or gradient ends the loop without that step (the weights stay as they
+        were, which matters in online mode where they are kept), so fewer losses come back."""
         targets, valid = targets.to(self.device), valid.to(self.device)
         losses = []
         self.model.train()
@@ -173,15 +173,14 @@ class TestTimeAdapter:
             _, feats = self.model(batch)
             loss = self.model.distill(feats, targets, valid)
             self.optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            if not np.isfinite(losses[-1]):
+            if not torch.isfinite(loss):
                 break
             loss.backward()
-            grads = [p.grad for p in self.adapted_parameters() if p.grad is not None]
-            if not all(torch.isfinite(g).all() for g in grads):
-                losses[-1] = float("nan")
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
                 break
             self.optimizer.step()
+            losses.append(float(loss.detach()))
         self.model.eval()
         return losses
 
@@ -242,10 +241,10 @@ class TestTimeAdapter:
                                     f"(< {self.min_valid_points}): predicting without adaptation")
             return None
         losses = self.adapt(batch, targets, valid, steps)
-        if not np.isfinite(losses[-1]):
+        if len(losses) < steps:
             info["messages"].append(f"non-finite distillation loss or gradient: adaptation stopped after "
-                                    f"{len(losses) - 1} of {steps} steps")
-            if len(losses) == 1:
-                return None
-        info.update(adapted=True, steps=len(losses) - (0 if np.isfinite(losses[-1]) else 1), loss_before=losses[0])
+                                    f"{len(losses)} of {steps} steps")
+        if not losses:
+            return None
+        info.update(adapted=True, steps=len(losses), loss_before=losses[0])
         return targets.to(self.device), valid.to(self.device)
