@@ -1,7 +1,8 @@
 """Modality ablation of TST-MM (the paper's table of input/target modalities): pre-training on
 the sensor modalities only, plus each teacher modality, on all of them, and on all minus each
 teacher; everything else is `tst_ros.bench.specialization`'s protocol (the same test building,
-store, budget, frozen-encoder transfer on other buildings' labels, held-out frames and seeds),
+store, budget, transfer on other buildings' labels with the budget's encoder fine-tuning (end to
+end by default; the JSON's `finetune`), held-out frames and seeds),
 with RGB-D input at transfer and serving for every row. A PNG plots seg and things mIoU
 against the number of pre-training modalities. Rows with the same modality set (with two
 teachers, "all - A" is "+B") are pre-trained once and reported under each name.
@@ -85,6 +86,7 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
             "budget": {k: v for k, v in budget.items() if k != "seeds"},
             "eval_frames": {"count": budget["eval_images"], "first": budget["record_frames"] + spec.EVAL_GAP},
             "encoder": "tiny preset, 128 px, patch 16", "inputs_at_transfer": "rgb,depth",
+            "finetune": budget["finetune"],
             "modalities": sets, "methods": summary, "figure": str(figure),
             "table_markdown": spec.table_markdown(summary).replace("| method |", "| pre-training modalities |"),
             "total_seconds": round(time.perf_counter() - t_all, 1)}
