@@ -124,6 +124,7 @@ class TransferConfig:
     detail_strides: list[int] = field(default_factory=list)  # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
     zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
     colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
+    building_style: float = 0.0         # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
     input_drop: float = 0.0             # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2 seg on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     self_training: float = 0.0          # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not with frozen)

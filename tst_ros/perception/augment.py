@@ -1,9 +1,12 @@
 """Training-time augmentation of labeled transfer batches, applied at network resolution after
 the one preprocessing path: random zoom-in crops (inputs, label map and boxes cropped alike and
 resized back), colour jitter of the colour image (per-channel gain and a shared brightness
-shift, in intensity units) and input dropout (a sample's non-colour inputs, e.g. depth, read
-as "no measurement", so the heads cannot lean on them alone). Detection targets of zoomed
-samples are rebuilt from their boxes; colour jitter and dropout leave the cached ones.
+shift, in intensity units), building style (a sample's colour image given the low-frequency
+amplitude spectrum of one of the test building's own frames, after Fourier domain adaptation:
+its lighting, tint and exposure, while the phase keeps the labeled content) and input dropout
+(a sample's non-colour inputs, e.g. depth, read as "no measurement", so the heads cannot lean
+on them alone). Detection targets of zoomed samples are rebuilt from their boxes; the other
+augmentations leave the cached ones.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ import numpy as np
 from tst_ros import modalities as registry
 
 MIN_VISIBLE = 0.25          # a cropped box keeps at least this share of its area, else it is dropped
+# building style: spatial frequencies up to this share of the image side (both axes) take the
+# building frame's amplitudes (0.03 at 128 px: a 7x7 window around the mean colour)
+STYLE_BAND = 0.03
 
 
 @dataclass(frozen=True)
@@ -22,15 +28,16 @@ class Augmentation:
     zoom: float = 0.0        # crops cover 1 / (1 + U(0, zoom)) of each side, resized back to the input size
     colour: float = 0.0      # gains U(1 - c, 1 + c) per channel, brightness U(-c/2, c/2), intensities clipped to [0, 1]
     input_drop: float = 0.0  # share of samples whose non-colour inputs are all "no measurement" (normalised 0)
+    style: float = 0.0       # share of samples restyled by a building frame's low-frequency amplitudes
 
     def __post_init__(self) -> None:
-        if self.zoom < 0 or not 0 <= self.colour < 1 or not 0 <= self.input_drop < 1:
-            raise ValueError(f"augmentation zoom must be >= 0, colour and input_drop in [0, 1), got {self.zoom}, "
-                             f"{self.colour}, {self.input_drop}")
+        if self.zoom < 0 or not all(0 <= v < 1 for v in (self.colour, self.input_drop)) or not 0 <= self.style <= 1:
+            raise ValueError(f"augmentation zoom must be >= 0, colour and input_drop in [0, 1), style in [0, 1], "
+                             f"got {self.zoom}, {self.colour}, {self.input_drop}, {self.style}")
 
     @property
     def active(self) -> bool:
-        return self.zoom > 0 or self.colour > 0 or self.input_drop > 0
+        return self.zoom > 0 or self.colour > 0 or self.input_drop > 0 or self.style > 0
 
 
 def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
@@ -96,4 +103,45 @@ def drop_inputs(inputs: dict[str, np.ndarray], share: float, rng: np.random.Gene
     out = dict(inputs)
     for name in others:
         out[name] = np.where(dropped[:, None, None, None], np.float32(0.0), inputs[name]).astype(np.float32, copy=False)
+    return out
+
+
+def _intensities(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return images * std.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1)
+
+
+def _low_band(shape: tuple[int, int], band: float) -> np.ndarray:
+    """(H, W) mask of the unshifted 2-D spectrum: frequencies within `band` of the side on both axes."""
+    h, w = shape
+    reach = max(1, int(band * min(h, w)))
+    fy, fx = np.abs(np.fft.fftfreq(h) * h), np.abs(np.fft.fftfreq(w) * w)
+    return (fy[:, None] <= reach) & (fx[None, :] <= reach)
+
+
+def style_amplitudes(images: np.ndarray, mean: np.ndarray, std: np.ndarray, band: float = STYLE_BAND) -> np.ndarray:
+    """The style source: normalised colour images (N, 3, H, W) -> their low-band amplitude
+    spectra (N, 3, K) (K: the frequencies of `_low_band`)."""
+    spectra = np.abs(np.fft.fft2(_intensities(images.astype(np.float64), mean, std)))
+    return spectra[..., _low_band(images.shape[-2:], band)].astype(np.float32)
+
+
+def restyle(image: np.ndarray, mean: np.ndarray, std: np.ndarray, amplitudes: np.ndarray,
+            band: float = STYLE_BAND) -> np.ndarray:
+    """A normalised colour image (3, H, W) whose low-band amplitudes are replaced by `amplitudes`
+    (3, K) of another image, phases kept; intensities clipped to [0, 1], normalised again."""
+    spectrum = np.fft.fft2(_intensities(image.astype(np.float64), mean, std))
+    low = _low_band(image.shape[-2:], band)
+    part = spectrum[..., low]
+    spectrum[..., low] = amplitudes * np.exp(1j * np.angle(part))
+    intensity = np.clip(np.fft.ifft2(spectrum).real, 0.0, 1.0)
+    return ((intensity - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)).astype(np.float32)
+
+
+def restyle_batch(images: np.ndarray, mean: np.ndarray, std: np.ndarray, amplitudes: np.ndarray, share: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Normalised colour images (B, 3, H, W), a random `share` of them each restyled by a random
+    row of `amplitudes` (`style_amplitudes` of the building's frames)."""
+    out = images.copy()
+    for k in np.flatnonzero(rng.random(len(images)) < share):
+        out[k] = restyle(images[k], mean, std, amplitudes[rng.integers(0, len(amplitudes))])
     return out

@@ -68,6 +68,8 @@ class TransferData:
         norm = normalisation(preprocessing)
         colour = norm.get(registry.PRIMARY_IMAGE)
         self.colour_norm = None if colour is None else (colour[1], colour[2])   # (mean, std) for jitter
+        self.preprocessing = preprocessing
+        self.style_amplitudes: np.ndarray | None = None     # building-style augmentation's sources
         channel_of = {cid: i for i, cid in enumerate(thing_class_ids)}
         self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
         self.semantic, self.boxes, self.labels = [], [], []
@@ -104,6 +106,18 @@ class TransferData:
     def __len__(self) -> int:
         return len(self.semantic)
 
+    def take_style_from(self, items: list[dict]) -> None:
+        """Building-style augmentation's sources: the colour images of `items` (the building's own
+        frames) through the same preprocessing, kept as low-band amplitude spectra."""
+        from tst_ros.perception.augment import style_amplitudes
+
+        if self.colour_norm is None or not items:
+            raise ValueError("building style needs a colour input and at least one building frame")
+        norm, size = normalisation(self.preprocessing), tuple(self.preprocessing["size"])
+        colour = np.stack([prepare_inputs(it["rgb"], None, [registry.PRIMARY_IMAGE], norm, size)
+                           [registry.PRIMARY_IMAGE] for it in items])
+        self.style_amplitudes = style_amplitudes(colour, *self.colour_norm)
+
     def class_weights(self, num_classes: int, power: float, max_ratio: float = 50.0) -> np.ndarray:
         """Per-class loss weights ~ (1 / pixel share)^power over the labelled pixels, at most
         `max_ratio` apart, with the pixel-weighted mean 1 (the loss keeps its scale); classes
@@ -133,6 +147,13 @@ class TransferData:
                    **{k: np.stack([s[k] for s in samples]) for k in ("semantic", "heatmap", "box", "box_weight")}}
         else:                                # colour only: the cached targets hold
             out = self._plain_batch(idx, flips)
+        if augmentation.style > 0:
+            from tst_ros.perception.augment import restyle_batch
+
+            if self.style_amplitudes is None:
+                raise ValueError("building style needs the building's frames (TransferData.take_style_from)")
+            out["inputs"][registry.PRIMARY_IMAGE] = restyle_batch(
+                out["inputs"][registry.PRIMARY_IMAGE], *self.colour_norm, self.style_amplitudes, augmentation.style, rng)
         if augmentation.colour > 0 and self.colour_norm is not None:
             from tst_ros.perception.augment import jitter_batch
 

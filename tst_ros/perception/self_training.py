@@ -8,9 +8,14 @@ of a frame and its mirror image; a pixel keeps its label when its confidence is 
 keep labels too, never below `min_confidence` though), else it is ignored (255). Detection
 learns on labeled frames only: the heads' boxes are not trusted as targets. The labels are
 refreshed every `refresh` steps from the current weights.
+
+The module also owns the building's frames as transfer reads them (`building_items`, and
+`building_frames` for the building-style augmentation) and transfer's batches
+(`TransferBatches`: labeled rows, then the pseudo-labeled ones).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +102,60 @@ class PseudoLabeledFrames:
         model.train(was_training)
         self.data.semantic = class_balanced_labels(np.concatenate(probs), self.keep, self.min_confidence)
         self.labelled_share = float((self.data.semantic != IGNORE).mean())
+
+
+def building_frames(cfg, building_store: str | None, meta: dict) -> list[dict]:
+    """The building's frames for building-style augmentation (colour only)."""
+    if not building_store:
+        raise ValueError("transfer.building_style needs the building's store (--building-data)")
+    if cfg.finetune == "frozen" or not 0 < cfg.building_style <= 1:
+        raise ValueError(f"building style needs a trained encoder (finetune partial, full or tp-mome) and "
+                         f"0 < building_style <= 1; got {cfg.finetune!r}, {cfg.building_style}")
+    return building_items(building_store, [registry.PRIMARY_IMAGE])
+
+
+def pseudo_frames(cfg, building_store: str | None, meta: dict):
+    """The building's frames for self-training, or None when it is off."""
+    if cfg.self_training <= 0:
+        return None
+    if not building_store:
+        raise ValueError("self-training needs the building's store (transfer.self_training > 0)")
+    if cfg.finetune == "frozen" or not 0 < cfg.self_training <= 1 or not 0 < cfg.pseudo_share < 1:
+        raise ValueError("self-training needs a trained encoder (finetune partial or full), "
+                         f"0 < self_training <= 1 and 0 < pseudo_share < 1; got {cfg.finetune!r}, "
+                         f"{cfg.self_training}, {cfg.pseudo_share}")
+    items = building_items(building_store, meta["input_modalities"])
+    return PseudoLabeledFrames(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"],
+                               cfg.pseudo_keep)
+
+
+class TransferBatches:
+    """Transfer's batches: labeled rows, and over the last `cfg.self_training` share of the steps
+    the building's pseudo-labeled rows after them (relabelled every `cfg.pseudo_refresh` steps)."""
+
+    def __init__(self, data: TransferData, pseudo, cfg, rng: np.random.Generator, augmentation):
+        self.data, self.pseudo, self.cfg, self.rng, self.augmentation = data, pseudo, cfg, rng, augmentation
+        # the building's own frames keep their look: no building style for them
+        self.own_augmentation = replace(augmentation, style=0.0) if augmentation is not None else None
+        self.start = cfg.steps - round(cfg.steps * cfg.self_training) if pseudo is not None else cfg.steps
+        self.refreshes: list[dict] = []
+
+    def draw(self, step: int, model, device) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(batch, labeled indices, their flips); the batch's labeled rows come first."""
+        own = round(self.cfg.batch * self.cfg.pseudo_share) if step >= self.start else 0
+        idx = self.rng.integers(0, len(self.data), size=min(self.cfg.batch - own, len(self.data)))
+        flips = self.rng.random(len(idx)) < 0.5
+        batch = self.data.batch(idx, flips, self.rng, self.augmentation)
+        if not own:
+            return batch, idx, flips
+        if (step - self.start) % max(1, self.cfg.pseudo_refresh) == 0:
+            self.pseudo.refresh(model, device)
+            self.refreshes.append({"step": step + 1, "labelled_share": round(self.pseudo.labelled_share, 4)})
+        own_batch = self.pseudo.data.batch(self.rng.integers(0, len(self.pseudo), size=own),
+                                           self.rng.random(own) < 0.5, self.rng, self.own_augmentation)
+        joined = {"inputs": {n: np.concatenate([v, own_batch["inputs"][n]]) for n, v in batch["inputs"].items()},
+                  **{k: np.concatenate([batch[k], own_batch[k]]) for k in ("semantic", "heatmap", "box", "box_weight")}}
+        return joined, idx, flips
+
+    def describe(self) -> dict:
+        return {"frames": len(self.pseudo), "from_step": self.start + 1, "refreshes": self.refreshes}

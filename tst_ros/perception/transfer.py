@@ -25,6 +25,7 @@ from tst_ros.perception.augment import Augmentation
 from tst_ros.perception.labeled_data import (TransferData, depth_metres, extra_images, load_labeled,  # noqa: F401
                                              read_categories)
 from tst_ros.perception.runtime import Predictor
+from tst_ros.perception.self_training import TransferBatches, building_frames, pseudo_frames
 from tst_ros.util import resolve_device
 
 STAGE2 = "tp-mome"              # task prompts + modality experts on frozen modality adapters
@@ -133,7 +134,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
              progress_stream=None, show_bar: bool = True, building_store: str | None = None) -> dict:
     """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary.
     With `cfg.self_training` the last steps also learn from `building_store`'s frames,
-    pseudo-labeled (`tst_ros.perception.self_training`); with `cfg.building_norm_stats` the
+    pseudo-labeled (`tst_ros.perception.self_training`); with `cfg.building_style` labeled
+    samples take those frames' low-frequency amplitudes (`tst_ros.perception.augment`); with `cfg.building_norm_stats` the
     batch norms' statistics are re-estimated on them at the end (`tst_ros.perception.norm_stats`)."""
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -166,11 +168,13 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     trained = sum(p.numel() for g in groups for p in g["params"])
     frozen = cfg.finetune == "frozen"
     # frozen: cached features, no augmentation
-    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop)
+    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop, cfg.building_style)
     cache = _frozen_features(model, data, device) if frozen else None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
-    batches = _Batches(data, _pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
+    if cfg.building_style > 0:
+        data.take_style_from(building_frames(cfg, building_store, meta))
+    batches = TransferBatches(data, pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
     warmup = max(1, cfg.steps // 10)
     history = []
     bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
@@ -255,53 +259,6 @@ def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
         return encoder, enc_meta
     encoder.set_detail(strides)
     return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
-
-
-def _pseudo_frames(cfg, building_store: str | None, meta: dict):
-    """The building's frames for self-training, or None when it is off."""
-    if cfg.self_training <= 0:
-        return None
-    from tst_ros.perception.self_training import PseudoLabeledFrames, building_items
-
-    if not building_store:
-        raise ValueError("self-training needs the building's store (transfer.self_training > 0)")
-    if cfg.finetune == "frozen" or not 0 < cfg.self_training <= 1 or not 0 < cfg.pseudo_share < 1:
-        raise ValueError("self-training needs a trained encoder (finetune partial or full), "
-                         f"0 < self_training <= 1 and 0 < pseudo_share < 1; got {cfg.finetune!r}, "
-                         f"{cfg.self_training}, {cfg.pseudo_share}")
-    items = building_items(building_store, meta["input_modalities"])
-    return PseudoLabeledFrames(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"],
-                               cfg.pseudo_keep)
-
-
-class _Batches:
-    """Transfer's batches: labeled rows, and over the last `cfg.self_training` share of the steps
-    the building's pseudo-labeled rows after them (relabelled every `cfg.pseudo_refresh` steps)."""
-
-    def __init__(self, data: TransferData, pseudo, cfg, rng: np.random.Generator, augmentation):
-        self.data, self.pseudo, self.cfg, self.rng, self.augmentation = data, pseudo, cfg, rng, augmentation
-        self.start = cfg.steps - round(cfg.steps * cfg.self_training) if pseudo is not None else cfg.steps
-        self.refreshes: list[dict] = []
-
-    def draw(self, step: int, model, device) -> tuple[dict, np.ndarray, np.ndarray]:
-        """(batch, labeled indices, their flips); the batch's labeled rows come first."""
-        own = round(self.cfg.batch * self.cfg.pseudo_share) if step >= self.start else 0
-        idx = self.rng.integers(0, len(self.data), size=min(self.cfg.batch - own, len(self.data)))
-        flips = self.rng.random(len(idx)) < 0.5
-        batch = self.data.batch(idx, flips, self.rng, self.augmentation)
-        if not own:
-            return batch, idx, flips
-        if (step - self.start) % max(1, self.cfg.pseudo_refresh) == 0:
-            self.pseudo.refresh(model, device)
-            self.refreshes.append({"step": step + 1, "labelled_share": round(self.pseudo.labelled_share, 4)})
-        own_batch = self.pseudo.data.batch(self.rng.integers(0, len(self.pseudo), size=own),
-                                           self.rng.random(own) < 0.5, self.rng, self.augmentation)
-        joined = {"inputs": {n: np.concatenate([v, own_batch["inputs"][n]]) for n, v in batch["inputs"].items()},
-                  **{k: np.concatenate([batch[k], own_batch[k]]) for k in ("semantic", "heatmap", "box", "box_weight")}}
-        return joined, idx, flips
-
-    def describe(self) -> dict:
-        return {"frames": len(self.pseudo), "from_step": self.start + 1, "refreshes": self.refreshes}
 
 
 def _checked_tasks(tasks) -> list[str]:
