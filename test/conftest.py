@@ -21,3 +21,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def building_sets(tmp_path_factory):
+    """A small recorded store of the test building (5 frames at 32 px, `store/`) and a labeled
+    set of 4 images from other buildings (`labeled/`), shared by the tests that use both."""
+    from tst_ros.config import RecordConfig, SimConfig
+    from tst_ros.data.from_sim import build_dataset
+    from tst_ros.sim import labeled_set
+
+    tmp = tmp_path_factory.mktemp("building-sets")
+    store = tmp / "store"
+    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32), 5, store)
+    labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
+    return tmp

@@ -9,13 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from tst_ros.config import RecordConfig, SimConfig, TransferConfig
-from tst_ros.data.from_sim import build_dataset
+from tst_ros.config import TransferConfig
 from tst_ros.perception.augment import Augmentation, restyle, restyle_batch, style_amplitudes
 from tst_ros.perception.labeled_data import TransferData, load_labeled
 from tst_ros.perception.self_training import building_items
 from tst_ros.perception.transfer import new_model, resolve_encoder, transfer
-from tst_ros.sim import labeled_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,13 +69,9 @@ def test_restyle_batch_touches_only_the_drawn_share():
         Augmentation(style=1.5)
 
 
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("building-style")
-    store = tmp / "store"
-    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32), 4, store)
-    labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
-    return tmp
+@pytest.fixture
+def sets(building_sets):
+    return building_sets
 
 
 def test_styled_batches_change_colour_only_and_need_the_buildings_frames(sets):
@@ -90,7 +84,7 @@ def test_styled_batches_change_colour_only_and_need_the_buildings_frames(sets):
     with pytest.raises(ValueError, match="building's frames"):
         data.batch(idx, flips, np.random.default_rng(0), style)
     data.take_style_from(building_items(sets / "store", ["rgb"]))
-    assert data.style_amplitudes.shape[:2] == (4, 3)
+    assert data.style_amplitudes.shape[:2] == (5, 3)
     plain, styled = data.batch(idx, flips), data.batch(idx, flips, np.random.default_rng(0), style)
     assert not np.array_equal(styled["inputs"]["rgb"], plain["inputs"]["rgb"])
     assert np.array_equal(styled["inputs"]["depth"], plain["inputs"]["depth"])

@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from tst_ros import config
-from tst_ros.config import RecordConfig, SimConfig, TransferConfig
-from tst_ros.data.from_sim import build_dataset
+from tst_ros.config import TransferConfig
 from tst_ros.perception.labeled_data import TransferData, load_labeled
 from tst_ros.perception.self_training import IGNORE, PseudoLabeledFrames, building_items, class_balanced_labels
 from tst_ros.perception.transfer import _task_losses, new_model, resolve_encoder, transfer
-from tst_ros.sim import labeled_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,13 +36,9 @@ def test_class_balanced_labels_keep_each_classes_most_confident_share_above_the_
     assert everything.tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
 
 
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("self-training")
-    store = tmp / "store"
-    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32), 5, store)
-    labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
-    return tmp
+@pytest.fixture
+def sets(building_sets):
+    return building_sets
 
 
 def test_the_stores_frames_come_with_colour_and_depth_and_no_labels(sets):
