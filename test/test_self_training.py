@@ -1,7 +1,8 @@
 """Self-training on the building's frames: class-balanced pseudo-labels keep each class's most
 confident pixels, the store's frames come with every input the model takes, transfer mixes
 them into its last steps with detection learning on labeled rows only, the pipeline reruns
-transfer when the store changes, and settings it cannot honour are refused."""
+transfer when the store changes (with self-training or building style), and settings it cannot
+honour are refused."""
 from __future__ import annotations
 
 import json
@@ -109,11 +110,12 @@ def test_self_training_refuses_a_frozen_encoder_and_a_missing_store(sets, tmp_pa
                  image_size=32, patch=8, show_bar=False, building_store=str(sets / "store"))
 
 
-def test_the_pipelines_transfer_depends_on_the_store_only_when_it_self_trains(sets, tmp_path):
+def test_the_pipelines_transfer_depends_on_the_store_only_when_it_reads_the_buildings_frames(sets, tmp_path):
     from tst_ros.graph.pipeline import Pipeline
 
     keys = {"pretrain": "p", "labeled_set": "l"}
     plain = Pipeline(config.load(None, []), tmp_path / "a", sets / "store").stage_inputs("transfer", keys)
-    selftrained = Pipeline(config.load(None, ["transfer.self_training=0.5"]), tmp_path / "b",
-                           sets / "store").stage_inputs("transfer", keys)
-    assert "dataset" not in plain["data"] and "dataset" in selftrained["data"]
+    assert "dataset" not in plain["data"]
+    for setting in ("transfer.self_training=0.5", "transfer.building_style=0.5"):
+        reading = Pipeline(config.load(None, [setting]), tmp_path / setting, sets / "store").stage_inputs("transfer", keys)
+        assert "dataset" in reading["data"], setting
