@@ -11,6 +11,7 @@ augmentations leave the cached ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -66,13 +67,21 @@ def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.nda
     return out, sem, clipped[keep], labels[keep]
 
 
+def _intensities(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Normalised colour images (..., 3, H, W) -> intensities in [0, 1] units."""
+    return images * std.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1)
+
+
+def _normalised(intensity: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((intensity - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)).astype(np.float32)
+
+
 def jitter_colour(image: np.ndarray, mean: np.ndarray, std: np.ndarray, gains: np.ndarray,
                   brightness: float) -> np.ndarray:
     """A normalised colour image (3, H, W) with its intensities scaled per channel, shifted and
     clipped to [0, 1], normalised again."""
-    m, s = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
-    intensity = np.clip((image * s + m) * gains.reshape(-1, 1, 1) + brightness, 0.0, 1.0)
-    return ((intensity - m) / s).astype(np.float32)
+    intensity = np.clip(_intensities(image, mean, std) * gains.reshape(-1, 1, 1) + brightness, 0.0, 1.0)
+    return _normalised(intensity, mean, std)
 
 
 def zoom_sample(zoom: float, rng: np.random.Generator, inputs: dict, semantic: np.ndarray, boxes: np.ndarray,
@@ -106,23 +115,22 @@ def drop_inputs(inputs: dict[str, np.ndarray], share: float, rng: np.random.Gene
     return out
 
 
-def _intensities(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return images * std.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1)
-
-
+@lru_cache(maxsize=8)
 def _low_band(shape: tuple[int, int], band: float) -> np.ndarray:
     """(H, W) mask of the unshifted 2-D spectrum: frequencies within `band` of the side on both axes."""
     h, w = shape
     reach = max(1, int(band * min(h, w)))
     fy, fx = np.abs(np.fft.fftfreq(h) * h), np.abs(np.fft.fftfreq(w) * w)
-    return (fy[:, None] <= reach) & (fx[None, :] <= reach)
+    mask = (fy[:, None] <= reach) & (fx[None, :] <= reach)
+    mask.setflags(write=False)             # cached: shared by every call
+    return mask
 
 
 def style_amplitudes(images: np.ndarray, mean: np.ndarray, std: np.ndarray, band: float = STYLE_BAND) -> np.ndarray:
     """The style source: normalised colour images (N, 3, H, W) -> their low-band amplitude
     spectra (N, 3, K) (K: the frequencies of `_low_band`)."""
     spectra = np.abs(np.fft.fft2(_intensities(images.astype(np.float64), mean, std)))
-    return spectra[..., _low_band(images.shape[-2:], band)].astype(np.float32)
+    return spectra[..., _low_band(tuple(images.shape[-2:]), band)].astype(np.float32)
 
 
 def restyle(image: np.ndarray, mean: np.ndarray, std: np.ndarray, amplitudes: np.ndarray,
@@ -130,11 +138,10 @@ def restyle(image: np.ndarray, mean: np.ndarray, std: np.ndarray, amplitudes: np
     """A normalised colour image (3, H, W) whose low-band amplitudes are replaced by `amplitudes`
     (3, K) of another image, phases kept; intensities clipped to [0, 1], normalised again."""
     spectrum = np.fft.fft2(_intensities(image.astype(np.float64), mean, std))
-    low = _low_band(image.shape[-2:], band)
+    low = _low_band(tuple(image.shape[-2:]), band)
     part = spectrum[..., low]
     spectrum[..., low] = amplitudes * np.exp(1j * np.angle(part))
-    intensity = np.clip(np.fft.ifft2(spectrum).real, 0.0, 1.0)
-    return ((intensity - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)).astype(np.float32)
+    return _normalised(np.clip(np.fft.ifft2(spectrum).real, 0.0, 1.0), mean, std)
 
 
 def restyle_batch(images: np.ndarray, mean: np.ndarray, std: np.ndarray, amplitudes: np.ndarray, share: float,

@@ -68,7 +68,7 @@ class TransferData:
         norm = normalisation(preprocessing)
         colour = norm.get(registry.PRIMARY_IMAGE)
         self.colour_norm = None if colour is None else (colour[1], colour[2])   # (mean, std) for jitter
-        self.preprocessing = preprocessing
+        self.norm = norm
         self.style_amplitudes: np.ndarray | None = None     # building-style augmentation's sources
         channel_of = {cid: i for i, cid in enumerate(thing_class_ids)}
         self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
@@ -113,8 +113,7 @@ class TransferData:
 
         if self.colour_norm is None or not items:
             raise ValueError("building style needs a colour input and at least one building frame")
-        norm, size = normalisation(self.preprocessing), tuple(self.preprocessing["size"])
-        colour = np.stack([prepare_inputs(it["rgb"], None, [registry.PRIMARY_IMAGE], norm, size)
+        colour = np.stack([prepare_inputs(it["rgb"], None, [registry.PRIMARY_IMAGE], self.norm, self.size)
                            [registry.PRIMARY_IMAGE] for it in items])
         self.style_amplitudes = style_amplitudes(colour, *self.colour_norm)
 
@@ -152,8 +151,9 @@ class TransferData:
 
             if self.style_amplitudes is None:
                 raise ValueError("building style needs the building's frames (TransferData.take_style_from)")
-            out["inputs"][registry.PRIMARY_IMAGE] = restyle_batch(
-                out["inputs"][registry.PRIMARY_IMAGE], *self.colour_norm, self.style_amplitudes, augmentation.style, rng)
+            colour = out["inputs"][registry.PRIMARY_IMAGE]
+            out["inputs"][registry.PRIMARY_IMAGE] = restyle_batch(colour, *self.colour_norm, self.style_amplitudes,
+                                                                  augmentation.style, rng)
         if augmentation.colour > 0 and self.colour_norm is not None:
             from tst_ros.perception.augment import jitter_batch
 

@@ -104,13 +104,13 @@ class PseudoLabeledFrames:
         self.labelled_share = float((self.data.semantic != IGNORE).mean())
 
 
-def building_frames(cfg, building_store: str | None, meta: dict) -> list[dict]:
-    """The building's frames for building-style augmentation (colour only)."""
+def building_frames(cfg, building_store: str | None) -> list[dict]:
+    """The building's frames for building-style augmentation (colour only; its share is checked
+    by `augment.Augmentation`)."""
     if not building_store:
         raise ValueError("transfer.building_style needs the building's store (--building-data)")
-    if cfg.finetune == "frozen" or not 0 < cfg.building_style <= 1:
-        raise ValueError(f"building style needs a trained encoder (finetune partial, full or tp-mome) and "
-                         f"0 < building_style <= 1; got {cfg.finetune!r}, {cfg.building_style}")
+    if cfg.finetune == "frozen":
+        raise ValueError("building style needs a trained encoder (finetune partial, full or tp-mome), got 'frozen'")
     return building_items(building_store, [registry.PRIMARY_IMAGE])
 
 

@@ -135,8 +135,9 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     """Fine-tune heads (and per `cfg.finetune` the encoder); write MODEL_DIR; return a summary.
     With `cfg.self_training` the last steps also learn from `building_store`'s frames,
     pseudo-labeled (`tst_ros.perception.self_training`); with `cfg.building_style` labeled
-    samples take those frames' low-frequency amplitudes (`tst_ros.perception.augment`); with `cfg.building_norm_stats` the
-    batch norms' statistics are re-estimated on them at the end (`tst_ros.perception.norm_stats`)."""
+    samples take those frames' low-frequency amplitudes (`tst_ros.perception.augment`); with
+    `cfg.building_norm_stats` the batch norms' statistics are re-estimated on them at the end
+    (`tst_ros.perception.norm_stats`)."""
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm import tqdm
@@ -173,7 +174,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
     if cfg.building_style > 0:
-        data.take_style_from(building_frames(cfg, building_store, meta))
+        data.take_style_from(building_frames(cfg, building_store))
     batches = TransferBatches(data, pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
     warmup = max(1, cfg.steps // 10)
     history = []
