@@ -125,6 +125,7 @@ class TransferConfig:
     zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
     colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
     building_style: float = 0.0         # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
+    building_mm: float = 0.0            # weight of masked modeling on the building's frames in each step (0: off)
     input_drop: float = 0.0             # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2 seg on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     self_training: float = 0.0          # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not with frozen)
@@ -335,6 +336,9 @@ def git_revision() -> str:
         return "unknown"
 
 
+RESOLVED_FILE = "config.yaml"           # a run's resolved config, beside its checkpoints
+
+
 def save_resolved(cfg: Any, run_dir: str | os.PathLike) -> Path:
     """Write config.yaml + provenance next to a run's checkpoints (atomically)."""
     from tst_ros import __version__
@@ -343,7 +347,7 @@ def save_resolved(cfg: Any, run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"config": to_dict(cfg), "version": __version__, "git_revision": git_revision()}
-    path = run_dir / "config.yaml"
+    path = run_dir / RESOLVED_FILE
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
     return path
 

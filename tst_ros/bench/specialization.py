@@ -90,6 +90,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (input dropout)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (weight EMA)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (building style)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (building masked modeling)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
@@ -98,12 +99,14 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
 # rows whose transfer also differs in these TransferConfig fields: self-training on the test
 # building's unlabeled store (`tst_ros.perception.self_training`); depth dropped from a share
 # of the training samples; a moving average of the weights served; half the labeled samples
-# restyled by the building's frames' low-frequency amplitudes (`tst_ros.perception.augment`)
+# restyled by the building's frames' low-frequency amplitudes (`tst_ros.perception.augment`);
+# masked modeling on the building's frames beside the task losses (`tst_ros.perception.building_mm`)
 ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (input dropout)": {"input_drop": 0.3},
                 "tst-mm-imagenet (weight EMA)": {"ema": 0.99},
                 "generalist-finetuned (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (building style)": {"building_style": 0.5},
+                "tst-mm-imagenet (building masked modeling)": {"building_mm": 1.0},
                 "generalist-finetuned (building style)": {"building_style": 0.5}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging),
 # each set explicitly whatever the transfer default (the plain row is served as transferred)

@@ -52,8 +52,9 @@ STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 def reads_building(transfer_cfg) -> bool:
     """Whether transfer reads the building's recorded frames (self-training, building style,
-    batch-norm statistics)."""
-    return transfer_cfg.self_training > 0 or transfer_cfg.building_style > 0 or transfer_cfg.building_norm_stats
+    masked modeling, batch-norm statistics)."""
+    return (transfer_cfg.self_training > 0 or transfer_cfg.building_style > 0 or transfer_cfg.building_mm > 0
+            or transfer_cfg.building_norm_stats)
 
 
 # fields that change how a stage runs but not what it produces

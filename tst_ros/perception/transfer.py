@@ -22,6 +22,7 @@ import numpy as np
 
 from tst_ros import modalities as registry
 from tst_ros.perception.augment import Augmentation
+from tst_ros.perception.building_mm import building_masked_modeling
 from tst_ros.perception.labeled_data import (TransferData, depth_metres, extra_images, load_labeled,  # noqa: F401
                                              read_categories)
 from tst_ros.perception.runtime import Predictor
@@ -136,6 +137,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     With `cfg.self_training` the last steps also learn from `building_store`'s frames,
     pseudo-labeled (`tst_ros.perception.self_training`); with `cfg.building_style` labeled
     samples take those frames' low-frequency amplitudes (`tst_ros.perception.augment`); with
+    `cfg.building_mm` every step also does masked modeling on them (`tst_ros.perception.building_mm`); with
     `cfg.building_norm_stats` the batch norms' statistics are re-estimated on them at the end
     (`tst_ros.perception.norm_stats`)."""
     import torch
@@ -165,6 +167,9 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     model.to(device)
     data = TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
     groups = param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
+    building_mm = building_masked_modeling(model, encoder_source, building_store, cfg, device)
+    if building_mm is not None:
+        groups.append(building_mm.param_group(cfg.lr, groups[0]["weight_decay"]))
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     trained = sum(p.numel() for g in groups for p in g["params"])
     frozen = cfg.finetune == "frozen"
@@ -193,6 +198,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             else:
                 feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
         loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, device, tasks, seg_weights, len(idx))
+        loss_mm = _building_mm_loss(building_mm, step, device)
+        loss = loss + cfg.building_mm * loss_mm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -200,7 +207,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         if ema is not None:
             ema.update_parameters(model)
         rec = {"step": step + 1, **{k: v.detach().item() for k, v in
-                                    (("loss", loss), ("seg", loss_seg), ("heatmap", loss_hm), ("box", loss_box))}}
+                                    (("loss", loss), ("seg", loss_seg), ("heatmap", loss_hm), ("box", loss_box),
+                                     ("building_mm", loss_mm))}}
         if step % 10 == 0 or step == cfg.steps - 1:
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}")
@@ -230,6 +238,18 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
             "final_loss": history[-1] if history else None, "account": meta.get("account"),
             "trainable_fraction": round(trained / sum(p.numel() for p in model.parameters()), 5)}
+
+
+def _building_mm_loss(building_mm, step: int, device):
+    """The masked-modeling loss on the building's frames (`tst_ros.perception.building_mm`), 0 when off."""
+    import torch
+
+    from tst_ros.train.engine import autocast
+
+    if building_mm is None:
+        return torch.zeros((), device=device)
+    with autocast(device):
+        return building_mm.loss(step)
 
 
 def _specialise_serving(model, meta: dict, cfg, building_store: str | None) -> None:
