@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--inputs", help="comma-separated input modalities (default: rgb, plus depth when the encoder accepts it)")
     p.add_argument("--building-data", help="the building's dataset store, for self-training "
                    "(--set transfer.self_training=SHARE), its look on the labeled images "
-                   "(--set transfer.building_style=SHARE) and its batch-norm statistics "
+                   "(--set transfer.building_style=SHARE), masked modeling on its frames "
+                   "(--set transfer.building_mm=WEIGHT) and its batch-norm statistics "
                    "(--set transfer.building_norm_stats=true)")
     p.add_argument("--preset", default="tiny", help="encoder preset for --encoder scratch")
     p.add_argument("--image-size", type=int, default=128, help="input size for --encoder scratch or generalist")
