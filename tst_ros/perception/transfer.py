@@ -149,17 +149,13 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     from tst_ros.train.engine import autocast, lr_at
 
     cfg = cfg or TransferConfig()
-    if cfg.building_norm_stats and not building_store:
-        raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
-    if not 0 <= cfg.ema < 1:
-        raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
+    tasks = _check_settings(cfg, building_store)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
     items, classes, categories = load_labeled(labeled_dir)
     if cfg.labeled_images and len(items) > cfg.labeled_images:
         items = items[:cfg.labeled_images]
-    tasks = _checked_tasks(cfg.tasks)
     encoder, enc_meta = _with_detail(*_encoder_for(encoder_source, cfg, preset, image_size, patch), cfg.detail_strides)
     model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem)
     meta["tasks"] = tasks
@@ -206,23 +202,16 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         opt.step()
         if ema is not None:
             ema.update_parameters(model)
-        rec = {"step": step + 1, **{k: v.detach().item() for k, v in
-                                    (("loss", loss), ("seg", loss_seg), ("heatmap", loss_hm), ("box", loss_box),
-                                     ("building_mm", loss_mm))}}
-        if step % 10 == 0 or step == cfg.steps - 1:
-            history.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-            elapsed = time.perf_counter() - t0
-            emit_progress(progress_stream, stage="transfer", step=step + 1, total=cfg.steps, loss=rec["loss"],
-                          samples_per_s=(step + 1) * len(idx) / max(elapsed, 1e-9),
-                          eta_s=elapsed / (step + 1) * (cfg.steps - step - 1),
-                          message=f"seg {rec['seg']:.3f} heatmap {rec['heatmap']:.3f} box {rec['box']:.3f}")
+        losses = {"loss": loss, "seg": loss_seg, "heatmap": loss_hm, "box": loss_box,
+                  **({"building_mm": loss_mm} if building_mm is not None else {})}
+        _record_step(history, bar, progress_stream, step, cfg.steps, len(idx), t0, losses)
     if ema is not None:                  # the average of the weights along the last steps is served
         model.load_state_dict(ema.module.state_dict())
     model.eval()
     model.to("cpu")                      # saved and exported from the CPU
     meta["transfer"] = {**asdict(cfg), "device": str(device), "labeled_set": str(Path(labeled_dir).resolve()),
-                        "labeled_images": len(items), "train_seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1] if history else None}
+                        "labeled_images": len(items), "train_seconds": round(time.perf_counter() - t0, 2),
+                        "final_loss": history[-1] if history else None}
     meta["history"] = history
     if batches.pseudo is not None:
         meta["transfer"]["building_frames"] = {"store": str(Path(building_store).resolve()), **batches.describe()}
@@ -238,6 +227,20 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
             "final_loss": history[-1] if history else None, "account": meta.get("account"),
             "trainable_fraction": round(trained / sum(p.numel() for p in model.parameters()), 5)}
+
+
+def _record_step(history: list, bar, progress_stream, step: int, total: int, rows: int, t0: float,
+                 losses: dict) -> None:
+    """Every 10th step and the last: the losses into the history, the progress bar and stream."""
+    if step % 10 and step != total - 1:
+        return
+    rec = {"step": step + 1, **{k: v.detach().item() for k, v in losses.items()}}
+    history.append(rec)
+    bar.set_postfix(loss=f"{rec['loss']:.3f}")
+    elapsed = time.perf_counter() - t0
+    emit_progress(progress_stream, stage="transfer", step=step + 1, total=total, loss=rec["loss"],
+                  samples_per_s=(step + 1) * rows / max(elapsed, 1e-9), eta_s=elapsed / (step + 1) * (total - step - 1),
+                  message=" ".join(f"{k} {v:.3f}" for k, v in rec.items() if k not in ("step", "loss")))
 
 
 def _building_mm_loss(building_mm, step: int, device):
@@ -282,8 +285,13 @@ def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
     return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
 
 
-def _checked_tasks(tasks) -> list[str]:
-    tasks = list(dict.fromkeys(tasks))
+def _check_settings(cfg, building_store: str | None) -> list[str]:
+    """Refuse settings that contradict each other or the arguments; -> the tasks to train."""
+    if cfg.building_norm_stats and not building_store:
+        raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
+    if not 0 <= cfg.ema < 1:
+        raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
+    tasks = list(dict.fromkeys(cfg.tasks))
     if not tasks or set(tasks) - set(TASKS):
         raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
     return tasks
