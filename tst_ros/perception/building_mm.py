@@ -46,8 +46,6 @@ class BuildingMaskedModeling:
     """The pre-training model around transfer's encoder and the building's frames, in memory."""
 
     def __init__(self, encoder, encoder_source: str, store: str, batch: int, seed: int, device):
-        import torch
-
         from tst_ros.models.multimae import TSTMM
         from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
         from tst_ros.train.data import open_dataset
@@ -66,7 +64,6 @@ class BuildingMaskedModeling:
         self.frames = [dataset[i] for i in range(len(dataset))]
         self.batch, self.seed, self.device = min(batch, len(self.frames)), seed, device
         self.rng = np.random.default_rng(seed + 7919)
-        self._collate = torch.utils.data.default_collate
 
     def param_group(self, lr: float, weight_decay: float) -> dict:
         return {"params": list(self.model.decoders.parameters()), "lr": lr, "lr_scale": 1.0,
@@ -75,11 +72,13 @@ class BuildingMaskedModeling:
     def loss(self, step: int):
         """The masked-modeling loss of one batch of the building's frames (masks fixed by seed and step)."""
         from tst_ros.train.data import prepare_batch
-        from tst_ros.train.engine import mask_seeds
+        from tst_ros.train.engine import autocast, mask_seeds
+        from tst_ros.train.pretrain import collate
 
         idx = self.rng.choice(len(self.frames), self.batch, replace=False)
-        batch = prepare_batch(self._collate([self.frames[i] for i in idx]), self.device)
-        loss, _ = self.model(batch, mask_seeds(self.seed, step, idx))
+        batch = prepare_batch(collate([self.frames[i] for i in idx]), self.device)
+        with autocast(self.device):
+            loss, _ = self.model(batch, mask_seeds(self.seed, step, idx))
         return loss
 
 

@@ -194,8 +194,9 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             else:
                 feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
         loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, device, tasks, seg_weights, len(idx))
-        loss_mm = _building_mm_loss(building_mm, step, device)
-        loss = loss + cfg.building_mm * loss_mm
+        loss_mm = building_mm.loss(step) if building_mm is not None else None
+        if loss_mm is not None:
+            loss = loss + cfg.building_mm * loss_mm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -203,7 +204,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
         if ema is not None:
             ema.update_parameters(model)
         losses = {"loss": loss, "seg": loss_seg, "heatmap": loss_hm, "box": loss_box,
-                  **({"building_mm": loss_mm} if building_mm is not None else {})}
+                  **({"building_mm": loss_mm} if loss_mm is not None else {})}
         _record_step(history, bar, progress_stream, step, cfg.steps, len(idx), t0, losses)
     if ema is not None:                  # the average of the weights along the last steps is served
         model.load_state_dict(ema.module.state_dict())
@@ -241,18 +242,6 @@ def _record_step(history: list, bar, progress_stream, step: int, total: int, row
     emit_progress(progress_stream, stage="transfer", step=step + 1, total=total, loss=rec["loss"],
                   samples_per_s=(step + 1) * rows / max(elapsed, 1e-9), eta_s=elapsed / (step + 1) * (total - step - 1),
                   message=" ".join(f"{k} {v:.3f}" for k, v in rec.items() if k not in ("step", "loss")))
-
-
-def _building_mm_loss(building_mm, step: int, device):
-    """The masked-modeling loss on the building's frames (`tst_ros.perception.building_mm`), 0 when off."""
-    import torch
-
-    from tst_ros.train.engine import autocast
-
-    if building_mm is None:
-        return torch.zeros((), device=device)
-    with autocast(device):
-        return building_mm.loss(step)
 
 
 def _specialise_serving(model, meta: dict, cfg, building_store: str | None) -> None:
