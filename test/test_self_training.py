@@ -88,8 +88,9 @@ def test_detection_learns_on_the_labeled_rows_only(sets):
     assert float(every_row[2]) != float(before[2])
 
 
-def test_transfer_self_trains_over_its_last_steps_and_records_the_refreshes(sets, tmp_path):
-    cfg = TransferConfig(steps=4, batch=4, seed=0, self_training=0.5, pseudo_refresh=1)
+@pytest.mark.parametrize("fusion_voxel", [0.0, 0.05])
+def test_transfer_self_trains_over_its_last_steps_and_records_the_refreshes(sets, tmp_path, fusion_voxel):
+    cfg = TransferConfig(steps=4, batch=4, seed=0, self_training=0.5, pseudo_refresh=1, pseudo_fusion=fusion_voxel)
     transfer("scratch", str(sets / "labeled"), str(tmp_path / "m"), cfg, image_size=32, patch=8, show_bar=False,
              building_store=str(sets / "store"))
     meta = json.loads((tmp_path / "m" / "model.json").read_text())

@@ -132,6 +132,7 @@ class TransferConfig:
     pseudo_share: float = 0.5           # self-training: share of each batch taken from the building's frames
     pseudo_keep: float = 0.5            # self-training: share of each predicted class's pixels kept as labels, most confident first
     pseudo_refresh: int = 50            # self-training: steps between pseudo-label refreshes from the current weights
+    pseudo_fusion: float = 0.0          # self-training: voxel (m) fusing labels across frames by depth + pose (0: off)
     building_norm_stats: bool = False   # after training, batch norms' statistics re-estimated on the building's frames (needs the store)
     flip_average: bool = True           # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
     ema: float = 0.0                    # decay of an exponential moving average of the weights, served instead of the last ones (0: off; 0.99 lost 2.7 seg on home:3)

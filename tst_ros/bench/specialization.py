@@ -27,7 +27,9 @@ generalist baselines: the
 ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Rows named `(self-trained)` also learn, over the second half of transfer, from the test
-building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`); the
+building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`), and the
+`(fused self-training)` rows with each pixel's label fused across the frames that see its voxel
+(`tst_ros.perception.view_fusion`; `light`: the last 30 % of the steps, a quarter of each batch); the
 `(input dropout)` row trains with depth read as missing on 30 % of the samples.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
@@ -87,6 +89,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
         ("tst-mm-imagenet (self-trained)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (fused self-training)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (fused self-training light)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (input dropout)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (weight EMA)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (building style)", "tst-mm-imagenet", None, "other", None),
@@ -102,6 +106,9 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
 # restyled by the building's frames' low-frequency amplitudes (`tst_ros.perception.augment`);
 # masked modeling on the building's frames beside the task losses (`tst_ros.perception.building_mm`)
 ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
+                "tst-mm-imagenet (fused self-training)": {"self_training": 0.5, "pseudo_fusion": 0.1},
+                "tst-mm-imagenet (fused self-training light)": {"self_training": 0.3, "pseudo_share": 0.25,
+                                                                "pseudo_fusion": 0.1},
                 "tst-mm-imagenet (input dropout)": {"input_drop": 0.3},
                 "tst-mm-imagenet (weight EMA)": {"ema": 0.99},
                 "generalist-finetuned (self-trained)": {"self_training": 0.5},

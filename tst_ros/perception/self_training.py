@@ -26,16 +26,19 @@ from tst_ros.perception.labeled_data import TransferData
 IGNORE = 255
 
 
-def building_items(dataset: str | Path, input_modalities: list[str]) -> list[dict]:
+def building_items(dataset: str | Path, input_modalities: list[str], with_depth: bool = False) -> list[dict]:
     """Labeled-set-like items (no labels) of a store's frames that hold every input the model
-    takes: {"rgb" (S,S,3) uint8, "depth_mm" (S,S) uint16 or None, empty semantic and boxes}."""
+    takes (and depth `with_depth`): {"rgb" (S,S,3) uint8, "depth_mm" (S,S) uint16 or None, empty
+    semantic and boxes,
+    "pose" (4, 4) T_odom_camera or None, "intrinsics" (a dict at S x S) or None}."""
     from tst_ros.data.store import Store
 
     unsupported = set(input_modalities) - {registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE}
     if unsupported:
         raise ValueError(f"the building's frames give colour and depth only; the model also takes "
                          f"{sorted(unsupported)}")
-    wanted = [registry.PRIMARY_IMAGE] + ([registry.DEPTH_IMAGE] if registry.DEPTH_IMAGE in input_modalities else [])
+    depth = with_depth or registry.DEPTH_IMAGE in input_modalities
+    wanted = [registry.PRIMARY_IMAGE] + ([registry.DEPTH_IMAGE] if depth else [])
     items = []
     with Store(dataset, "r") as store:
         for seq in range(len(store)):
@@ -47,9 +50,12 @@ def building_items(dataset: str | Path, input_modalities: list[str]) -> list[dic
                 continue
             rgb = np.asarray(arrays[registry.PRIMARY_IMAGE])
             depth = arrays.get(registry.DEPTH_IMAGE)
+            pose = store.entries[seq].get("pose")
             items.append({"rgb": rgb, "depth_mm": None if depth is None else np.asarray(depth),
                           "semantic": np.full(rgb.shape[:2], IGNORE, np.uint8),
-                          "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)})
+                          "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+                          "pose": None if pose is None else np.asarray(pose, np.float64).reshape(4, 4),
+                          "intrinsics": store.entries[seq].get("intrinsics") or store.meta.get("intrinsics")})
     if not items:
         raise ValueError(f"{dataset} holds no frame with {wanted}")
     return items
@@ -71,22 +77,28 @@ def class_balanced_labels(probs: np.ndarray, keep: float, min_confidence: float)
 
 class PseudoLabeledFrames:
     """The building's frames preprocessed like transfer's labeled ones (`TransferData`), whose
-    semantic targets `refresh` replaces with the model's pseudo-labels."""
+    semantic targets `refresh` replaces with the model's pseudo-labels; with `fusion_voxel` (m)
+    the frames' class probabilities are first fused across views through depth and poses."""
 
     def __init__(self, items: list[dict], input_modalities: list[str], preprocessing: dict,
-                 thing_class_ids: list[int], keep: float, min_confidence: float = 0.5):
+                 thing_class_ids: list[int], keep: float, min_confidence: float = 0.5, fusion_voxel: float = 0.0):
         if not 0 < keep <= 1:
             raise ValueError(f"the pseudo-label share kept per class must be in (0, 1], got {keep}")
+        if fusion_voxel < 0:
+            raise ValueError(f"the pseudo-label fusion voxel must be >= 0 m (0: off), got {fusion_voxel}")
         self.data = TransferData(items, input_modalities, preprocessing, thing_class_ids)
         self.keep = keep
         self.min_confidence = min_confidence
+        self.fusion_voxel = fusion_voxel
+        self.views = _views(items) if fusion_voxel > 0 else None
         self.labelled_share = 0.0
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def refresh(self, model, device, chunk: int = 16) -> None:
-        """Label every frame with the model's current weights (eval mode, restored after)."""
+    def probabilities(self, model, device, chunk: int = 16) -> np.ndarray:
+        """(N, C, H, W) mean class probabilities of every frame and its mirror image, with the
+        model's current weights (eval mode, restored after)."""
         import torch
 
         was_training = model.training
@@ -100,8 +112,37 @@ class PseudoLabeledFrames:
                 mirrored = model(*[t.flip(-1) for t in x])[0].float().softmax(1).flip(-1)
                 probs.append(((plain + mirrored) / 2).cpu().numpy())
         model.train(was_training)
-        self.data.semantic = class_balanced_labels(np.concatenate(probs), self.keep, self.min_confidence)
+        return np.concatenate(probs)
+
+    def fused(self, probs: np.ndarray) -> np.ndarray:
+        """`probs` fused across views (unchanged when fusion is off)."""
+        if self.views is None:
+            return probs
+        from tst_ros.geometry import Intrinsics, fit_image
+        from tst_ros.perception.view_fusion import fuse_views
+
+        h, w = probs.shape[2:]
+        depth, poses, intrinsics = self.views
+        depth = np.stack([fit_image(d, (h, w), nearest=True) for d in depth])
+        intrinsics = [Intrinsics(**k).scaled(w, h) for k in intrinsics]
+        return fuse_views(probs, depth, poses, intrinsics, self.fusion_voxel)
+
+    def refresh(self, model, device) -> None:
+        """Label every frame with the model's current weights."""
+        probs = self.fused(self.probabilities(model, device))
+        self.data.semantic = class_balanced_labels(probs, self.keep, self.min_confidence)
         self.labelled_share = float((self.data.semantic != IGNORE).mean())
+
+
+def _views(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+    """Each frame's depth (mm), T_odom_camera and intrinsics, for fusing labels across views."""
+    lacking = sum(it.get("depth_mm") is None or it.get("pose") is None or not it.get("intrinsics") for it in items)
+    if lacking:
+        raise ValueError(f"pseudo-label fusion needs depth, a pose and intrinsics for every frame; {lacking} of "
+                         f"{len(items)} frames lack one (record with depth and the odometry TF, or set "
+                         "transfer.pseudo_fusion=0)")
+    return ([it["depth_mm"] for it in items], [it["pose"] for it in items],
+            [{k: it["intrinsics"][k] for k in ("fx", "fy", "cx", "cy", "width", "height")} for it in items])
 
 
 def building_frames(cfg, building_store: str | None) -> list[dict]:
@@ -124,9 +165,9 @@ def pseudo_frames(cfg, building_store: str | None, meta: dict):
         raise ValueError("self-training needs a trained encoder (finetune partial or full), "
                          f"0 < self_training <= 1 and 0 < pseudo_share < 1; got {cfg.finetune!r}, "
                          f"{cfg.self_training}, {cfg.pseudo_share}")
-    items = building_items(building_store, meta["input_modalities"])
+    items = building_items(building_store, meta["input_modalities"], with_depth=cfg.pseudo_fusion > 0)
     return PseudoLabeledFrames(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"],
-                               cfg.pseudo_keep)
+                               cfg.pseudo_keep, fusion_voxel=cfg.pseudo_fusion)
 
 
 class TransferBatches:

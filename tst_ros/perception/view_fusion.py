@@ -1,0 +1,54 @@
+"""Multi-view fusion of per-frame class probabilities through the building's depth and poses.
+
+A robot sees each surface of its building from many frames. One frame's prediction for a chair
+seen edge-on may be wrong while most frames that see the same spot agree, so self-training
+labels are steadier when every pixel takes the mean class distribution of all the pixels, in
+all the recorded frames, whose depth lands in the same voxel of the odometry frame. Pixels
+without valid depth keep their own frame's distribution.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tst_ros.geometry import Intrinsics, backproject, transform
+
+_KEY_BITS = 21                    # bits per axis of a packed voxel key: +-2^20 voxels (52 km at 5 cm)
+_KEY_OFFSET = 1 << (_KEY_BITS - 1)
+
+
+def world_points(depth_mm: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
+    """(H, W) depth in mm (0 invalid) -> (H*W, 3) points in the odometry frame, NaN where invalid."""
+    camera = backproject(depth_mm.astype(np.float32) / 1000.0, intrinsics).reshape(-1, 3)
+    return transform(np.asarray(pose, dtype=np.float64), camera)
+
+
+def voxel_ids(points: np.ndarray, voxel: float) -> np.ndarray:
+    """(P, 3) finite points -> (P,) dense voxel ids (0..V-1)."""
+    cells = np.floor(points / voxel).astype(np.int64) + _KEY_OFFSET
+    if cells.min(initial=0) < 0 or cells.max(initial=0) >= 1 << _KEY_BITS:
+        raise ValueError(f"points span more than {1 << _KEY_BITS} voxels of {voxel} m along an axis")
+    keys = (cells[:, 0] << (2 * _KEY_BITS)) | (cells[:, 1] << _KEY_BITS) | cells[:, 2]
+    return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
+
+def fuse_views(probs: np.ndarray, depth_mm: np.ndarray, poses: list[np.ndarray],
+               intrinsics: list[Intrinsics], voxel: float) -> np.ndarray:
+    """(N, C, H, W) per-frame class probabilities of N frames with their (N, H, W) depth in mm,
+    T_odom_camera poses and intrinsics (at H x W) -> (N, C, H, W), each pixel with valid depth
+    holding the mean distribution of every pixel in its voxel."""
+    n, c, h, w = probs.shape
+    if voxel <= 0:
+        raise ValueError(f"the fusion voxel must be positive, got {voxel} m")
+    if depth_mm.shape != (n, h, w) or len(poses) != n or len(intrinsics) != n:
+        raise ValueError(f"fusion needs depth, a pose and intrinsics per frame: {n} frames of {h}x{w}, "
+                         f"got depth {depth_mm.shape}, {len(poses)} poses, {len(intrinsics)} intrinsics")
+    points = np.concatenate([world_points(d, p, k) for d, p, k in zip(depth_mm, poses, intrinsics)])
+    valid = np.isfinite(points).all(1)
+    flat = np.ascontiguousarray(probs.transpose(0, 2, 3, 1).reshape(-1, c))
+    ids = voxel_ids(points[valid], voxel)
+    voxels = int(ids.max()) + 1 if ids.size else 0
+    counts = np.bincount(ids, minlength=voxels).astype(np.float64)
+    mean = np.stack([np.bincount(ids, weights=flat[valid, k], minlength=voxels) for k in range(c)], 1) / counts[:, None]
+    fused = flat.copy()
+    fused[valid] = mean[ids]
+    return fused.reshape(n, h, w, c).transpose(0, 3, 1, 2)
