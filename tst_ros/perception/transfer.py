@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +146,6 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
 
     from tst_ros.config import TransferConfig
     from tst_ros.perception.heads import save_model
-    from tst_ros.train.engine import autocast, lr_at
 
     cfg = cfg or TransferConfig()
     tasks = _check_settings(cfg, building_store)
@@ -177,35 +176,15 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     if cfg.building_style > 0:
         data.take_style_from(building_frames(cfg, building_store))
     batches = TransferBatches(data, pseudo_frames(cfg, building_store, meta), cfg, rng, augmentation)
-    warmup = max(1, cfg.steps // 10)
     history = []
     bar = tqdm(range(cfg.steps), desc=f"transfer ({enc_meta['method']}, {cfg.finetune})", disable=not show_bar,
                file=sys.stderr)
-    model.train()
-    if frozen:
-        model.encoder.eval()
+    run = _Training(model, opt, groups, batches, tasks, seg_weights, cache, building_mm, device)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * g["lr_scale"] * lr_at(step, cfg.steps, warmup, 1.0)
-        b, idx, flips = batches.draw(step, model, device)
-        with autocast(device):
-            if frozen:
-                feats = _on_device(np.where(flips[:, None, None, None], cache[1][idx], cache[0][idx]), device)
-            else:
-                feats = model.encoder({n: _on_device(v, device) for n, v in b["inputs"].items()})
-        loss, loss_seg, loss_hm, loss_box = _task_losses(model, feats, b, device, tasks, seg_weights, len(idx))
-        loss_mm = building_mm.loss(step) if building_mm is not None else None
-        if loss_mm is not None:
-            loss = loss + cfg.building_mm * loss_mm
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
-        opt.step()
+        losses, rows = run.step(step, cfg)
         if ema is not None:
             ema.update_parameters(model)
-        losses = {"loss": loss, "seg": loss_seg, "heatmap": loss_hm, "box": loss_box,
-                  **({"building_mm": loss_mm} if loss_mm is not None else {})}
-        _record_step(history, bar, progress_stream, step, cfg.steps, len(idx), t0, losses)
+        _record_step(history, bar, progress_stream, step, cfg.steps, rows, t0, losses)
     if ema is not None:                  # the average of the weights along the last steps is served
         model.load_state_dict(ema.module.state_dict())
     model.eval()
@@ -228,6 +207,53 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
             "batch": cfg.batch, "images": len(items), "seconds": meta["transfer"]["train_seconds"],
             "final_loss": history[-1] if history else None, "account": meta.get("account"),
             "trainable_fraction": round(trained / sum(p.numel() for p in model.parameters()), 5)}
+
+
+@dataclass
+class _Training:
+    """What every transfer step reads and updates: the model, its optimiser, the batches and the losses' settings."""
+    model: object
+    opt: object
+    groups: list
+    batches: TransferBatches
+    tasks: list
+    seg_weights: object
+    cache: tuple | None                  # frozen encoder: features of every labeled image and its mirror
+    building_mm: object | None
+    device: object
+
+    def __post_init__(self) -> None:
+        self.model.train()
+        if self.cache is not None:          # a frozen encoder keeps its batch-norm statistics
+            self.model.encoder.eval()
+
+    def step(self, step: int, cfg) -> tuple[dict, int]:
+        """One optimiser step at `step`'s learning rate: ({loss name: tensor}, labeled rows)."""
+        import torch
+
+        from tst_ros.train.engine import autocast, lr_at
+
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * g["lr_scale"] * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
+        b, idx, flips = self.batches.draw(step, self.model, self.device)
+        with autocast(self.device):
+            if self.cache is not None:
+                feats = _on_device(np.where(flips[:, None, None, None], self.cache[1][idx], self.cache[0][idx]),
+                                   self.device)
+            else:
+                feats = self.model.encoder({n: _on_device(v, self.device) for n, v in b["inputs"].items()})
+        loss, loss_seg, loss_hm, loss_box = _task_losses(self.model, feats, b, self.device, self.tasks,
+                                                         self.seg_weights, len(idx))
+        loss_mm = self.building_mm.loss(step) if self.building_mm is not None else None
+        if loss_mm is not None:
+            loss = loss + cfg.building_mm * loss_mm
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g["params"]], 5.0)
+        self.opt.step()
+        losses = {"loss": loss, "seg": loss_seg, "heatmap": loss_hm, "box": loss_box,
+                  **({"building_mm": loss_mm} if loss_mm is not None else {})}
+        return losses, len(idx)
 
 
 def _record_step(history: list, bar, progress_stream, step: int, total: int, rows: int, t0: float,
