@@ -5,9 +5,11 @@ Transfer learns its classes on other buildings; self-training lets the segmentat
 this building's look without a label from it. Pseudo-labels are the mean class probabilities
 of a frame and its mirror image; a pixel keeps its label when its confidence is among the top
 `keep` share of the pixels predicted as that class (class-balanced, so rare furniture classes
-keep labels too, never below `min_confidence` though), else it is ignored (255). Detection
-learns on labeled frames only: the heads' boxes are not trusted as targets. The labels are
-refreshed every `refresh` steps from the current weights.
+keep labels too, never below `min_confidence` though), else it is ignored (255). With a fusion
+voxel the probabilities are first fused across the frames that see the same spot
+(`tst_ros.perception.view_fusion`). Detection learns on labeled frames only: the heads' boxes
+are not trusted as targets. The labels are refreshed every `refresh` steps from the current
+weights.
 
 The module also owns the building's frames as transfer reads them (`building_items`, and
 `building_frames` for the building-style augmentation) and transfer's batches
@@ -21,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from tst_ros import modalities as registry
+from tst_ros.geometry import Intrinsics, fit_image
 from tst_ros.perception.labeled_data import TransferData
+from tst_ros.perception.view_fusion import fuse_views
 
 IGNORE = 255
 
@@ -118,9 +122,6 @@ class PseudoLabeledFrames:
         """`probs` fused across views (unchanged when fusion is off)."""
         if self.views is None:
             return probs
-        from tst_ros.geometry import Intrinsics, fit_image
-        from tst_ros.perception.view_fusion import fuse_views
-
         h, w = probs.shape[2:]
         depth, poses, intrinsics = self.views
         depth = np.stack([fit_image(d, (h, w), nearest=True) for d in depth])
