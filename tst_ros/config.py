@@ -128,6 +128,7 @@ class TransferConfig:
     building_mm: float = 0.0            # weight of masked modeling on the building's frames in each step (0: off)
     input_drop: float = 0.0             # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2 seg on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
+    repeat_factor: float = 0.0          # sampling: images of classes in under this share of images come up more
     self_training: float = 0.0          # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not with frozen)
     pseudo_share: float = 0.5           # self-training: share of each batch taken from the building's frames
     pseudo_keep: float = 0.5            # self-training: share of each predicted class's pixels kept as labels, most confident first

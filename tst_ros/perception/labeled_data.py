@@ -132,6 +132,15 @@ class TransferData:
             weights /= (weights * share).sum()
         return weights.astype(np.float32)
 
+    def repeat_factors(self, threshold: float) -> np.ndarray:
+        """Per-image sampling weights for repeat-factor sampling (as in LVIS): an image weighs
+        the largest max(1, sqrt(threshold / f_c)) over the classes c it shows, f_c the share of
+        the set's images showing c, so images of classes rarer than `threshold` come up more."""
+        classes = np.unique(self.semantic[self.semantic != 255])
+        shown = np.stack([(self.semantic == c).any((1, 2)) for c in classes], 1)     # (images, classes)
+        per_class = np.maximum(1.0, np.sqrt(threshold / shown.mean(0)))
+        return np.where(shown, per_class, 1.0).max(1)
+
     def batch(self, idx: np.ndarray, flips: np.ndarray, rng: np.random.Generator | None = None,
               augmentation=None) -> dict:
         """Arrays for items `idx`, flipped horizontally where `flips` is True, each first through

@@ -181,11 +181,18 @@ class TransferBatches:
         self.own_augmentation = replace(augmentation, style=0.0) if augmentation is not None else None
         self.start = cfg.steps - round(cfg.steps * cfg.self_training) if pseudo is not None else cfg.steps
         self.refreshes: list[dict] = []
+        if cfg.repeat_factor < 0:
+            raise ValueError(f"transfer.repeat_factor is an image-share threshold >= 0 (0: off), "
+                             f"got {cfg.repeat_factor}")
+        weights = data.repeat_factors(cfg.repeat_factor) if cfg.repeat_factor > 0 else None
+        self.sampling = None if weights is None else weights / weights.sum()
 
     def draw(self, step: int, model, device) -> tuple[dict, np.ndarray, np.ndarray]:
         """(batch, labeled indices, their flips); the batch's labeled rows come first."""
         own = round(self.cfg.batch * self.cfg.pseudo_share) if step >= self.start else 0
-        idx = self.rng.integers(0, len(self.data), size=min(self.cfg.batch - own, len(self.data)))
+        rows = min(self.cfg.batch - own, len(self.data))
+        idx = (self.rng.integers(0, len(self.data), size=rows) if self.sampling is None
+               else self.rng.choice(len(self.data), size=rows, p=self.sampling))
         flips = self.rng.random(len(idx)) < 0.5
         batch = self.data.batch(idx, flips, self.rng, self.augmentation)
         if not own:
