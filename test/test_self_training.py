@@ -1,11 +1,12 @@
 """Self-training on the building's frames: class-balanced pseudo-labels keep each class's most
 confident pixels, the store's frames come with every input the model takes, transfer mixes
 them into its last steps with detection learning on labeled rows only, the pipeline reruns
-transfer when the store changes (with self-training or building style), and settings it cannot
-honour are refused."""
+transfer when the store changes (with self-training or building style), settings it cannot
+honour are refused, and repeat-factor sampling weighs images of rare classes up."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,3 +121,24 @@ def test_the_pipelines_transfer_depends_on_the_store_only_when_it_reads_the_buil
     for setting in ("transfer.self_training=0.5", "transfer.building_style=0.5"):
         reading = Pipeline(config.load(None, [setting]), tmp_path / setting, sets / "store").stage_inputs("transfer", keys)
         assert "dataset" in reading["data"], setting
+
+
+def test_repeat_factors_weigh_images_of_rare_classes_up_and_leave_common_ones_at_one():
+    semantic = np.zeros((10, 4, 4), np.int64)          # class 0 in every image
+    semantic[:, 0, 0] = IGNORE
+    semantic[0, 1, 1] = 2                               # class 2 in one image of ten
+    semantic[1:6, 2, 2] = 1                             # class 1 in half of them
+    factors = TransferData.repeat_factors(SimpleNamespace(semantic=semantic), threshold=0.4)
+    assert factors[0] == pytest.approx(np.sqrt(0.4 / 0.1))
+    assert (factors[1:] == 1.0).all()                   # 0.5 and 1.0 of the images: above the threshold
+
+
+def test_transfer_with_repeat_factor_sampling_trains_and_refuses_a_negative_threshold(sets, tmp_path):
+    labeled = str(sets / "labeled")
+    transfer("scratch", labeled, str(tmp_path / "m"), TransferConfig(steps=2, batch=4, seed=0, repeat_factor=0.5),
+             image_size=32, patch=8, show_bar=False)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["transfer"]["repeat_factor"] == 0.5 and np.isfinite(meta["history"][-1]["loss"])
+    with pytest.raises(ValueError, match="repeat_factor"):
+        transfer("scratch", labeled, str(tmp_path / "n"), TransferConfig(steps=2, repeat_factor=-1),
+                 image_size=32, patch=8, show_bar=False)
