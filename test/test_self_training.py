@@ -131,6 +131,8 @@ def test_repeat_factors_weigh_images_of_rare_classes_up_and_leave_common_ones_at
     factors = TransferData.repeat_factors(SimpleNamespace(semantic=semantic), threshold=0.4)
     assert factors[0] == pytest.approx(np.sqrt(0.4 / 0.1))
     assert (factors[1:] == 1.0).all()                   # 0.5 and 1.0 of the images: above the threshold
+    unlabelled = np.full((3, 4, 4), IGNORE, np.int64)
+    assert (TransferData.repeat_factors(SimpleNamespace(semantic=unlabelled), threshold=0.4) == 1.0).all()
 
 
 def test_transfer_with_repeat_factor_sampling_trains_and_refuses_a_negative_threshold(sets, tmp_path):

@@ -137,6 +137,8 @@ class TransferData:
         the largest max(1, sqrt(threshold / f_c)) over the classes c it shows, f_c the share of
         the set's images showing c, so images of classes rarer than `threshold` come up more."""
         classes = np.unique(self.semantic[self.semantic != 255])
+        if classes.size == 0:                 # no segmentation labels: every image weighs the same
+            return np.ones(len(self.semantic))
         shown = np.stack([(self.semantic == c).any((1, 2)) for c in classes], 1)     # (images, classes)
         per_class = np.maximum(1.0, np.sqrt(threshold / shown.mean(0)))
         return np.where(shown, per_class, 1.0).max(1)
