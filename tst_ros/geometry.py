@@ -1,4 +1,4 @@
-"""Camera and pose geometry shared by the simulator, recording and TTT-KD (ROS-free).
+"""Camera, pose and voxel geometry shared by the simulator, recording, TTT-KD and label fusion (ROS-free).
 
 Conventions: camera optical frame (x right, y down, z forward); poses are 4x4 float64
 homogeneous matrices `T_a_b` mapping points in frame b to frame a (p_a = T_a_b @ p_b).
@@ -94,6 +94,22 @@ def project(points_cam: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.nd
 def transform(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 transform to (N, 3) points."""
     return points @ T[:3, :3].T + T[:3, 3]
+
+
+_VOXEL_KEY_BITS = 21               # bits per axis of a packed voxel key: +-2^20 voxels (52 km at 5 cm)
+
+
+def voxel_groups(points: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) finite points -> (inverse (P,): each point's voxel id, counts (V,): points per voxel),
+    voxels of `size` m numbered in lexicographic (x, y, z) order of their cells. The cells are packed
+    into one int64 key, which `np.unique` sorts far faster than rows of three."""
+    cells = np.floor(np.asarray(points, np.float64) / size).astype(np.int64) + (1 << (_VOXEL_KEY_BITS - 1))
+    if cells.min(initial=0) < 0 or cells.max(initial=0) >= 1 << _VOXEL_KEY_BITS:
+        raise ValueError(f"points span more than {1 << _VOXEL_KEY_BITS} voxels of {size} m along an axis")
+    keys = (cells[:, 0] << (2 * _VOXEL_KEY_BITS)) | (cells[:, 1] << _VOXEL_KEY_BITS) | cells[:, 2]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return inverse.reshape(-1), counts
+
 
 
 def invert(T: np.ndarray) -> np.ndarray:

@@ -33,8 +33,7 @@ IGNORE = 255
 def building_items(dataset: str | Path, input_modalities: list[str], with_depth: bool = False) -> list[dict]:
     """Labeled-set-like items (no labels) of a store's frames that hold every input the model
     takes (and depth `with_depth`): {"rgb" (S,S,3) uint8, "depth_mm" (S,S) uint16 or None, empty
-    semantic and boxes,
-    "pose" (4, 4) T_odom_camera or None, "intrinsics" (a dict at S x S) or None}."""
+    semantic and boxes, "pose" (4, 4) T_odom_camera or None, "intrinsics" (a dict at S x S) or None}."""
     from tst_ros.data.store import Store
 
     unsupported = set(input_modalities) - {registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE}
@@ -94,7 +93,7 @@ class PseudoLabeledFrames:
         self.keep = keep
         self.min_confidence = min_confidence
         self.fusion_voxel = fusion_voxel
-        self.views = _views(items) if fusion_voxel > 0 else None
+        self.views = _views(items, self.data.size) if fusion_voxel > 0 else None
         self.labelled_share = 0.0
 
     def __len__(self) -> int:
@@ -122,11 +121,7 @@ class PseudoLabeledFrames:
         """`probs` fused across views (unchanged when fusion is off)."""
         if self.views is None:
             return probs
-        h, w = probs.shape[2:]
-        depth, poses, intrinsics = self.views
-        depth = np.stack([fit_image(d, (h, w), nearest=True) for d in depth])
-        intrinsics = [Intrinsics(**k).scaled(w, h) for k in intrinsics]
-        return fuse_views(probs, depth, poses, intrinsics, self.fusion_voxel)
+        return fuse_views(probs, *self.views, self.fusion_voxel)
 
     def refresh(self, model, device) -> None:
         """Label every frame with the model's current weights."""
@@ -135,15 +130,19 @@ class PseudoLabeledFrames:
         self.labelled_share = float((self.data.semantic != IGNORE).mean())
 
 
-def _views(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
-    """Each frame's depth (mm), T_odom_camera and intrinsics, for fusing labels across views."""
+def _views(items: list[dict], size: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray], list[Intrinsics]]:
+    """Each frame's depth (mm) and intrinsics at the network's (h, w) `size`, and its T_odom_camera,
+    for fusing labels across views."""
     lacking = sum(it.get("depth_mm") is None or it.get("pose") is None or not it.get("intrinsics") for it in items)
     if lacking:
         raise ValueError(f"pseudo-label fusion needs depth, a pose and intrinsics for every frame; {lacking} of "
                          f"{len(items)} frames lack one (record with depth and the odometry TF, or set "
                          "transfer.pseudo_fusion=0)")
-    return ([it["depth_mm"] for it in items], [it["pose"] for it in items],
-            [{k: it["intrinsics"][k] for k in ("fx", "fy", "cx", "cy", "width", "height")} for it in items])
+    h, w = size
+    depth = np.stack([fit_image(it["depth_mm"], (h, w), nearest=True) for it in items])
+    intrinsics = [Intrinsics(**{k: it["intrinsics"][k] for k in ("fx", "fy", "cx", "cy", "width", "height")})
+                  .scaled(w, h) for it in items]
+    return depth, [it["pose"] for it in items], intrinsics
 
 
 def building_frames(cfg, building_store: str | None) -> list[dict]:
@@ -181,9 +180,6 @@ class TransferBatches:
         self.own_augmentation = replace(augmentation, style=0.0) if augmentation is not None else None
         self.start = cfg.steps - round(cfg.steps * cfg.self_training) if pseudo is not None else cfg.steps
         self.refreshes: list[dict] = []
-        if cfg.repeat_factor < 0:
-            raise ValueError(f"transfer.repeat_factor is an image-share threshold >= 0 (0: off), "
-                             f"got {cfg.repeat_factor}")
         weights = data.repeat_factors(cfg.repeat_factor) if cfg.repeat_factor > 0 else None
         self.sampling = None if weights is None else weights / weights.sum()
 

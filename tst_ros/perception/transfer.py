@@ -306,6 +306,8 @@ def _check_settings(cfg, building_store: str | None) -> list[str]:
         raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
     if not 0 <= cfg.ema < 1:
         raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
+    if cfg.repeat_factor < 0:
+        raise ValueError(f"transfer.repeat_factor is an image-share threshold >= 0 (0: off), got {cfg.repeat_factor}")
     tasks = list(dict.fromkeys(cfg.tasks))
     if not tasks or set(tasks) - set(TASKS):
         raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")

@@ -10,25 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tst_ros.geometry import Intrinsics, backproject, transform
-
-_KEY_BITS = 21                    # bits per axis of a packed voxel key: +-2^20 voxels (52 km at 5 cm)
-_KEY_OFFSET = 1 << (_KEY_BITS - 1)
+from tst_ros.geometry import Intrinsics, backproject, transform, voxel_groups
 
 
 def world_points(depth_mm: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
     """(H, W) depth in mm (0 invalid) -> (H*W, 3) points in the odometry frame, NaN where invalid."""
     camera = backproject(depth_mm.astype(np.float32) / 1000.0, intrinsics).reshape(-1, 3)
     return transform(np.asarray(pose, dtype=np.float64), camera)
-
-
-def voxel_ids(points: np.ndarray, voxel: float) -> np.ndarray:
-    """(P, 3) finite points -> (P,) dense voxel ids (0..V-1)."""
-    cells = np.floor(points / voxel).astype(np.int64) + _KEY_OFFSET
-    if cells.min(initial=0) < 0 or cells.max(initial=0) >= 1 << _KEY_BITS:
-        raise ValueError(f"points span more than {1 << _KEY_BITS} voxels of {voxel} m along an axis")
-    keys = (cells[:, 0] << (2 * _KEY_BITS)) | (cells[:, 1] << _KEY_BITS) | cells[:, 2]
-    return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
 def fuse_views(probs: np.ndarray, depth_mm: np.ndarray, poses: list[np.ndarray],
@@ -45,10 +33,9 @@ def fuse_views(probs: np.ndarray, depth_mm: np.ndarray, poses: list[np.ndarray],
     points = np.concatenate([world_points(d, p, k) for d, p, k in zip(depth_mm, poses, intrinsics)])
     valid = np.isfinite(points).all(1)
     flat = np.ascontiguousarray(probs.transpose(0, 2, 3, 1).reshape(-1, c))
-    ids = voxel_ids(points[valid], voxel)
-    voxels = int(ids.max()) + 1 if ids.size else 0
-    counts = np.bincount(ids, minlength=voxels).astype(np.float64)
-    mean = np.stack([np.bincount(ids, weights=flat[valid, k], minlength=voxels) for k in range(c)], 1) / counts[:, None]
+    ids, counts = voxel_groups(points[valid], voxel)
+    mean = np.stack([np.bincount(ids, weights=flat[valid, k], minlength=len(counts)) for k in range(c)], 1)
+    mean /= counts[:, None]
     fused = flat.copy()
     fused[valid] = mean[ids]
     return fused.reshape(n, h, w, c).transpose(0, 3, 1, 2)

@@ -45,9 +45,7 @@ def voxel_downsample(xyz: np.ndarray, rgb: np.ndarray | None, voxel: float, budg
         raise ValueError(f"voxel size must be positive to downsample {n} points to {budget}, got {voxel}")
     size = float(voxel)
     for _ in range(20):
-        keys = np.floor(xyz / size).astype(np.int64)
-        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        inverse = inverse.ravel()
+        inverse, counts = geometry.voxel_groups(xyz, size)
         if len(counts) <= budget:
             break
         size *= max(1.05, float(np.cbrt(len(counts) / budget)))
