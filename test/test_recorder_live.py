@@ -54,8 +54,10 @@ def live(tmp_path_factory):
             rclpy.spin_once(node, timeout_sec=0.1)
         sim_out = sim.communicate(timeout=60)[0]
         assert sim.returncode == 0, sim_out
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
+        # until the recorder has reported every frame written in several statuses (on a loaded
+        # machine discovery can be late, so the probe may see only the last ones)
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not (len(statuses) >= 4 and statuses[-1][1] == FRAMES):
             rclpy.spin_once(node, timeout_sec=0.1)
         node.destroy_node()
     finally:
