@@ -111,7 +111,6 @@ def voxel_groups(points: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarra
     return inverse.reshape(-1), counts
 
 
-
 def invert(T: np.ndarray) -> np.ndarray:
     R, t = T[:3, :3], T[:3, 3]
     out = np.eye(4)
