@@ -60,6 +60,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
+def emit_progress(stream, **fields) -> None:
+    """One JSON line of progress on `stream` (a pipeline stage's progress pipe); None: nothing."""
+    if stream is not None:
+        stream.write(json.dumps(fields, default=json_default) + "\n")
+        stream.flush()
+
+
 def json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

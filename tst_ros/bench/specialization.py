@@ -96,11 +96,13 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (weight EMA)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (building style)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (building masked modeling)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full"),
-        ("generalist-finetuned (building style)", "generalist", None, "other", "full")]
+        ("generalist-finetuned (building style)", "generalist", None, "other", "full"),
+        ("generalist-finetuned (heads first)", "generalist", None, "other", "full")]
 # rows whose transfer also differs in these TransferConfig fields: self-training on the test
 # building's unlabeled store (`tst_ros.perception.self_training`); depth dropped from a share
 # of the training samples; a moving average of the weights served; half the labeled samples
@@ -116,7 +118,9 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (building style)": {"building_style": 0.5},
                 "tst-mm-imagenet (building masked modeling)": {"building_mm": 1.0},
-                "generalist-finetuned (building style)": {"building_style": 0.5}}
+                "generalist-finetuned (building style)": {"building_style": 0.5},
+                "tst-mm-imagenet (heads first)": {"heads_first": 0.33},
+                "generalist-finetuned (heads first)": {"heads_first": 0.33}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging),
 # each set explicitly whatever the transfer default (the plain row is served as transferred)
 SERVING_VARIANTS = {"no flip": (False, False), "flip": (False, True), "building BN, no flip": (True, False),

@@ -12,7 +12,6 @@ otherwise). The result is MODEL_DIR/model.safetensors + model.json (+ config.yam
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from tst_ros.perception.labeled_data import (TransferData, depth_metres, extra_i
                                              read_categories)
 from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.self_training import TransferBatches, building_frames, pseudo_frames
-from tst_ros.util import resolve_device
+from tst_ros.util import emit_progress, resolve_device
 
 STAGE2 = "tp-mome"              # task prompts + modality experts on frozen modality adapters
 FINETUNE_MODES = ("frozen", "partial", "full", STAGE2)
@@ -124,12 +123,6 @@ def param_groups(model, mode: str, lr: float, layer_decay: float, weight_decay: 
 
 # ----------------------------------------------------------------------------- training
 
-def emit_progress(stream, **fields) -> None:
-    if stream is not None:
-        stream.write(json.dumps(fields) + "\n")
-        stream.flush()
-
-
 def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, preset: str = "tiny",
              image_size: int = 128, patch: int = 16, input_modalities: list[str] | None = None,
              progress_stream=None, show_bar: bool = True, building_store: str | None = None) -> dict:
@@ -139,7 +132,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     samples take those frames' low-frequency amplitudes (`tst_ros.perception.augment`); with
     `cfg.building_mm` every step also does masked modeling on them (`tst_ros.perception.building_mm`); with
     `cfg.building_norm_stats` the batch norms' statistics are re-estimated on them at the end
-    (`tst_ros.perception.norm_stats`)."""
+    (`tst_ros.perception.norm_stats`); with `cfg.heads_first` only the heads train at first (LP-FT)."""
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm import tqdm
@@ -233,15 +226,18 @@ class _Training:
 
         from tst_ros.train.engine import autocast, lr_at
 
+        probing = step < round(cfg.heads_first * cfg.steps)   # heads first, on the encoder as pre-trained (LP-FT)
         for g in self.opt.param_groups:
-            g["lr"] = cfg.lr * g["lr_scale"] * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
+            held = probing and g["name"].startswith("encoder")
+            g["lr"] = 0.0 if held else cfg.lr * g["lr_scale"] * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
         b, idx, flips = self.batches.draw(step, self.model, self.device)
         with autocast(self.device):
             if self.cache is not None:
                 feats = _on_device(np.where(flips[:, None, None, None], self.cache[1][idx], self.cache[0][idx]),
                                    self.device)
             else:
-                feats = self.model.encoder({n: _on_device(v, self.device) for n, v in b["inputs"].items()})
+                with torch.set_grad_enabled(not probing):
+                    feats = self.model.encoder({n: _on_device(v, self.device) for n, v in b["inputs"].items()})
         loss, loss_seg, loss_hm, loss_box = _task_losses(self.model, feats, b, self.device, self.tasks,
                                                          self.seg_weights, len(idx))
         loss_mm = self.building_mm.loss(step) if self.building_mm is not None else None
@@ -306,6 +302,9 @@ def _check_settings(cfg, building_store: str | None) -> list[str]:
         raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
     if not 0 <= cfg.ema < 1:
         raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
+    if cfg.heads_first and (cfg.finetune not in ("full", "partial") or not 0 < cfg.heads_first < 1):
+        raise ValueError(f"transfer.heads_first is a share in [0, 1) of the steps and needs finetune full or "
+                         f"partial, got {cfg.heads_first} with {cfg.finetune}")
     if cfg.repeat_factor < 0:
         raise ValueError(f"transfer.repeat_factor is an image-share threshold >= 0 (0: off), got {cfg.repeat_factor}")
     tasks = list(dict.fromkeys(cfg.tasks))

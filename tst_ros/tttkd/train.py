@@ -199,14 +199,13 @@ def collect_samples(cfg, sim_cfg, teacher: Teacher, show_bar: bool = True) -> li
 
 def run_training(cfg, sim_cfg, out: str, show_bar: bool = True, progress_stream=None) -> dict:
     """`tst-ros ttt-kd train`: source clouds -> joint training -> checkpoint in `out`."""
-    import json
     from pathlib import Path
 
     from tqdm import tqdm
 
     from tst_ros.sim import CLASSES
     from tst_ros.tttkd.checkpoint import CHECKPOINT_FILE, save_checkpoint
-    from tst_ros.util import atomic_write_json, resolve_device
+    from tst_ros.util import atomic_write_json, emit_progress, resolve_device
 
     device = resolve_device(cfg.device)
     teacher = build_teacher(cfg, device=device)
@@ -221,10 +220,8 @@ def run_training(cfg, sim_cfg, out: str, show_bar: bool = True, progress_stream=
         bar.set_postfix(loss=f"{loss:.3f}")
         if progress_stream is not None and (step % 10 == 0 or step == total):
             rate = step / max(elapsed, 1e-9)
-            progress_stream.write(json.dumps({"stage": "ttt-kd", "step": step, "total": total, "loss": loss,
-                                              "samples_per_s": rate, "eta_s": (total - step) / max(rate, 1e-9),
-                                              "message": "joint segmentation + distillation training"}) + "\n")
-            progress_stream.flush()
+            emit_progress(progress_stream, stage="ttt-kd", step=step, total=total, loss=loss, samples_per_s=rate,
+                          eta_s=(total - step) / max(rate, 1e-9), message="joint segmentation + distillation training")
 
     into_labels = distills_into_labels(cfg, teacher, list(CLASSES))
     model, reducer, summary = train_model(samples, len(CLASSES), cfg.backbone, cfg.feature_dim, cfg.width,
@@ -239,10 +236,6 @@ def run_training(cfg, sim_cfg, out: str, show_bar: bool = True, progress_stream=
     summary.update(clouds=len(samples), collect_s=collect_s, checkpoint=str(path), teacher=teacher.describe(),
                    valid_fraction=float(np.mean([float(s.valid.float().mean()) for s in samples])))
     atomic_write_json(Path(out) / "train.json", summary)
-    if progress_stream is not None:
-        progress_stream.write(json.dumps({"event": "model", "path": str(path), "tasks": ["tttkd"],
-                                          "modalities": ["points", "rgb"],
-                                          "metrics": {"seg_loss": summary["seg_loss_end"],
-                                                      "distill_loss": summary["distill_loss_end"]}}) + "\n")
-        progress_stream.flush()
+    emit_progress(progress_stream, event="model", path=str(path), tasks=["tttkd"], modalities=["points", "rgb"],
+                  metrics={"seg_loss": summary["seg_loss_end"], "distill_loss": summary["distill_loss_end"]})
     return summary
