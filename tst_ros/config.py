@@ -120,7 +120,7 @@ class TransferConfig:
     lr: float = 1e-3
     finetune: str = "full"              # full (layer-wise lr decay) | partial | frozen | tp-mome (stage 2 on modality adapters)
     layer_decay: float = 0.75
-    heads_first: float = 0.0            # full/partial: share of the steps, at the start, that train only the heads (LP-FT)
+    heads_first: float = 0.0            # full/partial: share of the first steps training the heads only (LP-FT)
     input_stem: bool = True             # stride-4 detail features from the input images beside the encoder's
     detail_strides: list[int] = field(default_factory=list)  # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
     zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)

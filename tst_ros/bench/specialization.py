@@ -30,7 +30,8 @@ Rows named `(self-trained)` also learn, over the second half of transfer, from t
 building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`), and the
 `(fused self-training)` rows with each pixel's label fused across the frames that see its voxel
 (`tst_ros.perception.view_fusion`; `light`: the last 30 % of the steps, a quarter of each batch); the
-`(input dropout)` row trains with depth read as missing on 30 % of the samples.
+`(input dropout)` row trains with depth read as missing on 30 % of the samples; `(heads first)` rows train
+the heads alone on the held encoder for the first third of the steps (LP-FT).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
