@@ -36,3 +36,13 @@ def building_sets(tmp_path_factory):
     build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32), 5, store)
     labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
     return tmp
+
+
+@pytest.fixture(scope="session")
+def four_labeled_images(tmp_path_factory):
+    """A labeled set of 4 images from other buildings at 64x48, read (never written) by transfer tests."""
+    from tst_ros.sim import labeled_set
+
+    out = tmp_path_factory.mktemp("four-labeled") / "train"
+    labeled_set.write(out, 4, seed=1000, width=64, height=48, progress=False)
+    return out

@@ -8,16 +8,13 @@ import torch
 
 from tst_ros.config import TransferConfig
 from tst_ros.perception import transfer as transfer_module
-from tst_ros.sim import labeled_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("heads_first")
-    labeled_set.write(tmp / "train", 4, seed=1000, width=64, height=48, progress=False)
-    return tmp / "train"
+@pytest.fixture
+def labeled(four_labeled_images):
+    return four_labeled_images
 
 
 def _weights(model, encoder: bool) -> dict[str, torch.Tensor]:

@@ -10,16 +10,13 @@ import torch
 from tst_ros.config import TransferConfig
 from tst_ros.perception.heads import load_model
 from tst_ros.perception.transfer import transfer
-from tst_ros.sim import labeled_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ema")
-    labeled_set.write(tmp / "train", 4, seed=1000, width=64, height=48, progress=False)
-    return tmp / "train"
+@pytest.fixture
+def labeled(four_labeled_images):
+    return four_labeled_images
 
 
 def _served_weights(labeled, out, ema: float) -> dict[str, torch.Tensor]:
