@@ -12,11 +12,6 @@ from tst_ros.perception import transfer as transfer_module
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def labeled(four_labeled_images):
-    return four_labeled_images
-
-
 def _weights(model, encoder: bool) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("encoder.") == encoder}
 
@@ -25,7 +20,8 @@ def _changed(before: dict, after: dict) -> bool:
     return any(not torch.equal(before[n], after[n]) for n in before)
 
 
-def test_the_encoder_is_held_and_gets_no_gradients_for_the_heads_first_share(labeled, tmp_path, monkeypatch):
+def test_the_encoder_is_held_and_gets_no_gradients_for_the_heads_first_share(four_labeled_images, tmp_path,
+                                                                             monkeypatch):
     seen = []                           # per step: (encoder weights, head weights, encoder grads all None)
     start, step = transfer_module._Training.__post_init__, transfer_module._Training.step
 
@@ -42,8 +38,8 @@ def test_the_encoder_is_held_and_gets_no_gradients_for_the_heads_first_share(lab
     monkeypatch.setattr(transfer_module._Training, "__post_init__", recording_start)
     monkeypatch.setattr(transfer_module._Training, "step", recording_step)
     cfg = TransferConfig(steps=6, batch=2, seed=0, heads_first=0.5, flip_average=False)
-    transfer_module.transfer("scratch", str(labeled), str(tmp_path / "m"), cfg, image_size=32, patch=8,
-                             show_bar=False)
+    transfer_module.transfer("scratch", str(four_labeled_images), str(tmp_path / "m"), cfg, image_size=32,
+                             patch=8, show_bar=False)
     assert len(seen) == 7
     held, moving = seen[:4], seen[4:]               # before training + the 3 heads-first steps; the rest
     for encoder, _, no_grads in held:
@@ -55,8 +51,9 @@ def test_the_encoder_is_held_and_gets_no_gradients_for_the_heads_first_share(lab
 
 @pytest.mark.parametrize("settings", [{"heads_first": 1.0}, {"heads_first": -0.2},
                                       {"heads_first": 0.3, "finetune": "frozen"}])
-def test_heads_first_outside_a_share_or_without_encoder_training_is_refused(labeled, tmp_path, settings):
+def test_heads_first_outside_a_share_or_without_encoder_training_is_refused(four_labeled_images, tmp_path,
+                                                                            settings):
     with pytest.raises(ValueError, match="transfer.heads_first"):
-        transfer_module.transfer("scratch", str(labeled), str(tmp_path / "m"),
+        transfer_module.transfer("scratch", str(four_labeled_images), str(tmp_path / "m"),
                                  TransferConfig(steps=2, batch=2, **settings), image_size=32, patch=8,
                                  show_bar=False)

@@ -14,11 +14,6 @@ from tst_ros.perception.transfer import transfer
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def labeled(four_labeled_images):
-    return four_labeled_images
-
-
 def _served_weights(labeled, out, ema: float) -> dict[str, torch.Tensor]:
     cfg = TransferConfig(steps=6, batch=2, seed=0, ema=ema, flip_average=False)
     transfer("scratch", str(labeled), str(out), cfg, image_size=32, patch=8, show_bar=False)
@@ -26,10 +21,10 @@ def _served_weights(labeled, out, ema: float) -> dict[str, torch.Tensor]:
     return load_model(out)[0].state_dict()
 
 
-def test_the_served_weights_are_the_moving_average_of_the_trained_ones(labeled, tmp_path):
-    last = _served_weights(labeled, tmp_path / "plain", 0.0)
-    vanishing = _served_weights(labeled, tmp_path / "vanishing", 1e-9)      # the average is the last weights
-    averaged = _served_weights(labeled, tmp_path / "averaged", 0.9)
+def test_the_served_weights_are_the_moving_average_of_the_trained_ones(four_labeled_images, tmp_path):
+    last = _served_weights(four_labeled_images, tmp_path / "plain", 0.0)
+    vanishing = _served_weights(four_labeled_images, tmp_path / "vanishing", 1e-9)   # the average: the last weights
+    averaged = _served_weights(four_labeled_images, tmp_path / "averaged", 0.9)
     for name, weight in last.items():
         torch.testing.assert_close(vanishing[name], weight, atol=1e-6, rtol=1e-6, msg=name)
     trained = [n for n in last if "seg_head" in n and last[n].is_floating_point()]
@@ -37,7 +32,8 @@ def test_the_served_weights_are_the_moving_average_of_the_trained_ones(labeled, 
 
 
 @pytest.mark.parametrize("ema", [-0.1, 1.0])
-def test_a_decay_outside_zero_to_one_is_refused(labeled, tmp_path, ema):
+def test_a_decay_outside_zero_to_one_is_refused(four_labeled_images, tmp_path, ema):
     with pytest.raises(ValueError, match="transfer.ema"):
-        transfer("scratch", str(labeled), str(tmp_path / "m"), TransferConfig(steps=1, batch=2, ema=ema),
+        transfer("scratch", str(four_labeled_images), str(tmp_path / "m"),
+                 TransferConfig(steps=1, batch=2, ema=ema),
                  image_size=32, patch=8, show_bar=False)

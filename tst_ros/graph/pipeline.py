@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tst_ros import config as config_mod
 from tst_ros.config import Config
-from tst_ros.util import atomic_write_json
+from tst_ros.util import atomic_write_json, emit_progress
 
 log = logging.getLogger("tst_ros.pipeline")
 
@@ -78,8 +78,7 @@ class Progress:
             log.info(f"{stage}: {message}")
 
     def line(self, obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
+        emit_progress(sys.stdout, **obj)
 
 
 class Pipeline:

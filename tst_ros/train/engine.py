@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tst_ros.util import emit_progress
+
 
 # ---------------------------------------------------------------- processes
 
@@ -297,8 +299,7 @@ class Reporter:
 
     def emit(self, obj: dict) -> None:
         if self.enabled and self.jsonl:
-            sys.stdout.write(json.dumps(obj) + "\n")
-            sys.stdout.flush()
+            emit_progress(sys.stdout, **obj)
 
     def message(self, text: str, step: int) -> None:
         if not self.enabled:
