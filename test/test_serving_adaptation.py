@@ -139,20 +139,32 @@ def _file_contents(directory) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def test_serving_variants_are_the_model_served_each_way_and_leave_it_unchanged_on_disk(sets):
+def test_serving_variants_are_the_model_served_each_way_and_leave_it_unchanged_on_disk(sets, tmp_path):
     from tst_ros.bench.specialization import SERVING_VARIANTS, evaluate_serving_variants, row_metrics
+    from tst_ros.models.io import save_encoder
+    from tst_ros.perception.interpolation import encoder_anchor, interpolate_encoder
     from tst_ros.perception.norm_stats import building_inputs
     from tst_ros.perception.transfer import evaluate
 
     model_dir, held_out = sets / "model", str(sets / "labeled")
+    pretrained = load_model(model_dir)[0].encoder     # the "pre-trained" encoder: the served one, moved
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    source = str(save_encoder(pretrained, tmp_path / "pretrained.safetensors"))
     before = _file_contents(model_dir)
-    variants = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out})
+    variants = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out}, source)
     assert list(variants) == list(SERVING_VARIANTS) and _file_contents(model_dir) == before
-    for label, (building_stats, flip) in SERVING_VARIANTS.items():
+    for label, (building_stats, flip, share) in SERVING_VARIANTS.items():
         model, meta = load_model(model_dir)
+        interpolate_encoder(model, encoder_anchor(pretrained), share)
         if building_stats:
             reestimate_batch_norms(model, building_inputs(str(sets / "store"), meta))
         predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip}, str(model_dir))
         assert variants[label] == row_metrics(evaluate(str(model_dir), held_out, predictor=predictor)), label
     # on this model averaging with the mirror image changes the scores, so the rows are distinct servings
     assert variants["no flip"]["seg_miou"] != variants["flip"]["seg_miou"]
+    assert variants["encoder 0.5"] != variants["flip"]
+    # a random encoder has no pre-trained weights to move back to: those variants are left out
+    scratch = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out}, "scratch")
+    assert list(scratch) == [k for k, (_, _, share) in SERVING_VARIANTS.items() if share == 1]

@@ -32,7 +32,8 @@ def register(sub) -> None:
                                                   "the loop's, 128; a multiple of 32)")
     p.add_argument("--serving-variants", action="store_true",
                    help="specialization only: also evaluate every trained model without and with flip "
-                        "averaging, each with its own and with the building's batch-norm statistics")
+                        "averaging, each with its own and with the building's batch-norm statistics, and with "
+                        "its encoder interpolated toward the pre-trained weights")
     p.add_argument("--preset", help="adapters: the preset of the frozen base (default: the loop's, pretrain.preset); "
                                     "specialization: the plain-ViT rows' preset (default: tiny)")
     p.add_argument("--device", help="specialization only: where pre-training and transfer run (cpu, cuda[:N], auto; "

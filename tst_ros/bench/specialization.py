@@ -35,7 +35,8 @@ the heads alone on the held encoder for the first third of the steps (LP-FT; `sh
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
-own batch-norm statistics and with statistics from the building's store (rows "NAME [VARIANT]").
+own batch-norm statistics and with statistics from the building's store, and with its encoder's
+weights moved back toward the pre-trained ones (WiSE-FT; rows "NAME [VARIANT]").
 On a GPU (`--device cuda`, `--preset s|b`) pre-training and transfer run in bf16; runs of some
 seeds and rows each (`--seeds`, `--rows`) merge into one table (`--merge`, `tst_ros.bench.seed_runs`).
 """
@@ -124,10 +125,13 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (short heads first)": {"heads_first": 0.1},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33}}
-# `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging),
-# each set explicitly whatever the transfer default (the plain row is served as transferred)
-SERVING_VARIANTS = {"no flip": (False, False), "flip": (False, True), "building BN, no flip": (True, False),
-                    "building BN + flip": (True, True)}
+# `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
+# fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`)), each set explicitly whatever the
+# transfer default (the plain row is served as transferred)
+SERVING_VARIANTS = {"no flip": (False, False, 1.0), "flip": (False, True, 1.0),
+                    "building BN, no flip": (True, False, 1.0), "building BN + flip": (True, True, 1.0),
+                    "encoder 0.5": (False, True, 0.5), "encoder 0.7": (False, True, 0.7),
+                    "encoder 0.85": (False, True, 0.85)}
 
 
 def check_image_size(size: int) -> int:
@@ -252,17 +256,24 @@ def _needed(pretrainings: dict, keys: set[str]) -> list[str]:
     return order
 
 
-def evaluate_serving_variants(model_dir: Path, paths: dict) -> dict[str, dict]:
+def evaluate_serving_variants(model_dir: Path, paths: dict, encoder_source: str) -> dict[str, dict]:
     """A trained model evaluated without and with flip averaging, each with its own batch-norm
-    statistics and with them re-estimated on the building's store (`SERVING_VARIANTS`)."""
+    statistics and with them re-estimated on the building's store, and with its encoder interpolated
+    toward `encoder_source`'s pre-trained weights (`SERVING_VARIANTS`; not for a random encoder)."""
     from tst_ros.perception.heads import load_model
+    from tst_ros.perception.interpolation import encoder_anchor, interpolate_encoder
     from tst_ros.perception.norm_stats import building_inputs, reestimate_batch_norms
     from tst_ros.perception.runtime import Predictor
-    from tst_ros.perception.transfer import evaluate
+    from tst_ros.perception.transfer import evaluate, resolve_encoder
 
-    out, frames = {}, None
-    for label, (building_stats, flip) in SERVING_VARIANTS.items():
+    out, frames, anchor = {}, None, None
+    for label, (building_stats, flip, share) in SERVING_VARIANTS.items():
+        if share < 1 and encoder_source == "scratch":
+            continue
         model, meta = load_model(model_dir)
+        if share < 1:
+            anchor = anchor or encoder_anchor(resolve_encoder(encoder_source, image_size=meta["image_size"])[0])
+            interpolate_encoder(model, anchor, share)
         if building_stats:
             frames = frames if frames is not None else building_inputs(str(paths["store"]), meta)   # read once
             reestimate_batch_norms(model, frames)
@@ -299,7 +310,8 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
                       "transfer_seconds": summary["seconds"]}
         model_dirs[name] = str(model_dir)
         if variants:
-            rows.update({f"{name} [{label}]": r for label, r in evaluate_serving_variants(model_dir, paths).items()})
+            variant_rows = evaluate_serving_variants(model_dir, paths, encoders[key])
+            rows.update({f"{name} [{label}]": r for label, r in variant_rows.items()})
     if figure is not None:
         from tst_ros.bench.samples import sample_figure
 

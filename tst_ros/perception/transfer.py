@@ -6,7 +6,7 @@ Encoder modes: `frozen` (features computed once per image and flip, only heads t
 with layer-wise learning-rate decay over encoder.blocks for the trainable encoder layers;
 `tp-mome`: stage 2 of modality adapters (`tst_ros.train.stage2`): the base and its modality
 LoRAs frozen, task prompts, modality experts and heads trained. `tasks` chooses the losses.
-Labeled data: `tst_ros.perception.labeled_data`.
+Labeled data: `tst_ros.perception.labeled_data`; evaluation: `tst_ros.perception.evaluation`.
 Inputs are RGB plus depth when the encoder accepts depth (unless `input_modalities` says
 otherwise). The result is MODEL_DIR/model.safetensors + model.json (+ config.yaml).
 """
@@ -22,9 +22,10 @@ import numpy as np
 from tst_ros import modalities as registry
 from tst_ros.perception.augment import Augmentation
 from tst_ros.perception.building_mm import building_masked_modeling
+from tst_ros.perception.evaluation import evaluate  # noqa: F401  (also used through this module)
+from tst_ros.perception.interpolation import encoder_anchor, interpolate_encoder
 from tst_ros.perception.labeled_data import (TransferData, depth_metres, extra_images, load_labeled,  # noqa: F401
                                              read_categories)
-from tst_ros.perception.runtime import Predictor
 from tst_ros.perception.self_training import TransferBatches, building_frames, pseudo_frames
 from tst_ros.util import emit_progress, resolve_device
 
@@ -148,7 +149,9 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     items, classes, categories = load_labeled(labeled_dir)
     if cfg.labeled_images and len(items) > cfg.labeled_images:
         items = items[:cfg.labeled_images]
-    encoder, enc_meta = _with_detail(*_encoder_for(encoder_source, cfg, preset, image_size, patch), cfg.detail_strides)
+    encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
+    anchor = encoder_anchor(encoder) if cfg.encoder_interpolation < 1 else None   # the pre-trained weights
+    encoder, enc_meta = _with_detail(encoder, enc_meta, cfg.detail_strides)
     model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem)
     meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
@@ -188,7 +191,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     meta["history"] = history
     if batches.pseudo is not None:
         meta["transfer"]["building_frames"] = {"store": str(Path(building_store).resolve()), **batches.describe()}
-    _specialise_serving(model, meta, cfg, building_store)
+    _specialise_serving(model, meta, cfg, building_store, anchor)
     if cfg.finetune == STAGE2:
         from tst_ros.train.stage2 import parameter_account
 
@@ -266,8 +269,11 @@ def _record_step(history: list, bar, progress_stream, step: int, total: int, row
                   message=" ".join(f"{k} {v:.3f}" for k, v in rec.items() if k not in ("step", "loss")))
 
 
-def _specialise_serving(model, meta: dict, cfg, building_store: str | None) -> None:
-    """What transfer settles after training: the building's batch-norm statistics and flip averaging."""
+def _specialise_serving(model, meta: dict, cfg, building_store: str | None, anchor: dict | None) -> None:
+    """What transfer settles after training: the encoder's interpolation toward `anchor`, its pre-trained
+    weights (`tst_ros.perception.interpolation`), the building's batch-norm statistics and flip averaging."""
+    if anchor is not None:
+        interpolate_encoder(model, anchor, cfg.encoder_interpolation)
     meta["flip_average"] = bool(cfg.flip_average)
     if cfg.building_norm_stats:
         from tst_ros.perception.norm_stats import adapt_to_building
@@ -300,6 +306,8 @@ def _check_settings(cfg, building_store: str | None) -> list[str]:
     """Refuse settings that contradict each other or the arguments; -> the tasks to train."""
     if cfg.building_norm_stats and not building_store:
         raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
+    if not 0 <= cfg.encoder_interpolation <= 1:
+        raise ValueError(f"transfer.encoder_interpolation is a share in [0, 1] (1: off), got {cfg.encoder_interpolation}")
     if not 0 <= cfg.ema < 1:
         raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
     if cfg.heads_first and (cfg.finetune not in ("full", "partial") or not 0 < cfg.heads_first < 1):
@@ -358,42 +366,3 @@ def _frozen_features(model, data: TransferData, device, chunk: int = 32):
             plain.append(model.encoder(x).float().cpu().numpy())
             flipped.append(model.encoder({n: t.flip(-1) for n, t in x.items()}).float().cpu().numpy())
     return np.concatenate(plain), np.concatenate(flipped)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def evaluate(model_path: str, labeled_dir: str, score_threshold: float = 0.05, nms_iou: float = 0.5,
-             predictor: Predictor | None = None, limit: int = 0, show_bar: bool = False) -> dict:
-    """mIoU + per-class IoU and COCO mAP of a model (MODEL_DIR or .onnx) on a labeled set."""
-    from tqdm import tqdm
-
-    from tst_ros.perception.metrics import DetectionMeter, SegmentationMeter, format_iou_table, group_miou
-
-    predictor = predictor or Predictor.load(model_path)
-    items, classes, categories = load_labeled(labeled_dir)
-    if list(classes) != list(predictor.classes):
-        raise ValueError(f"class lists differ: model {predictor.classes} vs labeled set {classes}")
-    items = items[:limit] if limit else items
-    seg = SegmentationMeter(len(classes))
-    det = DetectionMeter({int(c): classes[int(c)] for c in predictor.thing_class_ids})
-    t0 = time.perf_counter()
-    for it in tqdm(items, desc="eval", disable=not show_bar, file=sys.stderr):
-        depth = depth_metres(it) if predictor.uses_depth else None
-        p = predictor.predict(it["rgb"], depth, score_threshold=score_threshold, nms_iou=nms_iou,
-                              images=extra_images(it, predictor.input_modalities))
-        seg.update(p.mask, it["semantic"])
-        keep = np.isin(np.asarray(it["labels"]).reshape(-1), predictor.thing_class_ids)
-        h, w = it["rgb"].shape[:2]
-        det.update(np.asarray(it["boxes"]).reshape(-1, 4)[keep], np.asarray(it["labels"]).reshape(-1)[keep],
-                   p.boxes, p.scores, p.labels, w, h)
-    seg_report = seg.report(classes)
-    det_report = det.compute()
-    things = set(int(c) for c in predictor.thing_class_ids)
-    stuff = [c for c in range(len(classes)) if c not in things]
-    return {"model": str(model_path), "labeled_set": str(labeled_dir), "images": len(items),
-            "backend": predictor.backend, "miou": seg_report["miou"], "pixel_accuracy": seg_report["pixel_accuracy"],
-            "things_miou": group_miou(seg_report, things), "stuff_miou": group_miou(seg_report, stuff),
-            "map": det_report["map"], "map50": det_report["map50"], "map75": det_report["map75"],
-            "per_class_iou": seg_report["per_class"], "per_class_ap": det_report["per_class_ap"],
-            "iou_table": format_iou_table(seg_report), "seconds": round(time.perf_counter() - t0, 2),
-            "score_threshold": score_threshold}
