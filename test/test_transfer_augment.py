@@ -104,7 +104,7 @@ def test_augmented_batches_carry_detection_targets_of_their_own_boxes(labeled):
     assert not np.array_equal(aug["inputs"]["rgb"], plain["inputs"]["rgb"])
     # a sample that draws no crop on the zoom path rebuilds exactly the cached (mirrored) targets
     assert np.random.default_rng(0).random() >= 0.5
-    rebuilt = data._zoomed(1, True, np.random.default_rng(0), Augmentation(zoom=0.5))
+    rebuilt = data._reshaped(1, True, np.random.default_rng(0), Augmentation(zoom=0.5))
     assert all(np.array_equal(rebuilt[k], t[1]) for k, t in zip(("heatmap", "box", "box_weight"), data.targets[True]))
     # colour jitter alone leaves the geometry and the targets as they were
     coloured = data.batch(idx, flips, np.random.default_rng(0), Augmentation(colour=0.1))
@@ -114,9 +114,9 @@ def test_augmented_batches_carry_detection_targets_of_their_own_boxes(labeled):
 
 
 def test_transfer_with_augmentation_trains_and_records_it(labeled, tmp_path):
-    cfg = TransferConfig(steps=3, batch=2, seed=0, zoom=0.5, colour_jitter=0.2, input_drop=0.5)
+    cfg = TransferConfig(steps=3, batch=2, seed=0, zoom=0.5, colour_jitter=0.2, input_drop=0.5, paste=0.5)
     transfer("scratch", str(labeled), str(tmp_path / "m"), cfg, image_size=32, patch=8, show_bar=False)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["transfer"]["zoom"] == 0.5 and meta["transfer"]["colour_jitter"] == 0.2
-    assert meta["transfer"]["input_drop"] == 0.5
+    assert meta["transfer"]["input_drop"] == 0.5 and meta["transfer"]["paste"] == 0.5
     assert all(np.isfinite(h["loss"]) for h in meta["history"])

@@ -31,7 +31,8 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 `(fused self-training)` rows with each pixel's label fused across the frames that see its voxel
 (`tst_ros.perception.view_fusion`; `light`: the last 30 % of the steps, a quarter of each batch); the
 `(input dropout)` row trains with depth read as missing on 30 % of the samples; `(heads first)` rows train
-the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth).
+the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
+`(copy-paste)` gives half the labeled samples the objects of another labeled image.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -100,6 +101,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (building masked modeling)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (short heads first)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (copy-paste)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
@@ -124,7 +126,8 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (building style)": {"building_style": 0.5},
                 "tst-mm-imagenet (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (short heads first)": {"heads_first": 0.1},
-                "generalist-finetuned (heads first)": {"heads_first": 0.33}}
+                "generalist-finetuned (heads first)": {"heads_first": 0.33},
+                "tst-mm-imagenet (copy-paste)": {"paste": 0.5}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
 # fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`)), each set explicitly whatever the
 # transfer default (the plain row is served as transferred)

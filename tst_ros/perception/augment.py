@@ -3,10 +3,12 @@ the one preprocessing path: random zoom-in crops (inputs, label map and boxes cr
 resized back), colour jitter of the colour image (per-channel gain and a shared brightness
 shift, in intensity units), building style (a sample's colour image given the low-frequency
 amplitude spectrum of one of the test building's own frames, after Fourier domain adaptation:
-its lighting, tint and exposure, while the phase keeps the labeled content) and input dropout
+its lighting, tint and exposure, while the phase keeps the labeled content), input dropout
 (a sample's non-colour inputs, e.g. depth, read as "no measurement", so the heads cannot lean
-on them alone). Detection targets of zoomed samples are rebuilt from their boxes; the other
-augmentations leave the cached ones.
+on them alone) and copy-paste (objects of another labeled image, every input and label with
+them, pasted where they stood: objects meet other rooms and come up more often). Detection
+targets of zoomed and pasted samples are rebuilt from their boxes; the other augmentations
+leave the cached ones.
 """
 from __future__ import annotations
 
@@ -30,15 +32,22 @@ class Augmentation:
     colour: float = 0.0      # gains U(1 - c, 1 + c) per channel, brightness U(-c/2, c/2), intensities clipped to [0, 1]
     input_drop: float = 0.0  # share of samples whose non-colour inputs are all "no measurement" (normalised 0)
     style: float = 0.0       # share of samples restyled by a building frame's low-frequency amplitudes
+    paste: float = 0.0       # share of samples given objects of another labeled image (copy-paste)
 
     def __post_init__(self) -> None:
-        if self.zoom < 0 or not all(0 <= v < 1 for v in (self.colour, self.input_drop)) or not 0 <= self.style <= 1:
-            raise ValueError(f"augmentation zoom must be >= 0, colour and input_drop in [0, 1), style in [0, 1], "
-                             f"got {self.zoom}, {self.colour}, {self.input_drop}, {self.style}")
+        if self.zoom < 0 or not all(0 <= v < 1 for v in (self.colour, self.input_drop)) or \
+                not all(0 <= v <= 1 for v in (self.style, self.paste)):
+            raise ValueError(f"augmentation zoom must be >= 0, colour and input_drop in [0, 1), style and paste in "
+                             f"[0, 1], got {self.zoom}, {self.colour}, {self.input_drop}, {self.style}, {self.paste}")
 
     @property
     def active(self) -> bool:
-        return self.zoom > 0 or self.colour > 0 or self.input_drop > 0 or self.style > 0
+        return self.zoom > 0 or self.colour > 0 or self.input_drop > 0 or self.style > 0 or self.paste > 0
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether samples change geometry or objects, so that their detection targets are rebuilt."""
+        return self.zoom > 0 or self.paste > 0
 
 
 def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
@@ -90,6 +99,30 @@ def zoom_sample(zoom: float, rng: np.random.Generator, inputs: dict, semantic: n
     if zoom > 0 and rng.random() < 0.5:
         return zoom_crop(inputs, semantic, boxes, labels, 1.0 + rng.uniform(0.0, zoom), (rng.random(), rng.random()))
     return inputs, semantic, boxes, labels
+
+
+def paste_objects(target: tuple, source: tuple, thing_class_ids: list[int], rng: np.random.Generator,
+                  keep: float = 0.5) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Copy-paste: each object of `source` kept with probability `keep` is pasted into `target`
+    where it stood, on every input and the label map; both are (inputs {name: (C, H, W)}, label
+    map (H, W), boxes (K, 4) xyxy, thing channels (K,)) at the same resolution. An object is the
+    pixels of its class inside its box. Target boxes left under MIN_VISIBLE of their area are dropped."""
+    inputs, semantic, boxes, labels = target
+    src_inputs, src_semantic, src_boxes, src_labels = source
+    chosen = rng.random(len(src_boxes)) < keep
+    mask = np.zeros(semantic.shape, bool)
+    for (x0, y0, x1, y1), channel in zip(src_boxes[chosen], src_labels[chosen]):
+        rows, cols = slice(int(y0), int(np.ceil(y1))), slice(int(x0), int(np.ceil(x1)))
+        mask[rows, cols] |= src_semantic[rows, cols] == thing_class_ids[int(channel)]
+    if not mask.any():
+        return target
+    covered = np.array([mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].mean() if x1 > x0 and y1 > y0
+                        else 1.0 for x0, y0, x1, y1 in boxes], np.float32).reshape(-1)
+    visible = covered <= 1.0 - MIN_VISIBLE
+    pasted = {n: np.where(mask, src_inputs[n], x).astype(x.dtype) for n, x in inputs.items()}
+    return (pasted, np.where(mask, src_semantic, semantic).astype(semantic.dtype),
+            np.concatenate([boxes[visible], src_boxes[chosen]]).astype(np.float32),
+            np.concatenate([labels[visible], src_labels[chosen]]).astype(labels.dtype))
 
 
 def jitter_batch(images: np.ndarray, mean: np.ndarray, std: np.ndarray, colour: float,

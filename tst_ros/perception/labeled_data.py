@@ -71,6 +71,7 @@ class TransferData:
         self.norm = norm
         self.style_amplitudes: np.ndarray | None = None     # building-style augmentation's sources
         channel_of = {cid: i for i, cid in enumerate(thing_class_ids)}
+        self.thing_class_ids = list(thing_class_ids)
         self.inputs: dict[str, list[np.ndarray]] = {n: [] for n in input_modalities}
         self.semantic, self.boxes, self.labels = [], [], []
         for it in items:
@@ -151,8 +152,8 @@ class TransferData:
             return self._plain_batch(idx, flips)
         if rng is None:
             raise ValueError("augmentation needs a random generator")
-        if augmentation.zoom > 0:            # geometry changes: targets rebuilt per sample
-            samples = [self._zoomed(int(i), bool(f), rng, augmentation) for i, f in zip(idx, flips)]
+        if augmentation.per_sample:          # geometry or objects change: targets rebuilt per sample
+            samples = [self._reshaped(int(i), bool(f), rng, augmentation) for i, f in zip(idx, flips)]
             out = {"inputs": {n: np.stack([s["inputs"][n] for s in samples]) for n in self.inputs},
                    **{k: np.stack([s[k] for s in samples]) for k in ("semantic", "heatmap", "box", "box_weight")}}
         else:                                # colour only: the cached targets hold
@@ -176,13 +177,19 @@ class TransferData:
             out["inputs"] = drop_inputs(out["inputs"], augmentation.input_drop, rng)
         return out
 
-    def _zoomed(self, i: int, flip: bool, rng: np.random.Generator, augmentation) -> dict:
-        from tst_ros.perception.augment import zoom_sample
+    def _sample(self, i: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        return {n: v[i] for n, v in self.inputs.items()}, self.semantic[i], self.boxes[i], self.labels[i]
+
+    def _reshaped(self, i: int, flip: bool, rng: np.random.Generator, augmentation) -> dict:
+        """Item `i` given another item's objects (a `paste` share of the time), then zoomed and
+        flipped, with its detection targets rebuilt."""
+        from tst_ros.perception.augment import paste_objects, zoom_sample
         from tst_ros.perception.heads import detection_targets
 
-        inputs, semantic, boxes, labels = zoom_sample(
-            augmentation.zoom, rng, {n: v[i] for n, v in self.inputs.items()}, self.semantic[i], self.boxes[i],
-            self.labels[i])
+        sample = self._sample(i)
+        if augmentation.paste > 0 and rng.random() < augmentation.paste:
+            sample = paste_objects(sample, self._sample(int(rng.integers(len(self)))), self.thing_class_ids, rng)
+        inputs, semantic, boxes, labels = zoom_sample(augmentation.zoom, rng, *sample)
         if flip:
             inputs = {n: x[..., ::-1] for n, x in inputs.items()}
             semantic = semantic[..., ::-1]

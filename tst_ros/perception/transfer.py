@@ -165,7 +165,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     trained = sum(p.numel() for g in groups for p in g["params"])
     frozen = cfg.finetune == "frozen"
     # frozen: cached features, no augmentation
-    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop, cfg.building_style)
+    augmentation = None if frozen else Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop, cfg.building_style,
+                                                    cfg.paste)
     cache = _frozen_features(model, data, device) if frozen else None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     seg_weights = torch.from_numpy(data.class_weights(len(classes), cfg.class_balance)).to(device)
