@@ -66,7 +66,8 @@ def test_pasted_batches_carry_detection_targets_of_their_boxes(four_labeled_imag
             semantic, boxes = semantic[..., ::-1], mirrored_boxes(boxes, data.size[1])
         heat, box, weight = detection_targets(boxes, labels, data.size[0], data.num_things, data.stride)
         assert np.array_equal(pasted["semantic"][k], semantic)
-        assert all(np.array_equal(pasted[n][k], t) for n, t in zip(("heatmap", "box", "box_weight"), (heat, box, weight)))
+        for name, expected in zip(("heatmap", "box", "box_weight"), (heat, box, weight)):
+            assert np.array_equal(pasted[name][k], expected), name
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5])
