@@ -107,7 +107,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full"),
         ("generalist-finetuned (building style)", "generalist", None, "other", "full"),
-        ("generalist-finetuned (heads first)", "generalist", None, "other", "full")]
+        ("generalist-finetuned (heads first)", "generalist", None, "other", "full"),
+        ("generalist-finetuned (copy-paste)", "generalist", None, "other", "full")]
 # rows whose transfer also differs in these TransferConfig fields: self-training on the test
 # building's unlabeled store (`tst_ros.perception.self_training`); depth dropped from a share
 # of the training samples; a moving average of the weights served; half the labeled samples
@@ -127,7 +128,7 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (short heads first)": {"heads_first": 0.1},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
-                "tst-mm-imagenet (copy-paste)": {"paste": 0.5}}
+                "tst-mm-imagenet (copy-paste)": {"paste": 0.5}, "generalist-finetuned (copy-paste)": {"paste": 0.5}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
 # fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`)), each set explicitly whatever the
 # transfer default (the plain row is served as transferred)
