@@ -127,7 +127,7 @@ class TransferConfig:
     colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
     building_style: float = 0.0         # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
     building_mm: float = 0.0            # weight of masked modeling on the building's frames in each step (0: off)
-    paste: float = 0.0                  # augmentation: share of samples given another labeled image's objects (copy-paste; not with frozen)
+    paste: float = 0.5                  # augmentation: share of samples given other labeled objects (copy-paste; chosen on home:3, 4)
     input_drop: float = 0.0             # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2 seg on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     repeat_factor: float = 0.0          # sampling: images of classes in under this share of images come up more

@@ -32,7 +32,7 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 (`tst_ros.perception.view_fusion`; `light`: the last 30 % of the steps, a quarter of each batch); the
 `(input dropout)` row trains with depth read as missing on 30 % of the samples; `(heads first)` rows train
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
-`(copy-paste)` gives half the labeled samples the objects of another labeled image.
+`(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`).
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -101,19 +101,16 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (building masked modeling)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (short heads first)", "tst-mm-imagenet", None, "other", None),
-        ("tst-mm-imagenet (copy-paste)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (no copy-paste)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full"),
         ("generalist-finetuned (building style)", "generalist", None, "other", "full"),
         ("generalist-finetuned (heads first)", "generalist", None, "other", "full"),
-        ("generalist-finetuned (copy-paste)", "generalist", None, "other", "full")]
-# rows whose transfer also differs in these TransferConfig fields: self-training on the test
-# building's unlabeled store (`tst_ros.perception.self_training`); depth dropped from a share
-# of the training samples; a moving average of the weights served; half the labeled samples
-# restyled by the building's frames' low-frequency amplitudes (`tst_ros.perception.augment`);
-# masked modeling on the building's frames beside the task losses (`tst_ros.perception.building_mm`)
+        ("generalist-finetuned (no copy-paste)", "generalist", None, "other", "full")]
+# rows whose transfer differs from the default in these TransferConfig fields (each described, with
+# what it measured, in docs/BENCHMARKS.md)
 ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (fused self-training)": {"self_training": 0.5, "pseudo_fusion": 0.1},
                 "tst-mm-imagenet (fused self-training light)": {"self_training": 0.3, "pseudo_share": 0.25,
@@ -128,7 +125,8 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (short heads first)": {"heads_first": 0.1},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
-                "tst-mm-imagenet (copy-paste)": {"paste": 0.5}, "generalist-finetuned (copy-paste)": {"paste": 0.5}}
+                "tst-mm-imagenet (no copy-paste)": {"paste": 0.0},
+                "generalist-finetuned (no copy-paste)": {"paste": 0.0}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
 # fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`)), each set explicitly whatever the
 # transfer default (the plain row is served as transferred)
