@@ -127,7 +127,7 @@ class TransferConfig:
     colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
     building_style: float = 0.0         # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
     building_mm: float = 0.0            # weight of masked modeling on the building's frames in each step (0: off)
-    paste: float = 0.5                  # augmentation: share of samples given other labeled objects (copy-paste; chosen on home:3, 4)
+    paste: float = 0.5                  # augmentation: share of samples given other images' objects (copy-paste)
     input_drop: float = 0.0             # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2 seg on home:3)
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     repeat_factor: float = 0.0          # sampling: images of classes in under this share of images come up more
@@ -138,7 +138,7 @@ class TransferConfig:
     pseudo_fusion: float = 0.0          # self-training: voxel (m) fusing labels across frames by depth + pose (0: off)
     building_norm_stats: bool = False   # after training, batch norms' statistics re-estimated on the building's frames (needs the store)
     flip_average: bool = True           # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
-    encoder_interpolation: float = 1.0  # served encoder = pre-trained + this x (fine-tuned - pre-trained) (WiSE-FT; 1: as fine-tuned)
+    encoder_interpolation: float = 1.0  # WiSE-FT: served encoder = pre-trained + this x (fine-tuned - pre-trained); 1: off
     ema: float = 0.0                    # decay of an exponential moving average of the weights, served instead of the last ones (0: off; 0.99 lost 2.7 seg on home:3)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)

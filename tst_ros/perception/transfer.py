@@ -308,7 +308,8 @@ def _check_settings(cfg, building_store: str | None) -> list[str]:
     if cfg.building_norm_stats and not building_store:
         raise ValueError("transfer.building_norm_stats needs the building's store (--building-data)")
     if not 0 <= cfg.encoder_interpolation <= 1:
-        raise ValueError(f"transfer.encoder_interpolation is a share in [0, 1] (1: off), got {cfg.encoder_interpolation}")
+        raise ValueError(f"transfer.encoder_interpolation is a share in [0, 1] (1: off), "
+                         f"got {cfg.encoder_interpolation}")
     if not 0 <= cfg.ema < 1:
         raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
     if cfg.heads_first and (cfg.finetune not in ("full", "partial") or not 0 < cfg.heads_first < 1):
