@@ -44,13 +44,10 @@ seeds and rows each (`--seeds`, `--rows`) merge into one table (`--merge`, `tst_
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from tst_ros.bench.data import (EVAL_GAP, SOURCE_BUILDINGS, TEST_BUILDING, add_source_buildings,  # noqa: F401
                                  bench_data, build_data)
@@ -274,7 +271,8 @@ def evaluate_serving_variants(model_dir: Path, paths: dict, encoder_source: str)
             continue
         model, meta = load_model(model_dir)
         if share < 1:
-            anchor = anchor or encoder_anchor(resolve_encoder(encoder_source, image_size=meta["image_size"])[0])
+            if anchor is None:                  # the pre-trained weights, read once
+                anchor = encoder_anchor(resolve_encoder(encoder_source, image_size=meta["image_size"])[0])
             interpolate_encoder(model, anchor, share)
         if building_stats:
             frames = frames if frames is not None else building_inputs(str(paths["store"]), meta)   # read once

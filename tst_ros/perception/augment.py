@@ -111,18 +111,24 @@ def paste_objects(target: tuple, source: tuple, thing_class_ids: list[int], rng:
     src_inputs, src_semantic, src_boxes, src_labels = source
     chosen = rng.random(len(src_boxes)) < keep
     mask = np.zeros(semantic.shape, bool)
-    for (x0, y0, x1, y1), channel in zip(src_boxes[chosen], src_labels[chosen]):
-        rows, cols = slice(int(y0), int(np.ceil(y1))), slice(int(x0), int(np.ceil(x1)))
-        mask[rows, cols] |= src_semantic[rows, cols] == thing_class_ids[int(channel)]
+    for box, channel in zip(src_boxes[chosen], src_labels[chosen]):
+        region = _box_region(box)
+        mask[region] |= src_semantic[region] == thing_class_ids[int(channel)]
     if not mask.any():
         return target
-    covered = np.array([mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].mean() if x1 > x0 and y1 > y0
-                        else 1.0 for x0, y0, x1, y1 in boxes], np.float32).reshape(-1)
+    under = [mask[_box_region(b)] for b in boxes]
+    covered = np.array([u.mean() if u.size else 1.0 for u in under])     # a box without pixels counts as hidden
     visible = covered <= 1.0 - MIN_VISIBLE
     pasted = {n: np.where(mask, src_inputs[n], x).astype(x.dtype) for n, x in inputs.items()}
     return (pasted, np.where(mask, src_semantic, semantic).astype(semantic.dtype),
             np.concatenate([boxes[visible], src_boxes[chosen]]).astype(np.float32),
             np.concatenate([labels[visible], src_labels[chosen]]).astype(labels.dtype))
+
+
+def _box_region(box: np.ndarray) -> tuple[slice, slice]:
+    """The (rows, columns) of the pixels an xyxy box touches."""
+    x0, y0, x1, y1 = box
+    return slice(int(y0), int(np.ceil(y1))), slice(int(x0), int(np.ceil(x1)))
 
 
 def jitter_batch(images: np.ndarray, mean: np.ndarray, std: np.ndarray, colour: float,

@@ -10,6 +10,7 @@ import numpy as np
 from tst_ros.perception.labeled_data import depth_metres, extra_images, load_labeled
 from tst_ros.perception.runtime import Predictor
 
+
 def evaluate(model_path: str, labeled_dir: str, score_threshold: float = 0.05, nms_iou: float = 0.5,
              predictor: Predictor | None = None, limit: int = 0, show_bar: bool = False) -> dict:
     """mIoU + per-class IoU and COCO mAP of a model (MODEL_DIR or .onnx) on a labeled set."""
