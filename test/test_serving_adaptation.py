@@ -64,6 +64,29 @@ def test_flip_averaging_before_upsampling_equals_averaging_the_upsampled_logits(
     torch.testing.assert_close(served, upsampled, atol=1e-5, rtol=1e-5)
 
 
+def test_zoom_averaged_segmentation_is_each_pixels_mean_over_the_views_that_see_it(sets):
+    model, _ = load_model(sets / "model")
+    x = [torch.randn(1, 3, 64, 64), torch.rand(1, 1, 64, 64)]
+    with torch.no_grad():
+        served = ServingModel(model, zoom_average=2.0).eval()(*x)
+        plain = ServingModel(model).eval()(*x)
+        views = {}
+        for y, x0 in ((0, 0), (0, 32), (32, 0), (32, 32)):   # the four corner windows, half of each side
+            rgb = torch.nn.functional.interpolate(x[0][..., y:y + 32, x0:x0 + 32], size=(64, 64), mode="bilinear")
+            depth = torch.nn.functional.interpolate(x[1][..., y:y + 32, x0:x0 + 32], size=(64, 64), mode="nearest")
+            views[y, x0] = torch.nn.functional.interpolate(model(rgb, depth, upsample=False)[0], size=(32, 32),
+                                                           mode="bilinear")
+    # with zoom 2 the windows tile the frame: every pixel is the mean of the whole view and its window's
+    for (y, x0), view in views.items():
+        expected = (plain[0][..., y:y + 32, x0:x0 + 32] + view) / 2
+        torch.testing.assert_close(served[0][..., y:y + 32, x0:x0 + 32], expected, atol=1e-5, rtol=1e-5)
+    for i in (1, 2):                                          # detection keeps the whole view
+        torch.testing.assert_close(served[i], plain[i])
+    assert torch.equal(served[3], served[0].argmax(1).to(torch.uint8))
+    with pytest.raises(ValueError, match="zoom_average"):
+        ServingModel(model, zoom_average=0.5)
+
+
 def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -88,6 +111,34 @@ def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
     assert plain_pred.meta["flip_average"] is False
     assert json.loads((model_dir / "model.json").read_text())["flip_average"] is True      # the model is untouched
     np.testing.assert_allclose(plain_pred.infer(inputs)["seg_logits"], single[0].numpy(), atol=1e-4)
+
+
+def test_a_zoom_averaged_model_exports_with_parity_and_transfer_records_or_refuses_the_setting(sets, tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for f in (sets / "model").iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**meta, "flip_average": True, "zoom_average": 1.5}))
+    manifest = export_model(model_dir, tmp_path / "model.onnx", frames=real_frames(1))
+    assert all(d <= 1e-4 for d in manifest["parity"]["max_abs_diff"].values())
+    onnx_pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
+    assert onnx_pred.meta["zoom_average"] == 1.5
+    torch_model, torch_meta = load_model(model_dir)
+    inputs = onnx_pred.preprocess(*real_frames(1)[0][:2])
+    with torch.no_grad():
+        expected = serving_model(torch_model, torch_meta)(*[torch.from_numpy(inputs[n]) for n in ("rgb", "depth")])
+        unzoomed = ServingModel(torch_model, flip_average=True).eval()(*[torch.from_numpy(inputs[n])
+                                                                         for n in ("rgb", "depth")])
+    np.testing.assert_allclose(onnx_pred.infer(inputs)["seg_logits"], expected[0].numpy(), atol=1e-4)
+    assert not np.allclose(expected[0].numpy(), unzoomed[0].numpy(), atol=1e-3)     # the graph holds the zoom
+    labeled = str(sets / "labeled")
+    transfer(GENERALIST, labeled, str(tmp_path / "t"), TransferConfig(steps=2, batch=4, zoom_average=1.5),
+             image_size=64, show_bar=False)
+    assert load_model(tmp_path / "t")[1]["zoom_average"] == 1.5
+    with pytest.raises(ValueError, match="zoom_average"):
+        transfer(GENERALIST, labeled, str(tmp_path / "bad"), TransferConfig(steps=2, zoom_average=0.8),
+                 image_size=64, show_bar=False)
 
 
 def test_batch_norm_statistics_become_the_frames_and_nothing_else_changes():
@@ -155,16 +206,17 @@ def test_serving_variants_are_the_model_served_each_way_and_leave_it_unchanged_o
     before = _file_contents(model_dir)
     variants = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out}, source)
     assert list(variants) == list(SERVING_VARIANTS) and _file_contents(model_dir) == before
-    for label, (building_stats, flip, share) in SERVING_VARIANTS.items():
+    for label, (building_stats, flip, share, zoom) in SERVING_VARIANTS.items():
         model, meta = load_model(model_dir)
         interpolate_encoder(model, encoder_anchor(pretrained), share)
         if building_stats:
             reestimate_batch_norms(model, building_inputs(str(sets / "store"), meta))
-        predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip}, str(model_dir))
+        predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip, "zoom_average": zoom},
+                                               str(model_dir))
         assert variants[label] == row_metrics(evaluate(str(model_dir), held_out, predictor=predictor)), label
     # on this model averaging with the mirror image changes the scores, so the rows are distinct servings
     assert variants["no flip"]["seg_miou"] != variants["flip"]["seg_miou"]
-    assert variants["encoder 0.5"] != variants["flip"]
+    assert variants["encoder 0.5"] != variants["flip"] and variants["flip + zoom 2"] != variants["flip"]
     # a random encoder has no pre-trained weights to move back to: those variants are left out
     scratch = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out}, "scratch")
-    assert list(scratch) == [k for k, (_, _, share) in SERVING_VARIANTS.items() if share == 1]
+    assert list(scratch) == [k for k, (_, _, share, _) in SERVING_VARIANTS.items() if share == 1]

@@ -138,6 +138,7 @@ class TransferConfig:
     pseudo_fusion: float = 0.0          # self-training: voxel (m) fusing labels across frames by depth + pose (0: off)
     building_norm_stats: bool = False   # after training, batch norms' statistics re-estimated on the building's frames (needs the store)
     flip_average: bool = True           # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
+    zoom_average: float = 1.0           # >1: segmentation also averaged over 4 corner views 1/this wide (3x cost)
     encoder_interpolation: float = 1.0  # WiSE-FT: serve pre-trained + this x (fine-tuned - pre-trained); 1: off
     ema: float = 0.0                    # decay of an exponential moving average of the weights, served instead of the last ones (0: off; 0.99 lost 2.7 seg on home:3)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained

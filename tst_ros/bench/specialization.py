@@ -99,6 +99,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (short heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (no copy-paste)", "tst-mm-imagenet", None, "other", None),
+        ("tst-mm-imagenet (copy-paste 1.0)", "tst-mm-imagenet", None, "other", None),
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
@@ -123,14 +124,16 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (short heads first)": {"heads_first": 0.1},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (no copy-paste)": {"paste": 0.0},
-                "generalist-finetuned (no copy-paste)": {"paste": 0.0}}
+                "generalist-finetuned (no copy-paste)": {"paste": 0.0},
+                "tst-mm-imagenet (copy-paste 1.0)": {"paste": 1.0}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
-# fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`)), each set explicitly whatever the
-# transfer default (the plain row is served as transferred)
-SERVING_VARIANTS = {"no flip": (False, False, 1.0), "flip": (False, True, 1.0),
-                    "building BN, no flip": (True, False, 1.0), "building BN + flip": (True, True, 1.0),
-                    "encoder 0.5": (False, True, 0.5), "encoder 0.7": (False, True, 0.7),
-                    "encoder 0.85": (False, True, 0.85)}
+# fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`), zoom averaging of segmentation
+# (`ServingModel`)), each set explicitly whatever the transfer default (the plain row is served as transferred)
+SERVING_VARIANTS = {"no flip": (False, False, 1.0, 1.0), "flip": (False, True, 1.0, 1.0),
+                    "building BN, no flip": (True, False, 1.0, 1.0), "building BN + flip": (True, True, 1.0, 1.0),
+                    "encoder 0.5": (False, True, 0.5, 1.0), "encoder 0.7": (False, True, 0.7, 1.0),
+                    "encoder 0.85": (False, True, 0.85, 1.0), "flip + zoom 1.5": (False, True, 1.0, 1.5),
+                    "flip + zoom 2": (False, True, 1.0, 2.0)}
 
 
 def check_image_size(size: int) -> int:
@@ -257,8 +260,8 @@ def _needed(pretrainings: dict, keys: set[str]) -> list[str]:
 
 def evaluate_serving_variants(model_dir: Path, paths: dict, encoder_source: str) -> dict[str, dict]:
     """A trained model evaluated without and with flip averaging, each with its own batch-norm
-    statistics and with them re-estimated on the building's store, and with its encoder interpolated
-    toward `encoder_source`'s pre-trained weights (`SERVING_VARIANTS`; not for a random encoder)."""
+    statistics and re-estimated on the building's store, its encoder interpolated toward `encoder_source`'s
+    pre-trained weights (not for a random encoder), and zoom-averaged (`SERVING_VARIANTS`)."""
     from tst_ros.perception.heads import load_model
     from tst_ros.perception.interpolation import encoder_anchor, interpolate_encoder
     from tst_ros.perception.norm_stats import building_inputs, reestimate_batch_norms
@@ -266,7 +269,7 @@ def evaluate_serving_variants(model_dir: Path, paths: dict, encoder_source: str)
     from tst_ros.perception.transfer import evaluate, resolve_encoder
 
     out, frames, anchor = {}, None, None
-    for label, (building_stats, flip, share) in SERVING_VARIANTS.items():
+    for label, (building_stats, flip, share, zoom) in SERVING_VARIANTS.items():
         if share < 1 and encoder_source == "scratch":
             continue
         model, meta = load_model(model_dir)
@@ -277,7 +280,8 @@ def evaluate_serving_variants(model_dir: Path, paths: dict, encoder_source: str)
         if building_stats:
             frames = frames if frames is not None else building_inputs(str(paths["store"]), meta)   # read once
             reestimate_batch_norms(model, frames)
-        predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip}, str(model_dir))
+        predictor = Predictor.from_torch_model(model, {**meta, "flip_average": flip, "zoom_average": zoom},
+                                               str(model_dir))
         out[label] = row_metrics(evaluate(str(model_dir), str(paths["held_out"]), predictor=predictor))
     return out
 

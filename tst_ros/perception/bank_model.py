@@ -31,7 +31,7 @@ log = logging.getLogger("tst_ros.bank")
 # model.json fields that only describe (serving reads them per entry) or record history; any
 # other field may shape the model built from it, so entries differing there are rebuilt
 DESCRIPTIVE_FIELDS = ("format", "classes", "thing_class_ids", "tasks", "preprocessing", "transfer", "history",
-                      "flip_average")
+                      "flip_average", "zoom_average")
 DESCRIPTIVE_ENCODER_FIELDS = ("method", "source", "pretrain_steps", "base_sha256", "adapters")   # stage 2: files, not shapes
 
 

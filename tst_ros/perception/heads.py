@@ -162,17 +162,25 @@ class ServingModel(nn.Module):
     det_peaks is sigmoid(det_heatmap) at cells that are maxima of their 3x3 neighbourhood
     (ties keep all; CenterNet's max-pool NMS) and 0 elsewhere. With `flip_average` every frame
     also runs mirrored (one batch of two) and the outputs are averaged: segmentation logits,
-    detection probabilities, and log box distances with left and right swapped back."""
+    detection probabilities, and log box distances with left and right swapped back. With
+    `zoom_average` > 1 the four corner windows 1/zoom of each side also run, resized to the input
+    size, and each pixel's segmentation logits are averaged over the views that see it
+    (small objects seen larger; detection keeps the whole view)."""
 
-    def __init__(self, model: PerceptionModel, flip_average: bool = False):
+    def __init__(self, model: PerceptionModel, flip_average: bool = False, zoom_average: float = 1.0):
         super().__init__()
         if model.seg_head.classify.out_channels > 256:
             raise ValueError("seg_labels is uint8: at most 256 classes")
+        if not zoom_average >= 1:
+            raise ValueError(f"zoom_average must be >= 1 (1 = off), got {zoom_average}")
         self.model = model
         self.flip_average = bool(flip_average)
+        self.zoom_average = float(zoom_average)
 
     def forward(self, *inputs: torch.Tensor):
         seg, heat, box = self._flip_averaged(*inputs) if self.flip_average else self.model(*inputs)
+        if self.zoom_average > 1:
+            seg = self._zoom_averaged(seg, inputs)
         labels = seg.argmax(dim=1).to(torch.uint8)
         is_peak = heat >= F.max_pool2d(heat, 3, stride=1, padding=1)
         peaks = torch.where(is_peak, torch.sigmoid(heat), torch.zeros((), dtype=heat.dtype))
@@ -190,9 +198,34 @@ class ServingModel(nn.Module):
         return seg, heat, box
 
 
+    def _zoom_averaged(self, seg: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        from tst_ros import modalities as registry
+
+        size = self.model.image_size
+        side = max(1, round(size / self.zoom_average))
+        corners = [(y, x) for y in (0, size - side) for x in (0, size - side)]
+        # colour resampled bilinearly, other images (depth: 0 = invalid) by nearest, as zoom_crop does
+        modes = ["bilinear" if n == registry.PRIMARY_IMAGE else "nearest" for n in self.model.input_modalities]
+        crops = [torch.cat([_resized(x[..., y:y + side, x0:x0 + side], size, mode) for y, x0 in corners])
+                 for x, mode in zip(inputs, modes)]
+        views = upsample_logits(self.model(*crops, upsample=False)[0], (side, side))
+        n = seg.shape[0]
+        total, count = seg, torch.ones_like(seg[:, :1])
+        for i, (y, x0) in enumerate(corners):
+            pad = (x0, size - side - x0, y, size - side - y)            # the view placed where it stands
+            total = total + F.pad(views[i * n:(i + 1) * n], pad)
+            count = count + F.pad(torch.ones_like(views[i * n:(i + 1) * n, :1]), pad)
+        return total / count
+
+
+def _resized(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    return F.interpolate(image, size=(size, size), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+
+
 def serving_model(model: PerceptionModel, meta: dict) -> ServingModel:
-    """The served form of a transferred model, as its metadata asks (`flip_average`)."""
-    return ServingModel(model, flip_average=bool(meta.get("flip_average", False))).eval()
+    """The served form of a transferred model, as its metadata asks (`flip_average`, `zoom_average`)."""
+    return ServingModel(model, flip_average=bool(meta.get("flip_average", False)),
+                        zoom_average=float(meta.get("zoom_average", 1.0))).eval()
 
 
 # ----------------------------------------------------------------------------- targets and losses

@@ -23,7 +23,7 @@ from tst_ros.perception.threads import thread_layout
 
 IGNORE_LABEL = 255
 META_KEYS = ("classes", "thing_class_ids", "input_modalities", "preprocessing", "tasks", "det_stride",
-             "image_size", "encoder", "outputs", "flip_average")
+             "image_size", "encoder", "outputs", "flip_average", "zoom_average")
 OUTPUT_NAMES = ("seg_logits", "det_heatmap", "det_box", "seg_labels", "det_peaks")
 TASK_OUTPUTS = {"segmentation": ("seg_labels",), "detection": ("det_peaks", "det_box")}
 BOX_LOG_CLAMP = 6.0

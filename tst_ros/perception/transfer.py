@@ -272,10 +272,11 @@ def _record_step(history: list, bar, progress_stream, step: int, total: int, row
 
 def _specialise_serving(model, meta: dict, cfg, building_store: str | None, anchor: dict | None) -> None:
     """What transfer settles after training: the encoder's interpolation toward `anchor`, its pre-trained
-    weights (`tst_ros.perception.interpolation`), the building's batch-norm statistics and flip averaging."""
+    weights (`tst_ros.perception.interpolation`), the building's batch-norm statistics, flip and zoom averaging."""
     if anchor is not None:
         interpolate_encoder(model, anchor, cfg.encoder_interpolation)
     meta["flip_average"] = bool(cfg.flip_average)
+    meta["zoom_average"] = float(cfg.zoom_average)
     if cfg.building_norm_stats:
         from tst_ros.perception.norm_stats import adapt_to_building
 
@@ -310,6 +311,8 @@ def _check_settings(cfg, building_store: str | None) -> list[str]:
     if not 0 <= cfg.encoder_interpolation <= 1:
         raise ValueError(f"transfer.encoder_interpolation is a share in [0, 1] (1: off), "
                          f"got {cfg.encoder_interpolation}")
+    if not cfg.zoom_average >= 1:
+        raise ValueError(f"transfer.zoom_average is a magnification >= 1 (1: off), got {cfg.zoom_average}")
     if not 0 <= cfg.ema < 1:
         raise ValueError(f"transfer.ema is a decay in [0, 1) (0: off), got {cfg.ema}")
     if cfg.heads_first and (cfg.finetune not in ("full", "partial") or not 0 < cfg.heads_first < 1):
