@@ -88,12 +88,7 @@ def test_zoom_averaged_segmentation_is_each_pixels_mean_over_the_views_that_see_
 
 
 def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    for f in (sets / "model").iterdir():
-        (model_dir / f.name).write_bytes(f.read_bytes())
-    meta = json.loads((model_dir / "model.json").read_text())
-    (model_dir / "model.json").write_text(json.dumps({**meta, "flip_average": True}))
+    model_dir = _model_copy(sets / "model", tmp_path / "model", flip_average=True)
     manifest = export_model(model_dir, tmp_path / "model.onnx", frames=real_frames(1))
     assert all(d <= 1e-4 for d in manifest["parity"]["max_abs_diff"].values())
     onnx_pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
@@ -114,12 +109,7 @@ def test_a_flip_averaged_model_exports_with_parity_and_says_so(sets, tmp_path):
 
 
 def test_a_zoom_averaged_model_exports_with_parity_and_transfer_records_or_refuses_the_setting(sets, tmp_path):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    for f in (sets / "model").iterdir():
-        (model_dir / f.name).write_bytes(f.read_bytes())
-    meta = json.loads((model_dir / "model.json").read_text())
-    (model_dir / "model.json").write_text(json.dumps({**meta, "flip_average": True, "zoom_average": 1.5}))
+    model_dir = _model_copy(sets / "model", tmp_path / "model", flip_average=True, zoom_average=1.5)
     manifest = export_model(model_dir, tmp_path / "model.onnx", frames=real_frames(1))
     assert all(d <= 1e-4 for d in manifest["parity"]["max_abs_diff"].values())
     onnx_pred = Predictor.load(manifest["path"], ["CPUExecutionProvider"])
@@ -220,3 +210,13 @@ def test_serving_variants_are_the_model_served_each_way_and_leave_it_unchanged_o
     # a random encoder has no pre-trained weights to move back to: those variants are left out
     scratch = evaluate_serving_variants(model_dir, {"store": sets / "store", "held_out": held_out}, "scratch")
     assert list(scratch) == [k for k, (_, _, share, _) in SERVING_VARIANTS.items() if share == 1]
+
+
+def _model_copy(source, directory, **meta_changes):
+    """A copy of the model in `source` whose model.json has `meta_changes`."""
+    directory.mkdir()
+    for f in source.iterdir():
+        (directory / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((directory / "model.json").read_text())
+    (directory / "model.json").write_text(json.dumps({**meta, **meta_changes}))
+    return directory
