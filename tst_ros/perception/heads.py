@@ -197,7 +197,6 @@ class ServingModel(nn.Module):
         box = (box[:n] + box[n:].flip(-1)[:, [2, 1, 0, 3]]) / 2      # mirrored: left <-> right
         return seg, heat, box
 
-
     def _zoom_averaged(self, seg: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         from tst_ros import modalities as registry
 
