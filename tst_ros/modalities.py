@@ -195,9 +195,14 @@ def one_channel_cameras() -> list[Modality]:
     return [m for m in sensor_images() if m.channels == 1]
 
 
+def resampled_nearest(name: str) -> bool:
+    """Whether image `name` is resized by nearest neighbour: one-channel images (depth, thermal),
+    whose values must not blend across object edges (depth: 0 = invalid); colour is bilinear."""
+    return get(name).channels == 1
+
+
 def fit_camera_image(name: str, image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Camera image `name` at the network's (h, w) by the one resize of every stage
-    (`geometry.fit_image`): bilinear for the colour image, nearest for one-channel images
-    (depth, thermal), whose values must not blend across object edges."""
+    (`geometry.fit_image`), bilinear or nearest as `resampled_nearest` says."""
     from tst_ros.geometry import fit_image
-    return fit_image(image, size, nearest=get(name).channels == 1)
+    return fit_image(image, size, nearest=resampled_nearest(name))

@@ -54,7 +54,7 @@ def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.nda
               scale: float, corner: tuple[float, float]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """One sample's inputs {name: (C, H, W)}, label map (H, W) and boxes (K, 4) xyxy cropped to
     a window 1/scale of each side at the relative `corner` (each in [0, 1]) and resized back.
-    Colour is resampled bilinearly; other images (depth: 0 = invalid) and labels by nearest."""
+    Inputs are resampled as the registry says (`resampled_nearest`), labels by nearest."""
     h, w = semantic.shape
     ch, cw = max(1, round(h / scale)), max(1, round(w / scale))
     y0, x0 = round(corner[0] * (h - ch)), round(corner[1] * (w - cw))
@@ -66,7 +66,7 @@ def zoom_crop(inputs: dict[str, np.ndarray], semantic: np.ndarray, boxes: np.nda
             return cv2.resize(part, (w, h), interpolation=interp)
         return np.stack([cv2.resize(c, (w, h), interpolation=interp) for c in part])
 
-    out = {n: crop(x, nearest=n != registry.PRIMARY_IMAGE) for n, x in inputs.items()}
+    out = {n: crop(x, nearest=registry.resampled_nearest(n)) for n, x in inputs.items()}
     sem = crop(semantic.astype(np.int32), nearest=True).astype(semantic.dtype)
     gain = np.array([w / cw, h / ch] * 2, np.float32)
     moved = (boxes - np.array([x0, y0, x0, y0], np.float32)) * gain

@@ -203,10 +203,9 @@ class ServingModel(nn.Module):
         size = self.model.image_size
         side = max(1, round(size / self.zoom_average))
         corners = [(y, x) for y in (0, size - side) for x in (0, size - side)]
-        # colour resampled bilinearly, other images (depth: 0 = invalid) by nearest, as zoom_crop does
-        modes = ["bilinear" if n == registry.PRIMARY_IMAGE else "nearest" for n in self.model.input_modalities]
-        crops = [torch.cat([_resized(x[..., y:y + side, x0:x0 + side], size, mode) for y, x0 in corners])
-                 for x, mode in zip(inputs, modes)]
+        nearest = [registry.resampled_nearest(n) for n in self.model.input_modalities]
+        crops = [torch.cat([_resized(x[..., y:y + side, x0:x0 + side], size, near) for y, x0 in corners])
+                 for x, near in zip(inputs, nearest)]
         views = upsample_logits(self.model(*crops, upsample=False)[0], (side, side))
         n = seg.shape[0]
         total, count = seg, torch.ones_like(seg[:, :1])
@@ -217,8 +216,10 @@ class ServingModel(nn.Module):
         return total / count
 
 
-def _resized(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    return F.interpolate(image, size=(size, size), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+def _resized(image: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
+    if nearest:
+        return F.interpolate(image, size=(size, size), mode="nearest")
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def serving_model(model: PerceptionModel, meta: dict) -> ServingModel:
