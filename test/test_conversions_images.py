@@ -97,6 +97,20 @@ def test_depth_to_metres_marks_invalid_as_nan():
     assert np.isnan(m[0, 0]) and np.isnan(m[1, 0]) and m[0, 1] == 1.5 and m[1, 1] == 7.25
 
 
+def test_stored_camera_images_convert_to_exact_physical_units_with_the_chosen_invalid_value():
+    from tst_ros import modalities as registry
+
+    mm = np.array([[0, 1500], [2000, 65535]], np.uint16)
+    metres = registry.physical("depth", mm)
+    assert metres.dtype == np.float32 and np.isnan(metres[0, 0])
+    assert metres[0, 1] == np.float32(1.5) and metres[1, 0] == 2.0 and metres[1, 1] == np.float32(65.535)
+    zeroed = registry.physical("depth", mm, invalid=0.0)
+    assert zeroed[0, 0] == 0.0 and np.array_equal(zeroed[mm > 0], metres[mm > 0])
+    kelvin = registry.physical("thermal", np.array([0, 29537], np.uint16))
+    assert np.isnan(kelvin[0]) and kelvin[1] == np.float32(295.37)
+    assert np.array_equal(depth_to_metres(array_to_image(mm, "16UC1")), metres, equal_nan=True)
+
+
 def test_png_round_trip_is_lossless_and_jpeg_is_close():
     yy, xx = np.mgrid[0:48, 0:64]
     rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=2).astype(np.uint8)

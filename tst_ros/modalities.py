@@ -195,6 +195,18 @@ def one_channel_cameras() -> list[Modality]:
     return [m for m in sensor_images() if m.channels == 1]
 
 
+def physical(name: str, stored: np.ndarray, invalid: float = float("nan")) -> np.ndarray:
+    """Camera image `name` as stored (integers: depth mm, thermal centi-kelvin) -> a new float32
+    array in physical units (m, K), the modality's invalid value replaced by `invalid` (NaN, or 0
+    where the consumer reads 0 as "no measurement")."""
+    modality, stored = get(name), np.asarray(stored)
+    out = stored.astype(np.float32)
+    out /= np.float32(1 / modality.scale)        # a division by the unit count: 1500 mm -> exactly 1.5 m
+    if modality.invalid_value is not None:
+        out[stored == modality.invalid_value] = invalid
+    return out
+
+
 def resampled_nearest(name: str) -> bool:
     """Whether image `name` is resized by nearest neighbour: one-channel images (depth, thermal),
     whose values must not blend across object edges (depth: 0 = invalid); colour is bilinear."""

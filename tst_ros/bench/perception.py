@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tst_ros import modalities as registry
+
 TARGET_P50_RATIO = 1.25
 TARGET_P99_RATIO = 2.0
 TARGET_RSS_GROWTH = 0.05
@@ -68,7 +70,7 @@ def bare_inference_ms(onnx_path: Path, frame: tuple[np.ndarray, np.ndarray], run
     outputs = TASK_OUTPUTS[task]
     pred = Predictor.from_onnx(onnx_path, ["CPUExecutionProvider"], outputs=outputs)    # as the node loads it
     rgb, depth_mm = frame
-    inputs = pred.preprocess(rgb, depth_mm.astype(np.float32) / 1000.0)
+    inputs = pred.preprocess(rgb, registry.physical(registry.DEPTH_IMAGE, depth_mm, invalid=0.0))
     period = 1.0 / rate_hz if rate_hz else 0.0
     times: list[float] = []
 
@@ -99,7 +101,8 @@ def realistic_score_threshold(onnx_path: Path, frames: list, per_frame: int = DE
     pred = Predictor.from_onnx(onnx_path, ["CPUExecutionProvider"])
     kth = []
     for rgb, depth_mm in frames:
-        peaks = pred.infer(pred.preprocess(rgb, depth_mm.astype(np.float32) / 1000.0), ("det_peaks",))["det_peaks"]
+        depth_m = registry.physical(registry.DEPTH_IMAGE, depth_mm, invalid=0.0)
+        peaks = pred.infer(pred.preprocess(rgb, depth_m), ("det_peaks",))["det_peaks"]
         kth.append(np.sort(peaks.ravel())[-per_frame])
     return float(np.median(kth))
 
@@ -124,7 +127,7 @@ def _benchmark_model(tmp: Path, frames: list, out: dict) -> Path:
     preset, flip = PretrainConfig().preset, TransferConfig().flip_average
     model_dir = untrained_model_dir(tmp / "model", image_size=128, inputs=("rgb", "depth"), preset=preset, seed=0,
                                     flip_average=flip)
-    sample = [(rgb, d / 1000.0) for rgb, d in frames[:1]]
+    sample = [(rgb, registry.physical(registry.DEPTH_IMAGE, d, invalid=0.0)) for rgb, d in frames[:1]]
     onnx_path = Path(export_model(model_dir, tmp / "model.onnx", frames=sample)["path"])
     out["model"] = (f"{preset} preset, 128 px, inputs rgb+depth, {'flip-averaged' if flip else 'single pass'}, "
                     "ONNX Runtime CPU")

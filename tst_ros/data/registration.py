@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tst_ros import modalities as registry
 from tst_ros.geometry import Intrinsics, backproject, project, transform
 from tst_ros.poses import extrinsic_to_matrix
 
@@ -74,7 +75,7 @@ class DepthAlignment:
         if self.depth_info is None or (color_intr is not None and same_camera(self.depth_info, color_intr)):
             return depth_m
         if np.asarray(depth_m).dtype == np.uint16:          # millimetres, 0 invalid
-            depth_m = np.where(depth_m > 0, depth_m.astype(np.float32) / 1000.0, np.nan).astype(np.float32)
+            depth_m = registry.physical(registry.DEPTH_IMAGE, depth_m)
         if color_intr is None:
             raise DepthNotRegistered("the depth camera's CameraInfo differs from colour's, and no colour "
                                      "CameraInfo has arrived to register depth into")

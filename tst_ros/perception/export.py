@@ -80,9 +80,8 @@ def real_frames(count: int, labeled_dir: str | None = None) -> list[tuple[np.nda
         return [(it["rgb"], depth_metres(it), extra_images(it, list(it.get("images", {})))) for it in items[:count]]
     from tst_ros.config import SimConfig
     from tst_ros.sim import Simulator
-    kelvin = registry.get("thermal").scale
-    return [(f.rgb, f.depth_mm.astype(np.float32) / 1000.0,
-             {} if f.thermal_ck is None else {"thermal": f.thermal_ck.astype(np.float32) * kelvin})
+    return [(f.rgb, registry.physical(registry.DEPTH_IMAGE, f.depth_mm, invalid=0.0),
+             {} if f.thermal_ck is None else {"thermal": registry.physical("thermal", f.thermal_ck, invalid=0.0)})
             for f in Simulator(SimConfig()).frames(count)]
 
 

@@ -36,7 +36,7 @@ def load_labeled(labeled_dir: str | Path) -> tuple[list[dict], list[str], dict[i
 
 def depth_metres(item: dict) -> np.ndarray | None:
     d = item.get("depth_mm")
-    return None if d is None else d.astype(np.float32) / 1000.0
+    return None if d is None else registry.physical(registry.DEPTH_IMAGE, d, invalid=0.0)
 
 
 def extra_images(item: dict, input_modalities: list[str]) -> dict[str, np.ndarray]:
@@ -47,7 +47,7 @@ def extra_images(item: dict, input_modalities: list[str]) -> dict[str, np.ndarra
                and n not in stored]
     if missing:
         raise ValueError(f"the model takes {missing} but the labeled set has no such images")
-    return {n: a.astype(np.float32) * registry.get(n).scale for n, a in stored.items() if n in input_modalities}
+    return {n: registry.physical(n, a, invalid=0.0) for n, a in stored.items() if n in input_modalities}
 
 
 def mirrored_boxes(boxes: np.ndarray, width: int) -> np.ndarray:

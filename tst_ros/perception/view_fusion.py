@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from tst_ros import modalities as registry
 from tst_ros.geometry import Intrinsics, backproject, transform, voxel_groups
 
 
 def world_points(depth_mm: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
     """(H, W) depth in mm (0 invalid) -> (H*W, 3) points in the odometry frame, NaN where invalid."""
-    camera = backproject(depth_mm.astype(np.float32) / 1000.0, intrinsics).reshape(-1, 3)
+    camera = backproject(registry.physical(registry.DEPTH_IMAGE, depth_mm), intrinsics).reshape(-1, 3)
     return transform(np.asarray(pose, dtype=np.float64), camera)
 
 

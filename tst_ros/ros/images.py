@@ -99,11 +99,7 @@ def camera_image_to_physical(msg: Image, modality) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{modality.name} image must have one channel, got encoding {msg.encoding!r}")
     if arr.dtype.kind in "ui":
-        out = arr.astype(np.float32)
-        out *= np.float32(modality.scale)
-        if modality.invalid_value is not None:
-            out[arr == modality.invalid_value] = np.nan
-        return out
+        return registry.physical(modality.name, arr)
     out = np.array(arr, dtype=np.float32, copy=True)
     out[~(out > 0) | ~np.isfinite(out)] = np.nan
     return out

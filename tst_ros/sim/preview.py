@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from tst_ros import modalities as registry
 from tst_ros.sim.classes import CLASSES, UNLABELED
 
 
@@ -43,7 +44,7 @@ def contact_sheet(sim, out: str | os.PathLike, frames: int = 4, start: int = 0, 
         ax = axes[row]
         ax[0].imshow(f.rgb)
         ax[0].set_title(f"frame {idx}  t={sim.time_s(f.stamp_ns):.1f}s  RGB")
-        d = np.where(f.depth_mm > 0, f.depth_mm / 1000.0, np.nan)
+        d = registry.physical(registry.DEPTH_IMAGE, f.depth_mm)
         im = ax[1].imshow(d, cmap="turbo", vmin=0, vmax=sim.style.max_range_m)
         ax[1].set_title(f"depth (m), holes {100 * (f.depth_mm == 0).mean():.1f}%")
         fig.colorbar(im, ax=ax[1], fraction=0.035)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tst_ros import geometry
+from tst_ros import modalities as registry
 from tst_ros.tttkd.adapt import UNLABELED, majority_labels, voxel_downsample
 from tst_ros.tttkd.backbones import TTTKDModel, build_backbone
 from tst_ros.tttkd.checkpoint import FeatureReducer
@@ -68,8 +69,7 @@ def scene_clouds(sim_cfg, teacher: Teacher, clouds: int, views: int = 1, spacing
             f = frame if j == 0 else sim.frame(index - j)
             depth = None
             if use_depth:
-                depth = f.depth_mm.astype(np.float32) / 1000.0
-                depth[f.depth_mm == 0] = np.nan
+                depth = registry.physical(registry.DEPTH_IMAGE, f.depth_mm)
             vs.append(View(teacher.features(f.rgb, depth), f.T_odom_base @ sim.T_base_camera, sim.intrinsics, depth))
         out.append(SceneCloud(frame.cloud_xyz.astype(np.float32), frame.cloud_rgb,
                               np.asarray(frame.gt["cloud_labels"]).astype(np.int64),
