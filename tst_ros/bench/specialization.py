@@ -5,9 +5,8 @@ held-out frames of that building, over several seeds.
 Protocol (same data, steps and seeds for every row):
   1. an unlabeled store of the TEST building (`--building`, default seed 0, style home): the first `record_frames`
      frames of its trajectory (`data.from_sim.build_dataset`);
-  2. pre-training with the TST engine (`train.pretrain.pretrain`; `scratch` = random init),
-     with the loop's recipe (the config defaults) on the tiny preset from random init, except
-     the rows that name another (`Pretraining.preset`);
+  2. pre-training with the TST engine (`train.pretrain.pretrain`; `scratch` = random init), with the loop's
+     recipe (the config defaults) on the tiny preset from random init, except rows that name another preset;
   3. transfer of segmentation + detection heads on a labeled set from OTHER buildings
      (seeds >= 1000, SOURCE_STYLES) with the same steps, batch and fine-tuning mode;
   4. evaluation on `eval_images` consecutive held-out frames of the test building, taken from
@@ -22,9 +21,8 @@ buildings only (twice the steps; the analogue of a broad-data generalist, never 
 and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`);
 `tst-mm-imagenet`, TST-MM continued from the generalist (preset `tiny-imagenet`: colour tokens
 come from the frozen ImageNet backbone, whose features also reach the heads), fed RGB-D or RGB
-only, and `tst-mae-imagenet`, TST-MAE continued the same way (its RGB-only twin); and the
-generalist baselines: the
-ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
+only, and `tst-mae-imagenet`, TST-MAE continued the same way (its RGB-only twin); and the generalist
+baselines: the ImageNet EfficientNet-Lite0 (`tst_ros.models.generalist`) under the same heads and budget,
 frozen (`generalist`) and fine-tuned end to end with layer-wise decay (`generalist-finetuned`).
 Rows named `(self-trained)` also learn, over the second half of transfer, from the test
 building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSFER`), and the
@@ -32,7 +30,8 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 (`tst_ros.perception.view_fusion`; `light`: the last 30 % of the steps, a quarter of each batch); the
 `(input dropout)` row trains with depth read as missing on 30 % of the samples; `(heads first)` rows train
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
-`(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`).
+`(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`, 0.5 of the
+samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
 predictions of the first seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -99,7 +98,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (short heads first)", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (no copy-paste)", "tst-mm-imagenet", None, "other", None),
-        ("tst-mm-imagenet (copy-paste 1.0)", "tst-mm-imagenet", None, "other", None),
+        *[(f"tst-mm-imagenet (copy-paste {share})", "tst-mm-imagenet", None, "other", None)
+          for share in ("1.0", "0.25")],
         ("tst-mae-imagenet", "tst-mae-imagenet", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
@@ -125,7 +125,7 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (no copy-paste)": {"paste": 0.0},
                 "generalist-finetuned (no copy-paste)": {"paste": 0.0},
-                "tst-mm-imagenet (copy-paste 1.0)": {"paste": 1.0}}
+                **{f"tst-mm-imagenet (copy-paste {share})": {"paste": float(share)} for share in ("1.0", "0.25")}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
 # fine-tuning kept in the encoder's weights (`tst_ros.perception.interpolation`), zoom averaging of segmentation
 # (`ServingModel`)), each set explicitly whatever the transfer default (the plain row is served as transferred)
