@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tst_ros import modalities as registry
+
 DET_STRIDE = 4
 PYRAMID_STRIDES = (4, 8, 16)
 BOX_LOG_CLAMP = 6.0
@@ -130,8 +132,6 @@ class PerceptionModel(nn.Module):
         self.pyramid = SimpleFeaturePyramid(encoder.feature_dim, pyramid_dim, encoder.patch_size)
         self.input_stem = None
         if input_stem:
-            from tst_ros import modalities as registry
-
             channels = sum(registry.get(m).channels for m in self.input_modalities)
             self.input_stem = InputStem(channels, pyramid_dim)
         self.seg_head = SegmentationHead(pyramid_dim, num_classes)
@@ -176,6 +176,8 @@ class ServingModel(nn.Module):
         self.model = model
         self.flip_average = bool(flip_average)
         self.zoom_average = float(zoom_average)
+        # how each input is resampled for the zoom views, as every other stage does (the registry's rule)
+        self._nearest = [registry.resampled_nearest(n) for n in model.input_modalities]
 
     def forward(self, *inputs: torch.Tensor):
         seg, heat, box = self._flip_averaged(*inputs) if self.flip_average else self.model(*inputs)
@@ -198,14 +200,11 @@ class ServingModel(nn.Module):
         return seg, heat, box
 
     def _zoom_averaged(self, seg: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        from tst_ros import modalities as registry
-
         size = self.model.image_size
         side = max(1, round(size / self.zoom_average))
         corners = [(y, x) for y in (0, size - side) for x in (0, size - side)]
-        nearest = [registry.resampled_nearest(n) for n in self.model.input_modalities]
         crops = [torch.cat([_resized(x[..., y:y + side, x0:x0 + side], size, near) for y, x0 in corners])
-                 for x, near in zip(inputs, nearest)]
+                 for x, near in zip(inputs, self._nearest)]
         views = upsample_logits(self.model(*crops, upsample=False)[0], (side, side))
         n = seg.shape[0]
         total, count = seg, torch.ones_like(seg[:, :1])
@@ -219,7 +218,7 @@ class ServingModel(nn.Module):
 def _resized(image: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
     if nearest:
         return F.interpolate(image, size=(size, size), mode="nearest")
-    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+    return upsample_logits(image, (size, size))
 
 
 def serving_model(model: PerceptionModel, meta: dict) -> ServingModel:
@@ -297,7 +296,6 @@ MODEL_META = "model.json"
 
 def preprocessing_meta(input_modalities: list[str], image_size: int) -> dict:
     """How raw sensor arrays become network inputs (from the modality registry), stored with a model."""
-    from tst_ros import modalities as registry
 
     out = {"size": [int(image_size), int(image_size)], "resize": "stretch", "modalities": {}}
     for name in input_modalities:
