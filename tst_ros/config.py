@@ -78,7 +78,8 @@ class RecordConfig:
 
 @dataclass
 class PretrainConfig:
-    preset: str = "tiny-imagenet"       # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone)
+    # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone)
+    preset: str = "tiny-imagenet"
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
     steps: int = 300                    # the compute-scaling curve is flat from 110 to 2200 steps (docs/BENCHMARKS.md)
@@ -118,29 +119,43 @@ class TransferConfig:
     steps: int = 300
     batch: int = 16
     lr: float = 1e-3
-    finetune: str = "full"              # full (layer-wise lr decay) | partial | frozen | tp-mome (stage 2 on modality adapters)
+    # full (layer-wise lr decay) | partial | frozen | tp-mome (stage 2 on modality adapters)
+    finetune: str = "full"
     layer_decay: float = 0.75
     heads_first: float = 0.0            # full/partial: share of the first steps training the heads only (LP-FT)
     input_stem: bool = True             # stride-4 detail features from the input images beside the encoder's
-    detail_strides: list[int] = field(default_factory=list)  # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
-    zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
-    colour_jitter: float = 0.2          # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
-    building_style: float = 0.0         # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
+    # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
+    detail_strides: list[int] = field(default_factory=list)
+    # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
+    zoom: float = 0.0
+    # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
+    colour_jitter: float = 0.2
+    # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
+    building_style: float = 0.0
     building_mm: float = 0.0            # weight of masked modeling on the building's frames in each step (0: off)
     paste: float = 0.5                  # augmentation: share of samples given other images' objects (copy-paste)
-    input_drop: float = 0.0             # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2 seg on home:3)
+    # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2
+    # seg on home:3)
+    input_drop: float = 0.0
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     repeat_factor: float = 0.0          # sampling: images of classes in under this share of images come up more
-    self_training: float = 0.0          # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not with frozen)
+    # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not
+    # with frozen)
+    self_training: float = 0.0
     pseudo_share: float = 0.5           # self-training: share of each batch taken from the building's frames
-    pseudo_keep: float = 0.5            # self-training: share of each predicted class's pixels kept as labels, most confident first
+    # self-training: share of each predicted class's pixels kept as labels, most confident first
+    pseudo_keep: float = 0.5
     pseudo_refresh: int = 50            # self-training: steps between pseudo-label refreshes from the current weights
     pseudo_fusion: float = 0.0          # self-training: voxel (m) fusing labels across frames by depth + pose (0: off)
-    building_norm_stats: bool = False   # after training, batch norms' statistics re-estimated on the building's frames (needs the store)
-    flip_average: bool = True           # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
+    # after training, batch norms' statistics re-estimated on the building's frames (needs the store)
+    building_norm_stats: bool = False
+    # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
+    flip_average: bool = True
     zoom_average: float = 1.0           # >1: segmentation also averaged over 4 corner views 1/this wide (3x cost)
     encoder_interpolation: float = 1.0  # WiSE-FT: serve pre-trained + this x (fine-tuned - pre-trained); 1: off
-    ema: float = 0.0                    # decay of an exponential moving average of the weights, served instead of the last ones (0: off; 0.99 lost 2.7 seg on home:3)
+    # decay of an exponential moving average of the weights, served instead of the last ones (0: off; 0.99 lost 2.7 seg
+    # on home:3)
+    ema: float = 0.0
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
     prompts: int = 8                    # tp-mome: task prompt tokens per block
@@ -184,16 +199,19 @@ class PerceptionConfig:
 class TTTKDConfig:
     backbone: str = "pointnet"          # pointnet | voxel
     width: int = 64                     # backbone channels
-    teacher: str = "auto"               # auto (main job: its own segmentation model, seg; else tstmm with `run`, else hed)
+    # auto (main job: its own segmentation model, seg; else tstmm with `run`, else hed)
+    teacher: str = "auto"
                                         # | hed | imagenet | tstmm[:<run>] | onnx:<path> | seg:<model>
     run: str = ""                       # TST-MM pre-training run (encoder) used as teacher
     feature_dim: int = 64               # teacher features reduced (PCA on source buildings) to this many dims
     hed_input_scale: float = 1.0        # HED teacher input resize factor
     steps: int = 10                     # k adaptation steps per cloud (chosen on source scenes, seg teacher)
-    lr: float = 1e-3                    # test-time Adam lr (chosen on source scenes, seg teacher; feature teachers: 1e-4-5e-4)
+    # test-time Adam lr (chosen on source scenes, seg teacher; feature teachers: 1e-4-5e-4)
+    lr: float = 1e-3
     optimizer: str = "adam"             # test-time optimiser: adam | sgd (momentum 0.9)
     mode: str = "online"                # node: episodic | online (eval and bench score episodic)
-    stride: int = 1                     # online: adapt every s-th cloud (1: 1 Hz x 20k points is this 2-core CPU's limit; HED: 2, steps 3)
+    # online: adapt every s-th cloud (1: 1 Hz x 20k points is this 2-core CPU's limit; HED: 2, steps 3)
+    stride: int = 1
     point_budget: int = 8000            # points used for adaptation / prediction (voxel-downsampled)
     voxel_size: float = 0.05            # initial voxel for downsampling (grows until the budget holds)
     occlusion_tol: float = 0.1          # |D(u,v) - z| tolerance in metres

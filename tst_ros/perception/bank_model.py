@@ -32,7 +32,8 @@ log = logging.getLogger("tst_ros.bank")
 # other field may shape the model built from it, so entries differing there are rebuilt
 DESCRIPTIVE_FIELDS = ("format", "classes", "thing_class_ids", "tasks", "preprocessing", "transfer", "history",
                       "flip_average", "zoom_average")
-DESCRIPTIVE_ENCODER_FIELDS = ("method", "source", "pretrain_steps", "base_sha256", "adapters")   # stage 2: files, not shapes
+# stage 2: files, not shapes
+DESCRIPTIVE_ENCODER_FIELDS = ("method", "source", "pretrain_steps", "base_sha256", "adapters")
 
 
 def structure_of(meta: dict) -> str:

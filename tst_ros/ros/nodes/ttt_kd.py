@@ -58,7 +58,8 @@ PARAMETERS = {
     "camera_frame": "camera_color_optical_frame", # the colour camera's optical frame
     "output_topic": "tst/points_labeled",
     "model_topic": "tst/model",
-    "model": "",                                  # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
+    # TTT-KD checkpoint (run dir or .safetensors); empty: wait for /tst/model
+    "model": "",
     "checkpoint": "",                             # alias of `model`
     "pose_wait_s": 0.3,                           # wait this long for odometry to reach the cloud stamp
     "threads": 1,                                 # torch CPU threads for the worker (0: torch default); one,
