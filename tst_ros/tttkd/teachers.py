@@ -199,10 +199,7 @@ class TSTMMTeacher(Teacher):
 
         if name == modalities.PRIMARY_IMAGE:
             return rgb
-        if depth_m is None:
-            depth_mm = None
-        else:
-            depth_mm = np.rint(np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0)).clip(0, 65535).astype(np.uint16)
+        depth_mm = None if depth_m is None else derive.depth_to_mm(np.asarray(depth_m))[0]
         if name == modalities.DEPTH_IMAGE:
             return depth_mm
         modality = modalities.REGISTRY.get(name)
