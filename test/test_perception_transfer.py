@@ -14,7 +14,7 @@ from tst_ros.cli import main as cli_main
 from tst_ros.config import TransferConfig
 from tst_ros.models import build_encoder, save_encoder
 from tst_ros.perception.heads import load_model
-from tst_ros.perception.transfer import load_labeled, new_model, param_groups, read_categories, transfer
+from tst_ros.perception.transfer import base_lr, load_labeled, new_model, param_groups, read_categories, transfer
 from tst_ros.sim import CLASSES, THING_CLASSES, labeled_set
 
 
@@ -70,6 +70,12 @@ def test_layer_wise_lr_decay_over_encoder_blocks():
     assert not any(p.requires_grad for p in model.encoder.parameters())
     with pytest.raises(ValueError, match="finetune"):
         param_groups(model, "sometimes", 1e-3, 0.5)
+
+
+def test_stage2_trains_at_its_own_learning_rate_and_fine_tuning_at_lr():
+    assert base_lr(TransferConfig(finetune="tp-mome", lr=1e-3, stage2_lr=3e-3)) == 3e-3
+    for mode in ("full", "partial", "frozen"):
+        assert base_lr(TransferConfig(finetune=mode, lr=1e-3, stage2_lr=3e-3)) == 1e-3
 
 
 def test_rgbd_encoder_gets_depth_input(sets, tmp_path):

@@ -42,6 +42,10 @@ PSST_STEPS = {"quick": 4, "full": 120}
 # Transfer steps per row: stage 2 runs the whole encoder every step (prompts sit in every block),
 # so the adapter benchmark uses its own step count, the same for every row.
 TRANSFER_STEPS = {"quick": 6, "full": 150}
+# Transfer lr of every row (stage 2 and fine-tuning alike). At 150 steps, 1e-3 (the main job's 300-step lr) left
+# every row under-trained on home:3: 3e-3 scored +6.9 / +11.5 seg (stage 2, depth / thermal) and +7.0 / +13.4 (full
+# fine-tuning)
+TRANSFER_LR = 3e-3
 LORA = {"rank": 8, "alpha": 16.0}          # reference: rank 32 at ViT-B width (768); ours is 192 wide
 FULL_FINETUNING = "full fine-tuning"
 PARTIAL_FINETUNING = "partial fine-tuning"
@@ -76,7 +80,8 @@ def _transfer_row(encoder: str, adapter: str, modality: str, paths: dict, model_
     from tst_ros.config import TransferConfig
     from tst_ros.perception.transfer import transfer
 
-    cfg = TransferConfig(steps=steps, batch=budget["transfer_batch"], finetune=finetune, seed=seed,
+    cfg = TransferConfig(steps=steps, batch=budget["transfer_batch"], finetune=finetune, seed=seed, lr=TRANSFER_LR,
+                         stage2_lr=TRANSFER_LR,
                          labeled_images=budget["labeled_images"], tasks=list(tasks),
                          adapters=[adapter] if finetune == "tp-mome" else [])
     return transfer(encoder, str(paths["other"]), str(model_dir), cfg,
@@ -237,7 +242,7 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
     seg_account = (account or {}).get("segmentation", {})
     result = {"test_building": building, "seeds": seeds, "task": "segmentation (RGB + modality)",
               "base": f"TST-MAE (RGB, preset {preset}) pre-trained on the test building, frozen", "psst_steps": steps["psst"],
-              "transfer_steps": steps["transfer"], "lora": LORA,
+              "transfer_steps": steps["transfer"], "transfer_lr": TRANSFER_LR, "lora": LORA,
               "budget": {k: v for k, v in budget.items() if k not in ("seeds", "transfer_steps")},
               "methods": by_modality, "targets": {m: targets(r) for m, r in by_modality.items()},
               "lora_params_fraction": seg_account.get("lora_fraction"),

@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay over encoder blocks (e.g. 0.75)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="learning rate (transfer.lr; with tp-mome, transfer.stage2_lr)")
     p.add_argument("--seed", type=int)
     p.add_argument("--images", type=int, help="use at most this many labeled images (0: all)")
     p.add_argument("--inputs", help="comma-separated input modalities (default: rgb, plus depth when the encoder accepts it)")
@@ -76,6 +76,8 @@ def run_transfer(args) -> int:
         value = getattr(args, flag)
         if value is not None:
             setattr(t, field, value)
+    if args.lr is not None and t.finetune == "tp-mome":
+        t.stage2_lr = args.lr
     if args.adapters:
         t.adapters = list(args.adapters)
     if args.tasks:

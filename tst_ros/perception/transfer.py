@@ -91,6 +91,11 @@ def layer_id(name: str, depth: int) -> int:
     return 0
 
 
+def base_lr(cfg) -> float:
+    """The learning rate a TransferConfig trains at: stage 2 (tp-mome) has its own."""
+    return cfg.stage2_lr if cfg.finetune == STAGE2 else cfg.lr
+
+
 def param_groups(model, mode: str, lr: float, layer_decay: float, weight_decay: float = 0.05) -> list[dict]:
     """Heads at `lr`; trainable encoder layers at lr * decay^(depth + 1 - layer)."""
     if mode not in FINETUNE_MODES:
@@ -157,10 +162,10 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
     data = TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
-    groups = param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
+    groups = param_groups(model, cfg.finetune, base_lr(cfg), cfg.layer_decay)
     building_mm = building_masked_modeling(model, encoder_source, building_store, cfg, device)
     if building_mm is not None:
-        groups.append(building_mm.param_group(cfg.lr, groups[0]["weight_decay"]))
+        groups.append(building_mm.param_group(base_lr(cfg), groups[0]["weight_decay"]))
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     trained = sum(p.numel() for g in groups for p in g["params"])
     frozen = cfg.finetune == "frozen"
@@ -233,7 +238,8 @@ class _Training:
         probing = step < round(cfg.heads_first * cfg.steps)   # heads first, on the encoder as pre-trained (LP-FT)
         for g in self.opt.param_groups:
             held = probing and g["name"].startswith("encoder")
-            g["lr"] = 0.0 if held else cfg.lr * g["lr_scale"] * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
+            scheduled = base_lr(cfg) * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
+            g["lr"] = 0.0 if held else scheduled * g["lr_scale"]
         b, idx, flips = self.batches.draw(step, self.model, self.device)
         with autocast(self.device):
             if self.cache is not None:
