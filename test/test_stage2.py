@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 
 def _stage2(setup, tasks, out, steps=4):
     tmp, base, adapter = setup
-    cfg = TransferConfig(steps=steps, batch=2, lr=3e-3, finetune="tp-mome", tasks=tasks, adapters=[adapter],
+    cfg = TransferConfig(steps=steps, batch=2, stage2_lr=3e-3, finetune="tp-mome", tasks=tasks, adapters=[adapter],
                          prompts=4, mome_layers=[-1], expert_hidden=16, seed=0, device="cpu")
     return transfer(str(base), str(tmp / "train"), str(out), cfg, input_modalities=["rgb", "depth"], show_bar=False)
 
@@ -155,3 +155,17 @@ def test_rgb_thermal_stage2_trains_and_evaluates_on_a_labeled_set_with_thermal(s
     with pytest.raises(ValueError, match="thermal"):
         transfer(str(base), str(tmp / "train"), str(tmp_path / "n"), tcfg, input_modalities=["rgb", "thermal"],
                  show_bar=False)
+
+
+def test_transfer_cli_lr_sets_the_stage2_rate_under_tp_mome_not_the_fine_tuning_rate(setup, tmp_path):
+    import yaml
+
+    from tst_ros.cli import main as cli_main
+
+    tmp, base, adapter = setup
+    assert cli_main(["transfer", "--encoder", str(base), "--labeled", str(tmp / "train"), "--out", str(tmp_path / "m"),
+                     "--finetune", "tp-mome", "--adapter", str(adapter), "--inputs", "rgb,depth",
+                     "--tasks", "segmentation", "--steps", "1", "--batch", "2", "--lr", "5e-3"]) == 0
+    resolved = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["config"]["transfer"]
+    assert resolved["stage2_lr"] == pytest.approx(5e-3)
+    assert resolved["lr"] == pytest.approx(TransferConfig().lr)

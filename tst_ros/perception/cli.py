@@ -67,17 +67,17 @@ def register(sub) -> None:
 
 
 def run_transfer(args) -> int:
-    from tst_ros.perception.transfer import transfer
+    from tst_ros.perception.transfer import STAGE2, transfer
 
     cfg = config.from_args(args)
     t = cfg.transfer
     for flag, field in (("finetune", "finetune"), ("layer_decay", "layer_decay"), ("steps", "steps"),
-                        ("batch", "batch"), ("lr", "lr"), ("seed", "seed"), ("images", "labeled_images")):
+                        ("batch", "batch"), ("seed", "seed"), ("images", "labeled_images")):
         value = getattr(args, flag)
         if value is not None:
             setattr(t, field, value)
-    if args.lr is not None and t.finetune == "tp-mome":
-        t.stage2_lr = args.lr
+    if args.lr is not None:
+        setattr(t, "stage2_lr" if t.finetune == STAGE2 else "lr", args.lr)
     if args.adapters:
         t.adapters = list(args.adapters)
     if args.tasks:

@@ -236,9 +236,9 @@ class _Training:
         from tst_ros.train.engine import autocast, lr_at
 
         probing = step < round(cfg.heads_first * cfg.steps)   # heads first, on the encoder as pre-trained (LP-FT)
+        scheduled = base_lr(cfg) * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
         for g in self.opt.param_groups:
             held = probing and g["name"].startswith("encoder")
-            scheduled = base_lr(cfg) * lr_at(step, cfg.steps, max(1, cfg.steps // 10), 1.0)
             g["lr"] = 0.0 if held else scheduled * g["lr_scale"]
         b, idx, flips = self.batches.draw(step, self.model, self.device)
         with autocast(self.device):
