@@ -118,7 +118,8 @@ class TransferConfig:
     labeled_images: int = 240
     steps: int = 300
     batch: int = 16
-    lr: float = 1e-3
+    # peak lr of fine-tuning; 3e-3 over 1e-3 on home:3 and home:4: +2.9 seg / +3.6 things mIoU
+    lr: float = 3e-3
     # full (layer-wise lr decay) | partial | frozen | tp-mome (stage 2 on modality adapters)
     finetune: str = "full"
     layer_decay: float = 0.75

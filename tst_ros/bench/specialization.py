@@ -7,18 +7,17 @@ Protocol (same data, steps and seeds for every row):
      frames of its trajectory (`data.from_sim.build_dataset`);
   2. pre-training with the TST engine (`train.pretrain.pretrain`; `scratch` = random init), with the loop's
      recipe (the config defaults) on the tiny preset from random init, except rows that name another preset;
-  3. transfer of segmentation + detection heads on a labeled set from OTHER buildings
-     (seeds >= 1000, SOURCE_STYLES) with the same steps, batch and fine-tuning mode;
-  4. evaluation on `eval_images` consecutive held-out frames of the test building, taken from
-     the stretch of the trajectory lap after the recorded frames (never seen in pre-training).
-Rows: scratch, TST-MAE, TST-MM, TST-MM fed RGB only (separates learned features from the depth
-input) and the oracle: TST-MM transferred on labels of the test building's recorded stretch
-(an upper bound for the table, never used by the product); TST-MM pre-trained on the sensors
-plus every teacher modality (`tst-mm+teachers`, the store taught by `tst_ros.data.teach`;
-transfer and serving still take RGB-D only), or with the teachers as reconstruction targets
-only, never visible to the encoder (`tst-mm+teachers (targets only)`); TST-MM pre-trained on SOURCE_BUILDINGS other
-buildings only (twice the steps; the analogue of a broad-data generalist, never the test style)
-and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`);
+  3. transfer of segmentation + detection heads on a labeled set from OTHER buildings (seeds >= 1000,
+     SOURCE_STYLES) with the same steps, batch, lr (the main job's `transfer.lr`) and fine-tuning mode;
+  4. evaluation on `eval_images` consecutive held-out frames of the test building, from the stretch of the
+     trajectory lap after the recorded frames (never seen in pre-training).
+Rows: scratch, TST-MAE, TST-MM, TST-MM fed RGB only (separates learned features from the depth input) and the
+oracle: TST-MM transferred on labels of the test building's recorded stretch (an upper bound for the table, never
+used by the product); TST-MM pre-trained on the sensors plus every teacher modality (`tst-mm+teachers`, the store
+taught by `tst_ros.data.teach`; transfer and serving still take RGB-D only), or with the teachers as reconstruction
+targets only, never visible to the encoder (`tst-mm+teachers (targets only)`); TST-MM pre-trained on
+SOURCE_BUILDINGS other buildings only (twice the steps; the analogue of a broad-data generalist, never the test
+style) and `tst-mm-adapted`, that encoder continued on the test building (`pretrain --init`);
 `tst-mm-imagenet`, TST-MM continued from the generalist (preset `tiny-imagenet`: colour tokens
 come from the frozen ImageNet backbone, whose features also reach the heads), fed RGB-D or RGB
 only, and `tst-mae-imagenet`, TST-MAE continued the same way (its RGB-only twin); and the generalist
@@ -32,13 +31,13 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
 `(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`, 0.5 of the
 samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples.
-Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample
-predictions of the first seed. `rows` runs some rows only (same data and seeds); with
+Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample predictions of the first
+seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
 own batch-norm statistics and with statistics from the building's store, and with its encoder's
 weights moved back toward the pre-trained ones (WiSE-FT; rows "NAME [VARIANT]").
-On a GPU (`--device cuda`, `--preset s|b`) pre-training and transfer run in bf16; runs of some
-seeds and rows each (`--seeds`, `--rows`) merge into one table (`--merge`, `tst_ros.bench.seed_runs`).
+On a GPU (`--device cuda`, `--preset s|b`) pre-training and transfer run in bf16; runs of some seeds and rows each
+(`--seeds`, `--rows`) merge into one table (`--merge`, `tst_ros.bench.seed_runs`).
 """
 from __future__ import annotations
 
@@ -60,12 +59,12 @@ LOOP_IMAGE_SIZE = PretrainConfig.image_size     # and its resolution
 
 BUDGETS = {
     "quick": {"record_frames": 24, "pretrain_steps": 6, "pretrain_batch": 8, "pretrain_lr": 1e-3, "labeled_images": 24,
-              "transfer_steps": 20, "transfer_batch": 8, "eval_images": 8, "finetune": DEFAULT_FINETUNE,
-              "image_size": LOOP_IMAGE_SIZE, "seeds": [0],
-              "preset": "tiny", "device": "cpu"},
+              "transfer_steps": 20, "transfer_batch": 8, "transfer_lr": TransferConfig.lr, "eval_images": 8,
+              "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0], "preset": "tiny",
+              "device": "cpu"},
     "full": {"record_frames": 140, "pretrain_steps": 200, "pretrain_batch": 16, "pretrain_lr": 1e-3,
-             "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "eval_images": 200,
-             "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0, 1, 2],
+             "labeled_images": 240, "transfer_steps": 300, "transfer_batch": 16, "transfer_lr": TransferConfig.lr,
+             "eval_images": 200, "finetune": DEFAULT_FINETUNE, "image_size": LOOP_IMAGE_SIZE, "seeds": [0, 1, 2],
              "preset": "tiny", "device": "cpu"},
 }
 # One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
@@ -304,9 +303,10 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
     rows, model_dirs = {}, {}
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
-        cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"],
-                             finetune=finetune or budget["finetune"], seed=seed, device=budget["device"],
-                             labeled_images=budget["labeled_images"], **ROW_TRANSFER.get(name, {}))
+        cfg = TransferConfig(steps=budget["transfer_steps"], batch=budget["transfer_batch"], seed=seed,
+                             finetune=finetune or budget["finetune"], device=budget["device"],
+                             labeled_images=budget["labeled_images"],
+                             **{"lr": budget["transfer_lr"], **ROW_TRANSFER.get(name, {})})
         model_dir = tmp / f"model-{name.replace(' ', '_')}-{seed}"
         summary = transfer(encoders[key], str(paths[labels]), str(model_dir), cfg, image_size=budget["image_size"],
                            input_modalities=inputs, show_bar=False, building_store=str(paths["store"]))
