@@ -42,7 +42,7 @@ PSST_STEPS = {"quick": 4, "full": 120}
 # Transfer steps per row: stage 2 runs the whole encoder every step (prompts sit in every block),
 # so the adapter benchmark uses its own step count, the same for every row.
 TRANSFER_STEPS = {"quick": 6, "full": 150}
-# Transfer lr of every row (stage 2 and fine-tuning alike). At 150 steps, 1e-3 (the main job's 300-step lr) left
+# Transfer lr of every row (stage 2 and fine-tuning alike). At 150 steps, 1e-3 (then the main job's 300-step lr) left
 # every row under-trained on home:3: 3e-3 scored +6.9 / +11.5 seg (stage 2, depth / thermal) and +7.0 / +13.4 (full
 # fine-tuning)
 TRANSFER_LR = 3e-3
