@@ -106,6 +106,15 @@ def test_a_constant_modality_copy_keeps_the_set_and_holds_one_value_where_the_mo
         constant_copy(tmp_path / "plain", "thermal", tmp_path / "none")
 
 
+def test_specialization_budgets_transfer_at_the_main_jobs_rate_and_mode():
+    from tst_ros.bench import specialization
+    from tst_ros.config import TransferConfig
+
+    for budget in specialization.BUDGETS.values():
+        assert budget["transfer_lr"] == TransferConfig().lr
+        assert budget["finetune"] == TransferConfig().finetune
+
+
 def test_specialization_image_size_must_fit_the_patch_and_backbone_stride_and_is_refused_elsewhere():
     from tst_ros.bench import specialization
     from tst_ros.cli import main as cli_main
