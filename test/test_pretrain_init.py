@@ -47,3 +47,15 @@ def test_pretrain_cli_continues_from_a_run(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "initialised" in second.stderr and str(tmp_path / "a") in second.stderr
+
+
+def test_zero_steps_write_the_seeds_initial_encoder_unchanged(tmp_path):
+    # the specialisation benchmark's "(no pre-training)" row transfers exactly this encoder
+    from tst_ros.models.io import read_encoder
+    from tst_ros.train.pretrain import pretrain
+
+    cfg = _cfg(modalities=["rgb", "depth"], steps=0, seed=3, workers=0, tensorboard=False, checkpoint_every=0)
+    written, _ = read_encoder(Path(pretrain(cfg, "synthetic:16", tmp_path / "run")["encoder"]))
+    initial = build_model(cfg).encoder.state_dict()
+    assert written.keys() == initial.keys()
+    assert all(torch.equal(written[k], initial[k]) for k in initial)

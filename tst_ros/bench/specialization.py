@@ -30,7 +30,8 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 `(input dropout)` row trains with depth read as missing on 30 % of the samples; `(heads first)` rows train
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
 `(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`, 0.5 of the
-samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples.
+samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples; `tst-mm-imagenet (no
+pre-training)` transfers that encoder as built, never pre-trained: what the building's masked modeling adds.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample predictions of the first
 seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -84,6 +85,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-adapted", "tst-mm-adapted", None, "other", None),
         ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
+        ("tst-mm-imagenet (no pre-training)", "tst-mm-imagenet-untrained", None, "other", None),
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
         ("tst-mm-imagenet (self-trained)", "tst-mm-imagenet", None, "other", None),
@@ -171,13 +173,12 @@ def teacher_modalities() -> list[str]:
 
 @dataclass(frozen=True)
 class Pretraining:
-    """One pre-training of the table: `modalities` None = the method's default,
-    "sensors+teachers" = the default plus every teacher modality; `data` "store" = the test
-    building's unlabeled store, "source_store" = other buildings' (never the test style),
-    "mixed_store" = the test building's frames plus as many from the transfer set's buildings;
-    `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted); `preset`
-    the encoder's (`tiny-imagenet`: colour tokens from the frozen ImageNet backbone; None: the
-    budget's plain ViT, `tiny` unless `--preset` names another)."""
+    """One pre-training of the table: `modalities` None = the method's default, "sensors+teachers" = the
+    default plus every teacher modality; `data` "store" = the test building's unlabeled store, "source_store" =
+    other buildings' (never the test style), "mixed_store" = the test building's frames plus as many from the
+    transfer set's buildings; `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted);
+    `steps_factor` x the budget's steps (0: the encoder as built); `preset` the encoder's (`tiny-imagenet`: colour
+    tokens from the frozen ImageNet backbone; None: the budget's plain ViT, `tiny` unless `--preset` names another)."""
     method: str
     modalities: str | list[str] | None = None
     data: str = "store"
@@ -196,6 +197,7 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                 "tst-mm-other-buildings": Pretraining("tst-mm", data="source_store", steps_factor=2),
                 "tst-mm-adapted": Pretraining("tst-mm", init="tst-mm-other-buildings"),
                 "tst-mm-imagenet": Pretraining("tst-mm", preset="tiny-imagenet"),
+                "tst-mm-imagenet-untrained": Pretraining("tst-mm", preset="tiny-imagenet", steps_factor=0),
                 "tst-mm-imagenet+teacher-targets": Pretraining("tst-mm", "sensors+teachers", teachers_target_only=True,
                                                                preset="tiny-imagenet"),
                 "tst-mm-imagenet-mixed": Pretraining("tst-mm", data="mixed_store", preset="tiny-imagenet"),
@@ -297,9 +299,8 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         p = pretrainings[key]
         _log(f"seed {seed}: pre-training {key}")
         encoders[key] = pretrain_encoder(p.method, paths[p.data], tmp / f"pretrain-{key}-{seed}", budget, seed,
-                                         pretraining_modalities(p.modalities), encoders.get(p.init, ""),
-                                         p.steps_factor, teacher_modalities() if p.teachers_target_only else None,
-                                         p.preset)
+                                         pretraining_modalities(p.modalities), encoders.get(p.init, ""), p.steps_factor,
+                                         teacher_modalities() if p.teachers_target_only else None, p.preset)
     rows, model_dirs = {}, {}
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
@@ -338,8 +339,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
     import torch
 
     if (merge or scaling) and (preset or device != "cpu" or seeds is not None or data):
-        raise ValueError("--preset, --device, --seeds and --data apply to a run of the table, "
-                         "not to --merge or --scaling")
+        raise ValueError("--preset, --device, --seeds and --data apply to a table run, not to --merge or --scaling")
     if merge:
         return merge_runs([_read_result(f) for f in merge])
     if scaling:
