@@ -30,8 +30,8 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 `(input dropout)` row trains with depth read as missing on 30 % of the samples; `(heads first)` rows train
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
 `(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`, 0.5 of the
-samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples; `tst-mm-imagenet (no
-pre-training)` transfers that encoder as built, never pre-trained: what the building's masked modeling adds.
+samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples; `tst-mm-imagenet
+(no pre-training[, rgb input])` transfers that encoder as built, never pre-trained: what masked modeling adds.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample predictions of the first
 seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -86,6 +86,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
         ("tst-mm-imagenet (no pre-training)", "tst-mm-imagenet-untrained", None, "other", None),
+        ("tst-mm-imagenet (no pre-training, rgb input)", "tst-mm-imagenet-untrained", ["rgb"], "other", None),
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
         ("tst-mm-imagenet (self-trained)", "tst-mm-imagenet", None, "other", None),
@@ -346,8 +347,7 @@ def run(quick: bool = False, rows: list[str] | None = None, scaling: bool = Fals
         from tst_ros.bench import scaling as compute_scaling
 
         return compute_scaling.run(quick, building=building)
-    unknown = set(rows or []) - {r[0] for r in ROWS}
-    if unknown:
+    if unknown := set(rows or []) - {r[0] for r in ROWS}:
         raise ValueError(f"unknown rows {sorted(unknown)}; rows: {[r[0] for r in ROWS]}")
     rows_wanted = list(rows or [r[0] for r in ROWS])
     budget = {**BUDGETS["quick" if quick else "full"], **({"finetune": finetune} if finetune else {}),
