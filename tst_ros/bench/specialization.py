@@ -31,7 +31,7 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
 `(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`, 0.5 of the
 samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples; `tst-mm-imagenet
-(no pre-training[, rgb input])` transfers that encoder as built, never pre-trained: what masked modeling adds.
+(no pre-training[; rgb input])` transfers that encoder as built, never pre-trained: what masked modeling adds.
 Gap closed = (row - scratch) / (oracle - scratch) on seg mIoU means. A PNG shows sample predictions of the first
 seed. `rows` runs some rows only (same data and seeds); with
 `serving_variants` every model is also evaluated without and with flip averaging, each with its
@@ -86,7 +86,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet", "tst-mm-imagenet", None, "other", None),
         ("tst-mm-imagenet (rgb input)", "tst-mm-imagenet", ["rgb"], "other", None),
         ("tst-mm-imagenet (no pre-training)", "tst-mm-imagenet-untrained", None, "other", None),
-        ("tst-mm-imagenet (no pre-training, rgb input)", "tst-mm-imagenet-untrained", ["rgb"], "other", None),
+        ("tst-mm-imagenet (no pre-training; rgb input)", "tst-mm-imagenet-untrained", ["rgb"], "other", None),
         ("tst-mm-imagenet+teachers (targets only)", "tst-mm-imagenet+teacher-targets", None, "other", None),
         ("tst-mm-imagenet (mixed frames)", "tst-mm-imagenet-mixed", None, "other", None),
         ("tst-mm-imagenet (self-trained)", "tst-mm-imagenet", None, "other", None),
