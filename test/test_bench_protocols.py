@@ -249,3 +249,10 @@ def test_runs_started_side_by_side_build_the_benchmark_data_once(tmp_path, monke
     for run in runs:
         run.join(timeout=600)
     assert len(builds) == 1 and len(results) == 3 and results[0] == results[1] == results[2]
+
+
+def test_every_benchmark_row_can_be_named_in_the_comma_separated_rows_option():
+    from tst_ros.bench import adapters, specialization
+
+    names = [r[0] for r in specialization.ROWS] + list(adapters.ROWS) + list(variants())
+    assert names and not [n for n in names if "," in n or n != n.strip()]
