@@ -82,7 +82,7 @@ class PretrainConfig:
     preset: str = "tiny-imagenet"
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
-    steps: int = 300                    # the compute-scaling curve is flat from 110 to 2200 steps (docs/BENCHMARKS.md)
+    steps: int = 300                    # 0 to 2200 steps transfer alike (docs/BENCHMARKS.md); 0: the encoder as built
     batch: int = 16
     accum: int = 1
     lr: float = 1e-3                    # peak lr; 0: base_lr * batch / 256 (the MAE/MultiMAE rule, meant for
