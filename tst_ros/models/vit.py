@@ -23,6 +23,10 @@ PRESETS: dict[str, dict] = {
     # the tiny ViT whose colour tokens come from the frozen ImageNet backbone
     # (`generalist.ImageNetStemAdapter`), whose features also pass to the heads
     "tiny-imagenet": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny"},
+    # the same encoder whose heads read only the transformer's tokens: whatever the backbone adds must
+    # pass through the (pre-trained) transformer, so the masked modeling's features cannot be bypassed
+    "tiny-imagenet-tokens": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
+                             "stem_map_to_heads": False},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -195,7 +199,8 @@ class Encoder(nn.Module):
         stem = spec.get("stem", "")
         self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size, stem)
                                        for m in mods})
-        self.feature_dim = self.embed_dim + (self.stem.feature_channels if self.stem is not None else 0)
+        self.stem_map_to_heads = self.stem is not None and spec.get("stem_map_to_heads", True)
+        self.feature_dim = self.embed_dim + (self.stem.feature_channels if self.stem_map_to_heads else 0)
         self.modality_embed = nn.ParameterDict(
             {m.name: nn.Parameter(torch.zeros(1, 1, self.embed_dim)) for m in mods})
         self.blocks = nn.ModuleList([Block(self.embed_dim, self.heads) for _ in range(self.depth)])
@@ -275,7 +280,8 @@ class Encoder(nn.Module):
     def dense_map(self, out: torch.Tensor, names: list[str], tokens: list[torch.Tensor],
                   spatial: list[str], stem_map: torch.Tensor | None = None) -> torch.Tensor:
         """Encoded tokens -> (B, feature_dim, H/p, W/p), averaged over the spatial modalities,
-        with the colour stem's map appended (zeros when colour is not among the inputs)."""
+        with the colour stem's map appended (zeros when colour is not among the inputs) unless the
+        preset keeps it from the heads."""
         maps, start = [], 0
         for n, t in zip(names, tokens):
             if n in spatial:
@@ -284,7 +290,7 @@ class Encoder(nn.Module):
         dense = torch.stack(maps, dim=0).mean(dim=0) if len(maps) > 1 else maps[0]
         b = dense.shape[0]
         dense = dense.transpose(1, 2).reshape(b, self.embed_dim, self.grid, self.grid)
-        if self.stem is None:
+        if not self.stem_map_to_heads:
             return dense
         if stem_map is None:
             stem_map = dense.new_zeros((b, self.stem.feature_channels, self.grid, self.grid))
@@ -297,9 +303,11 @@ class Encoder(nn.Module):
 
     def set_detail(self, strides) -> None:
         """The colour stem's finer stages (strides < 16) also reach the dense map (see
-        `generalist.EfficientNetLite0Encoder.set_detail`); only a stem preset has them."""
-        if self.stem is None:
-            raise ValueError(f"detail strides need a preset with an ImageNet colour stem; {self.preset!r} has none")
+        `generalist.EfficientNetLite0Encoder.set_detail`); only a stem preset whose map reaches the
+        heads has them."""
+        if not self.stem_map_to_heads:
+            raise ValueError(f"detail strides need a preset whose ImageNet colour stem feeds the heads; "
+                             f"{self.preset!r} has none")
         self.stem.backbone.set_detail(strides)
         self.feature_dim = self.embed_dim + self.stem.feature_channels
 

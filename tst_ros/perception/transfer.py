@@ -303,8 +303,8 @@ def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
     an encoder without that backbone is returned as it is."""
     from tst_ros.models.generalist import EfficientNetLite0Encoder
 
-    has_backbone = isinstance(encoder, EfficientNetLite0Encoder) or getattr(encoder, "stem", None) is not None
-    if not strides or not has_backbone:             # a plain ViT has no ImageNet colour stem
+    has_backbone = isinstance(encoder, EfficientNetLite0Encoder) or getattr(encoder, "stem_map_to_heads", False)
+    if not strides or not has_backbone:             # a plain ViT has no ImageNet map for the heads
         return encoder, enc_meta
     encoder.set_detail(strides)
     return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
