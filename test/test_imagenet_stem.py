@@ -2,7 +2,8 @@
 makes the colour tokens. Masked pre-training blanks masked patches before the backbone, so no
 visible token sees masked content; pre-training never moves the backbone or its batch-norm
 statistics; the heads get the backbone's map beside the transformer's (its finer stages folded
-in where asked, the tokens unchanged), and a model built on
+in where asked, the tokens unchanged; preset `tiny-imagenet-tokens` gives them the transformer's
+only), and a model built on
 it transfers (the backbone fine-tuned, its statistics fixed), reloads and exports to ONNX with
 parity."""
 from __future__ import annotations
@@ -66,6 +67,22 @@ def test_the_heads_get_the_transformer_and_backbone_maps_and_colour_may_be_absen
     assert torch.count_nonzero(depth_only[:, enc.embed_dim:]) == 0
     with pytest.raises(ValueError, match="per 16 pixels"):
         build_encoder("tiny-imagenet", ["rgb"], SIZE, 8)
+
+
+def test_the_tokens_preset_gives_the_heads_the_transformers_map_only():
+    from tst_ros.perception.transfer import _with_detail
+
+    torch.manual_seed(0)
+    full = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16).eval()
+    tokens_only = build_encoder("tiny-imagenet-tokens", ["rgb", "depth"], SIZE, 16).eval()
+    tokens_only.load_state_dict(full.state_dict())                      # same weights, same checkpoint format
+    inputs = {"rgb": torch.randn(2, 3, SIZE, SIZE), "depth": torch.randn(2, 1, SIZE, SIZE)}
+    with torch.no_grad():
+        assert torch.equal(tokens_only(inputs), full(inputs)[:, :full.embed_dim])
+    assert tokens_only.feature_dim == tokens_only.embed_dim
+    assert _with_detail(tokens_only, {}, [8]) == (tokens_only, {})     # no backbone map, so no detail either
+    with pytest.raises(ValueError, match="feeds the heads"):
+        tokens_only.set_detail([8])
 
 
 def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(tmp_path):
