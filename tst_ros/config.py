@@ -78,7 +78,8 @@ class RecordConfig:
 
 @dataclass
 class PretrainConfig:
-    # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone)
+    # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone) | tiny-imagenet-tokens
+    # (the same, its heads reading the transformer's tokens only)
     preset: str = "tiny-imagenet"
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
