@@ -101,7 +101,6 @@ SERVING_VARIANTS = {"no flip": (False, False, 1.0, 1.0), "flip": (False, True, 1
                     "flip + zoom 2": (False, True, 1.0, 2.0)}
 
 
-
 @dataclass(frozen=True)
 class Pretraining:
     """One pre-training of the table: `modalities` None = the method's default, "sensors+teachers" = the
