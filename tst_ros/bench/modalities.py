@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tst_ros.bench import specialization as spec
+from tst_ros.bench.spec_rows import Pretraining
 
 FIGURE = "modalities_scaling.png"
 
@@ -61,7 +62,7 @@ def run(quick: bool = False, rows: list[str] | None = None) -> dict:
     sets = {n: m for n, m in sets.items() if not rows or n in rows}
     # one pre-training per distinct modality set
     keys = {n: "+".join(m) for n, m in sets.items()}
-    pretrainings = {keys[n]: spec.Pretraining("tst-mm", m) for n, m in sets.items()}
+    pretrainings = {keys[n]: Pretraining("tst-mm", m) for n, m in sets.items()}
     first_of = {}                                   # modality set -> first row name that has it
     for n in sets:
         first_of.setdefault(keys[n], n)

@@ -30,8 +30,7 @@ from pathlib import Path
 from tst_ros.bench.data import (EVAL_GAP, SOURCE_BUILDINGS, TEST_BUILDING, add_source_buildings,  # noqa: F401
                                  bench_data, build_data)
 from tst_ros.bench.seed_runs import merge_runs, summarise, table_markdown  # noqa: F401  (also used through this module)
-from tst_ros.bench.spec_rows import (PRETRAININGS, ROW_TRANSFER, ROWS, SERVING_VARIANTS,  # noqa: F401
-                                     Pretraining)
+from tst_ros.bench.spec_rows import PRETRAININGS, ROW_TRANSFER, ROWS, SERVING_VARIANTS  # noqa: F401
 from tst_ros.config import PretrainConfig, TransferConfig
 from tst_ros.util import resolve_device
 

@@ -300,11 +300,12 @@ def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):
 
 def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
     """The ImageNet backbone's finer stages reach the heads too (`TransferConfig.detail_strides`);
-    an encoder without that backbone is returned as it is."""
+    an encoder whose heads do not read that backbone's map (a plain ViT, preset `tiny-imagenet-tokens`)
+    is returned as it is."""
     from tst_ros.models.generalist import EfficientNetLite0Encoder
 
-    has_backbone = isinstance(encoder, EfficientNetLite0Encoder) or getattr(encoder, "stem_map_to_heads", False)
-    if not strides or not has_backbone:             # a plain ViT has no ImageNet map for the heads
+    backbone_feeds_heads = isinstance(encoder, EfficientNetLite0Encoder) or getattr(encoder, "stem_map_to_heads", False)
+    if not strides or not backbone_feeds_heads:
         return encoder, enc_meta
     encoder.set_detail(strides)
     return encoder, {**enc_meta, "detail_strides": encoder.describe()["detail_strides"]}
