@@ -23,7 +23,8 @@ the heads alone on the held encoder for the first third of the steps (LP-FT; `sh
 samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples; `tst-mm-imagenet
 (no pre-training[; rgb input])` transfers that encoder as built, never pre-trained: what masked modeling adds;
 `(tokens to heads...)` rows use preset `tiny-imagenet-tokens`, whose heads read the transformer's tokens only
-(the ImageNet map reaches them through the transformer alone), so what pre-training put there cannot be bypassed.
+(the ImageNet map reaches them through the transformer alone), so what pre-training put there cannot be bypassed;
+`(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (tokens to heads; rgb input)", "tst-mm-imagenet-tokens", ["rgb"], "other", None),
         ("tst-mm-imagenet (no pre-training; tokens to heads)", "tst-mm-imagenet-untrained-tokens", None, "other", None),
         ("tst-mae-imagenet (tokens to heads)", "tst-mae-imagenet-tokens", None, "other", None),
+        ("tst-mm-imagenet (rgb-d stems)", "tst-mm-imagenet-rgbd", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full"),
@@ -134,3 +136,4 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                 "tst-mae-imagenet": Pretraining("tst-mae", preset="tiny-imagenet")}
 PRETRAININGS.update({f"{key}-tokens": replace(PRETRAININGS[key], preset="tiny-imagenet-tokens")
                      for key in ("tst-mm-imagenet", "tst-mm-imagenet-untrained", "tst-mae-imagenet")})
+PRETRAININGS["tst-mm-imagenet-rgbd"] = replace(PRETRAININGS["tst-mm-imagenet"], preset="tiny-imagenet-rgbd")

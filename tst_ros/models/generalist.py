@@ -124,7 +124,10 @@ class EfficientNetLite0Encoder(nn.Module):
         return list(self.modalities)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = inputs[registry.PRIMARY_IMAGE] * self.gain + self.offset
+        return self.from_backbone_range(inputs[registry.PRIMARY_IMAGE] * self.gain + self.offset)
+
+    def from_backbone_range(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) already in the backbone's input range, (p - 127) / 128 -> the feature map."""
         x = self.act(self.stem_norm(self.stem(x)))
         taps = {self.stage_ends[s][0]: s for s in self.detail_strides}
         detail = []
@@ -139,22 +142,27 @@ class EfficientNetLite0Encoder(nn.Module):
 
 
 class ImageNetStemAdapter(nn.Module):
-    """Colour image -> ViT tokens through the frozen ImageNet backbone: its stride-16 feature
+    """Camera image -> ViT tokens through a frozen ImageNet backbone: its stride-16 feature
     map (the generalist's, `feature_channels` wide) projected to the token width, one token
     per 16-pixel patch, with the sin-cos position embedding. The preset `tiny-imagenet` uses
-    it, so TST-MM continues from the generalist. Given `visible` (masked pre-training), the
-    masked patches are set to the mean colour (0 after normalisation) before the backbone, so
-    no visible token carries masked content. The backbone never trains here and its batch
-    norms stay in inference mode; end-to-end fine-tuning may unfreeze it later."""
+    it for colour, so TST-MM continues from the generalist; `tiny-imagenet-rgbd` also for depth
+    (each through its own copy of the backbone), read as a grey image: the registry-normalised
+    depth halved and clipped to the backbone's input range [-1, 1] on all three channels. Given
+    `visible` (masked pre-training), the masked patches are set to 0 (the mean after
+    normalisation) before the backbone, so no visible token carries masked content. The backbone
+    never trains here and its batch norms stay in inference mode; end-to-end fine-tuning may
+    unfreeze it later."""
 
-    def __init__(self, dim: int, patch: int, image_size: int):
+    def __init__(self, dim: int, patch: int, image_size: int, channels: int = 3):
         super().__init__()
         if patch != OUTPUT_STRIDE:
             raise ValueError(f"the ImageNet stem makes one token per {OUTPUT_STRIDE} pixels; patch size is {patch}")
+        if channels not in (1, 3):
+            raise ValueError(f"the ImageNet stem reads colour (3 channels) or a grey image (1), not {channels} channels")
         from tst_ros.models.vit import sincos_2d
 
         self.backbone = EfficientNetLite0Encoder(image_size, pretrained=True).requires_grad_(False)
-        self.channels, self.patch, self.grid = 3, patch, image_size // patch
+        self.channels, self.patch, self.grid = channels, patch, image_size // patch
         self.token_channels = self.backbone.base_dim      # detail stages reach the heads, never the tokens
         self.proj = nn.Linear(self.token_channels, dim)
         self.register_buffer("pos", sincos_2d(dim, self.grid, self.grid)[None], persistent=False)
@@ -173,10 +181,12 @@ class ImageNetStemAdapter(nn.Module):
         return self
 
     def features(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, H, W) registry-normalised colour -> (B, feature_channels, H/16, W/16)."""
+        """(B, C, H, W) registry-normalised image -> (B, feature_channels, H/16, W/16)."""
         if visible is not None:
             keep = visible.reshape(-1, 1, self.grid, self.grid).to(x.dtype)
             x = x * F.interpolate(keep, scale_factor=self.patch, mode="nearest")
+        if self.channels == 1:
+            return self.backbone.from_backbone_range((0.5 * x).clamp(-1.0, 1.0).expand(-1, 3, -1, -1))
         return self.backbone({registry.PRIMARY_IMAGE: x})
 
     def tokens(self, feature_map: torch.Tensor) -> torch.Tensor:

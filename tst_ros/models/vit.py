@@ -27,6 +27,9 @@ PRESETS: dict[str, dict] = {
     # pass through the (pre-trained) transformer, so the masked modeling's features cannot be bypassed
     "tiny-imagenet-tokens": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
                              "stem_map_to_heads": False},
+    # tiny-imagenet whose depth tokens also come from an ImageNet backbone (its own copy, reading depth as grey)
+    "tiny-imagenet-rgbd": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
+                           "stem_modalities": ("rgb", "depth")},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -150,14 +153,16 @@ class ImuAdapter(nn.Module):
         return self.embed(x.reshape(b, self.tokens, self.chunk * self.channels)) + self.pos
 
 
-def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int, stem: str = "") -> nn.Module:
-    """One input adapter from a registry entry, chosen by its kind (`stem`: the preset's colour stem)."""
-    if stem and modality.name == registry.PRIMARY_IMAGE:
+def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int, stem: str = "",
+                  stem_modalities: tuple[str, ...] = (registry.PRIMARY_IMAGE,)) -> nn.Module:
+    """One input adapter from a registry entry, chosen by its kind (`stem`: the preset's image
+    stem, for the modalities in `stem_modalities`)."""
+    if stem and modality.name in stem_modalities:
         from tst_ros.models import generalist
 
         if stem != "imagenet":
             raise ValueError(f"unknown colour stem {stem!r}")
-        return generalist.ImageNetStemAdapter(dim, patch, image_size)
+        return generalist.ImageNetStemAdapter(dim, patch, image_size, modality.channels)
     if modality.kind in SPATIAL_KINDS:
         return PatchAdapter(modality.channels, dim, patch, image_size)
     if modality.kind == "imu":
@@ -197,8 +202,9 @@ class Encoder(nn.Module):
         self.grid = image_size // patch
         self.modalities = list(modality_names)
         stem = spec.get("stem", "")
-        self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size, stem)
-                                       for m in mods})
+        stem_modalities = tuple(spec.get("stem_modalities", (registry.PRIMARY_IMAGE,)))
+        self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size, stem,
+                                                             stem_modalities) for m in mods})
         self.stem_map_to_heads = self.stem is not None and spec.get("stem_map_to_heads", True)
         self.feature_dim = self.embed_dim + (self.stem.feature_channels if self.stem_map_to_heads else 0)
         self.modality_embed = nn.ParameterDict(
@@ -238,10 +244,10 @@ class Encoder(nn.Module):
 
     def tokenize(self, name: str, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         """One modality's input -> (B, N, D) tokens with position and modality embedding.
-        `visible` (B, N) bool: the tokens masked pre-training keeps; only a colour stem needs it
+        `visible` (B, N) bool: the tokens masked pre-training keeps; only an image stem needs it
         (it blanks the masked patches before its convolutions, patch projections are local)."""
         adapter = self.adapters[name]
-        tokens = adapter(x, visible) if adapter is self.stem else adapter(x)
+        tokens = adapter(x, visible) if hasattr(adapter, "feature_channels") else adapter(x)
         return tokens + self.modality_embed[name]
 
     def embed_inputs(self, names: list[str], inputs: dict[str, torch.Tensor]
