@@ -3,7 +3,7 @@ makes the colour tokens. Masked pre-training blanks masked patches before the ba
 visible token sees masked content; pre-training never moves the backbone or its batch-norm
 statistics; the heads get the backbone's map beside the transformer's (its finer stages folded
 in where asked, the tokens unchanged; preset `tiny-imagenet-tokens` gives them the transformer's
-only), and a model built on
+only; `tiny-imagenet-rgbd` reads depth through a second backbone, masked the same way), and a model built on
 it transfers (the backbone fine-tuned, its statistics fixed), reloads and exports to ONNX with
 parity."""
 from __future__ import annotations
@@ -83,6 +83,31 @@ def test_the_tokens_preset_gives_the_heads_the_transformers_map_only():
     assert _with_detail(tokens_only, {}, [8]) == (tokens_only, {})     # no backbone map, so no detail either
     with pytest.raises(ValueError, match="feeds the heads"):
         tokens_only.set_detail([8])
+
+
+def test_the_rgbd_preset_reads_depth_through_its_own_imagenet_backbone_without_masked_content(tmp_path):
+    from tst_ros.models.io import load_encoder
+
+    enc = build_encoder("tiny-imagenet-rgbd", ["rgb", "depth"], SIZE, 16).eval()
+    depth_stem = enc.adapters["depth"]
+    assert depth_stem.backbone is not enc.stem.backbone
+    for (name, a), b in zip(depth_stem.backbone.state_dict().items(), enc.stem.backbone.state_dict().values()):
+        assert torch.equal(a, b), name                                   # both start from the ImageNet weights
+    grid = SIZE // 16
+    visible = torch.zeros(1, grid * grid, dtype=torch.bool)
+    visible[0, [1, 6, 11]] = True
+    depth = torch.randn(1, 1, SIZE, SIZE)
+    pixel_visible = visible.reshape(1, 1, grid, grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    other = torch.where(pixel_visible, depth, torch.randn_like(depth))
+    with torch.no_grad():
+        assert torch.equal(enc.tokenize("depth", depth, visible), enc.tokenize("depth", other, visible))
+        assert not torch.allclose(enc.tokenize("depth", depth), enc.tokenize("depth", other))
+        inputs = {"rgb": torch.randn(2, 3, SIZE, SIZE), "depth": torch.randn(2, 1, SIZE, SIZE)}
+        out = enc(inputs)
+        assert out.shape == (2, enc.embed_dim + enc.stem.feature_channels, grid, grid)
+        reloaded, meta = load_encoder(save_encoder(enc, tmp_path / "rgbd.safetensors"))
+        assert meta["preset"] == "tiny-imagenet-rgbd"
+        assert torch.equal(reloaded(inputs), out)
 
 
 def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(tmp_path):
