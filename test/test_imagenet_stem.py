@@ -85,7 +85,7 @@ def test_the_tokens_preset_gives_the_heads_the_transformers_map_only():
         tokens_only.set_detail([8])
 
 
-def test_the_rgbd_preset_reads_depth_through_its_own_imagenet_backbone_without_masked_content(tmp_path):
+def test_the_rgbd_presets_read_depth_through_its_own_imagenet_backbone_without_masked_content(tmp_path):
     from tst_ros.models.io import load_encoder
 
     enc = build_encoder("tiny-imagenet-rgbd", ["rgb", "depth"], SIZE, 16).eval()
@@ -108,6 +108,13 @@ def test_the_rgbd_preset_reads_depth_through_its_own_imagenet_backbone_without_m
         reloaded, meta = load_encoder(save_encoder(enc, tmp_path / "rgbd.safetensors"))
         assert meta["preset"] == "tiny-imagenet-rgbd"
         assert torch.equal(reloaded(inputs), out)
+    both_maps = build_encoder("tiny-imagenet-rgbd-maps", ["rgb", "depth"], SIZE, 16).eval()
+    colour_end = both_maps.embed_dim + both_maps.stem.feature_channels
+    assert both_maps.feature_dim == colour_end + depth_stem.feature_channels
+    with torch.no_grad():
+        depth_only = both_maps({"depth": inputs["depth"]})
+    assert torch.count_nonzero(depth_only[:, both_maps.embed_dim:colour_end]) == 0      # no colour: zeros
+    assert torch.equal(depth_only[:, colour_end:], both_maps.adapters["depth"].features(inputs["depth"]))
 
 
 def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(tmp_path):

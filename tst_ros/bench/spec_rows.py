@@ -24,7 +24,8 @@ samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of th
 (no pre-training[; rgb input])` transfers that encoder as built, never pre-trained: what masked modeling adds;
 `(tokens to heads...)` rows use preset `tiny-imagenet-tokens`, whose heads read the transformer's tokens only
 (the ImageNet map reaches them through the transformer alone), so what pre-training put there cannot be bypassed;
-`(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone.
+`(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone
+(`...; both maps to heads`: `tiny-imagenet-rgbd-maps`, whose heads read that backbone's map too).
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (no pre-training; tokens to heads)", "tst-mm-imagenet-untrained-tokens", None, "other", None),
         ("tst-mae-imagenet (tokens to heads)", "tst-mae-imagenet-tokens", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems)", "tst-mm-imagenet-rgbd", None, "other", None),
+        ("tst-mm-imagenet (rgb-d stems; both maps to heads)", "tst-mm-imagenet-rgbd-maps", None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full"),
@@ -136,4 +138,5 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
                 "tst-mae-imagenet": Pretraining("tst-mae", preset="tiny-imagenet")}
 PRETRAININGS.update({f"{key}-tokens": replace(PRETRAININGS[key], preset="tiny-imagenet-tokens")
                      for key in ("tst-mm-imagenet", "tst-mm-imagenet-untrained", "tst-mae-imagenet")})
-PRETRAININGS["tst-mm-imagenet-rgbd"] = replace(PRETRAININGS["tst-mm-imagenet"], preset="tiny-imagenet-rgbd")
+PRETRAININGS.update({f"tst-mm-imagenet-{name}": replace(PRETRAININGS["tst-mm-imagenet"], preset=f"tiny-imagenet-{name}")
+                     for name in ("rgbd", "rgbd-maps")})

@@ -90,7 +90,7 @@ class PromptedEncoder(Encoder):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         names, spatial = self.check_inputs(inputs)
-        tokens, stem_map = self.embed_inputs(names, inputs)
+        tokens, stem_maps = self.embed_inputs(names, inputs)
         b = tokens[0].shape[0]
         dropped = self._dropped(names, b, tokens[0].device)
         expert_off = None
@@ -102,7 +102,7 @@ class PromptedEncoder(Encoder):
                 if n in self.expert_modalities:
                     expert_off[:, 1 + self.expert_modalities.index(n)] = dropped[:, j]
         out = self.encode_prompted(torch.cat(tokens, dim=1), expert_off)
-        return self.dense_map(out, names, tokens, spatial, stem_map)
+        return self.dense_map(out, names, tokens, spatial, stem_maps)
 
     def encode_prompted(self, x: torch.Tensor, expert_off: torch.Tensor | None = None) -> torch.Tensor:
         b, p = x.shape[0], self.num_prompts

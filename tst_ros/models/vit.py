@@ -30,6 +30,9 @@ PRESETS: dict[str, dict] = {
     # tiny-imagenet whose depth tokens also come from an ImageNet backbone (its own copy, reading depth as grey)
     "tiny-imagenet-rgbd": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
                            "stem_modalities": ("rgb", "depth")},
+    # ... whose depth backbone's map reaches the heads too, beside the colour one's
+    "tiny-imagenet-rgbd-maps": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
+                                "stem_modalities": ("rgb", "depth"), "maps_to_heads": ("rgb", "depth")},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -181,8 +184,8 @@ class Encoder(nn.Module):
     forward(inputs) is the inference path: every token of every given modality is visible
     and the result is the dense (B, feature_dim, H/p, W/p) map averaged over the spatial
     modalities given (with a colour stem, its feature map is concatenated: feature_dim =
-    embed_dim + the stem's channels). `encode(tokens, key_mask)` is the shared transformer used
-    by masked pre-training.
+    embed_dim + the stem's channels; a preset's `maps_to_heads` may add other image stems' maps).
+    `encode(tokens, key_mask)` is the shared transformer used by masked pre-training.
     """
 
     def __init__(self, preset_name: str, modality_names: list[str], image_size: int, patch: int):
@@ -205,8 +208,13 @@ class Encoder(nn.Module):
         stem_modalities = tuple(spec.get("stem_modalities", (registry.PRIMARY_IMAGE,)))
         self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size, stem,
                                                              stem_modalities) for m in mods})
-        self.stem_map_to_heads = self.stem is not None and spec.get("stem_map_to_heads", True)
-        self.feature_dim = self.embed_dim + (self.stem.feature_channels if self.stem_map_to_heads else 0)
+        # the image stems whose feature maps reach the heads beside the transformer's (colour's by default)
+        self.maps_to_heads = [n for n in spec.get("maps_to_heads", (registry.PRIMARY_IMAGE,))
+                              if n in self.adapters and hasattr(self.adapters[n], "feature_channels")]
+        if not spec.get("stem_map_to_heads", True):
+            self.maps_to_heads = []
+        self.stem_map_to_heads = registry.PRIMARY_IMAGE in self.maps_to_heads
+        self._set_feature_dim()
         self.modality_embed = nn.ParameterDict(
             {m.name: nn.Parameter(torch.zeros(1, 1, self.embed_dim)) for m in mods})
         self.blocks = nn.ModuleList([Block(self.embed_dim, self.heads) for _ in range(self.depth)])
@@ -251,16 +259,17 @@ class Encoder(nn.Module):
         return tokens + self.modality_embed[name]
 
     def embed_inputs(self, names: list[str], inputs: dict[str, torch.Tensor]
-                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Tokens of every given modality, and the colour stem's feature map (computed once)."""
-        tokens, stem_map = [], None
+                     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Tokens of every given modality, and the feature maps of the image stems that reach the
+        heads (each computed once)."""
+        tokens, stem_maps = [], {}
         for n in names:
-            if self.adapters[n] is self.stem:
-                stem_map = self.stem.features(inputs[n])
-                tokens.append(self.stem.tokens(stem_map) + self.modality_embed[n])
+            if n in self.maps_to_heads:
+                stem_maps[n] = self.adapters[n].features(inputs[n])
+                tokens.append(self.adapters[n].tokens(stem_maps[n]) + self.modality_embed[n])
             else:
                 tokens.append(self.tokenize(n, inputs[n]))
-        return tokens, stem_map
+        return tokens, stem_maps
 
     def encode(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
@@ -284,10 +293,10 @@ class Encoder(nn.Module):
         return names, spatial
 
     def dense_map(self, out: torch.Tensor, names: list[str], tokens: list[torch.Tensor],
-                  spatial: list[str], stem_map: torch.Tensor | None = None) -> torch.Tensor:
+                  spatial: list[str], stem_maps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Encoded tokens -> (B, feature_dim, H/p, W/p), averaged over the spatial modalities,
-        with the colour stem's map appended (zeros when colour is not among the inputs) unless the
-        preset keeps it from the heads."""
+        with the maps of the image stems in `maps_to_heads` appended (zeros for a modality not
+        among the inputs)."""
         maps, start = [], 0
         for n, t in zip(names, tokens):
             if n in spatial:
@@ -296,16 +305,16 @@ class Encoder(nn.Module):
         dense = torch.stack(maps, dim=0).mean(dim=0) if len(maps) > 1 else maps[0]
         b = dense.shape[0]
         dense = dense.transpose(1, 2).reshape(b, self.embed_dim, self.grid, self.grid)
-        if not self.stem_map_to_heads:
-            return dense
-        if stem_map is None:
-            stem_map = dense.new_zeros((b, self.stem.feature_channels, self.grid, self.grid))
-        return torch.cat([dense, stem_map], dim=1)
+        stem_maps = stem_maps or {}
+        extra = [stem_maps[n] if n in stem_maps else
+                 dense.new_zeros((b, self.adapters[n].feature_channels, self.grid, self.grid))
+                 for n in self.maps_to_heads]
+        return torch.cat([dense, *extra], dim=1) if extra else dense
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         names, spatial = self.check_inputs(inputs)
-        tokens, stem_map = self.embed_inputs(names, inputs)
-        return self.dense_map(self.encode(torch.cat(tokens, dim=1)), names, tokens, spatial, stem_map)
+        tokens, stem_maps = self.embed_inputs(names, inputs)
+        return self.dense_map(self.encode(torch.cat(tokens, dim=1)), names, tokens, spatial, stem_maps)
 
     def set_detail(self, strides) -> None:
         """The colour stem's finer stages (strides < 16) also reach the dense map (see
@@ -315,7 +324,10 @@ class Encoder(nn.Module):
             raise ValueError(f"detail strides need a preset whose ImageNet colour stem feeds the heads; "
                              f"{self.preset!r} has none")
         self.stem.backbone.set_detail(strides)
-        self.feature_dim = self.embed_dim + self.stem.feature_channels
+        self._set_feature_dim()
+
+    def _set_feature_dim(self) -> None:
+        self.feature_dim = self.embed_dim + sum(self.adapters[n].feature_channels for n in self.maps_to_heads)
 
     def describe(self) -> dict:
         desc = {"preset": self.preset, "modalities": list(self.modalities), "image_size": self.image_size,
