@@ -117,20 +117,21 @@ def test_the_rgbd_presets_read_depth_through_its_own_imagenet_backbone_without_m
     assert torch.equal(depth_only[:, colour_end:], both_maps.adapters["depth"].features(inputs["depth"]))
 
 
-def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny-imagenet", "tiny-imagenet-rgbd-maps"])
+def test_a_model_on_the_stem_encoder_transfers_reloads_and_exports_with_parity(tmp_path, preset):
     from tst_ros.perception.export import export_model
     from tst_ros.perception.heads import load_model
     from tst_ros.perception.transfer import transfer
 
     labeled = tmp_path / "labeled"
     labeled_set.write(labeled, 6, seed=1000, width=96, height=72, progress=False)
-    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16)
+    enc = build_encoder(preset, ["rgb", "depth"], SIZE, 16)
     encoder_file = save_encoder(enc, tmp_path / "enc.safetensors")
     transfer(str(encoder_file), str(labeled), str(tmp_path / "m"),
              TransferConfig(steps=2, batch=4, seed=0, detail_strides=[8]), input_modalities=["rgb", "depth"],
              show_bar=False)
     model, meta = load_model(tmp_path / "m")
-    assert meta["encoder"]["preset"] == "tiny-imagenet"
+    assert meta["encoder"]["preset"] == preset
     assert meta["encoder"]["detail_strides"] == [8]
     assert model.encoder.feature_dim == enc.feature_dim + 40 * 4       # the stride-8 stage, folded
     # the default transfer fine-tunes the backbone too, at its layer's lr, with its statistics fixed
