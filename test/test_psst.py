@@ -78,16 +78,20 @@ def test_adapt_modality_command_prints_the_parameter_and_storage_account(base, t
     assert summary["parameters"] > 0 and summary["bytes"] == out.stat().st_size
 
 
-def test_a_base_with_an_imagenet_colour_stem_gets_a_fresh_depth_input_and_keeps_its_backbone(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny-imagenet", "tiny-imagenet-rgbd-maps"])
+def test_a_base_with_an_imagenet_colour_stem_gets_a_fresh_depth_input_and_keeps_its_backbone(tmp_path, preset):
     torch.manual_seed(0)
-    stem_base = save_encoder(build_encoder("tiny-imagenet", ["rgb"], image_size=64, patch=16),
+    stem_base = save_encoder(build_encoder(preset, ["rgb"], image_size=64, patch=16),
                              tmp_path / "stem" / "encoder.safetensors")
     out = tmp_path / "depth.safetensors"
     adapt_modality(_cfg(warmup_steps=2, joint_steps=1), "synthetic:8", str(stem_base), "depth", out, progress=False)
     encoder, meta = apply_adapter(out, stem_base)
     assert meta["modality"] == "depth"
-    base = build_encoder("tiny-imagenet", ["rgb"], image_size=64, patch=16)
-    backbone = {k: v for k, v in base.state_dict().items() if ".backbone." in k}
-    assert backbone and all(torch.equal(encoder.state_dict()[k], v) for k, v in backbone.items())
+    imagenet = {k.split(".backbone.")[1]: v for k, v in build_encoder(preset, ["rgb"], image_size=64, patch=16)
+                .state_dict().items() if ".backbone." in k}
+    backbones = {k: v for k, v in encoder.state_dict().items() if ".backbone." in k}
+    # every ImageNet backbone (colour's, and depth's where the preset reads depth through one) stays as it was
+    assert len(backbones) == len(imagenet) * (2 if preset.endswith("rgbd-maps") else 1)
+    assert all(torch.equal(v, imagenet[k.split(".backbone.")[1]]) for k, v in backbones.items())
     feats = encoder({"rgb": torch.randn(1, 3, 64, 64), "depth": torch.randn(1, 1, 64, 64)})
     assert feats.shape[-2:] == (4, 4) and torch.isfinite(feats).all()

@@ -79,7 +79,7 @@ class RecordConfig:
 @dataclass
 class PretrainConfig:
     # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone) | tiny-imagenet-tokens
-    # (its heads read the transformer's tokens only) | tiny-imagenet-rgbd (depth tokens from an ImageNet backbone too)
+    # (heads read the transformer's tokens only) | tiny-imagenet-rgbd[-maps] (depth via an ImageNet backbone too)
     preset: str = "tiny-imagenet"
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])

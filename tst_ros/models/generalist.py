@@ -161,7 +161,8 @@ class ImageNetStemAdapter(nn.Module):
             raise ValueError(f"the ImageNet stem reads colour (3 channels) or a grey image (1), not {channels} channels")
         from tst_ros.models.vit import sincos_2d
 
-        self.backbone = EfficientNetLite0Encoder(image_size, pretrained=True).requires_grad_(False)
+        # in inference mode from the start: a caller that never calls .train() (PSST) keeps its statistics too
+        self.backbone = EfficientNetLite0Encoder(image_size, pretrained=True).requires_grad_(False).eval()
         self.channels, self.patch, self.grid = channels, patch, image_size // patch
         self.token_channels = self.backbone.base_dim      # detail stages reach the heads, never the tokens
         self.proj = nn.Linear(self.token_channels, dim)

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict] = {
     # the same encoder whose heads read only the transformer's tokens: whatever the backbone adds must
     # pass through the (pre-trained) transformer, so the masked modeling's features cannot be bypassed
     "tiny-imagenet-tokens": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
-                             "stem_map_to_heads": False},
+                             "maps_to_heads": ()},
     # tiny-imagenet whose depth tokens also come from an ImageNet backbone (its own copy, reading depth as grey)
     "tiny-imagenet-rgbd": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
                            "stem_modalities": ("rgb", "depth")},
@@ -211,8 +211,6 @@ class Encoder(nn.Module):
         # the image stems whose feature maps reach the heads beside the transformer's (colour's by default)
         self.maps_to_heads = [n for n in spec.get("maps_to_heads", (registry.PRIMARY_IMAGE,))
                               if n in self.adapters and hasattr(self.adapters[n], "feature_channels")]
-        if not spec.get("stem_map_to_heads", True):
-            self.maps_to_heads = []
         self.stem_map_to_heads = registry.PRIMARY_IMAGE in self.maps_to_heads
         self._set_feature_dim()
         self.modality_embed = nn.ParameterDict(

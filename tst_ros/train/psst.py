@@ -65,7 +65,7 @@ def adapted_encoder(base_file: Path, modality: str, rank: int, alpha: float, tar
     inject_lora(encoder, rank, alpha, targets)
     inputs = [f"adapters.{modality}.", f"modality_embed.{modality}"]
     for name, p in encoder.named_parameters():
-        if any(name.startswith(i) for i in inputs):
+        if any(name.startswith(i) for i in inputs) and ".backbone." not in name:   # an ImageNet stem stays frozen
             p.requires_grad_(True)
     return encoder, inputs
 
