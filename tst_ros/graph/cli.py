@@ -25,7 +25,8 @@ def register(sub) -> None:
                                    "RUN/report/index.html and exits 0 (or keeps serving with --serve).")
     config.add_config_arguments(p)
     p.add_argument("--data-dir", default="", help="run directory (default: specialize.output from the config)")
-    p.add_argument("--preset", default="", help="encoder preset (pretrain.preset): tiny-imagenet, tiny-imagenet-rgbd-maps, tiny, s, b, ...")
+    p.add_argument("--preset", default="",
+                   help="encoder preset (pretrain.preset): tiny-imagenet, tiny-imagenet-rgbd-maps, tiny, s, b, ...")
     p.add_argument("--device", default="", help="training device auto | cpu | cuda")
     p.add_argument("--sim", dest="use_sim", action=argparse_bool(), default=True,
                    help="start the simulated building (--no-sim: your sensors or a bag feed the topics)")

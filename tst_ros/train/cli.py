@@ -9,7 +9,8 @@ def register(sub) -> None:
     p = sub.add_parser("pretrain", help="TST-MM / TST-MAE masked-modeling pre-training on a dataset store")
     p.add_argument("--data", required=True, help="dataset store directory (or synthetic:N for a smoke test)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, encoder, logs, pictures)")
-    p.add_argument("--preset", help=default_help("pretrain.preset", "encoder: tiny-imagenet, tiny-imagenet-rgbd-maps, tiny, s, b, ..."))
+    p.add_argument("--preset", help=default_help("pretrain.preset",
+                                                 "encoder: tiny-imagenet, tiny-imagenet-rgbd-maps, tiny, s, b, ..."))
     p.add_argument("--method", choices=["tst-mm", "tst-mae", "scratch"], help=default_help("pretrain.method"))
     p.add_argument("--modalities", help=default_help("pretrain.modalities", "comma-separated modalities for tst-mm"))
     p.add_argument("--steps", type=int, help=default_help("pretrain.steps", "optimizer steps"))
