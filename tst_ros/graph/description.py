@@ -174,7 +174,7 @@ LAUNCH_ARGUMENTS = {
        for name in SWITCHABLE},
     "config": ("", "YAML config (default: the package's config/specialize.yaml)"),
     "data_dir": ("", "run directory for the dataset, checkpoints, models and report (default: specialize.output)"),
-    "preset": ("", "encoder preset: tiny | s | b (default: from the config)"),
+    "preset": ("", "encoder preset: tiny-imagenet, tiny-imagenet-rgbd-maps, tiny, s, b, ... (default: the config's)"),
     "device": ("", "training device: auto | cpu | cuda (default: from the config)"),
 }
 

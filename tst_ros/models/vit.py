@@ -29,10 +29,11 @@ PRESETS: dict[str, dict] = {
                              "maps_to_heads": ()},
     # tiny-imagenet whose depth tokens also come from an ImageNet backbone (its own copy, reading depth as grey)
     "tiny-imagenet-rgbd": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
-                           "stem_modalities": ("rgb", "depth")},
+                           "stem_modalities": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE)},
     # ... whose depth backbone's map reaches the heads too, beside the colour one's
     "tiny-imagenet-rgbd-maps": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
-                                "stem_modalities": ("rgb", "depth"), "maps_to_heads": ("rgb", "depth")},
+                                "stem_modalities": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE),
+                                "maps_to_heads": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE)},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -156,6 +157,12 @@ class ImuAdapter(nn.Module):
         return self.embed(x.reshape(b, self.tokens, self.chunk * self.channels)) + self.pos
 
 
+def is_image_stem(adapter: nn.Module | None) -> bool:
+    """Whether an input adapter runs an ImageNet backbone (`generalist.ImageNetStemAdapter`): it has a
+    feature map of its own and blanks masked patches before its convolutions."""
+    return hasattr(adapter, "feature_channels")
+
+
 def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int, stem: str = "",
                   stem_modalities: tuple[str, ...] = (registry.PRIMARY_IMAGE,)) -> nn.Module:
     """One input adapter from a registry entry, chosen by its kind (`stem`: the preset's image
@@ -210,8 +217,7 @@ class Encoder(nn.Module):
                                                              stem_modalities) for m in mods})
         # the image stems whose feature maps reach the heads beside the transformer's (colour's by default)
         self.maps_to_heads = [n for n in spec.get("maps_to_heads", (registry.PRIMARY_IMAGE,))
-                              if n in self.adapters and hasattr(self.adapters[n], "feature_channels")]
-        self.stem_map_to_heads = registry.PRIMARY_IMAGE in self.maps_to_heads
+                              if n in self.adapters and is_image_stem(self.adapters[n])]
         self._set_feature_dim()
         self.modality_embed = nn.ParameterDict(
             {m.name: nn.Parameter(torch.zeros(1, 1, self.embed_dim)) for m in mods})
@@ -240,7 +246,12 @@ class Encoder(nn.Module):
         """The colour stem adapter of a stem preset (None otherwise); a property, so the state
         dict names its weights once."""
         adapter = self.adapters[registry.PRIMARY_IMAGE] if registry.PRIMARY_IMAGE in self.adapters else None
-        return adapter if hasattr(adapter, "feature_channels") else None
+        return adapter if is_image_stem(adapter) else None
+
+    @property
+    def stem_map_to_heads(self) -> bool:
+        """Whether the colour stem's map reaches the heads (where its detail strides can go)."""
+        return registry.PRIMARY_IMAGE in self.maps_to_heads
 
     def num_tokens(self, name: str) -> int:
         return self.adapters[name].num_tokens
@@ -253,7 +264,7 @@ class Encoder(nn.Module):
         `visible` (B, N) bool: the tokens masked pre-training keeps; only an image stem needs it
         (it blanks the masked patches before its convolutions, patch projections are local)."""
         adapter = self.adapters[name]
-        tokens = adapter(x, visible) if hasattr(adapter, "feature_channels") else adapter(x)
+        tokens = adapter(x, visible) if is_image_stem(adapter) else adapter(x)
         return tokens + self.modality_embed[name]
 
     def embed_inputs(self, names: list[str], inputs: dict[str, torch.Tensor]
