@@ -70,6 +70,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mae-imagenet (tokens to heads)", "tst-mae-imagenet-tokens", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems)", "tst-mm-imagenet-rgbd", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads)", "tst-mm-imagenet-rgbd-maps", None, "other", None),
+        ("tst-mm-imagenet (no pre-training; rgb-d stems; both maps to heads)", "tst-mm-imagenet-untrained-rgbd-maps",
+         None, "other", None),
         ("generalist", "generalist", None, "other", None),
         ("generalist-finetuned", "generalist", None, "other", "full"),
         ("generalist-finetuned (self-trained)", "generalist", None, "other", "full"),
@@ -140,3 +142,5 @@ PRETRAININGS.update({f"{key}-tokens": replace(PRETRAININGS[key], preset="tiny-im
                      for key in ("tst-mm-imagenet", "tst-mm-imagenet-untrained", "tst-mae-imagenet")})
 PRETRAININGS.update({f"tst-mm-imagenet-{name}": replace(PRETRAININGS["tst-mm-imagenet"], preset=f"tiny-imagenet-{name}")
                      for name in ("rgbd", "rgbd-maps")})
+PRETRAININGS["tst-mm-imagenet-untrained-rgbd-maps"] = replace(PRETRAININGS["tst-mm-imagenet-untrained"],
+                                                              preset="tiny-imagenet-rgbd-maps")
