@@ -30,12 +30,12 @@ HEADER = """\
 # These are the defaults of tst_ros/config.py, written by `tst-ros config dump`; edit a copy,
 # or change the dataclasses and regenerate this file.
 #
-# Budgets are sized for the whole loop to finish in about 20 minutes on a 2-core CPU
-# (tiny-imagenet preset: the tiny ViT continued from the frozen ImageNet backbone, which beats
-# the tiny ViT from random init by 4 seg mIoU at this budget). Transfer fine-tunes the whole
-# encoder with layer-wise lr decay (+2 seg mIoU, +6 det mAP@.5 over a frozen encoder). Short CPU pre-training needs a
-# larger visible fraction (0.4) and smaller decoders (128-d) than MultiMAE (1/6, 256-d) to
-# beat a random encoder; on a GPU use preset s or b, more steps, and the paper's 1/6.
+# Budgets are sized for the whole loop to finish in about 20 minutes on a 2-core CPU (tiny-imagenet-rgbd-maps: the
+# tiny ViT fed colour and depth by frozen ImageNet backbones whose maps reach the heads too; +3 seg mIoU over
+# colour alone through ImageNet, itself +4 over a random-init ViT). Transfer fine-tunes the whole encoder with
+# layer-wise lr decay (+2 seg mIoU, +6 det mAP@.5 over a frozen encoder). Short CPU pre-training needs a larger
+# visible fraction (0.4) and smaller decoders (128-d) than MultiMAE (1/6, 256-d) to beat a random encoder; on a
+# GPU use preset s or b, more steps, and the paper's 1/6.
 """
 
 
@@ -80,7 +80,7 @@ class RecordConfig:
 class PretrainConfig:
     # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone) | tiny-imagenet-tokens
     # (heads read the transformer's tokens only) | tiny-imagenet-rgbd[-maps] (depth via an ImageNet backbone too)
-    preset: str = "tiny-imagenet"
+    preset: str = "tiny-imagenet-rgbd-maps"
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
     steps: int = 300                    # 0 to 2200 steps transfer alike (docs/BENCHMARKS.md); 0: the encoder as built

@@ -3,9 +3,9 @@ segmentation in the test building, from a frozen RGB base, with `tst_ros.bench.s
 data, held-out frames and seeds; plus the adapter bank's swap latency and building recognition
 (`tst_ros.bench.bank`).
 
-The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store, on the loop's
-default preset (`tiny-imagenet`: colour through the frozen ImageNet stem) unless `preset` names
-another. The second modality (depth or thermal, which the base never saw) gets an input adapter
+The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store, on preset
+`tiny-imagenet` (colour through the frozen ImageNet stem; `spec.COLOUR_STEM_PRESET`) unless `preset`
+names another. The second modality (depth or thermal, which the base never saw) gets an input adapter
 (initialised from the RGB patch projection, or fresh when colour has a stem) and a LoRA learned without labels on the same store by
 `tst_ros.train.psst` (the same PSST step budget in every row that runs it). Stage 2
 (`transfer --finetune tp-mome`: task prompts, modality experts, decoder; base and LoRA frozen)
@@ -210,12 +210,10 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
         preset: str | None = None, building: str = spec.TEST_BUILDING, rows: list[str] | None = None) -> dict:
     import torch
 
-    from tst_ros.config import PretrainConfig
-
     key = "quick" if quick else "full"
     budget = spec.BUDGETS[key]
     steps = {"psst": PSST_STEPS[key], "transfer": TRANSFER_STEPS[key]}
-    preset = preset or PretrainConfig().preset
+    preset = preset or spec.COLOUR_STEM_PRESET
     seeds = list(seeds if seeds is not None else budget["seeds"])
     unknown = sorted(set(rows or ()) - set(ROWS))
     if unknown:

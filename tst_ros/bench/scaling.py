@@ -1,7 +1,7 @@
 """Compute scaling of specialisation (`tst-ros bench specialization --scaling`): held-out seg
 mIoU (all classes and things) against pre-training minutes on this CPU, for TST-MM (fed RGB + depth,
 and fed RGB only) and TST-MAE, with `tst_ros.bench.specialization`'s data, transfer and evaluation,
-on the loop's default preset (or `preset`).
+on preset `tiny-imagenet` (colour through the ImageNet backbone; or `preset`).
 
 The step count of each point comes from a short timed run of the method, its first steps
 (start-up) not counted, so both methods get the same minutes, whatever their step cost. Each
@@ -174,9 +174,7 @@ def rgb_margin(curves: dict) -> dict:
 def run(quick: bool = False, seed: int = 0, preset: str | None = None, building: str = spec.TEST_BUILDING) -> dict:
     import torch
 
-    from tst_ros.config import PretrainConfig
-
-    preset = preset or PretrainConfig().preset
+    preset = preset or spec.COLOUR_STEM_PRESET
     key = "quick" if quick else "full"
     budget, minutes = spec.BUDGETS[key], MINUTES[key]
     torch.set_num_threads(spec.TORCH_THREADS)
