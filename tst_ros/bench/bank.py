@@ -1,7 +1,7 @@
 """Per-building adapter bank: entry swap latency and building recognition accuracy.
 
 Protocol:
-  1. a base encoder (default preset, tiny at 128 px, random init: recognition needs no
+  1. a base encoder (preset tiny at 128 px, random init: recognition needs no
      training, and every entry shares it) and one entry per building: heads transferred on
      the frozen base from a labeled set of other buildings (`transfer`, short budget, one seed
      per building, so the entries differ), fingerprinted (`bank add`, K = 8 prototypes) on

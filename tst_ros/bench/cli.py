@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--teacher", help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>, seg:<model>)")
     p.add_argument("--scaling", action="store_true",
                    help="specialization only: seg mIoU against pre-training minutes (TST-MM, also fed RGB, and "
-                        "TST-MAE on the default preset) and its plot")
+                        "TST-MAE on preset tiny-imagenet) and its plot")
     p.add_argument("--modalities", help="adapters only: comma-separated second modalities (default: depth,thermal)")
     p.add_argument("--finetune", choices=("frozen", "partial", "full"),
                    help="specialization only: how every row's transfer treats the encoder (default: the loop's, full)")
