@@ -34,7 +34,7 @@ def register(sub) -> None:
                    help="specialization only: also evaluate every trained model without and with flip "
                         "averaging, each with its own and with the building's batch-norm statistics, and with "
                         "its encoder interpolated toward the pre-trained weights")
-    p.add_argument("--preset", help="adapters, --scaling: the base preset (default: tiny-imagenet); "
+    p.add_argument("--preset", help="adapters: the frozen base's preset (default: tiny-imagenet, --scaling's); "
                                     "specialization: the plain-ViT rows' preset (default: tiny)")
     p.add_argument("--device", help="specialization only: where pre-training and transfer run (cpu, cuda[:N], auto; "
                                     "default cpu; bf16 on CUDA)")

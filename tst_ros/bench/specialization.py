@@ -51,8 +51,8 @@ BUDGETS = {
 # One intra-op thread: on a shared 2-core machine multi-threaded torch stalls on contended
 # cores (measured 10x slower per step under load); results are recorded with the count used.
 TORCH_THREADS = 1
-# the base of `bench adapters` and `--scaling` unless --preset names another: colour through the ImageNet
-# backbone, as their documented figures were measured (before depth got its own backbone in the loop's default)
+# the base of `--scaling` and of `bench adapters` (unless its --preset names another): colour through the
+# ImageNet backbone, as their documented figures were measured (before depth got its own backbone by default)
 COLOUR_STEM_PRESET = "tiny-imagenet"
 def check_image_size(size: int) -> int:
     """Every preset's patch (16) and the ImageNet backbone's deepest stride (32) must divide it."""
