@@ -31,8 +31,8 @@ HEADER = """\
 # or change the dataclasses and regenerate this file.
 #
 # Budgets are sized for the whole loop to finish in about 20 minutes on a 2-core CPU (tiny-imagenet-rgbd-maps: the
-# tiny ViT fed colour and depth by frozen ImageNet backbones whose maps reach the heads too; +3 seg mIoU over
-# colour alone through ImageNet, itself +4 over a random-init ViT). Transfer fine-tunes the whole encoder with
+# tiny ViT fed colour and depth by frozen ImageNet backbones whose maps reach the heads too; +1 to +3 seg mIoU
+# over colour alone through ImageNet, itself +4 over a random-init ViT). Transfer fine-tunes the whole encoder with
 # layer-wise lr decay (+2 seg mIoU, +6 det mAP@.5 over a frozen encoder). Short CPU pre-training needs a larger
 # visible fraction (0.4) and smaller decoders (128-d) than MultiMAE (1/6, 256-d) to beat a random encoder; on a
 # GPU use preset s or b, more steps, and the paper's 1/6.

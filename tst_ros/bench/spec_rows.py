@@ -21,7 +21,8 @@ building's recorded frames, pseudo-labeled (never the held-out ones; `ROW_TRANSF
 the heads alone on the held encoder for the first third of the steps (LP-FT; `short heads first`: a tenth);
 `(no copy-paste)` rows transfer without the default copy-paste augmentation (`transfer.paste`, 0.5 of the
 samples), `(copy-paste 1.0)` and `(copy-paste 0.25)` with it in that share of the samples; `tst-mm-imagenet
-(no pre-training[; rgb input])` transfers that encoder as built, never pre-trained: what masked modeling adds;
+(no pre-training[; rgb input | ; rgb-d stems...])` transfers that encoder as built, never pre-trained: what masked
+modeling adds;
 `(tokens to heads...)` rows use preset `tiny-imagenet-tokens`, whose heads read the transformer's tokens only
 (the ImageNet map reaches them through the transformer alone), so what pre-training put there cannot be bypassed;
 `(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone

@@ -54,6 +54,8 @@ TORCH_THREADS = 1
 # the base of `--scaling` and of `bench adapters` (unless its --preset names another): colour through the
 # ImageNet backbone, as their documented figures were measured (before depth got its own backbone by default)
 COLOUR_STEM_PRESET = "tiny-imagenet"
+
+
 def check_image_size(size: int) -> int:
     """Every preset's patch (16) and the ImageNet backbone's deepest stride (32) must divide it."""
     if size <= 0 or size % 32:
