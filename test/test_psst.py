@@ -11,6 +11,7 @@ import torch
 from tst_ros.config import AdaptConfig
 from tst_ros.models import build_encoder, save_encoder
 from tst_ros.models.lora import lora_modules
+from tst_ros.models.vit import PRESETS
 from tst_ros.train.psst import adapt_modality, apply_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,8 @@ def test_a_base_with_an_imagenet_colour_stem_gets_a_fresh_depth_input_and_keeps_
                 .state_dict().items() if ".backbone." in k}
     backbones = {k: v for k, v in encoder.state_dict().items() if ".backbone." in k}
     # every ImageNet backbone (colour's, and depth's where the preset reads depth through one) stays as it was
-    assert len(backbones) == len(imagenet) * (2 if preset.endswith("rgbd-maps") else 1)
+    stems = len(PRESETS[preset].get("stem_modalities", ("rgb",)))
+    assert len(backbones) == len(imagenet) * stems
     assert all(torch.equal(v, imagenet[k.split(".backbone.")[1]]) for k, v in backbones.items())
     feats = encoder({"rgb": torch.randn(1, 3, 64, 64), "depth": torch.randn(1, 1, 64, 64)})
     assert feats.shape[-2:] == (4, 4) and torch.isfinite(feats).all()
