@@ -189,3 +189,9 @@ def test_only_the_simulated_graph_gives_nodes_the_rigs_camera_extrinsic():
         assert with_sim[name]["camera_extrinsic"] == sim_camera_extrinsic()
     without = {s.name: s.parameters for s in describe(Config(), use_sim=False)}
     assert "sim" not in without and all("camera_extrinsic" not in p for p in without.values())
+
+
+def test_an_unknown_encoder_preset_fails_before_the_run_directory_is_made(tmp_path):
+    with pytest.raises(ValueError, match="unknown encoder preset 'tinyy'.*tiny-imagenet-rgbd-maps"):
+        resolve(data_dir=str(tmp_path / "run"), overrides=["pretrain.preset=tinyy"])
+    assert not (tmp_path / "run").exists()

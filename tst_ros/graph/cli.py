@@ -117,9 +117,11 @@ def run_specialize(args) -> int:
 
 
 def run_pipeline(args) -> int:
+    from tst_ros.graph.description import check_choices
     from tst_ros.graph.pipeline import Pipeline
 
     cfg = config.load(args.config, (MICRO if args.micro else []) + list(args.overrides))
+    check_choices(cfg)
     Pipeline(cfg, args.run, args.data, progress_jsonl=args.progress_jsonl).run_all()
     return 0
 

@@ -211,10 +211,18 @@ def resolve(*, use_sim: bool = True, config: str = "", data_dir: str = "", prese
 
     config_path = Path(config) if config else default_config_path()
     cfg = load(config_path, argument_overrides(data_dir, preset, device) + list(overrides or []))
+    check_choices(cfg)
     run_dir = Path(cfg.specialize.output).resolve()
     resolved = save_resolved(cfg, run_dir)
     return cfg, run_dir, describe(cfg, use_sim=use_sim, config_path=resolved, run_dir=run_dir, enabled=enabled,
                                   namespace=namespace, use_sim_time=use_sim_time, log_level=log_level)
+
+
+def check_choices(cfg: Config) -> None:
+    """Fail on an unknown encoder preset before anything runs, not after the recording."""
+    from tst_ros.models.vit import preset
+
+    preset(cfg.pretrain.preset)
 
 
 def is_true(value: str) -> bool:
