@@ -3,7 +3,8 @@ makes the colour tokens. Masked pre-training blanks masked patches before the ba
 visible token sees masked content; pre-training never moves the backbone or its batch-norm
 statistics; the heads get the backbone's map beside the transformer's (its finer stages folded
 in where asked, the tokens unchanged; preset `tiny-imagenet-tokens` gives them the transformer's
-only; `tiny-imagenet-rgbd` reads depth through a second backbone, masked the same way), and a model built on
+only; `tiny-imagenet-rgbd` reads depth through a second backbone, masked the same way, `-slopes` with depth's
+slopes as two of its colours), and a model built on
 it transfers (the backbone fine-tuned, its statistics fixed), reloads and exports to ONNX with
 parity."""
 from __future__ import annotations
@@ -115,6 +116,32 @@ def test_the_rgbd_presets_read_depth_through_its_own_imagenet_backbone_without_m
         depth_only = both_maps({"depth": inputs["depth"]})
     assert torch.count_nonzero(depth_only[:, both_maps.embed_dim:colour_end]) == 0      # no colour: zeros
     assert torch.equal(depth_only[:, colour_end:], both_maps.adapters["depth"].features(inputs["depth"]))
+
+
+def test_depth_slopes_read_a_surfaces_tilt_whatever_its_distance_and_keep_masked_content_out():
+    from tst_ros.models.generalist import depth_slopes
+
+    rows = torch.arange(SIZE, dtype=torch.float32).view(1, 1, SIZE, 1).expand(1, 1, SIZE, SIZE)
+    near_floor = 1.0 + 0.01 * (SIZE - rows)          # depth grows towards the top of the image
+    normalised = lambda metres: (metres - 2.5) / 1.5                     # noqa: E731 (the registry's depth)
+    wall = depth_slopes(normalised(torch.full((1, 1, SIZE, SIZE), 3.0)), 1.5, 2.5)
+    assert wall.shape == (1, 2, SIZE, SIZE) and torch.count_nonzero(wall) == 0
+    near = depth_slopes(normalised(near_floor), 1.5, 2.5)[..., 1:-1, :]
+    far = depth_slopes(normalised(2.0 * near_floor), 1.5, 2.5)[..., 1:-1, :]
+    assert torch.count_nonzero(near[:, 0]) == 0 and bool((near[:, 1] < -0.1).all())
+    assert torch.allclose(near, far, atol=1e-5)        # relative: the same tilt at twice the distance
+    enc = build_encoder("tiny-imagenet-rgbd-slopes", ["rgb", "depth"], SIZE, 16).eval()
+    assert enc.adapters["depth"].slopes == (1.5, 2.5) and enc.stem.slopes is None
+    grid = SIZE // 16
+    visible = torch.zeros(1, grid * grid, dtype=torch.bool)
+    visible[0, [2, 7, 8]] = True
+    depth = torch.randn(1, 1, SIZE, SIZE)
+    pixel_visible = visible.reshape(1, 1, grid, grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    other = torch.where(pixel_visible, depth, torch.randn_like(depth))
+    with torch.no_grad():
+        assert torch.equal(enc.tokenize("depth", depth, visible), enc.tokenize("depth", other, visible))
+        plain = build_encoder("tiny-imagenet-rgbd-maps", ["rgb", "depth"], SIZE, 16).eval()
+        assert not torch.allclose(enc.adapters["depth"].features(depth), plain.adapters["depth"].features(depth))
 
 
 @pytest.mark.parametrize("preset", ["tiny-imagenet", "tiny-imagenet-rgbd-maps"])

@@ -71,6 +71,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mae-imagenet (tokens to heads)", "tst-mae-imagenet-tokens", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems)", "tst-mm-imagenet-rgbd", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads)", "tst-mm-imagenet-rgbd-maps", None, "other", None),
+        ("tst-mm-imagenet (rgb-d stems; both maps to heads; depth slopes)", "tst-mm-imagenet-rgbd-slopes", None,
+         "other", None),
         ("tst-mm-imagenet (no pre-training; rgb-d stems; both maps to heads)", "tst-mm-imagenet-untrained-rgbd-maps",
          None, "other", None),
         ("generalist", "generalist", None, "other", None),
@@ -142,6 +144,6 @@ PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-m
 PRETRAININGS.update({f"{key}-tokens": replace(PRETRAININGS[key], preset="tiny-imagenet-tokens")
                      for key in ("tst-mm-imagenet", "tst-mm-imagenet-untrained", "tst-mae-imagenet")})
 PRETRAININGS.update({f"tst-mm-imagenet-{name}": replace(PRETRAININGS["tst-mm-imagenet"], preset=f"tiny-imagenet-{name}")
-                     for name in ("rgbd", "rgbd-maps")})
+                     for name in ("rgbd", "rgbd-maps", "rgbd-slopes")})
 PRETRAININGS["tst-mm-imagenet-untrained-rgbd-maps"] = replace(PRETRAININGS["tst-mm-imagenet-untrained"],
                                                               preset="tiny-imagenet-rgbd-maps")

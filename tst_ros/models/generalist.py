@@ -20,6 +20,7 @@ RGB normalised by the modality registry and converts it to the backbone's own in
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -151,10 +152,16 @@ class ImageNetStemAdapter(nn.Module):
     `visible` (masked pre-training), the masked patches are set to 0 (the mean after
     normalisation) before the backbone, so no visible token carries masked content. The backbone
     never trains here and its batch norms stay in inference mode; end-to-end fine-tuning may
-    unfreeze it later."""
+    unfreeze it later. With `slopes` (the depth registry entry's (std, mean)), a grey image's second
+    and third channels carry its horizontal and vertical slopes instead of the grey (`depth_slopes`),
+    so the backbone sees surface orientation as colour."""
 
-    def __init__(self, dim: int, patch: int, image_size: int, channels: int = 3):
+    def __init__(self, dim: int, patch: int, image_size: int, channels: int = 3,
+                 slopes: tuple[float, float] | None = None):
         super().__init__()
+        if slopes is not None and channels != 1:
+            raise ValueError("only a one-channel (depth) image can be read with its slopes")
+        self.slopes = slopes
         if patch != OUTPUT_STRIDE:
             raise ValueError(f"the ImageNet stem makes one token per {OUTPUT_STRIDE} pixels; patch size is {patch}")
         if channels not in (1, 3):
@@ -187,7 +194,10 @@ class ImageNetStemAdapter(nn.Module):
             keep = visible.reshape(-1, 1, self.grid, self.grid).to(x.dtype)
             x = x * F.interpolate(keep, scale_factor=self.patch, mode="nearest")
         if self.channels == 1:
-            return self.backbone.from_backbone_range((0.5 * x).clamp(-1.0, 1.0).expand(-1, 3, -1, -1))
+            grey = (0.5 * x).clamp(-1.0, 1.0)
+            image = grey.expand(-1, 3, -1, -1) if self.slopes is None else \
+                torch.cat([grey, depth_slopes(x, *self.slopes)], dim=1)
+            return self.backbone.from_backbone_range(image)
         return self.backbone({registry.PRIMARY_IMAGE: x})
 
     def tokens(self, feature_map: torch.Tensor) -> torch.Tensor:
@@ -195,3 +205,17 @@ class ImageNetStemAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         return self.tokens(self.features(x, visible))
+
+
+def depth_slopes(normalised: torch.Tensor, std: float, mean: float) -> torch.Tensor:
+    """(B, 1, H, W) registry-normalised depth -> (B, 2, H, W) its horizontal and vertical slopes in
+    [-1, 1]: the central difference of depth divided by depth (scale-free: a surface's tilt
+    towards the camera, whatever its distance), times the image width (about the focal length in
+    pixels, so a 45-degree surface reads about 0.5), through atan. Blanked (masked) patches read
+    as flat; depth under 0.1 m (invalid) as 0.1 m, so holes show as steep edges."""
+    metres = (normalised * std + mean).clamp(min=0.1)
+    padded = F.pad(metres, (1, 1, 1, 1), mode="replicate")
+    d_x = padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]
+    d_y = padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]
+    relative = torch.cat([d_x, d_y], dim=1) / (2.0 * metres)
+    return torch.atan(relative * normalised.shape[-1]) * (2.0 / math.pi)

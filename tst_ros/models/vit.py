@@ -34,6 +34,11 @@ PRESETS: dict[str, dict] = {
     "tiny-imagenet-rgbd-maps": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
                                 "stem_modalities": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE),
                                 "maps_to_heads": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE)},
+    # ... whose depth backbone reads depth's slopes as two of its three colour channels (surface orientation)
+    "tiny-imagenet-rgbd-slopes": {"embed_dim": 192, "depth": 4, "heads": 3, "stem": "imagenet", "random_init": "tiny",
+                                  "stem_modalities": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE),
+                                  "maps_to_heads": (registry.PRIMARY_IMAGE, registry.DEPTH_IMAGE),
+                                  "stem_slopes": (registry.DEPTH_IMAGE,)},
 }
 SPATIAL_KINDS = ("image", "feature_map")
 TOKEN_KINDS = SPATIAL_KINDS + ("imu",)
@@ -164,15 +169,17 @@ def is_image_stem(adapter: nn.Module | None) -> bool:
 
 
 def build_adapter(modality: registry.Modality, dim: int, patch: int, image_size: int, stem: str = "",
-                  stem_modalities: tuple[str, ...] = (registry.PRIMARY_IMAGE,)) -> nn.Module:
+                  stem_modalities: tuple[str, ...] = (registry.PRIMARY_IMAGE,),
+                  stem_slopes: tuple[str, ...] = ()) -> nn.Module:
     """One input adapter from a registry entry, chosen by its kind (`stem`: the preset's image
-    stem, for the modalities in `stem_modalities`)."""
+    stem, for the modalities in `stem_modalities`; those in `stem_slopes` are read with their slopes)."""
     if stem and modality.name in stem_modalities:
         from tst_ros.models import generalist
 
         if stem != "imagenet":
             raise ValueError(f"unknown colour stem {stem!r}")
-        return generalist.ImageNetStemAdapter(dim, patch, image_size, modality.channels)
+        slopes = (modality.std[0], modality.mean[0]) if modality.name in stem_slopes else None
+        return generalist.ImageNetStemAdapter(dim, patch, image_size, modality.channels, slopes)
     if modality.kind in SPATIAL_KINDS:
         return PatchAdapter(modality.channels, dim, patch, image_size)
     if modality.kind == "imu":
@@ -213,8 +220,9 @@ class Encoder(nn.Module):
         self.modalities = list(modality_names)
         stem = spec.get("stem", "")
         stem_modalities = tuple(spec.get("stem_modalities", (registry.PRIMARY_IMAGE,)))
+        stem_slopes = tuple(spec.get("stem_slopes", ()))
         self.adapters = nn.ModuleDict({m.name: build_adapter(m, self.embed_dim, patch, image_size, stem,
-                                                             stem_modalities) for m in mods})
+                                                             stem_modalities, stem_slopes) for m in mods})
         # the image stems whose feature maps reach the heads beside the transformer's (colour's by default)
         self.maps_to_heads = [n for n in spec.get("maps_to_heads", (registry.PRIMARY_IMAGE,))
                               if n in self.adapters and is_image_stem(self.adapters[n])]
