@@ -71,6 +71,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mae-imagenet (tokens to heads)", "tst-mae-imagenet-tokens", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems)", "tst-mm-imagenet-rgbd", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads)", "tst-mm-imagenet-rgbd-maps", None, "other", None),
+        ("tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input)", "tst-mm-imagenet-rgbd-maps", ["rgb"],
+         "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; depth slopes)", "tst-mm-imagenet-rgbd-slopes", None,
          "other", None),
         ("tst-mm-imagenet (no pre-training; rgb-d stems; both maps to heads)", "tst-mm-imagenet-untrained-rgbd-maps",
