@@ -73,6 +73,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (rgb-d stems; both maps to heads)", "tst-mm-imagenet-rgbd-maps", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input)", "tst-mm-imagenet-rgbd-maps", ["rgb"],
          "other", None),
+        ("tst-mm-imagenet (rgb-d stems; both maps to heads; lr 5e-3)", "tst-mm-imagenet-rgbd-maps", None, "other",
+         None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; depth slopes)", "tst-mm-imagenet-rgbd-slopes", None,
          "other", None),
         ("tst-mm-imagenet (no pre-training; rgb-d stems; both maps to heads)", "tst-mm-imagenet-untrained-rgbd-maps",
@@ -100,6 +102,7 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "tst-mm-imagenet (short heads first)": {"heads_first": 0.1},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (no copy-paste)": {"paste": 0.0},
+                "tst-mm-imagenet (rgb-d stems; both maps to heads; lr 5e-3)": {"lr": 5e-3},
                 "generalist-finetuned (no copy-paste)": {"paste": 0.0},
                 **{f"tst-mm-imagenet (copy-paste {share})": {"paste": float(share)} for share in ("1.0", "0.25")}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
