@@ -24,14 +24,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 64
 
 
-def test_masked_patch_content_does_not_reach_the_stems_features():
-    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16).eval()
+def _masked_pair(channels: int, visible_patches: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An image, another with the same visible 16-px patches and new content elsewhere, and the (1, N) mask."""
     grid = SIZE // 16
     visible = torch.zeros(1, grid * grid, dtype=torch.bool)
-    visible[0, [0, 5, 10]] = True
-    x = torch.randn(1, 3, SIZE, SIZE)
+    visible[0, visible_patches] = True
+    x = torch.randn(1, channels, SIZE, SIZE)
     pixel_visible = visible.reshape(1, 1, grid, grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
-    other = torch.where(pixel_visible, x, torch.randn_like(x))      # same visible patches, new masked ones
+    return x, torch.where(pixel_visible, x, torch.randn_like(x)), visible
+
+
+def test_masked_patch_content_does_not_reach_the_stems_features():
+    enc = build_encoder("tiny-imagenet", ["rgb", "depth"], SIZE, 16).eval()
+    x, other, visible = _masked_pair(3, [0, 5, 10])
     with torch.no_grad():
         a, b = enc.stem.features(x, visible), enc.stem.features(other, visible)
         full_a, full_b = enc.stem.features(x), enc.stem.features(other)
@@ -95,11 +100,7 @@ def test_the_rgbd_presets_read_depth_through_its_own_imagenet_backbone_without_m
     for (name, a), b in zip(depth_stem.backbone.state_dict().items(), enc.stem.backbone.state_dict().values()):
         assert torch.equal(a, b), name                                   # both start from the ImageNet weights
     grid = SIZE // 16
-    visible = torch.zeros(1, grid * grid, dtype=torch.bool)
-    visible[0, [1, 6, 11]] = True
-    depth = torch.randn(1, 1, SIZE, SIZE)
-    pixel_visible = visible.reshape(1, 1, grid, grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
-    other = torch.where(pixel_visible, depth, torch.randn_like(depth))
+    depth, other, visible = _masked_pair(1, [1, 6, 11])
     with torch.no_grad():
         assert torch.equal(enc.tokenize("depth", depth, visible), enc.tokenize("depth", other, visible))
         assert not torch.allclose(enc.tokenize("depth", depth), enc.tokenize("depth", other))
@@ -132,12 +133,7 @@ def test_depth_slopes_read_a_surfaces_tilt_whatever_its_distance_and_keep_masked
     assert torch.allclose(near, far, atol=1e-5)        # relative: the same tilt at twice the distance
     enc = build_encoder("tiny-imagenet-rgbd-slopes", ["rgb", "depth"], SIZE, 16).eval()
     assert enc.adapters["depth"].slopes == (1.5, 2.5) and enc.stem.slopes is None
-    grid = SIZE // 16
-    visible = torch.zeros(1, grid * grid, dtype=torch.bool)
-    visible[0, [2, 7, 8]] = True
-    depth = torch.randn(1, 1, SIZE, SIZE)
-    pixel_visible = visible.reshape(1, 1, grid, grid).repeat_interleave(16, 2).repeat_interleave(16, 3)
-    other = torch.where(pixel_visible, depth, torch.randn_like(depth))
+    depth, other, visible = _masked_pair(1, [2, 7, 8])
     with torch.no_grad():
         assert torch.equal(enc.tokenize("depth", depth, visible), enc.tokenize("depth", other, visible))
         plain = build_encoder("tiny-imagenet-rgbd-maps", ["rgb", "depth"], SIZE, 16).eval()
