@@ -78,8 +78,8 @@ class RecordConfig:
 
 @dataclass
 class PretrainConfig:
-    # tiny | s | b | tiny-imagenet (tiny, colour tokens from the frozen ImageNet backbone) | tiny-imagenet-tokens
-    # (heads read the transformer's tokens only) | tiny-imagenet-rgbd[-maps] (depth via an ImageNet backbone too)
+    # tiny | s | b | tiny-imagenet (colour tokens from the frozen ImageNet backbone) | tiny-imagenet-tokens (heads
+    # read the transformer's tokens only) | tiny-imagenet-rgbd[-maps|-slopes] (depth via an ImageNet backbone too)
     preset: str = "tiny-imagenet-rgbd-maps"
     method: str = "tst-mm"              # tst-mm | tst-mae | scratch
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth", "normals", "edges"])
