@@ -5,6 +5,7 @@ file is executed against small recording stand-ins for the launch classes it use
 it would hand to launch_ros is compared with what the in-process runner instantiates.
 """
 import importlib.util
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -195,3 +196,9 @@ def test_an_unknown_encoder_preset_fails_before_the_run_directory_is_made(tmp_pa
     with pytest.raises(ValueError, match="unknown encoder preset 'tinyy'.*tiny-imagenet-rgbd-maps"):
         resolve(data_dir=str(tmp_path / "run"), overrides=["pretrain.preset=tinyy"])
     assert not (tmp_path / "run").exists()
+    # the check keeps the launch process light: resolving a graph never loads torch
+    script = ("import sys; from tst_ros.graph.description import resolve; "
+              f"resolve(data_dir={str(tmp_path / 'ok')!r}); assert 'torch' not in sys.modules, 'torch loaded'")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "ok" / "config.yaml").is_file()

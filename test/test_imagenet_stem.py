@@ -3,10 +3,9 @@ makes the colour tokens. Masked pre-training blanks masked patches before the ba
 visible token sees masked content; pre-training never moves the backbone or its batch-norm
 statistics; the heads get the backbone's map beside the transformer's (its finer stages folded
 in where asked, the tokens unchanged; preset `tiny-imagenet-tokens` gives them the transformer's
-only; `tiny-imagenet-rgbd` reads depth through a second backbone, masked the same way, `-slopes` with depth's
-slopes as two of its colours), and a model built on
-it transfers (the backbone fine-tuned, its statistics fixed), reloads and exports to ONNX with
-parity."""
+only; `tiny-imagenet-rgbd` reads depth through a second backbone, masked the same way,
+`tiny-imagenet-rgbd-slopes` with depth's slopes as two of its colours), and a model built on it
+transfers (the backbone fine-tuned, its statistics fixed), reloads and exports to ONNX with parity."""
 from __future__ import annotations
 
 from pathlib import Path

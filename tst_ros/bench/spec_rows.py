@@ -26,7 +26,9 @@ modeling adds;
 `(tokens to heads...)` rows use preset `tiny-imagenet-tokens`, whose heads read the transformer's tokens only
 (the ImageNet map reaches them through the transformer alone), so what pre-training put there cannot be bypassed;
 `(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone
-(`...; both maps to heads`: `tiny-imagenet-rgbd-maps`, whose heads read that backbone's map too).
+(`...; both maps to heads`: `tiny-imagenet-rgbd-maps`, the default, whose heads read that backbone's map too;
+`...; rgb input` transfers and serves it with colour alone, `...; lr 5e-3` transfers it at that rate, `...; depth
+slopes` uses `tiny-imagenet-rgbd-slopes`, whose depth backbone reads depth's slopes as two of its colours).
 """
 from __future__ import annotations
 

@@ -219,8 +219,9 @@ def resolve(*, use_sim: bool = True, config: str = "", data_dir: str = "", prese
 
 
 def check_choices(cfg: Config) -> None:
-    """Fail on an unknown encoder preset before anything runs, not after the recording."""
-    from tst_ros.models.vit import preset
+    """Fail on an unknown encoder preset before anything runs, not after the recording (torch-free:
+    the launch process stays light)."""
+    from tst_ros.encoder_presets import preset
 
     preset(cfg.pretrain.preset)
 
