@@ -27,7 +27,8 @@ modeling adds;
 (the ImageNet map reaches them through the transformer alone), so what pre-training put there cannot be bypassed;
 `(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone
 (`...; both maps to heads`: `tiny-imagenet-rgbd-maps`, the default, whose heads read that backbone's map too;
-`...; rgb input` transfers and serves it with colour alone, `...; lr 5e-3` transfers it at that rate, `...; depth
+`...; rgb input` transfers and serves it with colour alone (`...; depth predicted`: its depth predicted from that
+colour by the pre-training's own depth decoder, `tst_ros.models.cross_modal`), `...; lr 5e-3` transfers it at that rate, `...; depth
 slopes` uses `tiny-imagenet-rgbd-slopes`, whose depth backbone reads depth's slopes as two of its colours).
 """
 from __future__ import annotations
@@ -75,6 +76,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
         ("tst-mm-imagenet (rgb-d stems; both maps to heads)", "tst-mm-imagenet-rgbd-maps", None, "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input)", "tst-mm-imagenet-rgbd-maps", ["rgb"],
          "other", None),
+        ("tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input; depth predicted)", "tst-mm-imagenet-rgbd-maps",
+         ["rgb"], "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; lr 5e-3)", "tst-mm-imagenet-rgbd-maps", None, "other",
          None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; depth slopes)", "tst-mm-imagenet-rgbd-slopes", None,
@@ -105,6 +108,8 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (no copy-paste)": {"paste": 0.0},
                 "tst-mm-imagenet (rgb-d stems; both maps to heads; lr 5e-3)": {"lr": 5e-3},
+                "tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input; depth predicted)":
+                    {"predict_inputs": ["depth"]},
                 "generalist-finetuned (no copy-paste)": {"paste": 0.0},
                 **{f"tst-mm-imagenet (copy-paste {share})": {"paste": float(share)} for share in ("1.0", "0.25")}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the

@@ -14,9 +14,10 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+def unpatchify(x: torch.Tensor, patch: int, channels: int, grid: int | None = None) -> torch.Tensor:
+    """The inverse of `patchify` for a square grid of patches (`grid` per side: given when tracing for export)."""
     b, n, _ = x.shape
-    g = int(round(n ** 0.5))
+    g = int(grid) if grid is not None else int(round(n ** 0.5))
     x = x.reshape(b, g, g, patch, patch, channels)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, g * patch, g * patch)
 

@@ -19,9 +19,10 @@ import numpy as np
 MASKED_METHODS = ("tst-mm", "tst-mae")
 
 
-def pretraining_run(encoder_source: str) -> tuple[Path, object]:
+def pretraining_run(encoder_source: str, option: str = "transfer.building_mm") -> tuple[Path, object]:
     """The run directory of an encoder file or run directory and its pre-training config;
-    ValueError when the source is not a masked-modeling run with its checkpoint."""
+    ValueError, naming the `option` that needs them, when the source is not a masked-modeling run
+    with its checkpoint."""
     from tst_ros import config as config_mod
     from tst_ros.models.io import encoder_path
     from tst_ros.train.checkpoint import CHECKPOINT_FILE
@@ -29,15 +30,15 @@ def pretraining_run(encoder_source: str) -> tuple[Path, object]:
     try:
         run_dir = encoder_path(encoder_source).parent
     except FileNotFoundError as err:
-        raise ValueError(f"transfer.building_mm continues pre-training, so the encoder must come from a "
+        raise ValueError(f"{option} uses the pre-training's decoders, so the encoder must come from a "
                          f"pre-training run directory, not {encoder_source!r}") from err
     missing = [n for n in (CHECKPOINT_FILE, config_mod.RESOLVED_FILE) if not (run_dir / n).is_file()]
     if missing:
-        raise ValueError(f"transfer.building_mm needs the pre-training run's {' and '.join(missing)} beside "
+        raise ValueError(f"{option} needs the pre-training run's {' and '.join(missing)} beside "
                          f"its encoder in {run_dir}")
     cfg = config_mod.load(run_dir / config_mod.RESOLVED_FILE).pretrain
     if cfg.method not in MASKED_METHODS:
-        raise ValueError(f"transfer.building_mm needs an encoder pre-trained by masked modeling "
+        raise ValueError(f"{option} needs an encoder pre-trained by masked modeling "
                          f"{MASKED_METHODS}, {run_dir} was made by {cfg.method!r}")
     return run_dir, cfg
 

@@ -119,7 +119,7 @@ class PerceptionModel(nn.Module):
     """Encoder + feature pyramid + segmentation and detection heads."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, num_things: int, input_modalities: list[str],
-                 pyramid_dim: int = 64, input_stem: bool = False):
+                 pyramid_dim: int = 64, input_stem: bool = False, predictor: nn.Module | None = None):
         super().__init__()
         unknown = [m for m in input_modalities if m not in encoder.modalities]
         if unknown:
@@ -136,12 +136,18 @@ class PerceptionModel(nn.Module):
             self.input_stem = InputStem(channels, pyramid_dim)
         self.seg_head = SegmentationHead(pyramid_dim, num_classes)
         self.det_head = CenterDetectionHead(pyramid_dim, num_things)
+        # frozen: the pre-trained TST-MM's predictions of inputs the model is not given (tst_ros.models.cross_modal)
+        self.predictor = predictor
 
     def forward(self, *inputs: torch.Tensor, upsample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if len(inputs) != len(self.input_modalities):
             raise ValueError(f"expected {len(self.input_modalities)} inputs ({self.input_modalities}), got {len(inputs)}")
-        feats = self.encoder(dict(zip(self.input_modalities, inputs)))
+        feats = self.features(dict(zip(self.input_modalities, inputs)))
         return self.decode(feats, list(inputs), upsample)
+
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's map of the given inputs, plus those the predictor predicts from them."""
+        return self.encoder(self.predictor(inputs) if self.predictor is not None else inputs)
 
     def decode(self, feats: torch.Tensor, inputs: list[torch.Tensor], upsample: bool = True):
         """Encoder features (+ the inputs, for the stem) -> (seg_logits, det_heatmap, det_box);
@@ -153,7 +159,7 @@ class PerceptionModel(nn.Module):
         return seg, heat, box
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+        return [p for n, p in self.named_parameters() if not n.startswith(("encoder.", "predictor."))]
 
 
 class ServingModel(nn.Module):
@@ -324,8 +330,13 @@ def build_model(meta: dict) -> PerceptionModel:
     from tst_ros.models.tpmome import encoder_from_description
 
     encoder = encoder_from_description(meta["encoder"])
-    return PerceptionModel(encoder, len(meta["classes"]), len(meta["thing_class_ids"]),
-                           meta["input_modalities"], meta.get("pyramid_dim", 64), meta.get("input_stem", False))
+    predictor = None
+    if meta.get("predicted_inputs"):
+        from tst_ros.models.cross_modal import build_predictor
+
+        predictor = build_predictor(meta["predicted_inputs"])
+    return PerceptionModel(encoder, len(meta["classes"]), len(meta["thing_class_ids"]), meta["input_modalities"],
+                           meta.get("pyramid_dim", 64), meta.get("input_stem", False), predictor)
 
 
 def load_model(model_dir, device: str = "cpu") -> tuple[PerceptionModel, dict]:

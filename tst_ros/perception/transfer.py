@@ -65,7 +65,8 @@ def default_inputs(encoder) -> list[str]:
 
 
 def new_model(encoder, encoder_meta: dict, classes: list[str], categories: dict[int, str],
-              input_modalities: list[str] | None = None, pyramid_dim: int = 64, input_stem: bool | None = None):
+              input_modalities: list[str] | None = None, pyramid_dim: int = 64, input_stem: bool | None = None,
+              predictor=None):
     from tst_ros.config import TransferConfig
     from tst_ros.perception.heads import DET_STRIDE, PerceptionModel, preprocessing_meta
 
@@ -74,11 +75,13 @@ def new_model(encoder, encoder_meta: dict, classes: list[str], categories: dict[
     thing_ids = [cid for cid in categories if 0 <= cid < len(classes)]
     if len(thing_ids) != len(categories):
         raise ValueError(f"category ids {sorted(categories)} must index the {len(classes)} semantic classes")
-    model = PerceptionModel(encoder, len(classes), len(thing_ids), inputs, pyramid_dim, input_stem)
+    model = PerceptionModel(encoder, len(classes), len(thing_ids), inputs, pyramid_dim, input_stem, predictor)
     meta = {"format": "tst_ros.perception/1", "classes": classes, "thing_class_ids": thing_ids,
             "input_modalities": inputs, "image_size": model.image_size,
             "preprocessing": preprocessing_meta(inputs, model.image_size), "tasks": ["segmentation", "detection"],
             "det_stride": DET_STRIDE, "pyramid_dim": pyramid_dim, "input_stem": input_stem, "encoder": encoder_meta}
+    if predictor is not None:
+        meta["predicted_inputs"] = predictor.describe()
     return model, meta
 
 
@@ -157,7 +160,8 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
     anchor = encoder_anchor(encoder) if cfg.encoder_interpolation < 1 else None   # the pre-trained weights
     encoder, enc_meta = _with_detail(encoder, enc_meta, cfg.detail_strides)
-    model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem)
+    model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem,
+                            predictor=_predictor(encoder_source, cfg, input_modalities or default_inputs(encoder)))
     meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
@@ -247,7 +251,7 @@ class _Training:
                                    self.device)
             else:
                 with torch.set_grad_enabled(not probing):
-                    feats = self.model.encoder({n: _on_device(v, self.device) for n, v in b["inputs"].items()})
+                    feats = self.model.features({n: _on_device(v, self.device) for n, v in b["inputs"].items()})
         loss, loss_seg, loss_hm, loss_box = _task_losses(self.model, feats, b, self.device, self.tasks,
                                                          self.seg_weights, len(idx))
         loss_mm = self.building_mm.loss(step) if self.building_mm is not None else None
@@ -296,6 +300,17 @@ def _encoder_for(source: str, cfg, preset: str, image_size: int, patch: int):
 
         return stage2_encoder(source, cfg)
     return resolve_encoder(source, preset, image_size, patch)
+
+
+def _predictor(source: str, cfg, given: list[str]):
+    """The frozen pre-trained TST-MM predicting `cfg.predict_inputs` from the given inputs (None: none asked)."""
+    if not cfg.predict_inputs:
+        return None
+    if cfg.finetune == STAGE2:
+        raise ValueError("transfer.predict_inputs does not combine with finetune tp-mome")
+    from tst_ros.models.cross_modal import load_predictor
+
+    return load_predictor(source, list(given), list(cfg.predict_inputs))
 
 
 def _with_detail(encoder, enc_meta: dict, strides) -> tuple:
@@ -375,6 +390,6 @@ def _frozen_features(model, data: TransferData, device, chunk: int = 32):
         for start in range(0, len(data), chunk):
             sl = slice(start, start + chunk)
             x = {n: torch.from_numpy(v[sl]).to(device) for n, v in data.inputs.items()}
-            plain.append(model.encoder(x).float().cpu().numpy())
-            flipped.append(model.encoder({n: t.flip(-1) for n, t in x.items()}).float().cpu().numpy())
+            plain.append(model.features(x).float().cpu().numpy())
+            flipped.append(model.features({n: t.flip(-1) for n, t in x.items()}).float().cpu().numpy())
     return np.concatenate(plain), np.concatenate(flipped)
