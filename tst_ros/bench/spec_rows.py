@@ -28,7 +28,8 @@ modeling adds;
 `(rgb-d stems)` uses preset `tiny-imagenet-rgbd`, whose depth tokens also come from an ImageNet backbone
 (`...; both maps to heads`: `tiny-imagenet-rgbd-maps`, the default, whose heads read that backbone's map too;
 `...; rgb input` transfers and serves it with colour alone (`...; depth predicted`: its depth predicted from that
-colour by the pre-training's own depth decoder, `tst_ros.models.cross_modal`), `...; lr 5e-3` transfers it at that rate, `...; depth
+colour by the pre-training's own depth decoder, `tst_ros.models.cross_modal`; `colour-only samples`: half the
+pre-training samples show colour alone, so the decoders learn to predict from it), `...; lr 5e-3` transfers it at that rate, `...; depth
 slopes` uses `tiny-imagenet-rgbd-slopes`, whose depth backbone reads depth's slopes as two of its colours).
 """
 from __future__ import annotations
@@ -78,6 +79,8 @@ ROWS = [("scratch", "scratch", None, "other", None), ("tst-mae", "tst-mae", None
          "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input; depth predicted)", "tst-mm-imagenet-rgbd-maps",
          ["rgb"], "other", None),
+        ("tst-mm-imagenet (rgb-d stems; both maps to heads; colour-only samples; rgb input; depth predicted)",
+         "tst-mm-imagenet-rgbd-maps-colour-only", ["rgb"], "other", None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; lr 5e-3)", "tst-mm-imagenet-rgbd-maps", None, "other",
          None),
         ("tst-mm-imagenet (rgb-d stems; both maps to heads; depth slopes)", "tst-mm-imagenet-rgbd-slopes", None,
@@ -108,8 +111,8 @@ ROW_TRANSFER = {"tst-mm-imagenet (self-trained)": {"self_training": 0.5},
                 "generalist-finetuned (heads first)": {"heads_first": 0.33},
                 "tst-mm-imagenet (no copy-paste)": {"paste": 0.0},
                 "tst-mm-imagenet (rgb-d stems; both maps to heads; lr 5e-3)": {"lr": 5e-3},
-                "tst-mm-imagenet (rgb-d stems; both maps to heads; rgb input; depth predicted)":
-                    {"predict_inputs": ["depth"]},
+                **{f"tst-mm-imagenet (rgb-d stems; both maps to heads; {pre}rgb input; depth predicted)":
+                   {"predict_inputs": ["depth"]} for pre in ("", "colour-only samples; ")},
                 "generalist-finetuned (no copy-paste)": {"paste": 0.0},
                 **{f"tst-mm-imagenet (copy-paste {share})": {"paste": float(share)} for share in ("1.0", "0.25")}}
 # `--serving-variants`: label -> (batch-norm statistics from the building's store, flip averaging, share of the
@@ -129,7 +132,8 @@ class Pretraining:
     other buildings' (never the test style), "mixed_store" = the test building's frames plus as many from the
     transfer set's buildings; `init` = the PRETRAININGS key whose encoder it continues from (TST-MM adapted);
     `steps_factor` x the budget's steps (0: the encoder as built); `preset` the encoder's (`tiny-imagenet`: colour
-    tokens from the frozen ImageNet backbone; None: the budget's plain ViT, `tiny` unless `--preset` names another)."""
+    tokens from the frozen ImageNet backbone; None: the budget's plain ViT, `tiny` unless `--preset` names another);
+    `colour_only_share` that share of the samples shows colour alone (`pretrain.colour_only_share`)."""
     method: str
     modalities: str | list[str] | None = None
     data: str = "store"
@@ -137,6 +141,7 @@ class Pretraining:
     steps_factor: int = 1
     teachers_target_only: bool = False
     preset: str | None = None
+    colour_only_share: float = 0.0
 
 
 PRETRAININGS = {"scratch": Pretraining("scratch"), "tst-mae": Pretraining("tst-mae"), "tst-mm": Pretraining("tst-mm"),
@@ -157,5 +162,7 @@ PRETRAININGS.update({f"{key}-tokens": replace(PRETRAININGS[key], preset="tiny-im
                      for key in ("tst-mm-imagenet", "tst-mm-imagenet-untrained", "tst-mae-imagenet")})
 PRETRAININGS.update({f"tst-mm-imagenet-{name}": replace(PRETRAININGS["tst-mm-imagenet"], preset=f"tiny-imagenet-{name}")
                      for name in ("rgbd", "rgbd-maps", "rgbd-slopes")})
+PRETRAININGS["tst-mm-imagenet-rgbd-maps-colour-only"] = replace(PRETRAININGS["tst-mm-imagenet-rgbd-maps"],
+                                                                colour_only_share=0.5)
 PRETRAININGS["tst-mm-imagenet-untrained-rgbd-maps"] = replace(PRETRAININGS["tst-mm-imagenet-untrained"],
                                                               preset="tiny-imagenet-rgbd-maps")

@@ -111,7 +111,8 @@ def pretrain_config(method: str, steps: int, budget: dict, seed: int, preset: st
 
 def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: int,
                      modalities: list[str] | None = None, init: str = "", steps_factor: int = 1,
-                     target_only: list[str] | None = None, preset: str | None = None) -> str:
+                     target_only: list[str] | None = None, preset: str | None = None,
+                     colour_only_share: float = 0.0) -> str:
     """The encoder file of one pre-training at the benchmark budget."""
     from tst_ros.train.pretrain import pretrain
 
@@ -120,6 +121,7 @@ def pretrain_encoder(method: str, store: Path, out: Path, budget: dict, seed: in
         cfg.modalities = list(modalities)
     cfg.init = init
     cfg.target_only = list(target_only or [])
+    cfg.colour_only_share = colour_only_share
     return pretrain(cfg, str(store), out)["encoder"]
 
 
@@ -186,7 +188,8 @@ def run_seed(seed: int, paths: dict, tmp: Path, budget: dict, rows_run: list[tup
         _log(f"seed {seed}: pre-training {key}")
         encoders[key] = pretrain_encoder(p.method, paths[p.data], tmp / f"pretrain-{key}-{seed}", budget, seed,
                                          pretraining_modalities(p.modalities), encoders.get(p.init, ""), p.steps_factor,
-                                         teacher_modalities() if p.teachers_target_only else None, p.preset)
+                                         teacher_modalities() if p.teachers_target_only else None, p.preset,
+                                         p.colour_only_share)
     rows, model_dirs = {}, {}
     for name, key, inputs, labels, finetune in rows_run:
         _log(f"seed {seed}: transfer + eval {name}")
