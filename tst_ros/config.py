@@ -154,7 +154,8 @@ class TransferConfig:
     # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
     flip_average: bool = True
     # image modalities predicted from the given inputs by the pre-trained TST-MM's decoders (frozen) and fed to the
-    # encoder as if sensed, e.g. [depth] for a model given colour alone (needs a cross-modal pre-training run)
+    # encoder as if sensed, e.g. [depth] for a model given colour alone (a cross-modal run; colour-only: home:3 +2.0
+    # seg, home:4 -0.5)
     predict_inputs: list[str] = field(default_factory=list)
     zoom_average: float = 1.0           # >1: segmentation also averaged over 4 corner views 1/this wide (3x cost)
     encoder_interpolation: float = 1.0  # WiSE-FT: serve pre-trained + this x (fine-tuned - pre-trained); 1: off

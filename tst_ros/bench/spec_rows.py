@@ -29,8 +29,8 @@ modeling adds;
 (`...; both maps to heads`: `tiny-imagenet-rgbd-maps`, the default, whose heads read that backbone's map too;
 `...; rgb input` transfers and serves it with colour alone (`...; depth predicted`: its depth predicted from that
 colour by the pre-training's own depth decoder, `tst_ros.models.cross_modal`; `colour-only samples`: half the
-pre-training samples show colour alone, so the decoders learn to predict from it), `...; lr 5e-3` transfers it at that rate, `...; depth
-slopes` uses `tiny-imagenet-rgbd-slopes`, whose depth backbone reads depth's slopes as two of its colours).
+pre-training samples show colour alone, so the decoders learn to predict from it), `...; lr 5e-3` transfers it at
+that rate, `...; depth slopes` uses `tiny-imagenet-rgbd-slopes`, whose depth backbone reads depth's slopes as two of its colours).
 """
 from __future__ import annotations
 
