@@ -94,13 +94,11 @@ def load_predictor(encoder_source: str, given: list[str], predicted: list[str]) 
     from tst_ros.models.io import load_encoder
     from tst_ros.models.multimae import TSTMM
     from tst_ros.perception.building_mm import pretraining_run
-    from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_model_part
 
     run_dir, cfg = pretraining_run(encoder_source, "transfer.predict_inputs")
     encoder, _ = load_encoder(run_dir)
     check_predictable(encoder, given, predicted)
     decoders = TSTMM(encoder, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth).decoders
-    tensors, _ = read_checkpoint(run_dir / CHECKPOINT_FILE)
-    prefix = "model/decoders."
-    decoders.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    decoders.load_state_dict(read_model_part(run_dir / CHECKPOINT_FILE, "decoders"))
     return PredictedInputs(encoder, decoders, given, predicted, cfg.decoder_dim, cfg.decoder_depth)

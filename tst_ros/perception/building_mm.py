@@ -48,16 +48,14 @@ class BuildingMaskedModeling:
 
     def __init__(self, encoder, encoder_source: str, store: str, batch: int, seed: int, device):
         from tst_ros.models.multimae import TSTMM
-        from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
+        from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_model_part
         from tst_ros.train.data import open_dataset
 
         run_dir, cfg = pretraining_run(encoder_source)
         target_only = tuple(n for n in cfg.target_only if n in encoder.modalities)
         self.model = TSTMM(encoder, cfg.visible_fraction, cfg.dirichlet_alpha, cfg.decoder_dim,
                            cfg.decoder_depth, target_only, cfg.colour_only_share)
-        tensors, _ = read_checkpoint(run_dir / CHECKPOINT_FILE)
-        prefix = "model/decoders."
-        self.model.decoders.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self.model.decoders.load_state_dict(read_model_part(run_dir / CHECKPOINT_FILE, "decoders"))
         self.model.decoders.to(device)
         dataset = open_dataset(store, "train", list(encoder.modalities), encoder.image_size, False)
         if len(dataset) == 0:

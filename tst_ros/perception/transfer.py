@@ -160,8 +160,9 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
     anchor = encoder_anchor(encoder) if cfg.encoder_interpolation < 1 else None   # the pre-trained weights
     encoder, enc_meta = _with_detail(encoder, enc_meta, cfg.detail_strides)
-    model, meta = new_model(encoder, enc_meta, classes, categories, input_modalities, input_stem=cfg.input_stem,
-                            predictor=_predictor(encoder_source, cfg, input_modalities or default_inputs(encoder)))
+    inputs = list(input_modalities or default_inputs(encoder))
+    model, meta = new_model(encoder, enc_meta, classes, categories, inputs, input_stem=cfg.input_stem,
+                            predictor=_predictor(encoder_source, cfg, inputs))
     meta["tasks"] = tasks
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
@@ -310,7 +311,7 @@ def _predictor(source: str, cfg, given: list[str]):
         raise ValueError("transfer.predict_inputs does not combine with finetune tp-mome")
     from tst_ros.models.cross_modal import load_predictor
 
-    return load_predictor(source, list(given), list(cfg.predict_inputs))
+    return load_predictor(source, given, list(cfg.predict_inputs))
 
 
 def _with_detail(encoder, enc_meta: dict, strides) -> tuple:

@@ -73,6 +73,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
+def read_model_part(path: str | os.PathLike, part: str) -> dict[str, torch.Tensor]:
+    """The weights of one submodule of a checkpoint's model (e.g. "decoders"), keyed as in that
+    submodule's state dict; only those tensors are read."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    prefix = f"model/{part}."
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True) -> dict:
     """Restore model (+ optimizer, + torch RNG) in place; returns the metadata."""
