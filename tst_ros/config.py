@@ -119,8 +119,7 @@ class TransferConfig:
     labeled_images: int = 240
     steps: int = 300
     batch: int = 16
-    # peak lr of fine-tuning; 3e-3 over 1e-3 on home:3 and home:4: +2.9 seg / +3.6 things mIoU
-    lr: float = 3e-3
+    lr: float = 3e-3                    # peak lr of fine-tuning (chosen on home:3 and home:4)
     # full (layer-wise lr decay) | partial | frozen | tp-mome (stage 2 on modality adapters)
     finetune: str = "full"
     layer_decay: float = 0.75
@@ -128,49 +127,33 @@ class TransferConfig:
     input_stem: bool = True             # stride-4 detail features from the input images beside the encoder's
     # ImageNet backbone stages (strides < 16, e.g. [8]) also fed to the heads; encoders without that backbone ignore it
     detail_strides: list[int] = field(default_factory=list)
-    # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side (not with frozen)
-    zoom: float = 0.0
+    zoom: float = 0.0                   # augmentation: half the samples cropped to 1/(1+U(0,zoom)) of each side
     # augmentation: colour gains U(1-c,1+c) per channel, brightness U(-c/2,c/2) (not with frozen; chosen on home:3)
     colour_jitter: float = 0.2
-    # augmentation: share of samples given a building frame's low-frequency amplitudes (needs the store)
-    building_style: float = 0.0
+    building_style: float = 0.0         # augmentation: share of samples given a building frame's Fourier amplitudes
     building_mm: float = 0.0            # weight of masked modeling on the building's frames in each step (0: off)
     paste: float = 0.5                  # augmentation: share of samples given other images' objects (copy-paste)
-    # augmentation: share of samples whose depth (all non-colour inputs) reads as invalid (not with frozen; 0.3 lost 1.2
-    # seg on home:3)
-    input_drop: float = 0.0
+    input_drop: float = 0.0             # augmentation: share of samples whose non-colour inputs read as invalid
     class_balance: float = 0.0          # segmentation loss weight per class ~ (1 / pixel share)^this (0: plain CE)
     repeat_factor: float = 0.0          # sampling: images of classes in under this share of images come up more
-    # share of the steps, at the end, whose batches also hold the building's own frames, pseudo-labeled (0: off; not
-    # with frozen)
-    self_training: float = 0.0
+    self_training: float = 0.0          # share of the last steps also training on pseudo-labeled building frames
     pseudo_share: float = 0.5           # self-training: share of each batch taken from the building's frames
-    # self-training: share of each predicted class's pixels kept as labels, most confident first
-    pseudo_keep: float = 0.5
+    pseudo_keep: float = 0.5            # self-training: share of each class's pixels kept, most confident first
     pseudo_refresh: int = 50            # self-training: steps between pseudo-label refreshes from the current weights
     pseudo_fusion: float = 0.0          # self-training: voxel (m) fusing labels across frames by depth + pose (0: off)
-    # after training, batch norms' statistics re-estimated on the building's frames (needs the store)
-    building_norm_stats: bool = False
-    # the served model averages each frame with its mirror image (2x inference; chosen on home:3)
-    flip_average: bool = True
-    # image modalities predicted from the given inputs by the pre-trained TST-MM's decoders (frozen) and fed to the
-    # encoder as if sensed, e.g. [depth] for a model given colour alone (a cross-modal run; colour-only: home:3 +2.0
-    # seg, home:4 -0.5)
+    building_norm_stats: bool = False   # after training, batch-norm statistics from the building's frames
+    flip_average: bool = True           # the served model averages each frame with its mirror image (2x inference)
+    # image modalities predicted from the given inputs by the pre-trained TST-MM's frozen decoders and fed to the
+    # encoder as if sensed, e.g. [depth] for a model given colour alone (docs/BENCHMARKS.md)
     predict_inputs: list[str] = field(default_factory=list)
     zoom_average: float = 1.0           # >1: segmentation also averaged over 4 corner views 1/this wide (3x cost)
     encoder_interpolation: float = 1.0  # WiSE-FT: serve pre-trained + this x (fine-tuned - pre-trained); 1: off
-    # decay of an exponential moving average of the weights, served instead of the last ones (0: off; 0.99 lost 2.7 seg
-    # on home:3)
-    ema: float = 0.0
+    ema: float = 0.0                    # decay of a moving average of the weights, served instead (0: off)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "detection"])   # the losses trained
     adapters: list[str] = field(default_factory=list)   # tp-mome: modality adapter files (adapt-modality)
-    # tp-mome: lr of stage 2 (heads and stage-2 parts on the frozen encoder); on home:3 at 150 steps 5e-3 scored
-    # +1.2 (depth) and +1.7 (thermal) seg over 3e-3, and 3e-3 +6.9 and +11.5 over 1e-3
-    stage2_lr: float = 5e-3
+    stage2_lr: float = 5e-3             # tp-mome: lr of stage 2 (heads and stage-2 parts on the frozen encoder)
     prompts: int = 8                    # tp-mome: task prompt tokens per block
-    # tp-mome: blocks followed by experts (-1: last). With the heads' initialisation held fixed, experts after the
-    # last three blocks (8 wide) or the last four (6 or 8 wide) scored within 0.02 seg of each other on home:3;
-    # 6 wide after each of the last four keeps stage 2 under 10 % of the segmentation model
+    # tp-mome: blocks followed by experts (-1: last); 6 wide after the last four keeps stage 2 under 10 % of the model
     mome_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
     expert_hidden: int = 6              # tp-mome: expert bottleneck width
     modality_drop: float = 0.3          # tp-mome: share of samples that lose one input modality in training
@@ -208,9 +191,9 @@ class PerceptionConfig:
 class TTTKDConfig:
     backbone: str = "pointnet"          # pointnet | voxel
     width: int = 64                     # backbone channels
-    # auto (main job: its own segmentation model, seg; else tstmm with `run`, else hed)
+    # auto (main job: its own segmentation model, seg; else tstmm with `run`, else hed) | hed | imagenet
+    # | tstmm[:<run>] | onnx:<path> | seg:<model>
     teacher: str = "auto"
-                                        # | hed | imagenet | tstmm[:<run>] | onnx:<path> | seg:<model>
     run: str = ""                       # TST-MM pre-training run (encoder) used as teacher
     feature_dim: int = 64               # teacher features reduced (PCA on source buildings) to this many dims
     hed_input_scale: float = 1.0        # HED teacher input resize factor
