@@ -3,7 +3,8 @@
 
 The specialise graph fed by a recorded rosbag2 instead of the simulator. The bag's topics are
 published under `namespace` like every node's (absolute recorded names made relative; /clock
-stays global, /tf and /tf_static are remapped into the namespace); with use_sim_time the replay publishes the recorded /clock.
+stays global, /tf and /tf_static are remapped into the namespace); with use_sim_time the replay
+publishes the recorded /clock.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable

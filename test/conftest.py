@@ -33,7 +33,8 @@ def building_sets(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("building-sets")
     store = tmp / "store"
-    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32), 5, store)
+    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(store), image_size=32),
+                  5, store)
     labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
     return tmp
 

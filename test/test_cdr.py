@@ -32,7 +32,8 @@ def built_with_rclpy(stamp_ns, frame_id, boxes, scores, labels) -> Detection2DAr
 
 # frame ids of every length mod 4 and class ids of 1-3 digits move the 8-byte alignment of
 # the scores and boxes around; 0 detections is the empty sequence
-@pytest.mark.parametrize("count,frame_id", [(0, "c"), (1, ""), (3, "ab"), (10, "camera_color_optical_frame"), (7, "cam")])
+@pytest.mark.parametrize("count,frame_id",
+                         [(0, "c"), (1, ""), (3, "ab"), (10, "camera_color_optical_frame"), (7, "cam")])
 def test_detections_cdr_decodes_to_the_message_rclpy_builds(count, frame_id):
     rng = np.random.default_rng(count)
     xy = rng.uniform(0, 200, (count, 2))

@@ -104,7 +104,8 @@ def test_a_frame_through_the_store_and_through_serving_gives_the_same_network_in
         stamp = ds.entries[i]["stamp_ns"]
         frame = next(f for f in sim.frames(12) if int(f.stamp_ns) == stamp)
         trained = prepare_batch(torch.utils.data.default_collate([ds[i]]))
-        served = prepare_inputs(frame.rgb, frame.depth_mm.astype(np.float32) / 1000, names, normalisation(pre), (48, 48))
+        served = prepare_inputs(frame.rgb, frame.depth_mm.astype(np.float32) / 1000, names, normalisation(pre),
+                                (48, 48))
         for name in names:
             np.testing.assert_allclose(trained[name][0].numpy(), served[name], atol=1e-5)
         # labels: the store's and the transfer set's come from the same resize of the same map

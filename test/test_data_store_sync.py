@@ -23,7 +23,8 @@ def test_store_is_readable_with_json_and_numpy_only(tmp_path):
     e = json.loads(lines[5])
     assert e["file"] == "shards/000001.bin"
     a = e["arrays"]["depth"]
-    depth = np.memmap(tmp_path / "s" / e["file"], dtype=a["dtype"], mode="r", offset=a["offset"], shape=tuple(a["shape"]))
+    depth = np.memmap(tmp_path / "s" / e["file"], dtype=a["dtype"], mode="r", offset=a["offset"],
+                      shape=tuple(a["shape"]))
     assert depth[0, 0] == 1005
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
     assert meta["samples"] == 7 and meta["time_range_ns"] == [0, 600 * MS]

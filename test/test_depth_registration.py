@@ -147,8 +147,10 @@ def test_a_segmentation_node_registers_depth_with_the_extrinsic_and_refuses_it_w
         def step():
             stamp = 1_000_000_000_000 + sent[0] * 100_000_000
             sent[0] += 1
-            pubs["color_info"].publish(intrinsics_to_camera_info(COLOR, make_header(stamp, "camera_color_optical_frame")))
-            pubs["depth_info"].publish(intrinsics_to_camera_info(DEPTH, make_header(stamp, "camera_depth_optical_frame")))
+            pubs["color_info"].publish(intrinsics_to_camera_info(COLOR,
+                                                                 make_header(stamp, "camera_color_optical_frame")))
+            pubs["depth_info"].publish(intrinsics_to_camera_info(DEPTH,
+                                                                 make_header(stamp, "camera_depth_optical_frame")))
             pubs["depth"].publish(array_to_image(depth, "32FC1", make_header(stamp, "camera_depth_optical_frame")))
             pubs["rgb"].publish(array_to_image(rgb, "rgb8", make_header(stamp, "camera_color_optical_frame")))
             return condition()

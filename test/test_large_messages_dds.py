@@ -154,8 +154,8 @@ def test_a_default_transport_peer_and_a_node_on_the_project_profile_exchange_mes
 def test_a_best_effort_30hz_camera_is_recorded_with_at_most_1_percent_loss(tmp_path):
     prefix = f"/cam_{os.getpid()}"
     topics = {"rgb_topic": f"{prefix}/camera/color/image_raw", "depth_topic": f"{prefix}/camera/depth/image_raw",
-              "camera_info_topic": f"{prefix}/camera/color/camera_info", "depth_camera_info_topic": "", "thermal_topic": "",
-              "imu_topic": "", "cloud_topic": "", "odom_topic": ""}
+              "camera_info_topic": f"{prefix}/camera/color/camera_info", "depth_camera_info_topic": "",
+              "thermal_topic": "", "imu_topic": "", "cloud_topic": "", "odom_topic": ""}
     params = [Parameter("dataset", value=str(tmp_path / "store")), Parameter("image_size", value=32),
               *(Parameter(k, value=v) for k, v in topics.items())]
     spun = Spinning(lambda ctx: RecorderNode(parameter_overrides=params, context=ctx))

@@ -43,7 +43,8 @@ def test_export_lists_the_onnx_model_with_sha256_and_size_and_keeps_the_single_f
     onnx = exported / "model.onnx"
     record = {"sha256": sha256_file(onnx), "bytes": onnx.stat().st_size}
     assert manifest["files"] == {"model.onnx": record}
-    assert (manifest["file"], manifest["sha256"], manifest["bytes"]) == ("model.onnx", record["sha256"], record["bytes"])
+    assert (manifest["file"], manifest["sha256"], manifest["bytes"]) == ("model.onnx", record["sha256"],
+                                                                         record["bytes"])
 
 
 def test_a_file_added_to_the_manifest_verifies_with_the_model(deploy):

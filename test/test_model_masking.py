@@ -122,7 +122,8 @@ def test_nan_or_missing_modality_never_poisons_the_loss(model):
     assert torch.isfinite(loss)
     assert not out["masked"]["depth"][0].any() and not out["masked"]["imu"][2].any()
     assert not out["masked"]["normals"][1].any() and "loss/edges" not in stats
-    assert (out["mask"].budgets[0, NAMES.index("depth")] == 0) and (out["mask"].budgets[:, NAMES.index("edges")] == 0).all()
+    assert ((out["mask"].budgets[0, NAMES.index("depth")] == 0)
+            and (out["mask"].budgets[:, NAMES.index("edges")] == 0).all())
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     # what a rejected modality holds does not matter

@@ -155,7 +155,8 @@ def test_serving_preprocessing_equals_the_registry_normalisation():
     depth = rng.uniform(0.3, 6.0, (48, 64)).astype(np.float32)
     depth[0, :7] = np.nan
     depth[1, :5] = 0.0
-    out = prepare_inputs(rgb, depth, ["rgb", "depth"], normalisation(preprocessing_meta(["rgb", "depth"], 32)), (32, 32))
+    out = prepare_inputs(rgb, depth, ["rgb", "depth"], normalisation(preprocessing_meta(["rgb", "depth"], 32)),
+                         (32, 32))
     resized = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(out["rgb"], modalities.get("rgb").normalise(resized), atol=1e-5)
     d = cv2.resize(depth, (32, 32), interpolation=cv2.INTER_NEAREST)

@@ -28,7 +28,8 @@ def _cfg(**kw) -> AdaptConfig:
 @pytest.fixture()
 def base(tmp_path) -> Path:
     torch.manual_seed(0)
-    return save_encoder(build_encoder("tiny", ["rgb"], image_size=32, patch=8), tmp_path / "base" / "encoder.safetensors")
+    return save_encoder(build_encoder("tiny", ["rgb"], image_size=32, patch=8),
+                        tmp_path / "base" / "encoder.safetensors")
 
 
 def test_adapter_learns_a_new_modality_on_the_frozen_base_and_applies_to_it(base, tmp_path):

@@ -57,8 +57,8 @@ def test_sigkill_at_random_moments_never_loses_a_reported_sample(tmp_path):
         # the store reopens for appending after the crash and takes new samples
         with Store(dataset, "a") as writer:
             n = len(writer)
-            seq = writer.append({"rgb": np.full((48, 48, 3), round_, np.uint8)}, stamp_ns=2_000_000_000_000_000_000 + round_,
-                                present={"rgb": True})
+            seq = writer.append({"rgb": np.full((48, 48, 3), round_, np.uint8)},
+                                stamp_ns=2_000_000_000_000_000_000 + round_, present={"rgb": True})
             assert seq == n
         store = Store(dataset)
         assert store.read(seq, verify=True)["rgb"][0, 0, 0] == round_

@@ -248,7 +248,8 @@ def test_every_frame_gets_one_mask_and_one_detection_array_across_a_model_swap(s
     missing_masks = [s for s in scenario["stamps"] if len(h.masks[s]) != 1]
     missing_dets = [s for s in scenario["stamps"] if len(h.dets[s]) != 1]
     assert not missing_masks, f"stamps without exactly one mask: {missing_masks}\n{scenario['logs']['segmentation']}"
-    assert not missing_dets, f"stamps without exactly one detection array: {missing_dets}\n{scenario['logs']['detection']}"
+    assert not missing_dets, (f"stamps without exactly one detection array: {missing_dets}\n"
+                              f"{scenario['logs']['detection']}")
     assert set(h.masks) == set(scenario["stamps"])        # nothing answered that was not sent
 
 

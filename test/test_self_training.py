@@ -119,7 +119,8 @@ def test_the_pipelines_transfer_depends_on_the_store_only_when_it_reads_the_buil
     plain = Pipeline(config.load(None, []), tmp_path / "a", sets / "store").stage_inputs("transfer", keys)
     assert "dataset" not in plain["data"]
     for setting in ("transfer.self_training=0.5", "transfer.building_style=0.5"):
-        reading = Pipeline(config.load(None, [setting]), tmp_path / setting, sets / "store").stage_inputs("transfer", keys)
+        reading = Pipeline(config.load(None, [setting]), tmp_path / setting,
+                           sets / "store").stage_inputs("transfer", keys)
         assert "dataset" in reading["data"], setting
 
 

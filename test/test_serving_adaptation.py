@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving-adaptation")
-    build_dataset(SimConfig(width=64, height=48, realtime=False), RecordConfig(dataset=str(tmp / "store"), image_size=64),
-                  5, tmp / "store")
+    build_dataset(SimConfig(width=64, height=48, realtime=False),
+                  RecordConfig(dataset=str(tmp / "store"), image_size=64), 5, tmp / "store")
     labeled_set.write(tmp / "labeled", 4, seed=1000, width=64, height=48, progress=False)
     make_model_dir(tmp / "model", image_size=64, inputs=("rgb", "depth"), seed=3, input_stem=True)
     return tmp

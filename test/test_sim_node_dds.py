@@ -80,7 +80,8 @@ def test_sim_node_publishes_every_sensor_topic_with_consistent_stamps_and_frames
     infos = {stamp(m): m for m in got["/camera/color/camera_info"]}
     odoms = {stamp(m): m for m in got["/odom"]}
     for m in got["/camera/color/image_raw"]:
-        assert m.encoding == "rgb8" and m.header.frame_id == "camera_color_optical_frame" and (m.width, m.height) == (64, 48)
+        assert (m.encoding == "rgb8" and m.header.frame_id == "camera_color_optical_frame"
+                and (m.width, m.height) == (64, 48))
     for m in got["/camera/depth/image_raw"]:
         assert m.encoding == "16UC1" and m.header.frame_id == "camera_color_optical_frame"
     for m in got["/odom"]:

@@ -48,7 +48,8 @@ def test_every_class_appears_in_rendered_frames_across_ten_seeds():
     assert not missing, f"classes never rendered across 10 seeds: {missing}"
 
 
-@pytest.mark.parametrize("seed,style", [(0, "home"), (1, "home"), (1000, "office"), (1001, "loft"), (7, "home_shifted")])
+@pytest.mark.parametrize("seed,style",
+                         [(0, "home"), (1, "home"), (1000, "office"), (1001, "loft"), (7, "home_shifted")])
 def test_camera_never_starts_or_moves_inside_objects_or_walls(seed, style):
     sim = small(seed, style)
     traj, b = sim.trajectory, sim.building

@@ -62,7 +62,8 @@ def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(tmp_path):
     first = pretrain(small_cfg(), "", tmp_path / "split", dataset=train, val_dataset=val, stop_at=3)
     assert first["stopped"] and first["step"] == 3
     tensors, meta = read_checkpoint(tmp_path / "split" / CHECKPOINT_FILE)
-    assert meta["step"] == 3 and any(k.startswith("optim/") for k in tensors) and meta["config"]["pretrain"]["seed"] == 3
+    assert (meta["step"] == 3 and any(k.startswith("optim/") for k in tensors)
+            and meta["config"]["pretrain"]["seed"] == 3)
     second = pretrain(small_cfg(), "", tmp_path / "split", resume=True, dataset=train, val_dataset=val)
     assert second["start_step"] == 3
     np.testing.assert_allclose(first["losses"] + second["losses"], full["losses"], rtol=1e-4, atol=1e-5)
@@ -76,7 +77,8 @@ def test_two_process_ddp_matches_single_process_on_the_same_global_batch(tmp_pat
     args = ["pretrain", "--data", "synthetic:24", "--steps", "3", "--batch", "8", "--image-size", "32",
             "--patch", "8", "--preset", "tiny", "--workers", "0", "--lr", "1e-3", "--seed", "5",
             "--set", "pretrain.tensorboard=false",
-            "--set", "pretrain.warmup_steps=1", "--set", "pretrain.val_batches=1", "--set", "pretrain.checkpoint_every=0",
+            "--set", "pretrain.warmup_steps=1", "--set", "pretrain.val_batches=1",
+            "--set", "pretrain.checkpoint_every=0",
             "--set", "pretrain.decoder_dim=64", "--set", "pretrain.decoder_depth=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",

@@ -100,7 +100,8 @@ def test_augmented_batches_carry_detection_targets_of_their_own_boxes(labeled):
     idx, flips = np.array([0, 1, 2, 3, 0, 1]), np.array([False, True] * 3)
     plain = data.batch(idx, flips)
     aug = data.batch(idx, flips, np.random.default_rng(0), Augmentation(zoom=1.0, colour=0.2))
-    assert {k: v.shape for k, v in aug.items() if k != "inputs"} == {k: v.shape for k, v in plain.items() if k != "inputs"}
+    assert ({k: v.shape for k, v in aug.items() if k != "inputs"}
+            == {k: v.shape for k, v in plain.items() if k != "inputs"})
     assert not np.array_equal(aug["inputs"]["rgb"], plain["inputs"]["rgb"])
     # a sample that draws no crop on the zoom path rebuilds exactly the cached (mirrored) targets
     assert np.random.default_rng(0).random() >= 0.5

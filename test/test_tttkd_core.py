@@ -42,7 +42,8 @@ def test_project_then_backproject_returns_the_point():
     rng = np.random.default_rng(1)
     pix = rng.uniform([0, 0], [INTR.width - 1, INTR.height - 1], size=(200, 2))
     depth = rng.uniform(0.5, 6.0, size=200)
-    p_cam = np.stack([(pix[:, 0] - INTR.cx) / INTR.fx, (pix[:, 1] - INTR.cy) / INTR.fy, np.ones(200)], 1) * depth[:, None]
+    p_cam = np.stack([(pix[:, 0] - INTR.cx) / INTR.fx, (pix[:, 1] - INTR.cy) / INTR.fy,
+                      np.ones(200)], 1) * depth[:, None]
     p_odom = geometry.transform(T_odom_camera, p_cam)
     cam = points_in_camera(p_odom, np.eye(4), T_odom_camera)
     uv, z, ok = geometry.project(cam, INTR)

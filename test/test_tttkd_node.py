@@ -61,7 +61,8 @@ def test_node_labels_every_point_of_a_sim_cloud_and_copies_the_header(checkpoint
     rclpy.init(context=context)
     try:
         params = [Parameter("model", value=str(checkpoint)), Parameter("steps", value=2),
-                  Parameter("mode", value="episodic"), Parameter("point_budget", value=3000), Parameter("threads", value=1),
+                  Parameter("mode", value="episodic"), Parameter("point_budget", value=3000),
+                  Parameter("threads", value=1),
                   Parameter("camera_extrinsic", value=matrix_to_extrinsic(sim.T_base_camera))]
         node = TTTKDNode(parameter_overrides=params, context=context)
         peer = Node("tttkd_test_peer", context=context)

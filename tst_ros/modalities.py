@@ -118,14 +118,16 @@ register(Modality(
     scale=1 / 100, mean=(295.0,), std=(5.0,), invalid_value=0, loss="standardized_l1", pretrain=False,
     topic="camera/thermal/image_raw", encodings=("16UC1", "mono16", "32FC1")))
 register(Modality(
-    "normals", "image", 3, "int8", "surface normals in the camera frame, x right y down z forward, scaled by 127; 0 = invalid",
+    "normals", "image", 3, "int8",
+    "surface normals in the camera frame, x right y down z forward, scaled by 127; 0 = invalid",
     scale=1 / 127, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), derived_from=("depth", "camera_info"),
     loss="l1", flip_negate_channels=(0,)))
 register(Modality(
     "edges", "image", 1, "uint8", "Canny edges of the RGB image, 0 or 255",
     scale=1 / 255, mean=(0.0,), std=(1.0,), derived_from=("rgb",), loss="bce"))
 register(Modality(
-    "imu", "imu", 6, "float32", "IMU window between consecutive frames: ax ay az (m/s^2) gx gy gz (rad/s), resampled to `window` rows",
+    "imu", "imu", 6, "float32",
+    "IMU window between consecutive frames: ax ay az (m/s^2) gx gy gz (rad/s), resampled to `window` rows",
     mean=(0.0, 0.0, 9.81, 0.0, 0.0, 0.0), std=(2.0, 2.0, 2.0, 0.5, 0.5, 0.5),
     loss="mse", spatial=False, window=16, max_tokens=4))
 register(Modality(

@@ -6,8 +6,8 @@ data, held-out frames and seeds; plus the adapter bank's swap latency and buildi
 The base is TST-MAE (RGB only) pre-trained on the test building's unlabeled store, on preset
 `tiny-imagenet` (colour through the frozen ImageNet stem; `spec.COLOUR_STEM_PRESET`) unless `preset`
 names another. The second modality (depth or thermal, which the base never saw) gets an input adapter
-(initialised from the RGB patch projection, or fresh when colour has a stem) and a LoRA learned without labels on the same store by
-`tst_ros.train.psst` (the same PSST step budget in every row that runs it). Stage 2
+(initialised from the RGB patch projection, or fresh when colour has a stem) and a LoRA learned without
+labels on the same store by `tst_ros.train.psst` (the same PSST step budget in every row that runs it). Stage 2
 (`transfer --finetune tp-mome`: task prompts, modality experts, decoder; base and LoRA frozen)
 is then trained with the segmentation loss on the other buildings' labels, RGB + the modality
 in, with transfer's default heads (input stem included, as `tst-ros transfer` trains them). Rows:
@@ -239,7 +239,8 @@ def run(quick: bool = False, seeds: list[int] | None = None, modalities: tuple[s
     by_modality = {m: summarise(per_seed, seeds) for m, per_seed in per_modality.items()}
     seg_account = (account or {}).get("segmentation", {})
     result = {"test_building": building, "seeds": seeds, "task": "segmentation (RGB + modality)",
-              "base": f"TST-MAE (RGB, preset {preset}) pre-trained on the test building, frozen", "psst_steps": steps["psst"],
+              "base": f"TST-MAE (RGB, preset {preset}) pre-trained on the test building, frozen",
+              "psst_steps": steps["psst"],
               "transfer_steps": steps["transfer"], "transfer_lr": TRANSFER_LR, "lora": LORA,
               "budget": {k: v for k, v in budget.items() if k not in ("seeds", "transfer_steps")},
               "methods": by_modality, "targets": {m: targets(r) for m, r in by_modality.items()},

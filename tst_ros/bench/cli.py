@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a shortened run of the same measurement")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--rows", help="specialization, modalities, adapters: comma-separated rows to run (default: all)")
-    p.add_argument("--teacher", help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>, seg:<model>)")
+    p.add_argument("--teacher",
+                   help="ttt-kd only: the 2D teacher (hed, imagenet, tstmm:<run>, onnx:<file>, seg:<model>)")
     p.add_argument("--scaling", action="store_true",
                    help="specialization only: seg mIoU against pre-training minutes (TST-MM, also fed RGB, and "
                         "TST-MAE on preset tiny-imagenet) and its plot")

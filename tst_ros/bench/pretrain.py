@@ -143,7 +143,8 @@ def run(quick: bool = False) -> dict:
     if device.startswith("cuda"):
         peak16 = matmul_flops_per_s(device, 8192, 8, torch.bfloat16)
         r = measure_preset("b", 224, 16, 64, 10, device, bf16=True)
-        out.update({"matmul.bf16_gflops_per_s": round(peak16 / 1e9, 1), "b_bf16.samples_per_s": round(r["samples_per_s"], 1),
+        out.update({"matmul.bf16_gflops_per_s": round(peak16 / 1e9, 1),
+                    "b_bf16.samples_per_s": round(r["samples_per_s"], 1),
                     "b_bf16.mfu": round(r["model_flops_per_s"] / peak16, 3), "b_bf16.mfu_target": MFU_TARGET_GPU,
                     "b_bf16.meets_target": r["model_flops_per_s"] / peak16 >= MFU_TARGET_GPU})
     stall = loader_stall(quick)

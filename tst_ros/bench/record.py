@@ -131,8 +131,8 @@ def bench_ingest(frames: int, tmp: Path) -> dict:
     report = ingest(bag, tmp / "ingested", RecordConfig(image_size=224), RosDecoder(),
                     T_base_camera=sim.T_base_camera, progress=False)
     read_fps = frames / read_s
-    return {"ingest.frames": report["samples"], "ingest.messages": n_msgs, "ingest.frames_per_s": report["frames_per_s"],
-            "ingest.read_only_frames_per_s": round(read_fps, 1),
+    return {"ingest.frames": report["samples"], "ingest.messages": n_msgs,
+            "ingest.frames_per_s": report["frames_per_s"], "ingest.read_only_frames_per_s": round(read_fps, 1),
             "ingest.ratio_to_read_only": round(report["frames_per_s"] / read_fps, 3),
             "ingest.errors": report["error"] or ""}
 

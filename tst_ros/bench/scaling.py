@@ -195,4 +195,5 @@ def run(quick: bool = False, seed: int = 0, preset: str | None = None, building:
                    for metric, target in TARGETS.items()} for m, c in curves.items()}
     return {"seed": seed, "preset": preset, "test_building": building, "minutes_planned": minutes,
             "scratch": scratch, "curves": curves, "targets": TARGETS, "reached_at_min": reached,
-            "rgb_margin_over_tst_mae": margin, "plot": str(figure), "total_seconds": round(time.perf_counter() - t_all, 1)}
+            "rgb_margin_over_tst_mae": margin, "plot": str(figure),
+            "total_seconds": round(time.perf_counter() - t_all, 1)}

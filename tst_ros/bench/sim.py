@@ -23,7 +23,8 @@ def _fps(width: int, height: int, frames: int, warmup: int = 3) -> dict:
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"fps": round(frames / dt, 2), "ms_per_frame": round(1000 * dt / frames, 2), "frames": frames,
             "cpu_ms_per_frame": round(1000 * cpu / frames, 2),
-            "build_s": round(build_s, 3), "triangles": sim.scene.n_triangles, "cloud_points_per_frame": points // frames}
+            "build_s": round(build_s, 3), "triangles": sim.scene.n_triangles,
+            "cloud_points_per_frame": points // frames}
 
 
 def run(quick: bool = False) -> dict:
@@ -39,5 +40,7 @@ def run(quick: bool = False) -> dict:
     out["loadavg_1min_before"] = round(load_before, 2)
     out["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     out["cpu_cores"] = os.cpu_count()
-    out["note"] = "complete frame = RGB + depth + IMU since previous frame + cloud (every frame) + all ground truth; fps is wall clock in one process (raycasting uses all cores); cpu_ms_per_frame is this process's CPU time, so a loaded machine shows fps well below 1000 / cpu_ms_per_frame"
+    out["note"] = ("complete frame = RGB + depth + IMU since previous frame + cloud (every frame) + all ground truth; "
+                   "fps is wall clock in one process (raycasting uses all cores); cpu_ms_per_frame is this process's "
+                   "CPU time, so a loaded machine shows fps well below 1000 / cpu_ms_per_frame")
     return out

@@ -31,7 +31,8 @@ class ArrayDecoder:
     def thermal(self, p):
         t = np.asarray(p)
         if t.ndim != 2 or t.dtype not in (np.uint16, np.float32, np.float64):
-            raise ValueError(f"thermal array must be (H, W) uint16 centi-kelvin or float kelvin, got {t.shape} {t.dtype}")
+            raise ValueError("thermal array must be (H, W) uint16 centi-kelvin or float kelvin, "
+                             f"got {t.shape} {t.dtype}")
         return t
 
     def camera_info(self, p):

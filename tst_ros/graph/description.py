@@ -167,7 +167,8 @@ def replay_spec(bag: str, rate: float = 1.0, loop: bool = False, *, namespace: s
 
 LAUNCH_ARGUMENTS = {
     "use_sim": ("true", "start the simulated building (false: real sensors or a bag)"),
-    "namespace": ("", "namespace of every node and topic (e.g. robot_a), /tf and /tf_static included; /clock, /diagnostics stay global"),
+    "namespace": ("", "namespace of every node and topic (e.g. robot_a), /tf and /tf_static included; "
+                      "/clock, /diagnostics stay global"),
     "use_sim_time": ("false", "nodes take time from /clock (the simulator then publishes it, not in real time)"),
     "log_level": ("info", "log level of every node: debug | info | warn | error | fatal"),
     **{f"enable_{name}": ("true", f"start the {name} node" + (" (with use_sim)" if name == "sim" else ""))

@@ -146,7 +146,8 @@ def write_report(run_dir: str | Path) -> Path:
     deploy = _read_json(run_dir / "deploy.json")
     segdet = metrics.get("segdet", {})
     figures = {
-        "training curves": training_curves(_read_jsonl(run_dir / "pretrain" / "log.jsonl"), out / "training_curves.png"),
+        "training curves": training_curves(_read_jsonl(run_dir / "pretrain" / "log.jsonl"),
+                                           out / "training_curves.png"),
         "specialised vs scratch": comparison_chart(segdet, out / "segdet_vs_scratch.png"),
         "per-class IoU": per_class_chart(segdet, out / "per_class_iou.png"),
         "TTT-KD": tttkd_chart(metrics.get("tttkd", {}).get("miou_by_k", {}), out / "tttkd.png"),
@@ -186,9 +187,10 @@ def write_report(run_dir: str | Path) -> Path:
         f"<pre>{html.escape(json.dumps(metrics.get('budget', {}), indent=2))}</pre>",
     ]
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}img.sample{width:512px;image-rendering:pixelated}.verdict{font-size:1.1em;"
+             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
+             "img.sample{width:512px;image-rendering:pixelated}.verdict{font-size:1.1em;"
              "background:#f4f4f4;padding:8px}")
-    page = f"<!doctype html><html><head><meta charset=utf-8><title>tst_ros report</title><style>{style}</style></head>" \
-           f"<body>{''.join(sections)}</body></html>"
+    page = "<!doctype html><html><head><meta charset=utf-8><title>tst_ros report</title>" \
+           f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"
     (out / "index.html").write_text(page)
     return out / "index.html"

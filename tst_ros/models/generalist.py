@@ -165,7 +165,8 @@ class ImageNetStemAdapter(nn.Module):
         if patch != OUTPUT_STRIDE:
             raise ValueError(f"the ImageNet stem makes one token per {OUTPUT_STRIDE} pixels; patch size is {patch}")
         if channels not in (1, 3):
-            raise ValueError(f"the ImageNet stem reads colour (3 channels) or a grey image (1), not {channels} channels")
+            raise ValueError("the ImageNet stem reads colour (3 channels) or a grey image (1), "
+                             f"not {channels} channels")
         from tst_ros.models.vit import sincos_2d
 
         # in inference mode from the start: a caller that never calls .train() (PSST) keeps its statistics too

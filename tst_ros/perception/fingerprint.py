@@ -41,7 +41,8 @@ class BaseEmbedder:
     def embed(self, rgbs: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        batch = np.stack([prepare_inputs(rgb, None, [registry.PRIMARY_IMAGE], self.norm, self.size)[registry.PRIMARY_IMAGE]
+        batch = np.stack([prepare_inputs(rgb, None, [registry.PRIMARY_IMAGE], self.norm,
+                                         self.size)[registry.PRIMARY_IMAGE]
                           for rgb in rgbs])
         with torch.no_grad():
             feats = self.encoder({registry.PRIMARY_IMAGE: torch.from_numpy(batch).to(self.device)})

@@ -141,7 +141,8 @@ class PerceptionModel(nn.Module):
 
     def forward(self, *inputs: torch.Tensor, upsample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if len(inputs) != len(self.input_modalities):
-            raise ValueError(f"expected {len(self.input_modalities)} inputs ({self.input_modalities}), got {len(inputs)}")
+            raise ValueError(f"expected {len(self.input_modalities)} inputs ({self.input_modalities}), "
+                             f"got {len(inputs)}")
         feats = self.features(dict(zip(self.input_modalities, inputs)))
         return self.decode(feats, list(inputs), upsample)
 
@@ -279,7 +280,8 @@ def detection_targets(boxes: np.ndarray, labels: np.ndarray, image_size: int, nu
     return heat, box_t, weight
 
 
-def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                       beta: float = 4.0) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss, normalised by the number of centres."""
     p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
@@ -354,5 +356,6 @@ def load_model(model_dir, device: str = "cpu") -> tuple[PerceptionModel, dict]:
     model = build_model(meta)
     missing, unexpected = model.load_state_dict(load_file(str(model_dir / MODEL_WEIGHTS), device=device), strict=False)
     if missing or unexpected:
-        raise ValueError(f"weights in {model_dir} do not match model.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"weights in {model_dir} do not match model.json: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     return model.to(device).eval(), meta

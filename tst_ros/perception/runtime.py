@@ -117,7 +117,8 @@ class Predictor:
         meta = metadata_from_props(session.get_modelmeta().custom_metadata_map)
         input_names = [i.name for i in session.get_inputs()]
         if input_names != meta["input_modalities"]:
-            raise ValueError(f"ONNX inputs {input_names} do not match metadata input_modalities {meta['input_modalities']}")
+            raise ValueError(f"ONNX inputs {input_names} do not match metadata input_modalities "
+                             f"{meta['input_modalities']}")
         output_names = [o.name for o in session.get_outputs()]
         check_outputs(path, output_names, OUTPUT_NAMES if outputs is None else outputs)
 

@@ -52,7 +52,8 @@ def core_cpus() -> tuple[int, ...]:
     picked = []
     for cpu in allowed:
         try:
-            siblings = parse_cpu_list(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text())
+            siblings = parse_cpu_list(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+                                           "thread_siblings_list").read_text())
         except (OSError, ValueError):
             siblings = {cpu}
         if min((s for s in siblings if s in allowed), default=cpu) == cpu:

@@ -157,7 +157,8 @@ class Supervisor(Node):
             elif key == "detections":
                 self.seen.samples["detections"] = [
                     (d.bbox.center.position.x, d.bbox.center.position.y, d.bbox.size_x, d.bbox.size_y,
-                     d.results[0].hypothesis.class_id if d.results else "", d.results[0].hypothesis.score if d.results else 0.0)
+                     d.results[0].hypothesis.class_id if d.results else "",
+                     d.results[0].hypothesis.score if d.results else 0.0)
                     for d in msg.detections]
             elif key == "points_labeled":
                 self.seen.samples["point_labels"] = np.array(cloud_field(msg, "label"))

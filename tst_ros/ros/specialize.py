@@ -217,7 +217,8 @@ class Specialize:
             self.bars.show("train", 0, 1, "waiting for the trainer")
             return
         if seen.model is not None:
-            self.bars.show("hot-reload", 0, 1, f"model v{seen.model.version} published; waiting for the perception nodes")
+            self.bars.show("hot-reload", 0, 1,
+                           f"model v{seen.model.version} published; waiting for the perception nodes")
             return
         postfix = f"loss {t.loss:.4f}" if t.loss else (t.message or "")
         self.bars.show(t.stage or "train", int(t.step), int(t.total_steps) or 1, postfix)

@@ -80,8 +80,9 @@ def cmd_labeled_set(args) -> int:
     from tst_ros.sim.labeled_set import write
 
     styles = [s for s in args.styles.split(",") if s] or None
-    result = write(args.out, args.images, styles, seed=args.seed, buildings=args.buildings, start_frame=args.start_frame,
-                   width=args.width, height=args.height, depth=args.depth, span_frames=args.span_frames)
+    result = write(args.out, args.images, styles, seed=args.seed, buildings=args.buildings,
+                   start_frame=args.start_frame, width=args.width, height=args.height, depth=args.depth,
+                   span_frames=args.span_frames)
     print(json.dumps(result))
     return 0
 

@@ -44,14 +44,19 @@ class _Messages:
         self.ts = ts
         T = ts.types
         self.Time, self.Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
-        self.Image, self.CameraInfo, self.Roi = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CameraInfo"], T["sensor_msgs/msg/RegionOfInterest"]
-        self.Imu, self.PointCloud2, self.PointField = T["sensor_msgs/msg/Imu"], T["sensor_msgs/msg/PointCloud2"], T["sensor_msgs/msg/PointField"]
-        self.Odometry, self.Vector3, self.Quaternion = T["nav_msgs/msg/Odometry"], T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
-        self.Point, self.Pose, self.PoseCov = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Pose"], T["geometry_msgs/msg/PoseWithCovariance"]
+        self.Image, self.CameraInfo, self.Roi = (T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CameraInfo"],
+                                                 T["sensor_msgs/msg/RegionOfInterest"])
+        self.Imu, self.PointCloud2, self.PointField = (T["sensor_msgs/msg/Imu"], T["sensor_msgs/msg/PointCloud2"],
+                                                       T["sensor_msgs/msg/PointField"])
+        self.Odometry, self.Vector3, self.Quaternion = (T["nav_msgs/msg/Odometry"], T["geometry_msgs/msg/Vector3"],
+                                                        T["geometry_msgs/msg/Quaternion"])
+        self.Point, self.Pose, self.PoseCov = (T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Pose"],
+                                               T["geometry_msgs/msg/PoseWithCovariance"])
         self.Twist, self.TwistCov = T["geometry_msgs/msg/Twist"], T["geometry_msgs/msg/TwistWithCovariance"]
 
     def header(self, stamp_ns: int, frame_id: str):
-        return self.Header(stamp=self.Time(sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9)), frame_id=frame_id)
+        return self.Header(stamp=self.Time(sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9)),
+                           frame_id=frame_id)
 
     def image(self, arr: np.ndarray, encoding: str, header):
         arr = np.ascontiguousarray(arr)
@@ -70,7 +75,8 @@ class _Messages:
         cov = np.zeros(9)
         ocov = cov.copy()
         ocov[0] = -1.0
-        return self.Imu(header=header, orientation=self.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0), orientation_covariance=ocov,
+        return self.Imu(header=header, orientation=self.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0),
+                        orientation_covariance=ocov,
                         angular_velocity=self.Vector3(x=float(vec[3]), y=float(vec[4]), z=float(vec[5])),
                         angular_velocity_covariance=cov,
                         linear_acceleration=self.Vector3(x=float(vec[0]), y=float(vec[1]), z=float(vec[2])),

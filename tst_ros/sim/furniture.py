@@ -41,7 +41,8 @@ def material(kind: str, rng: np.random.Generator, style: S.Style) -> np.ndarray:
         p = [*(d * 3), 0.02, 40.0, 0.03, rng.uniform(2.5, 4.5), 0.10]
     elif kind == "fabric":
         checker = rng.random() < 0.35
-        p = [*(d * rng.uniform(60, 140)), 0.06, 50.0, 0.05, rng.uniform(5, 9) if checker else 0.0, 0.12 if checker else 0.0]
+        p = [*(d * rng.uniform(60, 140)), 0.06, 50.0, 0.05, rng.uniform(5, 9) if checker else 0.0,
+             0.12 if checker else 0.0]
     elif kind == "leaf":
         p = [*(d * 30), 0.1, rng.uniform(14, 24), 0.35, 0.0, 0.0]
     elif kind == "art":
@@ -67,7 +68,8 @@ def part(geom, color, pattern, emissive: float = 0.0) -> Part:
 
 def build_bed(rng, style):
     w, d = rng.uniform(0.95, 1.8), rng.uniform(1.95, 2.15)
-    frame_c, sheet, blanket = color_from(S.WOOD + S.WHITE, rng, style), color_from(S.WHITE, rng, style), pick_color("bed", rng, style)
+    frame_c, sheet, blanket = (color_from(S.WOOD + S.WHITE, rng, style), color_from(S.WHITE, rng, style),
+                               pick_color("bed", rng, style))
     head_h = rng.uniform(0.85, 1.2)
     parts = [part(box((0, 0, 0.15), (w, d, 0.3)), frame_c, material("wood", rng, style)),
              part(box((0, 0.02, 0.4), (w - 0.06, d - 0.1, 0.2)), sheet, material("fabric", rng, style)),
@@ -76,7 +78,8 @@ def build_bed(rng, style):
     n_pillows = 1 if w < 1.3 else 2
     for i in range(n_pillows):
         x = 0 if n_pillows == 1 else (i - 0.5) * w / 2
-        parts.append(part(box((x, d / 2 - 0.3, 0.56), (min(0.55, w / n_pillows - 0.1), 0.32, 0.12)), sheet, material("fabric", rng, style)))
+        parts.append(part(box((x, d / 2 - 0.3, 0.56), (min(0.55, w / n_pillows - 0.1), 0.32, 0.12)), sheet,
+                          material("fabric", rng, style)))
     return parts, (w, d), head_h
 
 
@@ -105,7 +108,8 @@ def build_chair(rng, style):
              part(box((0, d / 2 - 0.02, sh + 0.25), (w, 0.04, rng.uniform(0.35, 0.55))), c, mat)]
     for sx in (-1, 1):
         for sy in (-1, 1):
-            parts.append(part(box((sx * (w / 2 - 0.03), sy * (d / 2 - 0.03), (sh - 0.04) / 2), (0.035, 0.035, sh - 0.04)),
+            parts.append(part(box((sx * (w / 2 - 0.03), sy * (d / 2 - 0.03), (sh - 0.04) / 2),
+                                  (0.035, 0.035, sh - 0.04)),
                               legs, material("metal", rng, style)))
     return parts, (w, d), sh + 0.5
 
@@ -125,7 +129,8 @@ def build_table(rng, style, low: bool = False):
     leg = rng.uniform(0.04, 0.07)
     for sx in (-1, 1):
         for sy in (-1, 1):
-            parts.append(part(box((sx * (w / 2 - leg), sy * (d / 2 - leg), (h - 0.04) / 2), (leg, leg, h - 0.04)), c, top))
+            parts.append(part(box((sx * (w / 2 - leg), sy * (d / 2 - leg), (h - 0.04) / 2), (leg, leg, h - 0.04)),
+                              c, top))
     return parts, (w, d), h
 
 
@@ -155,10 +160,12 @@ def build_cabinet(rng, style, h=None):
     n_doors = 1 if w < 0.7 else 2
     for i in range(n_doors):
         x = 0.0 if n_doors == 1 else (i - 0.5) * 0.12
-        parts.append(part(box((x + (0.12 if n_doors == 1 else 0), -d / 2 - 0.01, min(h * 0.6, 1.0)), (0.025, 0.02, 0.14)),
+        parts.append(part(box((x + (0.12 if n_doors == 1 else 0), -d / 2 - 0.01, min(h * 0.6, 1.0)),
+                              (0.025, 0.02, 0.14)),
                           handle, material("metal", rng, style)))
     if n_doors == 2:
-        parts.append(part(box((0, -d / 2 - 0.002, h / 2), (0.01, 0.006, h - 0.06)), handle * 0.5, material("metal", rng, style)))
+        parts.append(part(box((0, -d / 2 - 0.002, h / 2), (0.01, 0.006, h - 0.06)), handle * 0.5,
+                          material("metal", rng, style)))
     return parts, (w, d), h
 
 
@@ -167,7 +174,8 @@ def build_shelf(rng, style):
     c = pick_color("shelf", rng, style)
     mat = material("wood", rng, style)
     t = 0.025
-    parts = [part(box((-w / 2 + t / 2, 0, h / 2), (t, d, h)), c, mat), part(box((w / 2 - t / 2, 0, h / 2), (t, d, h)), c, mat),
+    parts = [part(box((-w / 2 + t / 2, 0, h / 2), (t, d, h)), c, mat),
+             part(box((w / 2 - t / 2, 0, h / 2), (t, d, h)), c, mat),
              part(box((0, d / 2 - 0.005, h / 2), (w, 0.01, h)), c, mat)]
     n = int(rng.integers(3, 6))
     levels = np.linspace(0.05, h - t / 2, n)
@@ -180,7 +188,8 @@ def build_shelf(rng, style):
             bh = min(rng.uniform(0.15, 0.3), z1 - z0 - 0.03)
             if bh > 0.05:
                 parts.append(part(box((x + bw / 2, 0, z0 + t / 2 + bh / 2), (bw, d * rng.uniform(0.6, 0.9), bh)),
-                                  color_from(S.FABRIC + S.PASTEL + S.DARK, rng, style), material("plastic", rng, style)))
+                                  color_from(S.FABRIC + S.PASTEL + S.DARK, rng, style),
+                                  material("plastic", rng, style)))
             x += bw + (rng.uniform(0.05, 0.3) if rng.random() < 0.2 else 0.003)
     return parts, (w, d), h
 
@@ -193,8 +202,8 @@ def build_desk(rng, style):
              part(box((-w / 2 + 0.015, 0, (h - 0.03) / 2), (0.03, d, h - 0.03)), c, mat),
              part(box((w / 2 - 0.015, 0, (h - 0.03) / 2), (0.03, d, h - 0.03)), c, mat)]
     if rng.random() < 0.6:
-        parts.append(part(box((w / 2 - 0.25, 0.02, 0.3), (0.4, d - 0.06, 0.55)), color_from(S.WHITE + S.GREY, rng, style),
-                          material("plastic", rng, style)))
+        parts.append(part(box((w / 2 - 0.25, 0.02, 0.3), (0.4, d - 0.06, 0.55)),
+                          color_from(S.WHITE + S.GREY, rng, style), material("plastic", rng, style)))
     return parts, (w, d), h
 
 
@@ -206,7 +215,8 @@ def build_lamp(rng, style, table: bool = False):
         pole, r0, r1, sh = rng.uniform(1.3, 1.7), 0.14, rng.uniform(0.18, 0.25), 0.28
     parts = [part(cylinder((0, 0, 0), r0, 0.03), base_c, material("metal", rng, style)),
              part(cylinder((0, 0, 0.03), 0.012, pole), base_c, material("metal", rng, style)),
-             part(cylinder((0, 0, 0.03 + pole - sh * 0.6), r1, sh, 16, r1 * 0.65), shade_c, material("fabric", rng, style), 0.4)]
+             part(cylinder((0, 0, 0.03 + pole - sh * 0.6), r1, sh, 16, r1 * 0.65), shade_c,
+                  material("fabric", rng, style), 0.4)]
     return parts, (2 * r1, 2 * r1), 0.03 + pole + sh * 0.4
 
 
@@ -229,12 +239,14 @@ def build_plant(rng, style):
     pot = color_from(S.WHITE + S.WOOD + S.DARK + [(0.65, 0.35, 0.25)], rng, style)
     leaf_c = pick_color("plant", rng, style)
     parts = [part(cylinder((0, 0, 0), r, ph, 14, r * 1.25), pot, material("plastic", rng, style)),
-             part(cylinder((0, 0, ph), 0.02, rng.uniform(0.1, 0.4)), color_from(S.WOOD, rng, style), material("wood", rng, style))]
+             part(cylinder((0, 0, ph), 0.02, rng.uniform(0.1, 0.4)), color_from(S.WOOD, rng, style),
+                  material("wood", rng, style))]
     top = ph + 0.1
     for _ in range(int(rng.integers(1, 4))):
         rr = rng.uniform(0.18, 0.38)
         off = rng.uniform(-0.1, 0.1, 2)
-        parts.append(part(ellipsoid((off[0], off[1], top + rr), (rr, rr * rng.uniform(0.8, 1.1), rr * rng.uniform(0.9, 1.4))),
+        parts.append(part(ellipsoid((off[0], off[1], top + rr),
+                                    (rr, rr * rng.uniform(0.8, 1.1), rr * rng.uniform(0.9, 1.4))),
                           np.clip(leaf_c * rng.uniform(0.8, 1.2), 0, 1), material("leaf", rng, style)))
         top += rr * 0.8
     return parts, (2 * r * 1.3, 2 * r * 1.3), top + 0.3
@@ -244,7 +256,8 @@ def build_picture(rng, style):
     w, h = rng.uniform(0.35, 1.2), rng.uniform(0.3, 0.9)
     frame = color_from(S.WOOD + S.DARK + S.WHITE, rng, style)
     parts = [part(box((0, -0.015, 0), (w, 0.03, h)), frame, material("wood", rng, style)),
-             part(box((0, -0.032, 0), (w - 0.08, 0.005, h - 0.08)), pick_color("picture", rng, style), material("art", rng, style))]
+             part(box((0, -0.032, 0), (w - 0.08, 0.005, h - 0.08)), pick_color("picture", rng, style),
+                  material("art", rng, style))]
     return parts, (w, 0.035), h
 
 
@@ -264,9 +277,11 @@ def build_sink(rng, style):
     top = pick_color("sink", rng, style)
     parts = [part(box((0, 0, 0.4), (w, 0.48, 0.8)), cab, material("wood", rng, style)),
              part(box((0, 0, 0.82), (w + 0.02, 0.5, 0.04)), top, material("plastic", rng, style)),
-             part(box((0, -0.03, 0.845), (w * 0.5, 0.3, 0.012)), np.clip(top * 0.8, 0, 1), material("metal", rng, style)),
+             part(box((0, -0.03, 0.845), (w * 0.5, 0.3, 0.012)), np.clip(top * 0.8, 0, 1),
+                  material("metal", rng, style)),
              part(cylinder((0, 0.18, 0.84), 0.02, 0.25), color_from(S.GREY, rng, style), material("metal", rng, style)),
-             part(box((0, 0.12, 1.08), (0.03, 0.14, 0.03)), color_from(S.GREY, rng, style), material("metal", rng, style))]
+             part(box((0, 0.12, 1.08), (0.03, 0.14, 0.03)), color_from(S.GREY, rng, style),
+                  material("metal", rng, style))]
     return parts, (w + 0.02, 0.5), 1.1
 
 

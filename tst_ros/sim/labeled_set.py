@@ -46,7 +46,8 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def plan(images: int, styles: list[str], seed: int, buildings: int = 0, start_frame: int = 0) -> list[tuple[int, str, int]]:
+def plan(images: int, styles: list[str], seed: int, buildings: int = 0,
+         start_frame: int = 0) -> list[tuple[int, str, int]]:
     """(seed, style, count) per building. buildings=0: one building for a named seed < 1000
     (e.g. the test building), otherwise one building per PER_BUILDING images."""
     if images < 1:
@@ -83,7 +84,8 @@ def write(out: str | os.PathLike, images: int, styles: list[str] | None = None, 
             "info": {"description": "tst_ros simulated labeled set", "styles": styles, "seed": seed}}
     bar = tqdm(total=images, desc="labeled-set", disable=not progress)
     for b_seed, style, count in plan(images, styles, seed, buildings, start_frame):
-        cfg = SimConfig(seed=b_seed, style=style, width=width, height=height, cloud_rate_hz=0.0, **(sim_overrides or {}))
+        cfg = SimConfig(seed=b_seed, style=style, width=width, height=height, cloud_rate_hz=0.0,
+                        **(sim_overrides or {}))
         sim = Simulator(cfg)
         lap = int(sim.trajectory.period_s * cfg.camera_rate_hz)
         stride = max(1, (span_frames or lap) // count)

@@ -51,7 +51,8 @@ def cylinder(center_bottom, radius: float, height: float, segments: int = 16,
     ring = np.stack([np.cos(a), np.sin(a)], 1)
     bottom = np.concatenate([ring * radius, np.zeros((segments, 1))], 1)
     top = np.concatenate([ring * rt, np.full((segments, 1), height)], 1)
-    v = np.concatenate([bottom, top, [[0, 0, 0], [0, 0, height]]]).astype(np.float32) + np.asarray(center_bottom, np.float32)
+    v = (np.concatenate([bottom, top, [[0, 0, 0], [0, 0, height]]]).astype(np.float32)
+         + np.asarray(center_bottom, np.float32))
     i = np.arange(segments)
     j = (i + 1) % segments
     sides = np.concatenate([np.stack([i, j, segments + j], 1), np.stack([i, segments + j, segments + i], 1)])

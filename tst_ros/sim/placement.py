@@ -67,7 +67,8 @@ def door_frame(door, axis: int, rng, style) -> list[WorldObject]:
     yaw = float(np.arctan2(u[1], u[0]))
     leaf_col = color_from(style.palette.get("door") or S.WOOD, rng, style)
     leaf = part(box((0, 0, (DOOR_H - 0.02) / 2), (length, 0.04, DOOR_H - 0.02)), leaf_col, material("wood", rng, style))
-    knob = part(cylinder((length / 2 - 0.08, -0.04, 1.0), 0.025, 0.08), color_from(S.GREY, rng, style), material("metal", rng, style))
+    knob = part(cylinder((length / 2 - 0.08, -0.04, 1.0), 0.025, 0.08), color_from(S.GREY, rng, style),
+                material("metal", rng, style))
     parts = [p.transformed(rot_z(yaw), (centre[0], centre[1], 0.0)) for p in (leaf, knob)]
     leaf_obj = _obj("door", parts, [Footprint(centre[0], centre[1], length / 2, 0.03, yaw)], (0, DOOR_H))
     return [frame, leaf_obj]
@@ -96,9 +97,10 @@ def windows(a, along, length, axis, inside, height, rng, style, objects) -> list
         size = lambda sw, t: (sw, t) if axis == 0 else (t, sw)  # noqa: E731
         frame = part(box((*(mid + normal * 0.02), zc), (*size(w, 0.04), h)), frame_col, material("plastic", rng, style))
         glass = part(box((*(mid + normal * 0.0225), zc), (*size(w - 0.1, 0.045), h - 0.1)),
-                     np.asarray(style.sky_rgb, np.float32) * np.float32(rng.uniform(0.85, 1.0)), material("screen", rng, style),
-                     style.window_glow)
-        mullion = part(box((*(mid + normal * 0.024), zc), (*size(0.04, 0.048), h - 0.1)), frame_col, material("plastic", rng, style))
+                     np.asarray(style.sky_rgb, np.float32) * np.float32(rng.uniform(0.85, 1.0)),
+                     material("screen", rng, style), style.window_glow)
+        mullion = part(box((*(mid + normal * 0.024), zc), (*size(0.04, 0.048), h - 0.1)), frame_col,
+                       material("plastic", rng, style))
         objects.append(_obj("window", [frame, glass, mullion], [], (sill, sill + h)))
         g = a[axis] + s
         spans.append((g, g + w))
@@ -113,7 +115,8 @@ def floor_and_ceiling(room, height, rng, style) -> list[WorldObject]:
     cx, cy = room.centre
     tiles = room.kind in ("bathroom", "kitchen")
     floor_col = color_from(S.WHITE + S.GREY, rng, style) if tiles else pick_color("floor", rng, style)
-    floor = _obj("floor", [part(box((cx, cy, -0.025), (*size, 0.05)), floor_col, material("tiles" if tiles else "wood", rng, style))],
+    floor = _obj("floor", [part(box((cx, cy, -0.025), (*size, 0.05)), floor_col,
+                                material("tiles" if tiles else "wood", rng, style))],
                  z=(-0.05, 0.0), removable=False)
     ceiling = _obj("ceiling", [part(box((cx, cy, height + 0.025), (*size, 0.05)), pick_color("ceiling", rng, style),
                                     material("plaster", rng, style))], z=(height, height + 0.05), removable=False)
@@ -136,8 +139,10 @@ class _Placer:
         x0, y0, x1, y1 = room.interior(0.0)
         self.box = (x0, y0, x1, y1)
         # sides: name -> (axis of the wall line, line coordinate, yaw that puts an object's back at the wall)
-        self.sides = {"s": (0, room.y0, np.pi), "n": (0, room.y1, 0.0), "w": (1, room.x0, np.pi / 2), "e": (1, room.x1, -np.pi / 2)}
-        self.hang = {k: list(window_spans.get((room.index, ax, float(line)), [])) for k, (ax, line, _) in self.sides.items()}
+        self.sides = {"s": (0, room.y0, np.pi), "n": (0, room.y1, 0.0), "w": (1, room.x0, np.pi / 2),
+                      "e": (1, room.x1, -np.pi / 2)}
+        self.hang = {k: list(window_spans.get((room.index, ax, float(line)), []))
+                     for k, (ax, line, _) in self.sides.items()}
         self.floor_spans = {k: [] for k in self.sides}
         self.keepout = []
         for d in doors:
@@ -218,11 +223,12 @@ class _Placer:
                 return None
             self._add("cabinet", stand_parts, *spot, stand_size, stand_h)
             tv_parts, tv_size, tv_h = F.build_tv(rng, style)
-            return self._add("tv", [p.transformed(np.eye(3), (0, 0, stand_h)) for p in tv_parts], spot[0], spot[1], tv_size,
-                             stand_h + tv_h, footprint=False)
+            return self._add("tv", [p.transformed(np.eye(3), (0, 0, stand_h)) for p in tv_parts], spot[0], spot[1],
+                             tv_size, stand_h + tv_h, footprint=False)
         low = mode == "coffee"
         parts, size, h = F.build_table(rng, style, low=low) if name == "table" else F.BUILDERS[name](rng, style)
-        spot = self.wall_spot(size, corner=mode == "corner") if mode in ("wall", "corner", "desk") else self.free_spot(size)
+        spot = (self.wall_spot(size, corner=mode == "corner") if mode in ("wall", "corner", "desk")
+                else self.free_spot(size))
         if spot is None:
             return None
         obj = self._add(name, parts, *spot, size, h)
@@ -283,11 +289,13 @@ class _Placer:
         if self.rng.random() < 0.8:
             parts, msize, mh = F.build_tv(self.rng, self.style, monitor=True)
             mxy = np.array([x, y]) + R @ np.array([self.rng.uniform(-0.2, 0.2), size[1] / 2 - 0.2])
-            self._add("tv", [p.transformed(np.eye(3), (0, 0, h)) for p in parts], mxy, yaw, msize, h + mh, footprint=False)
+            self._add("tv", [p.transformed(np.eye(3), (0, 0, h)) for p in parts], mxy, yaw, msize, h + mh,
+                      footprint=False)
         if self.rng.random() < 0.35:
             parts, lsize, lh = F.build_lamp(self.rng, self.style, table=True)
             lxy = np.array([x, y]) + R @ np.array([-size[0] / 2 + 0.2, size[1] / 2 - 0.15])
-            self._add("lamp", [p.transformed(np.eye(3), (0, 0, h)) for p in parts], lxy, yaw, lsize, h + lh, footprint=False)
+            self._add("lamp", [p.transformed(np.eye(3), (0, 0, h)) for p in parts], lxy, yaw, lsize, h + lh,
+                      footprint=False)
         if self.rng.random() < 0.85:
             parts, csize, ch = F.build_chair(self.rng, self.style)
             cxy = np.array([x, y]) + R @ np.array([self.rng.uniform(-0.2, 0.2), -size[1] / 2 - 0.1])

@@ -25,8 +25,10 @@ def depth_sensor(depth_m: np.ndarray, cos_incidence: np.ndarray, glass: np.ndarr
 
     Noise grows with the square of the distance; holes where the surface is beyond range,
     too close, seen at a grazing angle, glass, or at random (speckle dropout)."""
-    z = depth_m + rng.standard_normal(depth_m.shape, dtype=np.float32) * (np.float32(style.depth_noise) * depth_m * depth_m)
-    bad = ~np.isfinite(z) | (z > style.max_range_m) | (z < style.min_range_m) | (cos_incidence < style.grazing_cos) | glass
+    z = depth_m + (rng.standard_normal(depth_m.shape, dtype=np.float32)
+                   * (np.float32(style.depth_noise) * depth_m * depth_m))
+    bad = (~np.isfinite(z) | (z > style.max_range_m) | (z < style.min_range_m)
+           | (cos_incidence < style.grazing_cos) | glass)
     bad |= rng.random(depth_m.shape, dtype=np.float32) < style.depth_dropout
     mm = np.rint(np.where(bad, 0, z) * 1000)
     return np.clip(mm, 0, 65535).astype(np.uint16)

@@ -100,7 +100,8 @@ def run_adapt_modality(args) -> int:
             setattr(cfg.adapt, arg, getattr(args, arg))
     summary = adapt_modality(cfg.adapt, args.data, args.base, args.modality, args.out, resume=args.resume)
     print(json.dumps(summary) if args.json else
-          f"{args.modality} adapter: {summary['parameters']} parameters, {summary['bytes']} bytes -> {summary['adapter']}")
+          f"{args.modality} adapter: {summary['parameters']} parameters, {summary['bytes']} bytes "
+          f"-> {summary['adapter']}")
     return 0
 
 

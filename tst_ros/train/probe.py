@@ -30,7 +30,8 @@ def patch_labels(semantic: torch.Tensor, patch: int, ignore: int = IGNORE) -> to
 
 
 @torch.no_grad()
-def extract(encoder, dataset, inputs: list[str], batch: int = 32, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def extract(encoder, dataset, inputs: list[str], batch: int = 32,
+            device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """-> (features (P,D), labels (P,)) for all labeled patches of the dataset."""
     feats, labels = [], []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)

@@ -115,7 +115,8 @@ def task_parts(model, task: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in model.state_dict().items():
         leaf = name[len("encoder."):] if name.startswith("encoder.") else None
-        if (leaf is not None and leaf.startswith(STAGE2_PREFIXES)) or name.startswith(("pyramid.", "input_stem.") + heads):
+        if ((leaf is not None and leaf.startswith(STAGE2_PREFIXES))
+                or name.startswith(("pyramid.", "input_stem.") + heads)):
             out[name] = t.detach().cpu().contiguous()
     return out
 
@@ -169,7 +170,8 @@ def format_account(account: dict) -> str:
     for name, t in account["tasks"].items():
         lines.append(f"{'task ' + name:<28}{t['parameters']:>12,}{t['trainable']:>12,}{t['bytes']:>12,}")
     lines.append(f"trainable {account['trainable_parameters']:,} of {account['total_parameters']:,} "
-                 f"({100 * account['trainable_fraction']:.1f} %); LoRA {100 * account['lora_fraction']:.2f} % of the encoder")
+                 f"({100 * account['trainable_fraction']:.1f} %); "
+                 f"LoRA {100 * account['lora_fraction']:.2f} % of the encoder")
     if account.get("pretrained_stem_parameters"):
         lines.append(f"without the frozen pre-trained stem ({account['pretrained_stem_parameters']:,}): "
                      f"{100 * account['trainable_fraction_without_stem']:.1f} % trainable")

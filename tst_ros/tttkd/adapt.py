@@ -138,7 +138,8 @@ class TestTimeAdapter:
         return torch.optim.Adam(params, lr=self.lr)
 
     # --------------------------------------------------------------------------- pieces
-    def targets(self, xyz_ref: np.ndarray, T_odom_ref: np.ndarray, views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
+    def targets(self, xyz_ref: np.ndarray, T_odom_ref: np.ndarray,
+                views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
         """Reduced teacher features per point and where they are usable (seen and finite: a
         teacher's NaN never reaches the loss)."""
         feats, valid = project_features(xyz_ref, T_odom_ref, views, tol=self.occlusion_tol)

@@ -45,7 +45,8 @@ def group_by_voxel(xyz: torch.Tensor, size: float) -> tuple[torch.Tensor, int, t
 
 def scatter_mean(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.zeros(n, src.shape[1], dtype=src.dtype, device=src.device).index_add_(0, index, src)
-    count = torch.zeros(n, dtype=src.dtype, device=src.device).index_add_(0, index, torch.ones_like(index, dtype=src.dtype))
+    count = torch.zeros(n, dtype=src.dtype, device=src.device).index_add_(0, index,
+                                                                           torch.ones_like(index, dtype=src.dtype))
     return out / count.clamp_min(1)[:, None]
 
 
@@ -194,7 +195,8 @@ class VoxelUNetLite(PointBackbone):
         self.width, self.voxel, self.levels = width, float(voxel), int(levels)
         chans = [width * (2 ** min(i, 2)) for i in range(self.levels)]
         self.point_in = _mlp(self.in_channels, width)
-        self.enc = nn.ModuleList(SparseResBlock(width if i == 0 else chans[i - 1], chans[i]) for i in range(self.levels))
+        self.enc = nn.ModuleList(SparseResBlock(width if i == 0 else chans[i - 1], chans[i])
+                                 for i in range(self.levels))
         self.dec = nn.ModuleList(_mlp(chans[i] + chans[i + 1], chans[i]) for i in range(self.levels - 1))
         self.point_out = _mlp(chans[0] + width, width)
         self.out_dim = width
@@ -208,7 +210,8 @@ class VoxelUNetLite(PointBackbone):
         inverse, n_vox, coords = group_by_voxel(xyz, self.voxel)
         groups = [(inverse, n_vox, neighbour_table(coords))]
         for _ in range(1, self.levels):
-            parent_keys, parent = torch.unique(voxel_keys(torch.div(coords, 2, rounding_mode="floor")), return_inverse=True)
+            parent_keys, parent = torch.unique(voxel_keys(torch.div(coords, 2, rounding_mode="floor")),
+                                               return_inverse=True)
             parent_coords = torch.zeros(len(parent_keys), 3, dtype=torch.long)
             parent_coords[parent] = torch.div(coords, 2, rounding_mode="floor")
             groups.append((parent, len(parent_keys), neighbour_table(parent_coords)))

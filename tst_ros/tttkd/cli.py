@@ -20,7 +20,8 @@ def register(sub) -> None:
     t = tsub.add_parser("train", help="train backbone + label/feature projectors on source buildings")
     config.add_config_arguments(t)
     t.add_argument("--out", required=True, help="run directory (tttkd.safetensors, train.json, config.yaml)")
-    t.add_argument("--teacher", help="hed | imagenet | tstmm[:<run>] | onnx:<file> | seg:<model> | auto (default: tstmm if --run, else hed)")
+    t.add_argument("--teacher", help="hed | imagenet | tstmm[:<run>] | onnx:<file> | seg:<model> | auto "
+                                     "(default: tstmm if --run, else hed)")
     t.add_argument("--run", help="TST-MM pre-training run / encoder file used as teacher")
     t.add_argument("--backbone", choices=["pointnet", "voxel"], help=default_help("ttt_kd.backbone"))
     t.add_argument("--train-steps", type=int, help=default_help("ttt_kd.train_steps"))

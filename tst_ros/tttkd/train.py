@@ -142,7 +142,8 @@ def train_model(samples: list[Sample], num_classes: int, backbone: str = "pointn
         batch = model.prepare(_rotate_z(s.xyz_odom, rng), s.rgb).to(device)
         logits, feats = model(batch)
         labels = s.labels.to(device)
-        seg = F.cross_entropy(logits, labels, weight=weights, ignore_index=UNLABELED) if (labels != UNLABELED).any() else logits.sum() * 0
+        seg = (F.cross_entropy(logits, labels, weight=weights, ignore_index=UNLABELED) if (labels != UNLABELED).any()
+               else logits.sum() * 0)
         dist = model.distill(feats, targets[i].to(device), s.valid.to(device))
         loss = seg + distill_weight * dist
         opt.zero_grad(set_to_none=True)
@@ -232,7 +233,8 @@ def run_training(cfg, sim_cfg, out: str, show_bar: bool = True, progress_stream=
     save_checkpoint(path, model.cpu(), reducer, teacher=teacher.describe(), classes=list(CLASSES),
                     point_budget=cfg.point_budget, voxel_size=cfg.voxel_size,
                     source={"buildings": cfg.buildings, "clouds_per_building": cfg.clouds_per_building,
-                            "first_seed": 1000, "styles": sorted({c.style for c in source_configs(sim_cfg, cfg.buildings)})})
+                            "first_seed": 1000,
+                            "styles": sorted({c.style for c in source_configs(sim_cfg, cfg.buildings)})})
     summary.update(clouds=len(samples), collect_s=collect_s, checkpoint=str(path), teacher=teacher.describe(),
                    valid_fraction=float(np.mean([float(s.valid.float().mean()) for s in samples])))
     atomic_write_json(Path(out) / "train.json", summary)

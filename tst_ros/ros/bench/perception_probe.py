@@ -40,7 +40,8 @@ def spawn_node(kind: str, model_path: str, log_path: str, extra: list[str] | Non
 
 
 class StreamProbe:
-    def __init__(self, frames: list[tuple[np.ndarray, np.ndarray]], kinds=("segmentation",), frame_id: str = "camera_color_optical_frame"):
+    def __init__(self, frames: list[tuple[np.ndarray, np.ndarray]], kinds=("segmentation",),
+                 frame_id: str = "camera_color_optical_frame"):
         self.frames = frames
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
@@ -91,7 +92,8 @@ class StreamProbe:
             if self.image_pub.get_subscription_count() >= count:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"only {self.image_pub.get_subscription_count()} of {count} nodes subscribed the image topic")
+        raise RuntimeError(f"only {self.image_pub.get_subscription_count()} of {count} nodes subscribed "
+                           "the image topic")
 
     def stream(self, seconds: float, rate_hz: float = 30.0, record: bool = True, on_tick=None) -> int:
         """Publish frames at `rate_hz` for `seconds`; returns frames published."""

@@ -1,8 +1,8 @@
 """Detection node: colour image (+ depth, thermal when the model takes them) ->
 vision_msgs/Detection2DArray (class ids as strings indexing LabelInfo, scores, pixel boxes) and
 a MarkerArray for RViz (box outlines and labels drawn on the plane 1 m in front of the camera,
-via camera_info when available), all stamped with the input header. vision_msgs/LabelInfo (thing classes, score threshold) on
-/tst/detections/label_info, the model version as vision_msgs/VisionInfo on
+via camera_info when available), all stamped with the input header. vision_msgs/LabelInfo (thing
+classes, score threshold) on /tst/detections/label_info, the model version as vision_msgs/VisionInfo on
 /tst/detections/vision_info.
 
 Model serving, latest-frame scheduling and hot reload: `_model_node.ModelServingNode`.

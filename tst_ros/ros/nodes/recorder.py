@@ -172,7 +172,8 @@ class RecorderNode(Node):
         self._max_queue = 0
         self._rate_hist: list[tuple[float, int]] = [(time.monotonic(), 0)]
         self._disk = (0.0, 0)
-        self._reliability = reliability = sensor_reliability(p["sensor_qos_reliability"], "auto" if self.cfg.reliable else "best_effort")
+        self._reliability = reliability = sensor_reliability(p["sensor_qos_reliability"],
+                                                             "auto" if self.cfg.reliable else "best_effort")
         self._subs = []
         for stream, topic in self.topics.items():
             if not topic:
@@ -229,8 +230,8 @@ class RecorderNode(Node):
         # sensor_qos_reliability: auto | reliable | best_effort; empty: from `reliable` (true: auto)
         # IMU arrives 20x as often as frames: its queue must absorb the bursts a busy publisher sends
         params.update(rgb_compressed=False, qos_depth=50, imu_qos_depth=1000, sensor_qos_reliability="",
-                      status_topic="tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2, idle_release_s=1.0,
-                      camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
+                      status_topic="tst/recorder/status", status_period_s=0.5, commit_interval_s=0.2,
+                      idle_release_s=1.0, camera_extrinsic=IDENTITY_EXTRINSIC, depth_extrinsic=UNSET_EXTRINSIC,
                       ignore_depth_distortion=False)
         return {**declared, **{k: self.declare_parameter(k, v).value for k, v in params.items()}}
 

@@ -3,8 +3,9 @@
 Publishes /camera/color/image_raw (rgb8), /camera/color/camera_info, /camera/depth/image_raw
 (16UC1 mm, aligned to colour) with /camera/depth/camera_info (equal to colour's),
 /camera/thermal/image_raw (16UC1 centi-kelvin, aligned to colour) with /camera/thermal/camera_info, /imu/data
-(every IMU sample, stamped on the IMU clock, sent with the frame that closes its interval), /points (xyz+rgb in camera_color_optical_frame, at
-cloud_rate_hz), /odom (odom -> base_link) and TF: /tf (odom -> base_link) and /tf_static
+(every IMU sample, stamped on the IMU clock, sent with the frame that closes its interval), /points
+(xyz+rgb in camera_color_optical_frame, at cloud_rate_hz), /odom (odom -> base_link) and TF: /tf
+(odom -> base_link) and /tf_static
 (base_link -> camera, latched). With `tour` (buildings "style:seed") the rig is driven from
 one building into the next every `tour_seconds` (`tst_ros.sim.tour`), and the ground-truth
 building's label is published on sim/building (std_msgs/String, latched) at every change.

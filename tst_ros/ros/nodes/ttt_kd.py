@@ -150,7 +150,8 @@ class TTTKDNode(Node):
                 labeler.set_intrinsics(self._intrinsics)
             self.labeler = labeler
         self.get_logger().info(f"TTT-KD model loaded from {path} (teacher {labeler.teacher.describe()['teacher']}, "
-                               f"mode {p['mode']}, k={p['steps']}, stride {p['stride']})" + (" [reloaded]" if old else ""))
+                               f"mode {p['mode']}, k={p['steps']}, stride {p['stride']})"
+                               + (" [reloaded]" if old else ""))
         return True
 
     def _on_model(self, msg: ModelUpdate) -> None:
