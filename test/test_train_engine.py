@@ -13,7 +13,7 @@ import torch
 from tst_ros.config import PretrainConfig
 from tst_ros.models import load_encoder
 from tst_ros.train import engine
-from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint, read_model_part, save_checkpoint
 from tst_ros.train.data import SyntheticDataset
 from tst_ros.train.pretrain import pretrain
 
@@ -146,3 +146,17 @@ def test_micro_batches_partition_each_global_batch_for_any_world_and_accumulatio
         for step in range(2):
             got = sorted(i for rank in range(world) for mb in seen[rank][step * accum:(step + 1) * accum] for i in mb)
             assert got == sorted(engine.step_indices(10, 0, step + 1, 8).tolist())
+
+
+def test_checkpoint_readers_refuse_truncated_files_and_missing_parts_with_the_path(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    path = save_checkpoint(tmp_path / CHECKPOINT_FILE, model, None, {"step": 1})
+    part = read_model_part(path, "0")
+    assert set(part) == {"weight", "bias"} and torch.equal(part["weight"], model[0].weight)
+    with pytest.raises(ValueError, match="no weights of the model's 'decoders'"):
+        read_model_part(path, "decoders")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:40])
+    for reader in (read_checkpoint, lambda p: read_model_part(p, "0")):
+        with pytest.raises(ValueError, match="truncated.safetensors"):
+            reader(truncated)

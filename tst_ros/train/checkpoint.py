@@ -7,12 +7,13 @@ trainer needs to continue exactly where it stopped. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from tst_ros.util import atomic_write_bytes
@@ -57,30 +58,42 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     return atomic_write_bytes(path, st_save(tensors, metadata={"tst_ros": json.dumps(doc)}))
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """-> (all tensors, metadata). ValueError when the file is not a tst_ros checkpoint."""
+@contextlib.contextmanager
+def _open_checkpoint(path: str | os.PathLike):
+    """-> (safetensors handle, metadata) of a tst_ros checkpoint, with clear errors for a missing, corrupt
+    or foreign file; tensors are read lazily from the handle."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as e:        # a truncated or garbled header
+        raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
+    with handle as f:
         raw = (f.metadata() or {}).get("tst_ros")
         if raw is None:
             raise ValueError(f"{path} is not a tst_ros checkpoint (no 'tst_ros' metadata)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r}, expected {FORMAT}")
-    return tensors, meta
+        meta = json.loads(raw)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r}, expected {FORMAT}")
+        yield f, meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """-> (all tensors, metadata). ValueError when the file is not a tst_ros checkpoint."""
+    with _open_checkpoint(path) as (f, meta):
+        return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
 def read_model_part(path: str | os.PathLike, part: str) -> dict[str, torch.Tensor]:
     """The weights of one submodule of a checkpoint's model (e.g. "decoders"), keyed as in that
     submodule's state dict; only those tensors are read."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
     prefix = f"model/{part}."
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    with _open_checkpoint(path) as (f, _):
+        tensors = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    if not tensors:
+        raise ValueError(f"{path} holds no weights of the model's {part!r}")
+    return tensors
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
