@@ -1,6 +1,7 @@
 """Pipeline stages are keyed by their inputs: a changed config value reruns its stage and the
 stages downstream of it, nothing else, and pipeline.json says why; a changed pre-training
-config starts a fresh pre-training run instead of resuming the old checkpoint."""
+config starts a fresh pre-training run instead of resuming the old checkpoint. The main job's
+transfer takes its inputs from the config (`transfer.inputs`), so it can serve colour alone."""
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from tst_ros.config import RecordConfig, SimConfig
 from tst_ros.data.from_sim import build_dataset
 from tst_ros.graph.cli import MICRO
 from tst_ros.graph.pipeline import STAGES, Pipeline
+from tst_ros.perception.runtime import Predictor
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
 # real stages with the smallest budgets that still exercise them; tttkd stages are not selected
@@ -65,6 +67,19 @@ def test_changed_inputs_rerun_their_stage_and_its_downstream_stages_only(tmp_pat
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
 
     assert set(run(run_dir, store, "transfer.steps=3", "pretrain.steps=3").values()) == {SKIPPED}
+
+    # a robot served colour alone: the model reads depth predicted by the pre-training's decoder, and the
+    # scratch baseline, which has no decoder, gets colour alone
+    fourth = run(run_dir, store, "transfer.steps=3", "pretrain.steps=3", "transfer.inputs=[rgb]",
+                 "transfer.predict_inputs=[depth]")
+    assert fourth["transfer"] == fourth["transfer_scratch"] == \
+        "rerun (config transfer.inputs, transfer.predict_inputs changed)"
+    trained = json.loads((run_dir / "model" / "model.json").read_text())
+    scratch = json.loads((run_dir / "model_scratch" / "model.json").read_text())
+    assert trained["input_modalities"] == scratch["input_modalities"] == ["rgb"]
+    assert trained["predicted_inputs"]["predicted"] == ["depth"] and "predicted_inputs" not in scratch
+    served = Predictor.load(str(run_dir / "deploy"), backend="onnx")
+    assert served.backend == "onnxruntime" and served.input_modalities == ["rgb"] and not served.uses_depth
 
 
 def test_an_unfinished_pretraining_with_the_same_inputs_resumes_its_checkpoint(tmp_path, store):

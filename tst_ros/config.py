@@ -143,8 +143,9 @@ class TransferConfig:
     pseudo_fusion: float = 0.0          # self-training: voxel (m) fusing labels across frames by depth + pose (0: off)
     building_norm_stats: bool = False   # after training, batch-norm statistics from the building's frames
     flip_average: bool = True           # the served model averages each frame with its mirror image (2x inference)
-    # image modalities predicted from the given inputs by the pre-trained TST-MM's frozen decoders and fed to the
-    # encoder as if sensed, e.g. [depth] for a model given colour alone (docs/BENCHMARKS.md)
+    # the model's inputs, e.g. [rgb] for a robot served colour alone; empty: colour, plus depth if the encoder takes it
+    inputs: list[str] = field(default_factory=list)
+    # images predicted from the inputs by the pre-trained TST-MM's frozen decoders, e.g. [depth] (docs/BENCHMARKS.md)
     predict_inputs: list[str] = field(default_factory=list)
     zoom_average: float = 1.0           # >1: segmentation also averaged over 4 corner views 1/this wide (3x cost)
     encoder_interpolation: float = 1.0  # WiSE-FT: serve pre-trained + this x (fine-tuned - pre-trained); 1: off
@@ -191,8 +192,7 @@ class PerceptionConfig:
 class TTTKDConfig:
     backbone: str = "pointnet"          # pointnet | voxel
     width: int = 64                     # backbone channels
-    # auto (main job: its own segmentation model, seg; else tstmm with `run`, else hed) | hed | imagenet
-    # | tstmm[:<run>] | onnx:<path> | seg:<model>
+    # auto (main job: its seg model; else tstmm with `run`, else hed) | hed | imagenet | tstmm[:RUN] | onnx:F | seg:M
     teacher: str = "auto"
     run: str = ""                       # TST-MM pre-training run (encoder) used as teacher
     feature_dim: int = 64               # teacher features reduced (PCA on source buildings) to this many dims

@@ -216,11 +216,11 @@ class Pipeline:
                                  start_frame=self.cfg.specialize.record_frames, width=s.width, height=s.height,
                                  progress=not self.progress.jsonl)
 
-    def _transfer(self, encoder: str, out: str) -> dict:
+    def _transfer(self, encoder: str, out: str, cfg=None) -> dict:
         from tst_ros.perception.transfer import transfer
 
         p = self.cfg.pretrain
-        return transfer(encoder, str(self.labeled), str(self.run / out), cfg=self.cfg.transfer, preset=p.preset,
+        return transfer(encoder, str(self.labeled), str(self.run / out), cfg=cfg or self.cfg.transfer, preset=p.preset,
                         image_size=self.cfg.record.image_size, patch=p.patch,
                         progress_stream=sys.stdout if self.progress.jsonl else None,
                         show_bar=not self.progress.jsonl, building_store=self.data)
@@ -229,7 +229,8 @@ class Pipeline:
         return _jsonable(self._transfer(str(self.run / "pretrain"), "model"))
 
     def stage_transfer_scratch(self) -> dict:
-        return _jsonable(self._transfer("scratch", "model_scratch"))
+        # a random encoder has no decoders to predict missing inputs from: the baseline gets the given ones
+        return _jsonable(self._transfer("scratch", "model_scratch", replace(self.cfg.transfer, predict_inputs=[])))
 
     def stage_export(self) -> dict:
         from tst_ros.perception.export import export_model

@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--images", type=int, help="use at most this many labeled images (0: all)")
     p.add_argument("--inputs",
-                   help="comma-separated input modalities (default: rgb, plus depth when the encoder accepts it)")
+                   help="comma-separated input modalities (default: transfer.inputs, else rgb plus depth when the "
+                        "encoder accepts it)")
     p.add_argument("--building-data", help="the building's dataset store, for self-training "
                    "(--set transfer.self_training=SHARE, labels fused across views with "
                    "transfer.pseudo_fusion=VOXEL_M), its look on the labeled images "

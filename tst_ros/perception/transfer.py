@@ -7,8 +7,8 @@ with layer-wise learning-rate decay over encoder.blocks for the trainable encode
 `tp-mome`: stage 2 of modality adapters (`tst_ros.train.stage2`): the base and its modality
 LoRAs frozen, task prompts, modality experts and heads trained. `tasks` chooses the losses.
 Labeled data: `tst_ros.perception.labeled_data`; evaluation: `tst_ros.perception.evaluation`.
-Inputs are RGB plus depth when the encoder accepts depth (unless `input_modalities` says
-otherwise). The result is MODEL_DIR/model.safetensors + model.json (+ config.yaml).
+Inputs are RGB plus depth when the encoder accepts depth (unless `input_modalities`, or else
+`transfer.inputs`, says otherwise). The result is MODEL_DIR/model.safetensors + model.json (+ config.yaml).
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def transfer(encoder_source: str, labeled_dir: str, out_dir: str, cfg=None, pres
     encoder, enc_meta = _encoder_for(encoder_source, cfg, preset, image_size, patch)
     anchor = encoder_anchor(encoder) if cfg.encoder_interpolation < 1 else None   # the pre-trained weights
     encoder, enc_meta = _with_detail(encoder, enc_meta, cfg.detail_strides)
-    inputs = list(input_modalities or default_inputs(encoder))
+    inputs = list(input_modalities or cfg.inputs or default_inputs(encoder))
     model, meta = new_model(encoder, enc_meta, classes, categories, inputs, input_stem=cfg.input_stem,
                             predictor=_predictor(encoder_source, cfg, inputs))
     meta["tasks"] = tasks
