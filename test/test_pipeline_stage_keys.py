@@ -1,7 +1,8 @@
 """Pipeline stages are keyed by their inputs: a changed config value reruns its stage and the
 stages downstream of it, nothing else, and pipeline.json says why; a changed pre-training
 config starts a fresh pre-training run instead of resuming the old checkpoint. The main job's
-transfer takes its inputs from the config (`transfer.inputs`), so it can serve colour alone."""
+transfer takes its inputs from the config (`transfer.inputs`), so it can serve colour alone; the oracle
+(trained on the recorded stretch's labels) bounds the table unless `specialize.oracle` is off."""
 import json
 
 import pytest
@@ -45,11 +46,12 @@ def test_changed_inputs_rerun_their_stage_and_its_downstream_stages_only(tmp_pat
     trained_at = checkpoint.stat().st_mtime_ns
 
     second = run(run_dir, store, "transfer.steps=3")
-    assert second == {"pretrain": SKIPPED, "labeled_set": SKIPPED, "eval_set": SKIPPED,
+    assert second == {"pretrain": SKIPPED, "labeled_set": SKIPPED, "eval_set": SKIPPED, "oracle_set": SKIPPED,
                       "transfer": "rerun (config transfer.steps changed)",
                       "transfer_scratch": "rerun (config transfer.steps changed)",
+                      "transfer_oracle": "rerun (config transfer.steps changed)",
                       "export": "rerun (upstream transfer reran)",
-                      "evaluate": "rerun (upstream transfer, transfer_scratch reran)"}
+                      "evaluate": "rerun (upstream transfer, transfer_scratch, transfer_oracle reran)"}
     assert checkpoint.stat().st_mtime_ns == trained_at
     done = json.loads((run_dir / "pipeline.json").read_text())["done"]
     assert done["transfer"]["inputs"]["config"]["transfer.steps"] == 3
@@ -58,8 +60,9 @@ def test_changed_inputs_rerun_their_stage_and_its_downstream_stages_only(tmp_pat
     third = run(run_dir, store, "transfer.steps=3", "pretrain.steps=3")
     assert third["pretrain"] == "rerun (config pretrain.steps changed)"
     assert third["transfer"] == "rerun (upstream pretrain reran)"
+    assert third["transfer_oracle"] == "rerun (upstream pretrain reran)"
     assert third["export"] == "rerun (upstream transfer reran)"
-    assert [third[s] for s in ("labeled_set", "eval_set", "transfer_scratch")] == [SKIPPED] * 3
+    assert [third[s] for s in ("labeled_set", "eval_set", "oracle_set", "transfer_scratch")] == [SKIPPED] * 4
     # the old checkpoint (step 2 of a 2-step run) is kept aside, not resumed
     assert read_checkpoint(run_dir / "pretrain.stale-1" / CHECKPOINT_FILE)[1]["step"] == 2
     assert read_checkpoint(checkpoint)[1]["step"] == 3
@@ -80,6 +83,19 @@ def test_changed_inputs_rerun_their_stage_and_its_downstream_stages_only(tmp_pat
     assert trained["predicted_inputs"]["predicted"] == ["depth"] and "predicted_inputs" not in scratch
     served = Predictor.load(str(run_dir / "deploy"), backend="onnx")
     assert served.backend == "onnxruntime" and served.input_modalities == ["rgb"] and not served.uses_depth
+    segdet = json.loads((run_dir / "metrics.json").read_text())["segdet"]
+    assert segdet["tst-mm"]["inputs"] == segdet["oracle"]["inputs"] == ["rgb"]
+    assert segdet["oracle"]["predicted_inputs"] == ["depth"] and segdet["scratch"]["predicted_inputs"] == []
+    assert segdet["scratch"]["gap_closed"] == 0.0
+
+    # without the oracle its stages do nothing and no gap is reported
+    fifth = run(run_dir, store, "transfer.steps=3", "pretrain.steps=3", "transfer.inputs=[rgb]",
+                "transfer.predict_inputs=[depth]", "specialize.oracle=false")
+    assert fifth["oracle_set"] == "rerun (config specialize.oracle changed)"
+    assert fifth["transfer_oracle"] == "rerun (config specialize.oracle changed; upstream oracle_set reran)"
+    assert fifth["transfer"] == SKIPPED
+    segdet = json.loads((run_dir / "metrics.json").read_text())["segdet"]
+    assert set(segdet) == {"tst-mm", "scratch"} and segdet["tst-mm"]["gap_closed"] is None
 
 
 def test_an_unfinished_pretraining_with_the_same_inputs_resumes_its_checkpoint(tmp_path, store):

@@ -4,7 +4,7 @@ First run is interrupted with SIGINT while the trainer's child is working: every
 within 10 s, no process is left behind, and the store and checkpoint stay valid. The second
 run resumes (no re-recording, pre-training continues from its checkpoint), every output topic
 carries valid messages, the perception nodes hot-load the trainer's model, and the report
-files exist.
+files exist, its table with the oracle, the gap closed, things, stuff and per-class IoU.
 """
 import json
 import os
@@ -99,11 +99,17 @@ def test_specialize_micro_interrupt_resume_and_report(tmp_path):
     assert deploy["label_versions"]["segmentation"] == deploy["model_version"]
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for method in ("tst-mm", "scratch"):
-        assert 0.0 <= metrics["segdet"][method]["miou"] <= 1.0
+    segdet = metrics["segdet"]
+    for method in ("tst-mm", "scratch", "oracle"):
+        assert 0.0 <= segdet[method]["miou"] <= 1.0
+        assert 0.0 <= segdet[method]["things_miou"] <= 1.0 and 0.0 <= segdet[method]["stuff_miou"] <= 1.0
+    assert segdet["scratch"]["gap_closed"] == 0.0
+    assert segdet["oracle"]["gap_closed"] in (1.0, None)    # None only if oracle and scratch tie exactly
     report = run_dir / "report"
     assert (report / "index.html").is_file()
     html = (report / "index.html").read_text()
     assert "scratch" in html and "specialised" in html
+    for part in ("oracle", "gap closed", "things %", "stuff %", "Per-class IoU", "rgb + depth"):
+        assert part in html, part
     for png in ("training_curves.png", "segdet_vs_scratch.png", "tttkd.png", "sample_overlay.png"):
         assert (report / png).stat().st_size > 1000, png

@@ -249,13 +249,13 @@ class SpecializeConfig:
     output: str = "runs/specialize"
     record_frames: int = 400
     eval_images: int = 60               # held-out test-building frames with ground truth
+    oracle: bool = True                 # also transfer on labels of the recorded stretch: the report's upper bound
     tttkd_scenes: int = 5               # TTT-KD before/after evaluation scenes per style
     deploy_seconds: float = 20.0
     serve: bool = False
     # topic remappings per node, "node:/from:=/to", e.g. "segmentation:/camera/color/image_raw:=/cam/rgb"
     remappings: list[str] = field(default_factory=list)
-    # parameters passed to one node as is, {node: {name: value}} ("*": every node); a
-    # ros__parameters file puts its node-only values here (tst_ros.ros_params)
+    # parameters passed to one node as is, {node: {name: value}} ("*": every node; ros__parameters: tst_ros.ros_params)
     node_parameters: dict[str, dict] = field(default_factory=dict)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tst_ros.perception.metrics import gap_closed
+
 METRICS = ("seg_miou", "things_miou", "stuff_miou", "det_map", "det_map50")
 # what runs to be merged must share (the protocol), and their per-row descriptions, merged row by row
 SHARED_KEYS = ("test_building", "budget", "eval_frames")
@@ -27,13 +29,9 @@ def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> dict:
                                 round(float(np.mean([r[name]["per_class_iou"][c] for r in per_seed])), 1)
                                 for c in classes}
         out[name] = row
-    if "scratch" in out and "oracle" in out:
-        scratch, oracle = out["scratch"]["seg_miou"]["mean"], out["oracle"]["seg_miou"]["mean"]
-    else:
-        scratch = oracle = None                  # a run of some rows only
-    for name, row in out.items():
-        row["gap_closed"] = round((row["seg_miou"]["mean"] - scratch) / (oracle - scratch), 3) + 0.0 \
-            if oracle is not None and oracle != scratch else None
+    scratch, oracle = (out[n]["seg_miou"]["mean"] if n in out else None for n in ("scratch", "oracle"))
+    for row in out.values():                     # None in a run of some rows only
+        row["gap_closed"] = gap_closed(row["seg_miou"]["mean"], scratch, oracle)
     return out
 
 

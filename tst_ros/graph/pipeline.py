@@ -32,8 +32,8 @@ from tst_ros.util import atomic_write_json, emit_progress
 
 log = logging.getLogger("tst_ros.pipeline")
 
-STAGES = ["pretrain", "labeled_set", "eval_set", "transfer", "transfer_scratch", "export", "evaluate", "tttkd",
-          "tttkd_eval"]
+STAGES = ["pretrain", "labeled_set", "eval_set", "oracle_set", "transfer", "transfer_scratch", "transfer_oracle",
+          "export", "evaluate", "tttkd", "tttkd_eval"]
 
 # stage -> (config sections or section.fields it reads, upstream stages whose artifacts it uses)
 STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -42,9 +42,13 @@ STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval_set": (("sim.seed", "sim.style", "sim.width", "sim.height", "specialize.eval_images",
                   "specialize.record_frames"), ()),
     "transfer": (("transfer", "pretrain.preset", "pretrain.patch", "record.image_size"), ("pretrain", "labeled_set")),
+    "oracle_set": (("specialize.oracle", "sim.seed", "sim.style", "sim.width", "sim.height",
+                    "specialize.record_frames", "transfer.labeled_images"), ()),
     "transfer_scratch": (("transfer", "pretrain.preset", "pretrain.patch", "record.image_size"), ("labeled_set",)),
+    "transfer_oracle": (("specialize.oracle", "transfer", "pretrain.preset", "pretrain.patch", "record.image_size"),
+                        ("pretrain", "oracle_set")),
     "export": ((), ("transfer",)),
-    "evaluate": ((), ("transfer", "transfer_scratch", "eval_set")),
+    "evaluate": ((), ("transfer", "transfer_scratch", "transfer_oracle", "eval_set")),
     "tttkd": (("ttt_kd", "sim"), ("pretrain", "export")),              # the tstmm or seg teacher
     "tttkd_eval": (("ttt_kd", "sim", "specialize.tttkd_scenes"), ("tttkd",)),
 }
@@ -216,11 +220,24 @@ class Pipeline:
                                  start_frame=self.cfg.specialize.record_frames, width=s.width, height=s.height,
                                  progress=not self.progress.jsonl)
 
-    def _transfer(self, encoder: str, out: str, cfg=None) -> dict:
+    def stage_oracle_set(self) -> dict:
+        """Labeled frames of the test building's recorded stretch (for the oracle only: an upper
+        bound for the report, never used by the served model)."""
+        from tst_ros.sim import labeled_set
+
+        if not self.cfg.specialize.oracle:
+            return {"skipped": "specialize.oracle is off"}
+        s, record = self.cfg.sim, self.cfg.specialize.record_frames
+        return labeled_set.write(self.run / "oracle", min(self.cfg.transfer.labeled_images, record), styles=[s.style],
+                                 seed=s.seed, span_frames=record, width=s.width, height=s.height,
+                                 progress=not self.progress.jsonl)
+
+    def _transfer(self, encoder: str, out: str, cfg=None, labeled: Path | None = None) -> dict:
         from tst_ros.perception.transfer import transfer
 
         p = self.cfg.pretrain
-        return transfer(encoder, str(self.labeled), str(self.run / out), cfg=cfg or self.cfg.transfer, preset=p.preset,
+        return transfer(encoder, str(labeled or self.labeled), str(self.run / out), cfg=cfg or self.cfg.transfer,
+                        preset=p.preset,
                         image_size=self.cfg.record.image_size, patch=p.patch,
                         progress_stream=sys.stdout if self.progress.jsonl else None,
                         show_bar=not self.progress.jsonl, building_store=self.data)
@@ -232,6 +249,11 @@ class Pipeline:
         # a random encoder has no decoders to predict missing inputs from: the baseline gets the given ones
         return _jsonable(self._transfer("scratch", "model_scratch", replace(self.cfg.transfer, predict_inputs=[])))
 
+    def stage_transfer_oracle(self) -> dict:
+        if not self.cfg.specialize.oracle:
+            return {"skipped": "specialize.oracle is off"}
+        return _jsonable(self._transfer(str(self.run / "pretrain"), "model_oracle", labeled=self.run / "oracle"))
+
     def stage_export(self) -> dict:
         from tst_ros.perception.export import export_model
 
@@ -240,13 +262,20 @@ class Pipeline:
     def stage_evaluate(self) -> dict:
         from tst_ros.perception.transfer import evaluate
 
+        from tst_ros.perception.metrics import gap_closed
+
+        models = {"tst-mm": "model", "scratch": "model_scratch", **({"oracle": "model_oracle"}
+                                                                    if self.cfg.specialize.oracle else {})}
         segdet = {}
-        for name, model in (("tst-mm", self.run / "model"), ("scratch", self.run / "model_scratch")):
-            result = evaluate(str(model), str(self.run / "eval"))
+        for name, model in models.items():
+            result = evaluate(str(self.run / model), str(self.run / "eval"))
             result.pop("iou_table", None)
             segdet[name] = result
+        oracle = segdet.get("oracle", {}).get("miou")
+        for result in segdet.values():
+            result["gap_closed"] = gap_closed(result["miou"], segdet["scratch"]["miou"], oracle)
         self.metrics["segdet"] = segdet
-        return {k: {"miou": v["miou"], "map": v["map"]} for k, v in segdet.items()}
+        return {k: {"miou": v["miou"], "map": v["map"], "gap_closed": v["gap_closed"]} for k, v in segdet.items()}
 
     def stage_tttkd(self) -> dict:
         from tst_ros.perception.export import output_paths

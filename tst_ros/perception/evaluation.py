@@ -40,6 +40,8 @@ def evaluate(model_path: str, labeled_dir: str, score_threshold: float = 0.05, n
     things = set(int(c) for c in predictor.thing_class_ids)
     stuff = [c for c in range(len(classes)) if c not in things]
     return {"model": str(model_path), "labeled_set": str(labeled_dir), "images": len(items),
+            "inputs": predictor.input_modalities,
+            "predicted_inputs": list(predictor.meta.get("predicted_inputs", {}).get("predicted", [])),
             "backend": predictor.backend, "miou": seg_report["miou"], "pixel_accuracy": seg_report["pixel_accuracy"],
             "things_miou": group_miou(seg_report, things), "stuff_miou": group_miou(seg_report, stuff),
             "map": det_report["map"], "map50": det_report["map50"], "map75": det_report["map75"],

@@ -90,6 +90,15 @@ def group_miou(report: dict, class_ids) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+def gap_closed(method: float, scratch: float | None, oracle: float | None) -> float | None:
+    """(method - scratch) / (oracle - scratch): the share of the gap between the random-init
+    baseline and the model trained on the test building's own labels that a method closes
+    (None without both ends, or when they coincide)."""
+    if scratch is None or oracle is None or oracle == scratch:
+        return None
+    return round((method - scratch) / (oracle - scratch), 3) + 0.0
+
+
 def format_iou_table(report: dict) -> str:
     """Human-readable per-class IoU table of a segmentation report."""
     lines = [f"{'class':<16}{'IoU':>8}{'gt px':>12}"]
