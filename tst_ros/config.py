@@ -249,7 +249,7 @@ class SpecializeConfig:
     output: str = "runs/specialize"
     record_frames: int = 400
     eval_images: int = 60               # held-out test-building frames with ground truth
-    oracle: bool = True                 # also transfer on labels of the recorded stretch: the report's upper bound
+    oracle: bool = False                # also transfer on the recorded stretch's labels: the report's upper bound
     tttkd_scenes: int = 5               # TTT-KD before/after evaluation scenes per style
     deploy_seconds: float = 20.0
     serve: bool = False

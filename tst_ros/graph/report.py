@@ -193,7 +193,9 @@ def write_report(run_dir: str | Path) -> Path:
                                      "mAP@.5 %", "gap closed", "images"]),
         "<p>Gap closed = (method − scratch) / (oracle − scratch) in seg mIoU. The oracle is the same model "
         "trained on labels of the building's recorded stretch: an upper bound for this table only, never "
-        "served.</p>" if "oracle" in segdet else "<p>The oracle was not run (specialize.oracle).</p>",
+        "served.</p>" if "oracle" in segdet else "<p>The oracle (the same model trained on labels of the recorded "
+        "stretch) was not run: <code>--set specialize.oracle=true</code> adds one more transfer; "
+        "<code>tst-ros bench specialization</code> reports it with the gap closed.</p>",
         "<h3>Per-class IoU %</h3>", _table(per_class_rows(segdet), ["class", *segdet]),
         "<h2>TTT-KD 3D point labels</h2>",
         _table([[name, *[_fmt(v, 100) for _, v in sorted(by_k.items(), key=lambda kv: int(kv[0]))]]
