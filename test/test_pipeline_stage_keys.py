@@ -16,8 +16,8 @@ from tst_ros.perception.runtime import Predictor
 from tst_ros.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
 # real stages with the smallest budgets that still exercise them; tttkd stages are not selected
-TINY = MICRO + ["specialize.oracle=true", "pretrain.steps=2", "pretrain.image_size=64", "transfer.steps=2", "transfer.labeled_images=4",
-                "specialize.eval_images=2"]
+TINY = MICRO + ["specialize.oracle=true", "pretrain.steps=2", "pretrain.image_size=64", "transfer.steps=2",
+                "transfer.labeled_images=4", "specialize.eval_images=2"]
 UNTIL = "evaluate"
 SKIPPED = "skipped (inputs unchanged)"
 
