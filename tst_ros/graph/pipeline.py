@@ -237,8 +237,7 @@ class Pipeline:
 
         p = self.cfg.pretrain
         return transfer(encoder, str(labeled or self.labeled), str(self.run / out), cfg=cfg or self.cfg.transfer,
-                        preset=p.preset,
-                        image_size=self.cfg.record.image_size, patch=p.patch,
+                        preset=p.preset, image_size=self.cfg.record.image_size, patch=p.patch,
                         progress_stream=sys.stdout if self.progress.jsonl else None,
                         show_bar=not self.progress.jsonl, building_store=self.data)
 
@@ -260,9 +259,8 @@ class Pipeline:
         return _jsonable(export_model(self.run / "model", self.run / "deploy"))
 
     def stage_evaluate(self) -> dict:
-        from tst_ros.perception.transfer import evaluate
-
         from tst_ros.perception.metrics import gap_closed
+        from tst_ros.perception.transfer import evaluate
 
         models = {"tst-mm": "model", "scratch": "model_scratch", **({"oracle": "model_oracle"}
                                                                     if self.cfg.specialize.oracle else {})}

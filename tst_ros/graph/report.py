@@ -84,11 +84,16 @@ def comparison_chart(segdet: dict, out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def per_class_chart(segdet: dict, out: Path) -> Path | None:
+def _per_class(segdet: dict) -> tuple[list[str], dict[str, dict[str, float | None]]]:
+    """The classes present in the evaluation frames and {model: {class: IoU}}."""
     # per_class_iou: [{"id", "name", "iou", "gt_pixels"}, ...] (classes absent from the set have iou None)
     per = {m: {row["name"]: row.get("iou") for row in r.get("per_class_iou") or []} for m, r in segdet.items()}
     first = next(iter(segdet.values()), {})
-    classes = [row["name"] for row in first.get("per_class_iou") or [] if row.get("gt_pixels", 1)]
+    return [row["name"] for row in first.get("per_class_iou") or [] if row.get("gt_pixels", 1)], per
+
+
+def per_class_chart(segdet: dict, out: Path) -> Path | None:
+    classes, per = _per_class(segdet)
     if not classes:
         return None
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(classes)), 3.6))
@@ -143,9 +148,7 @@ def method_rows(segdet: dict) -> list[list]:
 
 def per_class_rows(segdet: dict) -> list[list]:
     """Per-class IoU %, one row per class present in the evaluation frames, one column per model."""
-    per = {m: {row["name"]: row.get("iou") for row in r.get("per_class_iou") or []} for m, r in segdet.items()}
-    first = next(iter(segdet.values()), {})
-    classes = [row["name"] for row in first.get("per_class_iou") or [] if row.get("gt_pixels", 1)]
+    classes, per = _per_class(segdet)
     return [[c, *[_fmt(per[m].get(c), 100) for m in segdet]] for c in classes]
 
 
