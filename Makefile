@@ -15,7 +15,7 @@ demo: setup
 	$(VENV)/bin/tst-ros specialize
 
 bench-quick: setup
-	@for b in convert sim record pretrain perception ttt-kd specialization; do $(VENV)/bin/tst-ros bench $$b --json --quick; done
+	@for b in convert sim record pretrain transfer perception ttt-kd specialization; do $(VENV)/bin/tst-ros bench $$b --json --quick; done
 
 clean:
 	rm -rf build install log $(VENV)

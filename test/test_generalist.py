@@ -45,6 +45,18 @@ def test_the_encoder_gives_a_stride_16_map_from_registry_normalised_rgb():
         EfficientNetLite0Encoder(48)
 
 
+def test_the_memory_layout_of_the_backbone_leaves_its_features_unchanged():
+    enc = EfficientNetLite0Encoder(64).eval()
+    assert enc.stem.weight.is_contiguous(memory_format=torch.channels_last)       # as built: channels-last
+    x = {"rgb": torch.randn(2, 3, 64, 64)}
+    with torch.no_grad():
+        channels_last = enc(x)
+        enc.set_memory_format(torch.contiguous_format)
+        assert enc.stem.weight.is_contiguous()
+        contiguous = enc(x)
+    torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "labeled"

@@ -9,6 +9,7 @@ BENCHMARKS = {
     "sim": "tst_ros.bench.sim",
     "record": "tst_ros.bench.record",
     "pretrain": "tst_ros.bench.pretrain",
+    "transfer": "tst_ros.bench.transfer",
     "specialization": "tst_ros.bench.specialization",
     "modalities": "tst_ros.bench.modalities",
     "adapters": "tst_ros.bench.adapters",
