@@ -1,5 +1,6 @@
 """`tst-ros bench transfer`: the time of one transfer step (full fine-tuning, the main job's default settings)
-of the main job's perception model, preset tiny-imagenet-rgbd-maps fed RGB-D at 128 px, on labeled images
+of the main job's perception model (the configuration's defaults: its preset, modalities, inputs, resolution
+and patch), on labeled images
 from the simulator, with its ImageNet backbones in the channels-last layout (as built) and in the contiguous
 one. The two layouts take turns step by step, so both see the same machine; each reports its fastest and
 median step, and the ratio of the medians. The features of one batch in both layouts show that the layout
@@ -11,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESET = "tiny-imagenet-rgbd-maps"
 LAYOUTS = ("channels_last", "contiguous")
 
 
@@ -20,17 +20,18 @@ def _training(labeled: Path):
     import numpy as np
     import torch
 
-    from tst_ros.config import TransferConfig
+    from tst_ros.config import Config
     from tst_ros.models import build_encoder
     from tst_ros.perception import transfer as tr
     from tst_ros.perception.augment import Augmentation
     from tst_ros.perception.self_training import TransferBatches
 
-    cfg = TransferConfig()
+    main_job = Config()
+    cfg, pre = main_job.transfer, main_job.pretrain
     torch.manual_seed(cfg.seed)
     items, classes, categories = tr.load_labeled(str(labeled))
-    encoder = build_encoder(PRESET, ["rgb", "depth"], 128, 16)
-    model, meta = tr.new_model(encoder, encoder.describe(), classes, categories)
+    encoder = build_encoder(pre.preset, list(pre.modalities), main_job.record.image_size, pre.patch)
+    model, meta = tr.new_model(encoder, encoder.describe(), classes, categories, cfg.inputs or None)
     data = tr.TransferData(items, meta["input_modalities"], meta["preprocessing"], meta["thing_class_ids"])
     groups = tr.param_groups(model, cfg.finetune, cfg.lr, cfg.layer_decay)
     augmentation = Augmentation(cfg.zoom, cfg.colour_jitter, cfg.input_drop, cfg.building_style, cfg.paste)
@@ -85,7 +86,8 @@ def run(quick: bool = False) -> dict:
                 run_.step(step, cfg)
                 if step:
                     times[layout].append(time.perf_counter() - t0)
-    out = {"preset": PRESET, "inputs": "rgb,depth", "image_size": 128, "batch": cfg.batch,
+    out = {"preset": model.encoder.describe()["preset"], "inputs": ",".join(model.input_modalities),
+           "image_size": model.image_size, "batch": cfg.batch,
            "threads": torch.get_num_threads(), "steps_per_layout": steps,
            "layouts.max_abs_feature_difference": float(f"{difference:.3g}")}
     for layout, t in times.items():
